@@ -1,0 +1,44 @@
+# vitscale: every target sets up what it needs first (venv, pinned packages, data, kernel).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup data browser demo test lab bench clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install --quiet -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import vitscale, jax, flax, optax, orbax.checkpoint, tensorflow_datasets, papermill, plotly"
+	$(PY) -m ipykernel install --sys-prefix --name vitscale --display-name "vitscale (Python 3.11)" > /dev/null
+	touch $(STAMP)
+
+setup: $(STAMP) data
+
+# Real data that installs offline: Fashion-MNIST's IDX files from Debian.
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu)"; exit 1; fi
+
+# Headless Chromium for the report-rendering test.
+browser:
+	@if command -v chromium > /dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "Chromium is missing: run 'sudo apt-get install chromium'"; exit 1; fi
+
+demo: setup
+	$(VENV)/bin/vitscale run parameters/pretrain/demo.yaml
+
+test: setup browser
+	$(PY) -m pytest -q
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(PY) benchmarks/optimizer_memory.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""vitscale: a workbench for studying how Vision Transformers scale."""
