@@ -1,0 +1,90 @@
+"""The ViT against closed forms: parameter counts, position-embedding resizing, head init."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitscale.models import vit
+
+
+def closed_form_params(d, depth, m, p, c, n_tokens, k, pool="gap"):
+    per_block = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m + m * d + d)
+    total = p * p * c * d + d + n_tokens * d + depth * per_block + 2 * d + d * k + k
+    if pool == "tok":
+        total += d
+    if pool == "map":  # probe, q, kv, out, LayerNorm, MLP
+        total += d + (d * d + d) + (d * 2 * d + 2 * d) + (d * d + d) + 2 * d + (d * m + m + m * d + d)
+    return total
+
+
+@pytest.mark.parametrize("variant,size,c,pool", [("Pico/4", 28, 1, "gap"), ("Atto/7", 28, 1, "tok"),
+                                                  ("Femto/4", 32, 3, "map"), ("Ti/16", 224, 3, "gap")])
+def test_param_count_matches_closed_form(variant, size, c, pool):
+    model = vit.make_model(variant, 10, pool_type=pool)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, c)))
+    n = sum(x.size for x in jax.tree.leaves(shapes))
+    v = vit.decode_variant(variant)
+    assert n == closed_form_params(v.width, v.depth, v.mlp_dim, v.patch_size, c, (size // v.patch_size) ** 2, 10, pool)
+
+
+def test_variant_strings():
+    v = vit.decode_variant("B/16")
+    assert (v.width, v.depth, v.mlp_dim, v.num_heads, v.patch_size) == (768, 12, 3072, 12, 16)
+    assert vit.decode_variant("So400m/14").mlp_dim == 4304
+    for bad in ("B16", "Q/16", "B/x", ""):
+        with pytest.raises(ValueError, match="variant"):
+            vit.decode_variant(bad)
+
+
+@pytest.mark.parametrize("pool", vit.POOL_TYPES)
+@pytest.mark.parametrize("scan", [False, True])
+def test_pool_types_and_zero_init_head(pool, scan):
+    model = vit.make_model("Atto/7", 5, pool_type=pool, scan=scan, remat=scan, head_bias_init=-10.0)
+    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    params = model.init(jax.random.key(0), x)
+    logits, out = model.apply(params, x)
+    expect = (2, 16, 5) if pool == "none" else (2, 5)
+    assert logits.shape == expect
+    np.testing.assert_allclose(logits, -10.0)  # zero kernel: logits are the bias
+    assert out["pre_logits"].shape[-1] == 32
+
+
+def test_bf16_activations_keep_f32_params():
+    model = vit.make_model("Atto/7", 10, dtype="bfloat16")
+    x = jnp.ones((2, 28, 28, 1))
+    params = model.init(jax.random.key(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    logits, out = model.apply(params, x)
+    assert logits.dtype == jnp.float32 and out["encoded"].dtype == jnp.bfloat16
+
+
+def test_posemb_resize_is_exact_on_a_bilinear_function():
+    """Resizing a grid sampled from f(y, x) = a + b y + c x + e x y (corners aligned) gives f on
+    the new grid exactly: bilinear interpolation reproduces bilinear functions."""
+    def grid(n, d=3):
+        y, x = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
+        coefs = np.array([[0.5, 1.0, -2.0, 3.0], [1.0, 0.0, 1.0, 0.0], [-1.0, 2.0, 0.5, -4.0]])
+        f = np.stack([a + b * y + c * x + e * x * y for a, b, c, e in coefs[:d]], -1)
+        return f.reshape(1, n * n, d)
+    np.testing.assert_allclose(vit.resize_posemb(grid(7), (12, 12)), grid(12), atol=1e-12)
+    np.testing.assert_allclose(vit.resize_posemb(grid(12), (5, 5)), grid(5), atol=1e-12)
+
+
+def test_model_trained_at_one_resolution_runs_at_another():
+    small, big = vit.make_model("Atto/4", 10), vit.make_model("Atto/4", 10)
+    p28 = small.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    target = jax.eval_shape(big.init, jax.random.key(0), jnp.zeros((1, 40, 40, 1)))["params"]
+    p40 = vit.adapt_params(p28, target)
+    assert p40["pos_embedding"].shape == (1, 100, 32)
+    logits, _ = big.apply({"params": p40}, jnp.ones((2, 40, 40, 1)))
+    assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+    with pytest.raises(ValueError, match="embedding/kernel"):
+        other = jax.eval_shape(vit.make_model("Atto/7", 10).init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+        vit.adapt_params(p28, other["params"])
+
+
+def test_sincos2d_posemb_properties():
+    pe = np.asarray(vit.sincos2d_posemb(4, 4, 16))
+    assert pe.shape == (1, 16, 16)
+    # The first quarter is sin(x * omega) with omega_0 = 1: position (row 0, col j) gives sin(j).
+    np.testing.assert_allclose(pe[0, :4, 0], np.sin(np.arange(4)), atol=1e-6)
