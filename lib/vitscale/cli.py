@@ -1,0 +1,155 @@
+"""`vitscale` command line: a thin layer over papermill and the library's own functions.
+
+  vitscale run parameters/pretrain/demo.yaml     execute notebooks/pretrain.ipynb into outputs/demo/
+  vitscale kernel                                register the `vitscale` Jupyter kernel
+  vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository (src layout: lib/vitscale)
+NOTEBOOKS = ROOT / "notebooks"
+OUTPUTS = ROOT / "outputs"
+KERNEL = "vitscale"
+KINDS = ("pretrain", "transfer")
+
+
+def schema_for(kind: str):
+    from vitscale import config
+
+    schemas = {"pretrain": config.PretrainConfig}
+    if hasattr(config, "TransferConfig"):
+        schemas["transfer"] = config.TransferConfig
+    if kind not in schemas:
+        raise SystemExit(f"error: notebook kind {kind!r} is not one of {sorted(schemas)}")
+    return schemas[kind]
+
+
+def ensure_kernel() -> None:
+    """Register this interpreter as the `vitscale` kernel (in sys.prefix) if it is not yet."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().find_kernel_specs().get(KERNEL)
+    if spec and Path(spec, "kernel.json").read_text().find(sys.executable) >= 0:
+        return
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL, display_name="vitscale (Python 3.11)", prefix=sys.prefix)
+
+
+def export_html(notebook: Path, html: Path | None = None) -> Path:
+    """Render an executed notebook to a self-contained HTML report (code cells hidden)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from vitscale import runs
+
+    html = html or notebook.with_suffix(".html")
+    nb = nbformat.read(notebook, as_version=4)
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+    runs.atomic_write_text(html, body)
+    return html
+
+
+def execute(kind: str, params: dict[str, Any], out: Path) -> Path:
+    """Execute notebooks/<kind>.ipynb with `params` into out/run.ipynb, then render run.html.
+    Raises papermill's PapermillExecutionError after saving both if a cell failed."""
+    import papermill as pm
+
+    ensure_kernel()
+    os.environ["VITSCALE_BATCH"] = "1"  # the kernel inherits it: text progress bars
+    out.mkdir(parents=True, exist_ok=True)
+    run_nb = out / "run.ipynb"
+    try:
+        pm.execute_notebook(NOTEBOOKS / f"{kind}.ipynb", run_nb, parameters={"params": params, "out_dir": str(out)},
+                            kernel_name=KERNEL, cwd=str(NOTEBOOKS), progress_bar=False,
+                            stdout_file=sys.stdout, stderr_file=sys.stderr)
+    finally:
+        if run_nb.exists():
+            export_html(run_nb)
+    return out
+
+
+def prepare_run(params_file: Path, out: Path | None, kind: str | None, replace: bool) -> tuple[str, Any, Path]:
+    """Validate everything before any compute; claim or check the run folder."""
+    from vitscale import config, runs
+
+    kind = kind or params_file.parent.name
+    if kind not in KINDS:
+        raise config.ConfigError(f"cannot tell the notebook for {params_file}: put it under parameters/<kind>/ "
+                                 f"or pass --notebook, with kind one of {list(KINDS)}")
+    cfg = config.validate(schema_for(kind), config.load_yaml(params_file))
+    if kind == "pretrain":
+        import jax
+
+        cfg.check_devices(jax.device_count(), 1)
+    out = out or OUTPUTS / params_file.stem
+    existing = out / "params.yaml"
+    if existing.exists():
+        same = config.load_yaml(existing) == cfg.model_dump(mode="json")
+        if not same and not replace:
+            raise config.ConfigError(
+                f"{out} already holds a run with other parameters; nothing was changed. Pass --replace to move it "
+                f"aside (to {OUTPUTS / '.replaced'}) and start over, or --out to write elsewhere")
+        if not same:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            dest = OUTPUTS / ".replaced" / f"{out.name}-{stamp}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(out), dest)
+            print(f"moved the previous run to {dest}")
+    elif out.exists() and any(out.iterdir()) and not replace:
+        raise config.ConfigError(f"{out} exists and is not a run folder; choose another --out")
+    if not existing.exists():
+        runs.atomic_write_text(existing, config.dump(cfg))
+    return kind, cfg, out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vitscale import config
+
+    try:
+        kind, cfg, out = prepare_run(Path(args.params), Path(args.out) if args.out else None, args.notebook,
+                                     args.replace)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import papermill as pm
+
+    try:
+        execute(kind, cfg.model_dump(mode="json"), out)
+    except pm.PapermillExecutionError as e:
+        print(f"error: the run failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+              f"see {out / 'run.html'}; run the same command again to resume", file=sys.stderr)
+        return 1
+    print(f"report: {out / 'run.html'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vitscale", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="execute one parameter file's notebook into its run folder")
+    p.add_argument("params", help="parameters/<kind>/<name>.yaml")
+    p.add_argument("--out", help="run folder (default: outputs/<name>)")
+    p.add_argument("--notebook", choices=KINDS, help="notebook kind (default: the parameter file's folder)")
+    p.add_argument("--replace", action="store_true", help="move an existing run with other parameters aside")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("kernel", help="register the vitscale Jupyter kernel")
+    p.set_defaults(fn=lambda a: ensure_kernel() or 0)
+    p = sub.add_parser("export", help="render an executed notebook to HTML")
+    p.add_argument("notebook")
+    p.set_defaults(fn=lambda a: print(export_html(Path(a.notebook))) or 0)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

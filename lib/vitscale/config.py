@@ -1,0 +1,236 @@
+"""Typed, validated parameters: one schema per notebook kind.
+
+Every check runs before any compute: unknown names, wrong types, unknown datasets, variants,
+optimizers or schedules, shapes that do not fit (patch vs image size, width vs heads), a batch
+that does not split over the devices. Errors name the field, the value and what is accepted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """Parameters that cannot run; the message names every offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False, frozen=False)
+
+
+class CooldownBranch(_Strict):
+    """A run that leaves the main rsqrt run at `start` and cools down linearly over `steps`."""
+
+    start: int = Field(gt=0)
+    steps: int = Field(gt=0)
+
+
+class PretrainConfig(_Strict):
+    """Parameters of a pretraining run (notebooks/pretrain.ipynb)."""
+
+    name: str = "pretrain"  # run name, shown in reports
+    # --- data
+    dataset: str = "fashion_mnist"  # TFDS name; offline: fashion_mnist, mnist_5k, sklearn_digits
+    data_dir: str | None = None  # TFDS data_dir; None = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    train_split: str = "train"
+    test_split: str = "test"
+    train_examples: int | None = Field(default=None, gt=0)  # data axis: first n of train_split
+    image_size: int = Field(default=28, gt=0)
+    channels: int = Field(default=1, ge=1, le=3)
+    crop_padding: int = Field(default=2, ge=0)  # random crop: reflect-pad then crop back
+    flip: bool = True  # random horizontal flip
+    # --- model
+    variant: str = "Pico/4"  # NAME/PATCH, see vitscale.models.vit.VARIANTS
+    width: int | None = Field(default=None, gt=0)  # overrides of the variant's shape
+    depth: int | None = Field(default=None, gt=0)
+    mlp_dim: int | None = Field(default=None, gt=0)
+    num_heads: int | None = Field(default=None, gt=0)
+    pool_type: Literal["gap", "tok", "map", "none"] = "gap"
+    posemb: Literal["learn", "sincos2d"] = "learn"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    head_bias_init: float | None = None  # None: 0 for softmax_xent, -10 for sigmoid_xent (paper)
+    remat: bool = False  # recompute each block's activations in the backward pass
+    scan: bool = False  # one compiled block scanned over depth
+    dtype: Literal["float32", "bfloat16"] = "float32"  # activations; parameters stay float32
+    # --- optimisation
+    loss: Literal["softmax_xent", "sigmoid_xent"] = "softmax_xent"
+    optimizer: str = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1.0, ge=0)  # times the per-path multipliers in wd_rules
+    wd_rules: list[tuple[str, float]] | None = None  # (regex over param path, multiplier); None: paper's
+    grad_clip_norm: float | None = Field(default=1.0, gt=0)
+    b2: float = Field(default=0.999, gt=0, lt=1)  # Adam's second-moment decay
+    schedule: str = "cosine"
+    warmup_steps: int = Field(default=100, ge=0)
+    timescale: int = Field(default=10_000, gt=0)  # rsqrt
+    cooldown_steps: int = Field(default=0, ge=0)  # linear cooldown at the end (rsqrt, constant)
+    cooldown_branches: list[CooldownBranch] = []  # extra runs branching off the rsqrt run
+    total_steps: int = Field(default=1000, gt=0)
+    batch_size: int = Field(default=128, gt=0)  # global batch, split over devices and hosts
+    seed: int = Field(default=0, ge=0)
+    # --- evaluation, logging, checkpoints
+    eval_every: int = Field(default=250, gt=0)
+    eval_batch_size: int = Field(default=512, gt=0)  # rounded up to a multiple of the device count
+    log_every: int = Field(default=25, gt=0)
+    fewshot_datasets: list[str] = []  # e.g. ["mnist_5k", "sklearn_digits"]; evaluated every fewshot_every
+    fewshot_shots: list[int] = [1, 5, 10, 25]
+    fewshot_seeds: int = Field(default=3, gt=0)
+    fewshot_every: int | None = Field(default=None, gt=0)  # None: at eval_every
+    checkpoint_every: int | None = Field(default=None, gt=0)  # None: at eval_every
+    keep_checkpoints: int = Field(default=2, gt=0)  # the last few ...
+    keep_every: int | None = Field(default=None, gt=0)  # ... and every M-th step
+    # --- devices
+    mesh: list[int] = [-1, 1]  # (data, fsdp) axis sizes; -1 takes the remaining devices
+    coordinator_address: str | None = None  # multi-host: host:port of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        from vitscale import data
+
+        data.check_dataset_name(v)
+        return v
+
+    @field_validator("fewshot_datasets")
+    @classmethod
+    def _fewshot_datasets(cls, v: list[str]) -> list[str]:
+        from vitscale import data
+
+        for name in v:
+            data.check_dataset_name(name)
+        return v
+
+    @field_validator("fewshot_shots")
+    @classmethod
+    def _shots(cls, v: list[int]) -> list[int]:
+        if not v or any(k <= 0 for k in v):
+            raise ValueError(f"shot counts must be positive integers, got {v}")
+        return v
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v: str) -> str:
+        from vitscale.models.vit import decode_variant
+
+        decode_variant(v)
+        return v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        from vitscale.optim import OPTIMIZERS
+
+        if v not in OPTIMIZERS:
+            raise ValueError(f"optimizer {v!r} is not one of {list(OPTIMIZERS)}")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        from vitscale.optim import SCHEDULES
+
+        if v not in SCHEDULES:
+            raise ValueError(f"schedule {v!r} is not one of {list(SCHEDULES)}")
+        return v
+
+    @field_validator("mesh")
+    @classmethod
+    def _mesh(cls, v: list[int]) -> list[int]:
+        if len(v) != 2 or any(n == 0 or n < -1 for n in v) or v.count(-1) > 1:
+            raise ValueError(f"mesh must be [data, fsdp] with positive sizes and at most one -1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "PretrainConfig":
+        v, problems = self.model_shape(), []
+        if self.image_size % v["patch_size"]:
+            problems.append(f"image_size {self.image_size} is not divisible by the patch size {v['patch_size']} of "
+                            f"variant {self.variant!r}")
+        if v["width"] % v["num_heads"]:
+            problems.append(f"width {v['width']} is not divisible by num_heads {v['num_heads']}")
+        if self.posemb == "sincos2d" and v["width"] % 4:
+            problems.append(f"posemb 'sincos2d' needs width divisible by 4, got width {v['width']}")
+        if self.warmup_steps > self.total_steps:
+            problems.append(f"warmup_steps {self.warmup_steps} exceeds total_steps {self.total_steps}")
+        if self.warmup_steps + self.cooldown_steps > self.total_steps:
+            problems.append(f"warmup_steps + cooldown_steps ({self.warmup_steps} + {self.cooldown_steps}) exceed "
+                            f"total_steps {self.total_steps}")
+        for b in self.cooldown_branches:
+            if self.schedule != "rsqrt":
+                problems.append(f"cooldown_branches need schedule 'rsqrt', got {self.schedule!r}")
+            if not self.warmup_steps <= b.start < self.total_steps:
+                problems.append(f"cooldown branch start {b.start} must lie in [warmup_steps {self.warmup_steps}, "
+                                f"total_steps {self.total_steps})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def model_shape(self) -> dict[str, int]:
+        """The variant's shape with any explicit overrides applied."""
+        from vitscale.models.vit import decode_variant
+
+        v = decode_variant(self.variant)
+        return dict(patch_size=v.patch_size, width=self.width or v.width, depth=self.depth or v.depth,
+                    mlp_dim=self.mlp_dim or v.mlp_dim, num_heads=self.num_heads or v.num_heads)
+
+    def check_devices(self, device_count: int, process_count: int = 1) -> None:
+        """Batch sizes must split over the devices of the mesh (checked before any compute)."""
+        from vitscale.sharding import mesh_shape
+
+        data, fsdp = mesh_shape(self.mesh, device_count)
+        if self.batch_size % device_count:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by the device count "
+                              f"{device_count}; use a multiple of {device_count}")
+        if self.batch_size % process_count:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by the process count {process_count}")
+
+
+def _format(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "checks"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown parameter (value {err.get('input')!r})"
+        elif "input" in err and err["type"] != "value_error":
+            msg += f" (got {err['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return "invalid parameters:\n" + "\n".join(lines)
+
+
+def validate(schema: type[BaseModel], params: dict[str, Any]) -> Any:
+    """Build `schema` from a dict; a readable ConfigError naming each bad field otherwise."""
+    try:
+        return schema(**params)
+    except ValidationError as e:
+        fields = ", ".join(sorted(schema.model_fields))
+        raise ConfigError(_format(e) + f"\naccepted parameters: {fields}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a parameter file (a YAML mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file {path} does not exist")
+    params = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"parameter file {path} must be a mapping of names to values")
+    return params
+
+
+def describe(cfg: BaseModel) -> str:
+    """The parameters that differ from the schema's defaults, as YAML (the notebook shows this;
+    params.yaml in the run folder has them all)."""
+    changed = {k: v for k, v in cfg.model_dump(mode="json").items()
+               if v != type(cfg).model_fields[k].get_default(call_default_factory=True)}
+    return yaml.safe_dump(changed, sort_keys=False) or "(all defaults)\n"
+
+
+def dump(cfg: BaseModel) -> str:
+    """Resolved parameters as YAML (what params.yaml holds)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,402 @@
+"""Pretraining: state → compiled step → loop → evaluate → checkpoint, top to bottom.
+
+`run(cfg, out_dir)` is the one entry point; the notebook cell in JupyterLab and the papermill
+batch run both call it. A run folder that already holds checkpoints is resumed from the newest
+readable one; the data pipeline is a pure function of the step, so the resumed run sees exactly
+the batches it would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from vitscale import config as config_lib
+from vitscale import data, flops, optim, progress, runs, sharding
+from vitscale.models import vit
+
+log = logging.getLogger("vitscale")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged; the message names the first step with a non-finite loss."""
+
+
+# ----------------------------------------------------------------------------- losses
+def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def sigmoid_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example sigmoid cross-entropy against one-hot targets, summed over classes (the paper's
+    upstream loss)."""
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), onehot).sum(-1)
+
+
+LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent}
+
+
+# ----------------------------------------------------------------------------- building blocks
+def build_model(cfg: config_lib.PretrainConfig, num_classes: int) -> vit.ViT:
+    shape = cfg.model_shape()
+    head_bias = cfg.head_bias_init if cfg.head_bias_init is not None else (
+        -10.0 if cfg.loss == "sigmoid_xent" else 0.0)
+    return vit.ViT(num_classes=num_classes, patch_size=shape["patch_size"], width=shape["width"],
+                   depth=shape["depth"], mlp_dim=shape["mlp_dim"], num_heads=shape["num_heads"],
+                   pool_type=cfg.pool_type, posemb=cfg.posemb, dropout=cfg.dropout, head_bias_init=head_bias,
+                   remat=cfg.remat, scan=cfg.scan,
+                   dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)
+
+
+def build_schedule(cfg: config_lib.PretrainConfig) -> optax.Schedule:
+    return optim.make_schedule(cfg.schedule, cfg.lr, cfg.total_steps, warmup_steps=cfg.warmup_steps,
+                               timescale=cfg.timescale, cooldown_steps=cfg.cooldown_steps)
+
+
+def build_optimizer(cfg: config_lib.PretrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
+    rules = optim.DEFAULT_WD_RULES if cfg.wd_rules is None else tuple(tuple(r) for r in cfg.wd_rules)
+    return optim.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, wd_rules=rules,
+                                grad_clip_norm=cfg.grad_clip_norm, b2=cfg.b2)
+
+
+def input_pipeline(cfg: config_lib.PretrainConfig) -> data.Pipeline:
+    return data.Pipeline(image_size=cfg.image_size, channels=cfg.channels, crop_padding=cfg.crop_padding,
+                         flip=cfg.flip)
+
+
+def train_split_name(cfg: config_lib.PretrainConfig) -> str:
+    return f"{cfg.train_split}[:{cfg.train_examples}]" if cfg.train_examples else cfg.train_split
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The compiled pieces of a run: model, optimizer, shardings, train and eval steps."""
+
+    model: vit.ViT
+    tx: optax.GradientTransformation
+    mesh: jax.sharding.Mesh
+    state_shardings: Any
+    init_fn: Callable[[], Any]
+    train_step: Callable[[Any, dict], tuple[Any, dict]]
+    eval_step: Callable[[Any, dict], dict]
+    features: Callable[[Any, jax.Array], jax.Array]
+
+
+def make_trainer(model: vit.ViT, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, *, image_shape,
+                 loss: str = "softmax_xent", seed: int = 0) -> Trainer:
+    """Initialise sharded state and jit the steps with explicit in/out shardings."""
+    loss_fn = LOSSES[loss]
+    key = jax.random.key(seed)
+    init_key, dropout_key = jax.random.split(key)
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+
+    def init():
+        params = model.init(init_key, dummy)["params"]
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    abstract = jax.eval_shape(init)
+    shardings = sharding.tree_shardings(abstract, mesh)
+    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(dropout_key, state["step"])
+
+        def objective(params):
+            logits, _ = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
+            return jnp.mean(loss_fn(logits, batch["label"]))
+
+        value, grads = jax.value_and_grad(objective)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        return new, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+
+    def eval_step(params, batch):
+        logits, _ = model.apply({"params": params}, batch["image"], train=False)
+        mask = batch["mask"].astype(jnp.float32)
+        return {"loss_sum": jnp.sum(loss_fn(logits, batch["label"]) * mask),
+                "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+                "count": jnp.sum(mask)}
+
+    def features(params, images):
+        return model.apply({"params": params}, images, train=False)[1]["pre_logits"]
+
+    return Trainer(
+        model=model, tx=tx, mesh=mesh, state_shardings=shardings,
+        init_fn=jax.jit(init, out_shardings=shardings),
+        train_step=jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, repl),
+                           donate_argnums=0),
+        eval_step=jax.jit(eval_step, in_shardings=(shardings["params"], batch_sh), out_shardings=repl),
+        features=jax.jit(features, in_shardings=(shardings["params"], batch_sh), out_shardings=batch_sh),
+    )
+
+
+def evaluate(trainer: Trainer, params, split: data.Split, pipe: data.Pipeline, batch_size: int) -> dict[str, float]:
+    """Loss and top-1 accuracy over a whole split."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    batch_size = -(-batch_size // jax.device_count()) * jax.device_count()  # padded batches split evenly
+    for batch in data.eval_batches(split, pipe, batch_size):
+        out = trainer.eval_step(params, sharding.put_batch(batch, trainer.mesh))
+        totals = {k: totals[k] + out[k] for k in totals}
+    totals = jax.device_get(totals)
+    return {"loss": float(totals["loss_sum"] / totals["count"]), "acc": float(totals["correct"] / totals["count"])}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_manager(path: Path, cfg: config_lib.PretrainConfig) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, keep_period=cfg.keep_every,
+                                           create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, state, meta: dict) -> None:
+    step = int(jax.device_get(state["step"]))
+    if step in mngr.all_steps():
+        return
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+              force=True)
+    mngr.wait_until_finished()
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | None = None):
+    """The newest readable checkpoint (at or before max_step) as (state, meta), or (None, None).
+    A partial or corrupt newest checkpoint is skipped with a warning in favour of the previous."""
+    for step in sorted(mngr.all_steps(), reverse=True):
+        if max_step is not None and step > max_step:
+            continue
+        try:
+            out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                             meta=ocp.args.JsonRestore()))
+            return out["state"], out["meta"]
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
+            warnings.warn(f"checkpoint at step {step} in {mngr.directory} is unreadable ({type(e).__name__}: "
+                          f"{str(e)[:200]}); trying the previous one", stacklevel=2)
+    return None, None
+
+
+def abstract_with_shardings(trainer: Trainer):
+    abstract = jax.eval_shape(trainer.init_fn)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                        trainer.state_shardings)
+
+
+# ----------------------------------------------------------------------------- the loop
+class _Interrupt:
+    """Turns Ctrl-C into a flag the loop checks between steps, so the state stays whole to save."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: Iterator[dict], end_step: int,
+               cfg: config_lib.PretrainConfig, metrics: runs.MetricsLog, mngr: ocp.CheckpointManager,
+               evaluators: Callable[[Any, int], dict], desc: str, checkpoint_at: set[int] = frozenset()):
+    """Run steps until `end_step`: log, evaluate, checkpoint; returns the final state."""
+    step = int(jax.device_get(state["step"]))
+    ckpt_every = cfg.checkpoint_every or cfg.eval_every
+    pending: list[tuple[int, Any]] = []  # (step, device loss) not yet fetched
+    last_good_step = step
+    t_last, step_last = time.perf_counter(), step
+    meta = {"data_position": None}
+
+    def check_losses():
+        nonlocal last_good_step
+        for s, l in pending:
+            if not math.isfinite(float(l)):
+                raise NonFiniteLoss(f"loss is {float(l)} at step {s}; the run stopped there. The last good "
+                                    f"checkpoint is at step {max([0, *[c for c in mngr.all_steps() if c < s]])}. "
+                                    "Lower lr or raise warmup_steps.")
+            last_good_step = s
+        pending.clear()
+
+    with progress.bar(total=end_step, initial=step, desc=desc, unit="step") as pbar, _Interrupt() as interrupt:
+        while step < end_step:
+            batch = sharding.put_batch(next(batches), trainer.mesh)
+            state, out = trainer.train_step(state, batch)
+            step += 1
+            pending.append((step, out["loss"]))
+            if step % cfg.log_every == 0 or step == end_step:
+                check_losses()
+                now = time.perf_counter()
+                loss = float(out["loss"])
+                rate = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+                metrics.append({"step": step, "images_seen": step * cfg.batch_size, "train/loss": loss,
+                                "train/grad_norm": float(out["grad_norm"]), "lr": float(schedule(step - 1)),
+                                "images_per_s": rate, "time": time.time()})
+                pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            if step % cfg.eval_every == 0 or step == end_step:
+                check_losses()
+                record = evaluators(state["params"], step)
+                metrics.append({"step": step, "images_seen": step * cfg.batch_size, **record})
+                pbar.set_postfix(**{k.split("/")[-1]: f"{v:.4f}" for k, v in record.items()
+                                    if k.startswith("test/")}, refresh=False)
+            if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or interrupt.requested:
+                check_losses()
+                meta["data_position"] = {"step": step, "images_seen": step * cfg.batch_size}
+                save_checkpoint(mngr, state, meta)
+            pbar.update(1)
+            if interrupt.requested:
+                raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, run again to resume")
+    return state
+
+
+def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Pretrain as `cfg` says into `out_dir`, resuming from its checkpoints; returns the summary."""
+    if isinstance(cfg, dict):
+        cfg = config_lib.validate(config_lib.PretrainConfig, cfg)
+    out = Path(out_dir)
+    sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    cfg.check_devices(jax.device_count(), jax.process_count())
+    _claim_run_dir(out, cfg)
+    t0 = time.time()
+
+    # Data (validated before any compute: split sizes, subset size).
+    n_train = data.num_examples(cfg.dataset, cfg.train_split, cfg.data_dir)
+    if cfg.train_examples and cfg.train_examples > n_train:
+        raise config_lib.ConfigError(f"train_examples {cfg.train_examples} exceeds the {n_train} examples of "
+                                     f"{cfg.dataset}:{cfg.train_split}")
+    train = data.load_split(cfg.dataset, train_split_name(cfg), cfg.data_dir)
+    test = data.load_split(cfg.dataset, cfg.test_split, cfg.data_dir)
+    pipe = input_pipeline(cfg)
+
+    # State.
+    mesh = sharding.make_mesh(cfg.mesh)
+    model = build_model(cfg, train.num_classes)
+    schedule = build_schedule(cfg)
+    trainer = make_trainer(model, build_optimizer(cfg, schedule), mesh,
+                           image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss, seed=cfg.seed)
+    mngr = checkpoint_manager(out / "ckpt", cfg)
+    metrics = runs.MetricsLog(out / "metrics.jsonl")
+    state, _ = restore_latest(mngr, abstract_with_shardings(trainer), max_step=cfg.total_steps)
+    if state is None:
+        state = trainer.init_fn()
+    start = int(jax.device_get(state["step"]))
+    metrics.truncate_after(start)
+    if start:
+        print(f"resuming {out} from step {start}")
+
+    evaluators = make_evaluators(cfg, trainer, test, pipe)
+    branch_starts = {b.start for b in cfg.cooldown_branches}
+    batches = data.train_batches(train, pipe, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+    state = train_loop(trainer, state, schedule=schedule, batches=batches, end_step=cfg.total_steps, cfg=cfg,
+                       metrics=metrics, mngr=mngr, evaluators=evaluators, desc=cfg.name, checkpoint_at=branch_starts)
+    branches = [run_branch(cfg, b, trainer, out, train, pipe, evaluators) for b in cfg.cooldown_branches]
+
+    summary = make_summary(cfg, model, metrics.read(), t0, mesh, branches)
+    runs.write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_branch(cfg, branch: config_lib.CooldownBranch, trainer: Trainer, out: Path, train: data.Split,
+               pipe: data.Pipeline, evaluators) -> dict[str, Any]:
+    """A cooldown branch: from the main run's checkpoint at `start`, cool down linearly over `steps`."""
+    name = f"cooldown_{branch.start}+{branch.steps}"
+    bdir = out / "branches" / name
+    schedule = optim.cooldown_branch_schedule(cfg.lr, branch_start=branch.start, cooldown_steps=branch.steps,
+                                              warmup_steps=cfg.warmup_steps, timescale=cfg.timescale)
+    btrainer = make_trainer(trainer.model, build_optimizer(cfg, schedule), trainer.mesh,
+                            image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss, seed=cfg.seed)
+    abstract = abstract_with_shardings(btrainer)
+    bmngr = checkpoint_manager(bdir / "ckpt", cfg)
+    state, _ = restore_latest(bmngr, abstract)
+    if state is None:
+        state, _ = restore_latest(checkpoint_manager(out / "ckpt", cfg), abstract, max_step=branch.start)
+        if state is None or int(state["step"]) != branch.start:
+            raise RuntimeError(f"cooldown branch {name}: the main run has no checkpoint at step {branch.start}")
+    start = int(jax.device_get(state["step"]))
+    metrics = runs.MetricsLog(bdir / "metrics.jsonl")
+    metrics.truncate_after(start)
+    batches = data.train_batches(train, pipe, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+    train_loop(btrainer, state, schedule=schedule, batches=batches, end_step=branch.start + branch.steps, cfg=cfg,
+               metrics=metrics, mngr=bmngr, evaluators=evaluators, desc=name)
+    final = {k: v for r in metrics.read() for k, v in r.items()}
+    return {"name": name, "start": branch.start, "steps": branch.steps, "total_steps": branch.start + branch.steps,
+            "metrics": {k: v for k, v in final.items() if k.startswith(("test/", "fewshot/", "train/"))}}
+
+
+def make_evaluators(cfg, trainer: Trainer, test: data.Split, pipe: data.Pipeline) -> Callable[[Any, int], dict]:
+    """Test-split loss/accuracy, plus few-shot linear transfer every `fewshot_every` steps."""
+    fewshot_eval = None
+    if cfg.fewshot_datasets:
+        from vitscale import fewshot
+
+        fewshot_eval = fewshot.FewShotEvaluator(cfg.fewshot_datasets, pipe, shots=tuple(cfg.fewshot_shots),
+                                                seeds=tuple(range(cfg.fewshot_seeds)), data_dir=cfg.data_dir)
+    every = cfg.fewshot_every or cfg.eval_every
+
+    def evaluators(params, step: int) -> dict[str, float]:
+        r = {f"test/{k}": v for k, v in evaluate(trainer, params, test, pipe, cfg.eval_batch_size).items()}
+        if fewshot_eval is not None and (step % every == 0 or step == cfg.total_steps):
+            r.update(fewshot_eval.run(lambda x: trainer.features(params, x), trainer.mesh))
+        return r
+
+    return evaluators
+
+
+def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, branches) -> dict[str, Any]:
+    final: dict[str, Any] = {}
+    for r in records:
+        final.update({k: v for k, v in r.items() if k not in ("time",)})
+    num_params = flops.count_params(model, (cfg.image_size, cfg.image_size, cfg.channels))
+    fwd = flops.forward_flops(model, (cfg.image_size, cfg.image_size, cfg.channels))
+    images_seen = cfg.total_steps * cfg.batch_size
+    wall = time.time() - t0
+    return {
+        "name": cfg.name, "variant": cfg.variant, "dataset": cfg.dataset, "train_examples": cfg.train_examples,
+        "total_steps": cfg.total_steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "images_seen": images_seen, "num_params": num_params, "forward_flops_per_image": fwd,
+        "train_flops": 3 * fwd * images_seen,
+        "final": {k: v for k, v in final.items() if k.startswith(("test/", "train/", "fewshot/"))},
+        "best_test_acc": max((r["test/acc"] for r in records if "test/acc" in r), default=None),
+        "wall_seconds_this_session": wall, "device_count": int(np.prod(list(mesh.shape.values()))),
+        "device_seconds_this_session": wall * int(np.prod(list(mesh.shape.values()))),
+        "branches": branches, "environment": runs.environment(),
+    }
+
+
+def _claim_run_dir(out: Path, cfg: config_lib.PretrainConfig) -> None:
+    """Write params.yaml, or check that an existing run folder was made with the same parameters."""
+    params = out / "params.yaml"
+    text = config_lib.dump(cfg)
+    if params.exists():
+        old = config_lib.load_yaml(params)
+        new = cfg.model_dump(mode="json")
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise config_lib.ConfigError(
+                f"{out} holds a run with other parameters (differing: {', '.join(diff)}); choose another "
+                "output folder, or delete that one to start over")
+        return
+    runs.atomic_write_text(params, text)
