@@ -35,3 +35,26 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     np.testing.assert_allclose(losses[0], np.log(10), rtol=1e-3)  # zero-init head: uniform prediction
     assert losses[-1] < 0.5 * losses[0]
     assert int(state["step"]) == 30
+
+
+def test_cooldown_branches_leave_the_main_run_and_cool_down(tmp_path):
+    from vitscale import runs
+
+    cfg = config.validate(config.PretrainConfig, dict(
+        variant="Atto/7", train_examples=512, test_split="test[:128]", batch_size=16, total_steps=24, warmup_steps=4,
+        schedule="rsqrt", timescale=10, cooldown_steps=4, lr=1e-3, eval_every=8, log_every=1, checkpoint_every=8,
+        cooldown_branches=[dict(start=8, steps=6), dict(start=16, steps=4)], optimizer="adafactor"))
+    summary = train.run(cfg, tmp_path / "run")
+    curves = runs.load_curves(tmp_path / "run")
+    assert sorted(curves) == ["cooldown_16+4", "cooldown_8+6", "main"]
+    main = {r["step"]: r for r in curves["main"] if "lr" in r}
+    b8 = {r["step"]: r for r in curves["cooldown_8+6"] if "lr" in r}
+    assert max(b8) == 14
+    for s in range(1, 9):  # identical to the main run up to the branch point
+        assert b8[s]["train/loss"] == main[s]["train/loss"]
+    for s in range(9, 15):  # lr(t) = main's rsqrt lr times (T - t)/k, T = 14, k = 6 (logged at t = s - 1)
+        t = s - 1
+        expect = 1e-3 / np.sqrt(1 + (t - 4) / 10) * min(1, (14 - t) / 6)
+        np.testing.assert_allclose(b8[s]["lr"], expect, rtol=1e-5)
+    assert [b["total_steps"] for b in summary["branches"]] == [14, 20]
+    assert all(0 <= b["metrics"]["test/acc"] <= 1 for b in summary["branches"])

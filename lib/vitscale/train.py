@@ -14,7 +14,7 @@ import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -157,9 +157,18 @@ def evaluate(trainer: Trainer, params, split: data.Split, pipe: data.Pipeline, b
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def checkpoint_manager(path: Path, cfg: config_lib.PretrainConfig) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, keep_period=cfg.keep_every,
-                                           create=True, enable_async_checkpointing=False)
+def checkpoint_manager(path: Path, cfg: config_lib.PretrainConfig, protect: Iterable[int] = ()) -> ocp.CheckpointManager:
+    """Orbax manager keeping the last `keep_checkpoints`, every `keep_every`-th step, and `protect`
+    (the steps cooldown branches start from)."""
+    from orbax.checkpoint import checkpoint_managers as cm
+
+    policies = [cm.LatestN(cfg.keep_checkpoints)]
+    if cfg.keep_every:
+        policies.append(cm.EveryNSteps(cfg.keep_every))
+    if protect:
+        policies.append(cm.CustomSteps(sorted(protect)))
+    options = ocp.CheckpointManagerOptions(preservation_policy=cm.AnyPreservationPolicy(policies), create=True,
+                                           enable_async_checkpointing=False)
     return ocp.CheckpointManager(path.absolute(), options=options)
 
 
@@ -174,7 +183,8 @@ def save_checkpoint(mngr: ocp.CheckpointManager, state, meta: dict) -> None:
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | None = None):
     """The newest readable checkpoint (at or before max_step) as (state, meta), or (None, None).
-    A partial or corrupt newest checkpoint is skipped with a warning in favour of the previous."""
+    A partial or corrupt newest checkpoint is skipped with a warning in favour of the previous one,
+    and moved aside to `<step>.unreadable` (kept for inspection, out of the way of new saves)."""
     for step in sorted(mngr.all_steps(), reverse=True):
         if max_step is not None and step > max_step:
             continue
@@ -183,8 +193,13 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | 
                                                              meta=ocp.args.JsonRestore()))
             return out["state"], out["meta"]
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
+            bad = Path(mngr.directory) / str(step)
+            aside = bad.with_name(f"{step}.unreadable-{int(time.time())}")
             warnings.warn(f"checkpoint at step {step} in {mngr.directory} is unreadable ({type(e).__name__}: "
-                          f"{str(e)[:200]}); trying the previous one", stacklevel=2)
+                          f"{str(e)[:200]}); moved to {aside.name}, trying the previous one", stacklevel=2)
+            if jax.process_index() == 0 and bad.exists():
+                bad.rename(aside)
+            mngr.reload()
     return None, None
 
 
@@ -295,7 +310,8 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     schedule = build_schedule(cfg)
     trainer = make_trainer(model, build_optimizer(cfg, schedule), mesh,
                            image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss, seed=cfg.seed)
-    mngr = checkpoint_manager(out / "ckpt", cfg)
+    branch_starts = {b.start for b in cfg.cooldown_branches}
+    mngr = checkpoint_manager(out / "ckpt", cfg, protect=branch_starts)
     metrics = runs.MetricsLog(out / "metrics.jsonl")
     state, _ = restore_latest(mngr, abstract_with_shardings(trainer), max_step=cfg.total_steps)
     if state is None:
@@ -306,7 +322,6 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
         print(f"resuming {out} from step {start}")
 
     evaluators = make_evaluators(cfg, trainer, test, pipe)
-    branch_starts = {b.start for b in cfg.cooldown_branches}
     batches = data.train_batches(train, pipe, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
                                  process_index=jax.process_index(), process_count=jax.process_count())
     state = train_loop(trainer, state, schedule=schedule, batches=batches, end_step=cfg.total_steps, cfg=cfg,
@@ -331,7 +346,8 @@ def run_branch(cfg, branch: config_lib.CooldownBranch, trainer: Trainer, out: Pa
     bmngr = checkpoint_manager(bdir / "ckpt", cfg)
     state, _ = restore_latest(bmngr, abstract)
     if state is None:
-        state, _ = restore_latest(checkpoint_manager(out / "ckpt", cfg), abstract, max_step=branch.start)
+        main = checkpoint_manager(out / "ckpt", cfg, protect={branch.start})
+        state, _ = restore_latest(main, abstract, max_step=branch.start)
         if state is None or int(state["step"]) != branch.start:
             raise RuntimeError(f"cooldown branch {name}: the main run has no checkpoint at step {branch.start}")
     start = int(jax.device_get(state["step"]))
