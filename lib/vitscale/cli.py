@@ -1,6 +1,9 @@
 """`vitscale` command line: a thin layer over papermill and the library's own functions.
 
   vitscale run parameters/pretrain/demo.yaml     execute notebooks/pretrain.ipynb into outputs/demo/
+  vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N]
+                                                 every run of a sweep, resumable, then the scaling report
+  vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
   vitscale kernel                                register the `vitscale` Jupyter kernel
   vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
 """
@@ -19,6 +22,7 @@ NOTEBOOKS = ROOT / "notebooks"
 OUTPUTS = ROOT / "outputs"
 KERNEL = "vitscale"
 KINDS = ("pretrain", "transfer")
+ANALYSIS_DEFAULTS = {"metrics": None, "x": "train_flops", "n_bootstrap": 200}
 
 
 def schema_for(kind: str):
@@ -58,19 +62,20 @@ def export_html(notebook: Path, html: Path | None = None) -> Path:
     return html
 
 
-def execute(kind: str, params: dict[str, Any], out: Path) -> Path:
-    """Execute notebooks/<kind>.ipynb with `params` into out/run.ipynb, then render run.html.
-    Raises papermill's PapermillExecutionError after saving both if a cell failed."""
+def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False) -> Path:
+    """Execute notebooks/<kind>.ipynb with `params` into out/<name>.ipynb, then render <name>.html.
+    Raises papermill's PapermillExecutionError after saving both if a cell failed. `quiet` does not
+    stream the kernel's output here (parallel sweep workers)."""
     import papermill as pm
 
     ensure_kernel()
     os.environ["VITSCALE_BATCH"] = "1"  # the kernel inherits it: text progress bars
     out.mkdir(parents=True, exist_ok=True)
-    run_nb = out / "run.ipynb"
+    run_nb = out / f"{name}.ipynb"
+    streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
     try:
         pm.execute_notebook(NOTEBOOKS / f"{kind}.ipynb", run_nb, parameters={"params": params, "out_dir": str(out)},
-                            kernel_name=KERNEL, cwd=str(NOTEBOOKS), progress_bar=False,
-                            stdout_file=sys.stdout, stderr_file=sys.stderr)
+                            kernel_name=KERNEL, cwd=str(NOTEBOOKS), progress_bar=False, **streams)
     finally:
         if run_nb.exists():
             export_html(run_nb)
@@ -132,6 +137,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def analyze(sweep_dir: Path, quiet: bool = False) -> Path:
+    """Execute notebooks/scaling_analysis.ipynb over a sweep's runs into <sweep>/scaling/report.html."""
+    out = sweep_dir / "scaling"
+    execute("scaling_analysis", {"sweep_dir": str(sweep_dir), **ANALYSIS_DEFAULTS}, out, name="report", quiet=quiet)
+    return out / "report.html"
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from vitscale import config, sweep
+
+    try:
+        spec = sweep.load(args.sweep)
+        shard = sweep.parse_shard(args.shard)
+        if args.workers < 1:
+            raise config.ConfigError(f"--workers {args.workers} must be at least 1")
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else OUTPUTS / spec.name
+    index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+    failed = sorted(k for k, v in index.items() if v == "failed")
+    pending = sorted(k for k, v in index.items() if v != "done")
+    print(f"index: {out / 'index.json'}" + (f"; failed: {failed}" if failed else ""))
+    if not pending and spec.analysis and not args.no_analysis:
+        import papermill as pm
+
+        try:
+            print(f"scaling report: {analyze(out)}")
+        except pm.PapermillExecutionError as e:
+            print(f"error: the analysis failed: {e.ename}: {e.evalue}; see {out / 'scaling' / 'report.html'}",
+                  file=sys.stderr)
+            return 1
+    elif pending and shard[1] == 1:
+        return 1
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import papermill as pm
+
+    sweep_dir = Path(args.sweep_dir)
+    if not sweep_dir.is_dir():
+        print(f"error: {sweep_dir} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        print(f"scaling report: {analyze(sweep_dir)}")
+    except pm.PapermillExecutionError as e:
+        print(f"error: the analysis failed: {e.ename}: {e.evalue}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vitscale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notebook", choices=KINDS, help="notebook kind (default: the parameter file's folder)")
     p.add_argument("--replace", action="store_true", help="move an existing run with other parameters aside")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("sweep", help="run every run of a sweep file (resumable), then its scaling analysis")
+    p.add_argument("sweep", help="parameters/sweeps/<name>.yaml")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (threads, one kernel each)")
+    p.add_argument("--shard", help="i/N: run only every N-th run starting at i (split a sweep over machines)")
+    p.add_argument("--out", help="sweep folder (default: outputs/<name>)")
+    p.add_argument("--no-retry", action="store_true", help="leave failed runs failed")
+    p.add_argument("--no-analysis", action="store_true", help="skip the scaling analysis at the end")
+    p.set_defaults(fn=cmd_sweep)
+    p = sub.add_parser("analyze", help="execute the scaling-analysis notebook over a sweep folder")
+    p.add_argument("sweep_dir")
+    p.set_defaults(fn=cmd_analyze)
     p = sub.add_parser("kernel", help="register the vitscale Jupyter kernel")
     p.set_defaults(fn=lambda a: ensure_kernel() or 0)
     p = sub.add_parser("export", help="render an executed notebook to HTML")

@@ -145,3 +145,32 @@ def load_curves(run_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
         start = min((r["step"] for r in records), default=0)
         curves[branch.parent.name] = [r for r in curves["main"] if r["step"] < start] + records
     return curves
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per trained model of a sweep (each finished run, and each of its cooldown branches):
+    size, data, duration, compute and final metrics. Unfinished runs are left out."""
+    rows = []
+    for run_dir in find_runs(sweep_dir):
+        if not (run_dir / "summary.json").exists():
+            continue
+        s = read_json(run_dir / "summary.json")
+        base = {"run_id": run_dir.name, "branch": None, "variant": s["variant"], "num_params": s["num_params"],
+                "train_examples": s.get("train_examples"),
+                "batch_size": s["batch_size"], "total_steps": s["total_steps"], "images_seen": s["images_seen"],
+                "train_flops": s["train_flops"], "device_seconds": s.get("device_seconds")}
+        rows.append({**base, **_metric_columns(s.get("final", {}))})
+        for b in s.get("branches", []):
+            rows.append({**base, "branch": b["name"], "total_steps": b["total_steps"], "images_seen": b["images_seen"],
+                         "train_flops": b.get("train_flops"), "device_seconds": b.get("device_seconds"),
+                         **_metric_columns(b.get("metrics", {}))})
+    return rows
+
+
+def _metric_columns(final: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in final.items() if k.startswith(("fewshot/", "finetune/")) and not k.endswith("_std")}
+    if "test/acc" in final:
+        out["test_error"] = 1.0 - final["test/acc"]
+    if "test/loss" in final:
+        out["test_loss"] = final["test/loss"]
+    return out

@@ -234,14 +234,19 @@ class _Interrupt:
 
 def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: Iterator[dict], end_step: int,
                cfg: config_lib.PretrainConfig, metrics: runs.MetricsLog, mngr: ocp.CheckpointManager,
-               evaluators: Callable[[Any, int], dict], desc: str, checkpoint_at: set[int] = frozenset()):
-    """Run steps until `end_step`: log, evaluate, checkpoint; returns the final state."""
+               evaluators: Callable[[Any, int, bool], dict], desc: str, checkpoint_at: set[int] = frozenset(),
+               meta: dict | None = None):
+    """Run steps until `end_step`: log, evaluate, checkpoint; returns (final state, meta). `meta`
+    (saved with every checkpoint) carries the data position and the device-seconds spent so far."""
     step = int(jax.device_get(state["step"]))
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
     pending: list[tuple[int, Any]] = []  # (step, device loss) not yet fetched
     last_good_step = step
     t_last, step_last = time.perf_counter(), step
-    meta = {"data_position": None}
+    meta = dict(meta or {})
+    meta.setdefault("device_seconds", 0.0)
+    devices = jax.device_count()
+    t_meta = time.perf_counter()
 
     def check_losses():
         nonlocal last_good_step
@@ -271,18 +276,21 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
                 pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
             if step % cfg.eval_every == 0 or step == end_step:
                 check_losses()
-                record = evaluators(state["params"], step)
+                record = evaluators(state["params"], step, step == end_step)
                 metrics.append({"step": step, "images_seen": step * cfg.batch_size, **record})
                 pbar.set_postfix(**{k.split("/")[-1]: f"{v:.4f}" for k, v in record.items()
                                     if k.startswith("test/")}, refresh=False)
             if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or interrupt.requested:
                 check_losses()
+                now = time.perf_counter()
+                meta["device_seconds"] += (now - t_meta) * devices
+                t_meta = now
                 meta["data_position"] = {"step": step, "images_seen": step * cfg.batch_size}
                 save_checkpoint(mngr, state, meta)
             pbar.update(1)
             if interrupt.requested:
                 raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, run again to resume")
-    return state
+    return state, meta
 
 
 def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -313,7 +321,7 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     branch_starts = {b.start for b in cfg.cooldown_branches}
     mngr = checkpoint_manager(out / "ckpt", cfg, protect=branch_starts)
     metrics = runs.MetricsLog(out / "metrics.jsonl")
-    state, _ = restore_latest(mngr, abstract_with_shardings(trainer), max_step=cfg.total_steps)
+    state, meta = restore_latest(mngr, abstract_with_shardings(trainer), max_step=cfg.total_steps)
     if state is None:
         state = trainer.init_fn()
     start = int(jax.device_get(state["step"]))
@@ -324,11 +332,13 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     evaluators = make_evaluators(cfg, trainer, test, pipe)
     batches = data.train_batches(train, pipe, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
                                  process_index=jax.process_index(), process_count=jax.process_count())
-    state = train_loop(trainer, state, schedule=schedule, batches=batches, end_step=cfg.total_steps, cfg=cfg,
-                       metrics=metrics, mngr=mngr, evaluators=evaluators, desc=cfg.name, checkpoint_at=branch_starts)
+    state, meta = train_loop(trainer, state, schedule=schedule, batches=batches, end_step=cfg.total_steps, cfg=cfg,
+                             metrics=metrics, mngr=mngr, evaluators=evaluators, desc=cfg.name,
+                             checkpoint_at=branch_starts, meta=meta)
     branches = [run_branch(cfg, b, trainer, out, train, pipe, evaluators) for b in cfg.cooldown_branches]
 
-    summary = make_summary(cfg, model, metrics.read(), t0, mesh, branches)
+    summary = make_summary(cfg, model, metrics.read(), t0, mesh, branches, meta)
+    summary["train_examples"] = len(train)  # the data axis, resolved when the parameter is None
     runs.write_json(out / "summary.json", summary)
     return summary
 
@@ -344,10 +354,10 @@ def run_branch(cfg, branch: config_lib.CooldownBranch, trainer: Trainer, out: Pa
                             image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss, seed=cfg.seed)
     abstract = abstract_with_shardings(btrainer)
     bmngr = checkpoint_manager(bdir / "ckpt", cfg)
-    state, _ = restore_latest(bmngr, abstract)
+    state, meta = restore_latest(bmngr, abstract)
     if state is None:
         main = checkpoint_manager(out / "ckpt", cfg, protect={branch.start})
-        state, _ = restore_latest(main, abstract, max_step=branch.start)
+        state, meta = restore_latest(main, abstract, max_step=branch.start)
         if state is None or int(state["step"]) != branch.start:
             raise RuntimeError(f"cooldown branch {name}: the main run has no checkpoint at step {branch.start}")
     start = int(jax.device_get(state["step"]))
@@ -355,15 +365,19 @@ def run_branch(cfg, branch: config_lib.CooldownBranch, trainer: Trainer, out: Pa
     metrics.truncate_after(start)
     batches = data.train_batches(train, pipe, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
                                  process_index=jax.process_index(), process_count=jax.process_count())
-    train_loop(btrainer, state, schedule=schedule, batches=batches, end_step=branch.start + branch.steps, cfg=cfg,
-               metrics=metrics, mngr=bmngr, evaluators=evaluators, desc=name)
+    _, meta = train_loop(btrainer, state, schedule=schedule, batches=batches, end_step=branch.start + branch.steps,
+                         cfg=cfg, metrics=metrics, mngr=bmngr, evaluators=evaluators, desc=name, meta=meta)
     final = {k: v for r in metrics.read() for k, v in r.items()}
     return {"name": name, "start": branch.start, "steps": branch.steps, "total_steps": branch.start + branch.steps,
+            "images_seen": (branch.start + branch.steps) * cfg.batch_size,
+            # Device-seconds of the main run up to the branch point plus the branch's own.
+            "device_seconds": meta.get("device_seconds"),
             "metrics": {k: v for k, v in final.items() if k.startswith(("test/", "fewshot/", "train/"))}}
 
 
-def make_evaluators(cfg, trainer: Trainer, test: data.Split, pipe: data.Pipeline) -> Callable[[Any, int], dict]:
-    """Test-split loss/accuracy, plus few-shot linear transfer every `fewshot_every` steps."""
+def make_evaluators(cfg, trainer: Trainer, test: data.Split, pipe: data.Pipeline) -> Callable[[Any, int, bool], dict]:
+    """Test-split loss/accuracy, plus few-shot linear transfer every `fewshot_every` steps and at the
+    end of the main run and of each branch (`final`)."""
     fewshot_eval = None
     if cfg.fewshot_datasets:
         from vitscale import fewshot
@@ -372,32 +386,34 @@ def make_evaluators(cfg, trainer: Trainer, test: data.Split, pipe: data.Pipeline
                                                 seeds=tuple(range(cfg.fewshot_seeds)), data_dir=cfg.data_dir)
     every = cfg.fewshot_every or cfg.eval_every
 
-    def evaluators(params, step: int) -> dict[str, float]:
+    def evaluators(params, step: int, final: bool = False) -> dict[str, float]:
         r = {f"test/{k}": v for k, v in evaluate(trainer, params, test, pipe, cfg.eval_batch_size).items()}
-        if fewshot_eval is not None and (step % every == 0 or step == cfg.total_steps):
+        if fewshot_eval is not None and (step % every == 0 or final):
             r.update(fewshot_eval.run(lambda x: trainer.features(params, x), trainer.mesh))
         return r
 
     return evaluators
 
 
-def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, branches) -> dict[str, Any]:
+def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, branches, meta: dict) -> dict[str, Any]:
+    """summary.json: final metrics, size and compute (FLOPs, device-seconds), and the environment."""
     final: dict[str, Any] = {}
     for r in records:
         final.update({k: v for k, v in r.items() if k not in ("time",)})
-    num_params = flops.count_params(model, (cfg.image_size, cfg.image_size, cfg.channels))
-    fwd = flops.forward_flops(model, (cfg.image_size, cfg.image_size, cfg.channels))
+    image_shape = (cfg.image_size, cfg.image_size, cfg.channels)
+    fwd = flops.forward_flops(model, image_shape)
     images_seen = cfg.total_steps * cfg.batch_size
-    wall = time.time() - t0
+    for b in branches:
+        b["train_flops"] = 3 * fwd * b["images_seen"]
     return {
         "name": cfg.name, "variant": cfg.variant, "dataset": cfg.dataset, "train_examples": cfg.train_examples,
         "total_steps": cfg.total_steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "images_seen": images_seen, "num_params": num_params, "forward_flops_per_image": fwd,
-        "train_flops": 3 * fwd * images_seen,
+        "images_seen": images_seen, "num_params": flops.count_params(model, image_shape),
+        "forward_flops_per_image": fwd, "train_flops": 3 * fwd * images_seen,
         "final": {k: v for k, v in final.items() if k.startswith(("test/", "train/", "fewshot/"))},
         "best_test_acc": max((r["test/acc"] for r in records if "test/acc" in r), default=None),
-        "wall_seconds_this_session": wall, "device_count": int(np.prod(list(mesh.shape.values()))),
-        "device_seconds_this_session": wall * int(np.prod(list(mesh.shape.values()))),
+        "device_seconds": meta.get("device_seconds"), "device_count": jax.device_count(),
+        "wall_seconds_this_session": time.time() - t0,
         "branches": branches, "environment": runs.environment(),
     }
 

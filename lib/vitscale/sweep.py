@@ -1,0 +1,188 @@
+"""Sweeps: a grid (or list) of runs expanded from one file, executed through papermill, resumable.
+
+A sweep file (parameters/sweeps/<name>.yaml):
+
+    notebook: pretrain                 # which notebook each run executes
+    extends: other_sweep.yaml          # optional: start from another sweep file's keys
+    base: ../pretrain/demo.yaml        # a parameter file (relative to this one) or a mapping
+    fixed: {eval_every: 200}           # overrides for every run
+    grid:                              # the cartesian product of these
+      variant: [Atto/7, Pico/7]
+      train_examples: [2000, 60000]
+    runs: []                           # or/and an explicit list of overrides
+
+Each run's folder is outputs/<sweep>/<run id>, the id derived from its resolved parameters, so
+re-running a sweep finds its runs again: finished runs are skipped, interrupted ones resume from
+their checkpoints, failed ones are tried again (their executed notebook keeps the error).
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from vitscale import config, progress, runs
+
+STATUS = "status.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    run_id: str
+    params: dict[str, Any]  # resolved (every field), as params.yaml holds them
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    notebook: str
+    runs: tuple[Run, ...]
+    analysis: bool = True
+
+
+def run_id(params: dict[str, Any], keys: list[str]) -> str:
+    """A stable id: the swept values (readable) and a hash of all resolved parameters."""
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    label = "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", str(params[k])) for k in keys if k in params)
+    return f"{label}_{digest}" if label else digest
+
+
+def load(path: str | Path) -> Sweep:
+    """Expand and validate a sweep file; every run is checked before anything runs."""
+    from vitscale.cli import KINDS, schema_for
+
+    path = Path(path)
+    spec = config.load_yaml(path)
+    if "extends" in spec:  # another sweep file whose keys this one overrides (e.g. a smaller grid)
+        parent_path = path.parent / spec.pop("extends")
+        parent = config.load_yaml(parent_path)
+        if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
+            parent["base"] = str((parent_path.parent / parent["base"]).resolve())
+        spec = {**parent, **spec}
+    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis"}
+    if unknown:
+        raise config.ConfigError(f"sweep {path}: unknown keys {sorted(unknown)}; accepted: name, notebook, base, "
+                                 "fixed, grid, runs, analysis")
+    notebook = spec.get("notebook", "pretrain")
+    if notebook not in KINDS:
+        raise config.ConfigError(f"sweep {path}: notebook {notebook!r} is not one of {list(KINDS)}")
+    base = spec.get("base") or {}
+    if isinstance(base, str):
+        base = config.load_yaml(path.parent / base)
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise config.ConfigError(f"sweep {path}: grid must map parameter names to non-empty lists")
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    combos += list(spec.get("runs") or [])
+    if not combos:
+        combos = [{}]
+    schema = schema_for(notebook)
+    keys = list(grid) + sorted({k for c in spec.get("runs") or [] for k in c} - set(grid))
+    expanded, errors = [], []
+    for i, overrides in enumerate(combos):
+        params = {**base, **(spec.get("fixed") or {}), **overrides}
+        try:
+            cfg = config.validate(schema, params)
+        except config.ConfigError as e:
+            errors.append(f"run {i} ({overrides}): {e}")
+            continue
+        resolved = cfg.model_dump(mode="json")
+        rid = run_id(resolved, keys)
+        expanded.append(Run(rid, {**resolved, "name": rid}))
+    if errors:
+        raise config.ConfigError(f"sweep {path}: {len(errors)} of {len(combos)} runs are invalid:\n" + "\n".join(errors))
+    ids = [r.run_id for r in expanded]
+    if len(set(ids)) != len(ids):
+        raise config.ConfigError(f"sweep {path}: some runs are identical after resolving: "
+                                 f"{sorted({i for i in ids if ids.count(i) > 1})}")
+    return Sweep(spec.get("name", path.stem), notebook, tuple(sorted(expanded, key=lambda r: r.run_id)),
+                 bool(spec.get("analysis", True)))
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"i/N" → (i, N) with 0 <= i < N."""
+    if not text:
+        return 0, 1
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise config.ConfigError(f"--shard {text!r} must be i/N with 0 <= i < N, e.g. 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def status_of(folder: Path) -> str:
+    """done | failed | interrupted (started, not finished: resumes) | pending."""
+    if (folder / "summary.json").exists() and (folder / STATUS).exists() and \
+            runs.read_json(folder / STATUS).get("status") == "done":
+        return "done"
+    if (folder / STATUS).exists():
+        s = runs.read_json(folder / STATUS).get("status")
+        return "failed" if s == "failed" else "interrupted"
+    return "pending"
+
+
+def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
+    """outputs/<sweep>/index.json: every run's status, recomputed from the run folders."""
+    index = {r.run_id: status_of(out / r.run_id) for r in sweep.runs}
+    runs.write_json(out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index,
+                                         "updated": time.time()})
+    return index
+
+
+def thread_env(workers: int) -> dict[str, str]:
+    """Threads per worker so that parallel runs do not fight over the cores."""
+    per = max(1, (os.cpu_count() or 1) // max(1, workers))
+    env = {"OMP_NUM_THREADS": str(per), "TF_NUM_INTRAOP_THREADS": str(per), "TF_NUM_INTEROP_THREADS": "1"}
+    if workers > 1 and per == 1:
+        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    return env
+
+
+def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
+    from vitscale import cli
+
+    folder = out / run.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    params_file = folder / "params.yaml"
+    if not params_file.exists():
+        runs.atomic_write_text(params_file, config.yaml.safe_dump(run.params, sort_keys=False))
+    runs.write_json(folder / STATUS, {"status": "running", "started": time.time(), "host": socket.gethostname()})
+    try:
+        cli.execute(sweep.notebook, run.params, folder, quiet=True)
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+        runs.write_json(folder / STATUS, {"status": "failed", "ended": time.time(), "error": f"{type(e).__name__}: {e}",
+                                          "traceback": traceback.format_exc()[-4000:]})
+        return "failed"
+    runs.write_json(folder / STATUS, {"status": "done", "ended": time.time()})
+    return "done"
+
+
+def execute(sweep: Sweep, out: Path, *, workers: int = 1, shard: tuple[int, int] = (0, 1),
+            retry_failed: bool = True) -> dict[str, str]:
+    """Run this shard's unfinished runs, `workers` at a time (threads, each with its own kernel)."""
+    out.mkdir(parents=True, exist_ok=True)
+    mine = [r for i, r in enumerate(sweep.runs) if i % shard[1] == shard[0]]
+    todo = [r for r in mine if status_of(out / r.run_id) != "done"
+            and (retry_failed or status_of(out / r.run_id) != "failed")]
+    os.environ.update(thread_env(workers))
+    print(f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "
+          f"{len(mine) - len(todo)} already done, {len(todo)} to run with {workers} worker(s)")
+    results = {}
+    with progress.bar(total=len(mine), initial=len(mine) - len(todo), desc=sweep.name, unit="run",
+                      mininterval=0) as pbar, futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = {pool.submit(_execute_one, sweep, r, out): r for r in todo}
+        for job in futures.as_completed(jobs):
+            r = jobs[job]
+            results[r.run_id] = job.result()
+            write_index(out, sweep)
+            pbar.set_postfix(last=f"{r.run_id}:{results[r.run_id]}", refresh=False)
+            pbar.update(1)
+    return write_index(out, sweep)

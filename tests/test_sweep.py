@@ -1,0 +1,97 @@
+"""Sweeps: grid expansion with stable ids, early validation, shards, and a kill-and-resume run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitscale import config, runs, sweep
+
+
+def write(tmp_path, spec, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_grid_expands_to_the_product_with_stable_distinct_ids(tmp_path):
+    spec = {"base": {"variant": "Atto/7", "total_steps": 10, "warmup_steps": 1},
+            "grid": {"variant": ["Atto/7", "Pico/7"], "train_examples": [100, 200, 300]},
+            "runs": [{"variant": "Femto/7", "lr": 0.01}]}
+    s1, s2 = sweep.load(write(tmp_path, spec)), sweep.load(write(tmp_path, spec, "copy.yaml"))
+    ids = [r.run_id for r in s1.runs]
+    assert len(ids) == 7 == len(set(ids))
+    assert ids == [r.run_id for r in s2.runs]
+    assert {(r.params["variant"], r.params["train_examples"]) for r in s1.runs if r.params["lr"] != 0.01} == \
+        {(v, n) for v in ("Atto/7", "Pico/7") for n in (100, 200, 300)}
+    changed = sweep.load(write(tmp_path, {**spec, "fixed": {"seed": 1}}, "seed.yaml"))
+    assert not set(ids) & {r.run_id for r in changed.runs}
+
+
+def test_extends_overrides_the_parent_sweep(root):
+    full = sweep.load(root / "parameters/sweeps/cpu_scaling.yaml")
+    part = sweep.load(root / "parameters/sweeps/cpu_scaling_slice.yaml")
+    assert len(full.runs) == 12 and len(part.runs) == 4
+    assert {r.run_id for r in part.runs} <= {r.run_id for r in full.runs}  # same parameters, same ids
+    sizes = {r.params["variant"] for r in full.runs}
+    from vitscale import flops, train
+    counts = sorted(flops.count_params(train.build_model(config.PretrainConfig(variant=v), 10), (28, 28, 1)) for v in sizes)
+    assert len(sizes) >= 4 and counts[-1] / counts[0] >= 30
+    assert len({r.params["train_examples"] for r in full.runs}) >= 3
+    assert all(len(r.params["cooldown_branches"]) >= 2 for r in full.runs)  # >= 3 durations
+
+
+def test_invalid_runs_are_reported_before_anything_runs(tmp_path):
+    spec = {"base": {"total_steps": 10, "warmup_steps": 1}, "grid": {"variant": ["Atto/7", "Atto/5", "Nope/7"]}}
+    with pytest.raises(config.ConfigError, match=r"2 of 3 runs are invalid(.|\n)*Atto/5(.|\n)*Nope/7"):
+        sweep.load(write(tmp_path, spec))
+    with pytest.raises(config.ConfigError, match="unknown keys"):
+        sweep.load(write(tmp_path, {"grids": {}}))
+
+
+def test_shards_partition_the_runs():
+    with pytest.raises(config.ConfigError, match="i/N"):
+        sweep.parse_shard("3/3")
+    assert sweep.parse_shard("1/4") == (1, 4)
+    n, shards = 10, 3
+    parts = [[i for i in range(n) if i % shards == k] for k in range(shards)]
+    assert sorted(sum(parts, [])) == list(range(n))
+
+
+@pytest.mark.slow
+def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(root, tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [str(Path(sys.executable).parent / "vitscale"), "sweep", str(root / "tests/data/tiny_sweep.yaml"),
+           "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    ids = [r.run_id for r in sweep.load(root / "tests/data/tiny_sweep.yaml").runs]
+    t0 = time.time()
+    while time.time() - t0 < 400:
+        states = [sweep.status_of(out / i) for i in ids]
+        if states[0] == "done" and states[1] == "interrupted":
+            break
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(0.2)
+    else:
+        pytest.fail("the sweep never reached its second run")
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    time.sleep(3)  # orphaned kernels notice their parent is gone and exit
+    first = out / ids[0]
+    stamp = {f: (first / f).stat().st_mtime_ns for f in ("summary.json", "run.ipynb", "metrics.jsonl")}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "1 already done" in r.stdout
+    index = runs.read_json(out / "index.json")["runs"]
+    assert index == {i: "done" for i in ids}
+    assert stamp == {f: (first / f).stat().st_mtime_ns for f in stamp}  # not repeated
+    for i in ids:
+        steps = [m["step"] for m in runs.read_metrics(out / i / "metrics.jsonl") if "train/loss" in m]
+        assert steps == sorted(set(steps)) and steps[-1] == 12  # nothing lost, nothing logged twice
+        assert (out / i / "summary.json").exists() and (out / i / "run.html").exists()
+    rows = runs.collect(out)
+    assert len(rows) == 4 and {r["branch"] for r in rows} == {None, "cooldown_6+3"}
