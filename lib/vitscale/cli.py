@@ -95,7 +95,7 @@ def prepare_run(params_file: Path, out: Path | None, kind: str | None, replace: 
         import jax
 
         cfg.check_devices(jax.device_count(), 1)
-    out = out or OUTPUTS / params_file.stem
+    out = (out or OUTPUTS / params_file.stem).resolve()  # the kernel runs in notebooks/: no relative paths
     existing = out / "params.yaml"
     if existing.exists():
         same = config.load_yaml(existing) == cfg.model_dump(mode="json")
@@ -155,7 +155,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else OUTPUTS / spec.name
+    out = (Path(args.out) if args.out else OUTPUTS / spec.name).resolve()
     index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
     failed = sorted(k for k, v in index.items() if v == "failed")
     pending = sorted(k for k, v in index.items() if v != "done")
@@ -177,7 +177,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     import papermill as pm
 
-    sweep_dir = Path(args.sweep_dir)
+    sweep_dir = Path(args.sweep_dir).resolve()
     if not sweep_dir.is_dir():
         print(f"error: {sweep_dir} is not a folder", file=sys.stderr)
         return 2
