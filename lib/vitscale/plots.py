@@ -6,12 +6,16 @@ nbconvert's HTML export keeps. The cell that calls it must keep its output.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
+
+from vitscale import analysis
 
 RENDERER = "plotly_mimetype+notebook"
 
@@ -94,3 +98,361 @@ def summary_table(summary: dict[str, Any]) -> go.Figure:
     rows = [{"quantity": k, "value": summary.get(k)} for k in keys]
     rows += [{"quantity": k, "value": v} for k, v in sorted(summary.get("final", {}).items())]
     return table(rows, ["quantity", "value"])
+
+
+# ----------------------------------------------------------------------------- transfer (notebooks/transfer.ipynb)
+_DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def _pct(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return ""
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> go.Figure:
+    """Few-shot accuracy against shots, one colour per dataset and one dash per model (pretrained,
+    random), with the spread over seeds as error bars. `fewshot` is summary["fewshot"]."""
+    fig = go.Figure()
+    palette = pio.templates["plotly"].layout.colorway
+    datasets = list(dict.fromkeys(d for by_dataset in fewshot.values() for d in by_dataset))
+    for j, (model, by_dataset) in enumerate(fewshot.items()):
+        for name, res in by_dataset.items():
+            shots = sorted(res, key=lambda s: int(s.removesuffix("shot")))
+            fig.add_trace(go.Scatter(
+                x=[int(s.removesuffix("shot")) for s in shots], y=[res[s]["mean"] for s in shots],
+                error_y=dict(type="data", array=[res[s]["std"] for s in shots]), name=f"{name} ({model})",
+                mode="lines+markers", line=dict(color=palette[datasets.index(name) % len(palette)],
+                                                dash=_DASHES[j % len(_DASHES)])))
+    if not fewshot:
+        fig.add_annotation(text="no few-shot evaluation in this run (parameter fewshot_datasets)", showarrow=False)
+    fig.update_layout(title="few-shot linear transfer (frozen features, closed-form ridge)",
+                      xaxis_title="images per class (shots)", yaxis_title="top-1 accuracy", xaxis_type="log",
+                      height=420)
+    return fig
+
+
+def fewshot_table(summary: dict[str, Any]) -> go.Figure:
+    """Few-shot accuracy (%, mean ± spread over seeds) per dataset and shot count, one column per
+    model, and the pretrained model's gain over the random init when both ran."""
+    few, models = summary.get("fewshot", {}), summary.get("models", [])
+    rows = []
+    first = few.get(models[0], {}) if models else {}
+    for name, res in first.items():
+        for shot in sorted(res, key=lambda s: int(s.removesuffix("shot"))):
+            row = {"dataset": name, "shots": int(shot.removesuffix("shot"))}
+            for m in models:
+                r = few.get(m, {}).get(name, {}).get(shot)
+                row[f"{m} (%)"] = _pct(r["mean"], r["std"]) if r else ""
+            if len(models) > 1 and "random" in few:
+                row["gain (points)"] = f"{100 * (res[shot]['mean'] - few['random'][name][shot]['mean']):+.1f}"
+            rows.append(row)
+    seeds = len(next(iter(next(iter(first.values())).values()))["per_seed"]) if first else 0
+    return table(rows, title=f"few-shot top-1 accuracy (%), mean ± std over {seeds} seeds")
+
+
+def finetune_table(summary: dict[str, Any]) -> go.Figure:
+    """Fine-tuning per dataset and model: held-out accuracy for each lr of the grid, the lr picked,
+    and the test accuracy of the final run."""
+    rows = []
+    for name, by_model in summary.get("finetune", {}).items():
+        for model, r in by_model.items():
+            row = {"dataset": name, "model": model}
+            for g in r["grid"]:
+                row[f"held-out acc, lr {g['lr']:g} (%)"] = "diverged" if g["diverged"] else _pct(g["val/acc"])
+            row["best lr"] = f"{r['best_lr']:g}" + (" (grid edge)" if r.get("best_lr_at_grid_edge") else "")
+            row["test acc (%)"] = _pct(r["test/acc"])
+            rows.append(row)
+    if not rows:
+        return table([{"fine-tuning": "none in this run (parameter finetune_datasets)"}])
+    r0 = next(iter(next(iter(summary["finetune"].values())).values()))
+    how = "retrained on the whole training split" if r0["retrained"] else "best grid run"
+    return table(rows, title=f"fine-tuning at {r0['resolution']} px, {r0['steps']} steps of batch {r0['batch_size']}; "
+                             f"lr picked on {r0['holdout_images']} held-out images, test: {how}")
+
+
+def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> go.Figure:
+    """Fine-tuning curves, one row per dataset: train loss, held-out accuracy of the lr grid runs,
+    test accuracy of the final runs; one colour per model, one dash per lr. `curves` is
+    transfer.load_curves(out_dir)."""
+    datasets = list(curves) or ["(none)"]
+    fig = make_subplots(rows=len(datasets), cols=3, vertical_spacing=0.12 / max(len(datasets), 1),
+                        subplot_titles=[f"{d}: {t}" for d in datasets
+                                        for t in ("train loss", "held-out accuracy (lr grid)", "test accuracy (final)")])
+    palette = pio.templates["plotly"].layout.colorway
+    models = list(dict.fromkeys(label.split(" ")[0] for runs in curves.values() for label in runs))
+    lrs = sorted({label.rsplit("lr=", 1)[-1] for runs in curves.values() for label in runs}, key=float)
+    shown = set()
+    for i, name in enumerate(curves, start=1):
+        for label, records in curves[name].items():
+            color = palette[models.index(label.split(" ")[0]) % len(palette)]
+            dash = _DASHES[lrs.index(label.rsplit("lr=", 1)[-1]) % len(_DASHES)]
+            width = 3 if " final " in label else 1.5
+            for col, key in enumerate(("train/loss", "val/acc", "test/acc"), start=1):
+                xs, ys = _series(records, key)
+                if not xs:
+                    continue
+                fig.add_trace(go.Scatter(x=xs, y=ys, name=label, legendgroup=label, showlegend=label not in shown,
+                                         mode="lines" if key == "train/loss" else "lines+markers",
+                                         line=dict(color=color, dash=dash, width=width)), row=i, col=col)
+                shown.add(label)
+        fig.update_yaxes(type="log", row=i, col=1)
+    if not curves:
+        fig.add_annotation(text="no fine-tuning in this run (parameter finetune_datasets)", showarrow=False)
+    fig.update_xaxes(title_text="step", row=len(datasets))
+    fig.update_layout(height=340 * len(datasets) + 60, margin=dict(t=50, b=40))
+    return fig
+
+
+# ----------------------------------------------------------------------------- scaling (scaling_analysis.ipynb)
+# Rows are `runs.collect` rows, results come from `analysis.analyze` / `analyze_all`.
+
+
+
+_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
+_X_TITLES = {"train_flops": "training compute (FLOPs)", "images_seen": "images seen",
+             "device_seconds": "device-seconds", "num_params": "parameters", "train_examples": "training images"}
+_HOVER = ("%{customdata[0]}<br>%{customdata[1]}, %{customdata[2]} training images<br>"
+          "%{customdata[3]} steps, %{customdata[4]:,} images seen<br>x=%{x:.3g}, error=%{y:.4g}<extra></extra>")
+
+
+def _x_title(x: str) -> str:
+    return _X_TITLES.get(x, x.replace("_", " "))
+
+
+def _metric_title(metric: str) -> str:
+    parts = metric.split("/")
+    if metric.startswith("fewshot/") and len(parts) == 3:
+        return f"few-shot error, {parts[1]} {parts[2].removesuffix('shot')}-shot"
+    if metric.startswith("finetune/"):
+        return f"fine-tuning error, {metric.removeprefix('finetune/')}"
+    return metric.replace("_", " ")
+
+
+def _hover_data(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [[analysis.run_label(r), r.get("variant"), analysis.data_label(r.get("train_examples")),
+             r.get("total_steps"), r.get("images_seen")] for r in rows]
+
+
+def _message(fig: go.Figure, text: str) -> go.Figure:
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
+
+
+def _colors(variants: Sequence[str]) -> dict[str, str]:
+    palette = pio.templates["plotly"].layout.colorway
+    return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+
+
+def _with_x(rows: Sequence[dict[str, Any]], metric: str, x: str) -> list[dict[str, Any]]:
+    return [r for r in rows if math.isfinite(analysis.error_of(r, metric))
+            and isinstance(r.get(x), (int, float)) and r[x] > 0]
+
+
+def scaling_error_vs_compute(rows: Sequence[dict[str, Any]], result: dict[str, Any], metric: str | None = None,
+                             ) -> go.Figure:
+    """Error against compute (log-log) for every trained model, one colour per model size and one
+    marker per data size; the Pareto frontier ringed; the power law fitted to it with its bootstrap
+    band, and the M4 fit. Traces: one per model size, then frontier, band, power law, M4 (each if
+    fitted)."""
+    metric = metric or result["metric"]
+    x = result.get("x", "train_flops")
+    have = _with_x(rows, metric, x)
+    variants, sizes = analysis.variants_by_size(have), analysis.data_sizes(have)
+    colors = _colors(variants)
+    fig = go.Figure()
+    for v in variants:
+        rs = [r for r in have if r["variant"] == v]
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in rs], y=[analysis.error_of(r, metric) for r in rs], mode="markers", name=v,
+            marker=dict(color=colors[v], size=8, symbol=[_SYMBOLS[sizes.index(r.get("train_examples")) % len(_SYMBOLS)]
+                                                          for r in rs]),
+            customdata=_hover_data(rs), hovertemplate=_HOVER))
+    marks = ", ".join(f"{_SYMBOLS[i % len(_SYMBOLS)]} {analysis.data_label(d)}" for i, d in enumerate(sizes))
+    title = f"{_metric_title(metric)} against {_x_title(x)} (markers: training images, {marks})"
+    if "error" in result:
+        _message(fig, f"no fit: {result['error']}")
+    else:
+        front = [r for r, f in zip(rows, result["frontier"]) if f]
+        front.sort(key=lambda r: r[x])
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in front], y=[analysis.error_of(r, metric) for r in front], mode="lines+markers",
+            name="Pareto frontier", line=dict(color="black", width=1, shape="hv"),
+            marker=dict(symbol="circle-open", size=14, color="black", line=dict(width=2)),
+            customdata=_hover_data(front), hovertemplate=_HOVER))
+        xs = result["x_values"][result["used"]]
+        grid = np.geomspace(xs.min(), 2 * xs.max(), 200)
+        pl = result["power_law"]
+        if pl.bootstrap_params.shape[0]:
+            lo, hi = pl.predict_band(grid)
+            fig.add_trace(go.Scatter(
+                x=np.r_[grid, grid[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", mode="lines",
+                line=dict(width=0), fillcolor="rgba(0,0,0,0.12)", hoverinfo="skip",
+                name=f"power law, {100 * pl.ci_level:.0f}% bootstrap band ({pl.n_bootstrap})"))
+        fig.add_trace(go.Scatter(
+            x=grid, y=pl.predict(grid), mode="lines", line=dict(color="black", width=2),
+            name=f"E = {pl.a:.3g} (C + {pl.d:.3g})^-{pl.b:.3g} + {pl.c:.3g}"))
+        m4 = result["m4"]
+        if not isinstance(m4, dict):
+            fig.add_trace(go.Scatter(
+                x=grid, y=m4.predict(grid), mode="lines", line=dict(color="firebrick", width=2, dash="dash"),
+                name=f"M4: e_inf={m4.e_inf:.3g}, alpha={m4.alpha:.3g}, c={m4.c:.3g}"))
+    fig.update_xaxes(type="log", title_text=_x_title(x))
+    fig.update_yaxes(type="log", title_text=_metric_title(metric))
+    fig.update_layout(title=title, height=520, legend=dict(font=dict(size=11)))
+    return fig
+
+
+def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = "test_error") -> go.Figure:
+    """Best error (over training lengths) against parameters, one line per data size (log-log)."""
+    groups = analysis.by_group(rows, metric, "train_examples", "variant")
+    sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key)
+    fig = go.Figure()
+    for d in sizes:
+        best = [min(rs, key=lambda r: analysis.error_of(r, metric)) for (dd, _), rs in groups.items() if dd == d]
+        best.sort(key=lambda r: r["num_params"])
+        fig.add_trace(go.Scatter(
+            x=[r["num_params"] for r in best], y=[analysis.error_of(r, metric) for r in best], mode="lines+markers",
+            name=f"{analysis.data_label(d)} images", customdata=_hover_data(best), hovertemplate=_HOVER))
+    if not groups:
+        _message(fig, f"no run has {metric}")
+    fig.update_xaxes(type="log", title_text="parameters")
+    fig.update_yaxes(type="log", title_text=f"best {_metric_title(metric)}")
+    fig.update_layout(title=f"best {_metric_title(metric)} against model size, per data size", height=420)
+    return fig
+
+
+def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = "test_error") -> go.Figure:
+    """Error against images seen, one facet per data size and one line per model size (the best
+    run or cooldown branch at each images-seen value); log-log."""
+    groups = analysis.by_group(rows, metric, "train_examples", "variant")
+    sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key) or [None]
+    variants = analysis.variants_by_size([r for rs in groups.values() for r in rs])
+    colors = _colors(variants)
+    fig = make_subplots(rows=1, cols=len(sizes), shared_yaxes=True,
+                        subplot_titles=[f"{analysis.data_label(d)} training images" for d in sizes])
+    shown = set()
+    for col, d in enumerate(sizes, start=1):
+        for v in variants:
+            best: dict[int, dict[str, Any]] = {}
+            for r in groups.get((d, v), []):
+                i = r["images_seen"]
+                if i not in best or analysis.error_of(r, metric) < analysis.error_of(best[i], metric):
+                    best[i] = r
+            if not best:
+                continue
+            rs = [best[i] for i in sorted(best)]
+            fig.add_trace(go.Scatter(
+                x=[r["images_seen"] for r in rs], y=[analysis.error_of(r, metric) for r in rs], mode="lines+markers",
+                name=v, legendgroup=v, showlegend=v not in shown, line=dict(color=colors[v]),
+                customdata=_hover_data(rs), hovertemplate=_HOVER), row=1, col=col)
+            shown.add(v)
+    if not groups:
+        _message(fig, f"no run has {metric}")
+    fig.update_xaxes(type="log", title_text="images seen")
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text=_metric_title(metric), row=1, col=1)
+    fig.update_layout(title=f"{_metric_title(metric)} against images seen, per model size", height=420)
+    return fig
+
+
+def scaling_extrapolation(result: dict[str, Any]) -> go.Figure:
+    """The extrapolation check: frontier runs below the cut (fitted) and at or above it (held out),
+    both estimators' curves fitted below the cut, and their errors on the held-out runs. Traces:
+    fit region, held out, cut line, power law, M4 (each if present)."""
+    fig = go.Figure()
+    metric, x = result.get("metric", ""), result.get("x", "train_flops")
+    ex = result.get("extrapolation", {"error": result.get("error", "no result")})
+    if "error" in result or "error" in ex:
+        _message(fig, f"no extrapolation check: {result.get('error') or ex['error']}")
+        fig.update_layout(title=f"extrapolation, {_metric_title(metric)}", height=300)
+        return fig
+    fig.add_trace(go.Scatter(x=ex["train_x"], y=ex["train_e"], mode="markers", name=f"fitted ({ex['n_train']} runs)",
+                             marker=dict(color="black", size=9)))
+    fig.add_trace(go.Scatter(x=ex["test_x"], y=ex["test_e"], mode="markers", name=f"held out ({ex['n_test']} runs)",
+                             marker=dict(color="white", size=11, symbol="diamond", line=dict(color="black", width=2))))
+    all_e = ex["train_e"] + ex["test_e"]
+    fig.add_trace(go.Scatter(x=[ex["cut"]] * 2, y=[min(all_e), max(all_e)], mode="lines", hoverinfo="skip",
+                             name=f"cut {ex['cut']:.3g}", line=dict(color="grey", dash="dot")))
+    grid = np.geomspace(min(ex["train_x"]), max(ex["test_x"]), 200)
+    for name, label, style in (("power_law", "power law", dict(color="black")),
+                               ("m4", "M4", dict(color="firebrick", dash="dash"))):
+        r = ex["results"].get(name, {})
+        if "fit" not in r:
+            continue
+        fig.add_trace(go.Scatter(
+            x=grid, y=r["fit"].predict(grid), mode="lines", line=style,
+            name=f"{label}: held-out RMSE log {r['rmse_log']:.3f}, mean |rel. error| {100 * r['mare']:.1f}%"))
+    fig.update_xaxes(type="log", title_text=_x_title(x))
+    fig.update_yaxes(type="log", title_text=_metric_title(metric))
+    fig.update_layout(title=f"extrapolation, {_metric_title(metric)}: fit below {ex['cut']:.3g}, predict above",
+                      height=440)
+    return fig
+
+
+def _fit_table(fig: go.Figure, widths: Sequence[float], chars: int = 150) -> go.Figure:
+    """Set relative column widths and a height that fits wrapped cells (about `chars` characters
+    per line across the whole table)."""
+    t = fig.data[0]
+    t.columnwidth = list(widths)
+    share = [w / sum(widths) for w in widths]
+    cols = [list(c) for c in t.cells.values]
+    lines = [max(math.ceil(len(str(col[i])) / max(chars * f, 1.0)) or 1 for col, f in zip(cols, share))
+             for i in range(len(cols[0]) if cols else 0)]
+    head = max(math.ceil(len(str(h)) / max(chars * f, 1.0)) or 1 for h, f in zip(t.header.values, share))
+    fig.update_layout(height=min(80 + 20 * head + sum(20 * n + 10 for n in lines), 1400))
+    return fig
+
+
+def scaling_constants_table(results: dict[str, dict[str, Any]]) -> go.Figure:
+    """Fitted constants, one column per metric: power law a, b, c, d and M4 (with bootstrap
+    intervals), the extrapolation errors, and why a metric could not be fitted."""
+    per_metric = analysis.constants_rows(results)
+    if not per_metric:
+        return table([{"scaling fits": "no metric to fit"}])
+    quantities = list(dict.fromkeys(k for r in per_metric for k in r if k != "metric"))
+    rows = [{"quantity": q, **{r["metric"]: r.get(q, "") for r in per_metric}} for q in quantities]
+    fig = table(rows, ["quantity"] + [r["metric"] for r in per_metric],
+                title="frontier fits: E = a (x + d)^-b + c and M4 [bootstrap intervals]")
+    return _fit_table(fig, [1.2] + [2.0] * len(per_metric))
+
+
+def scaling_findings_table(found: dict[str, dict[str, Any]]) -> go.Figure:
+    """The paper's claims checked on this sweep (`analysis.findings`): holds, and the numbers."""
+    fig = table(analysis.findings_rows(found), ["finding", "holds", "verdict"], title="findings at this scale")
+    return _fit_table(fig, [1.2, 0.8, 8.0])
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def scaling_runs_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None) -> go.Figure:
+    """Every trained model of the sweep with its size, data, length, compute and errors."""
+    metrics = list(metrics or analysis.metric_columns(rows))
+    rows = sorted(rows, key=lambda r: (r.get("num_params") or 0, analysis.data_sort_key(r.get("train_examples")),
+                                       r.get("images_seen") or 0, analysis.run_label(r)))
+    out = [{"model": analysis.run_label(r), "variant": r.get("variant"), "params": r.get("num_params"),
+            "train images": analysis.data_label(r.get("train_examples")), "steps": r.get("total_steps"),
+            "images seen": r.get("images_seen"), "train FLOPs": r.get("train_flops"),
+            **{_metric_title(m): _finite_or_none(analysis.error_of(r, m)) for m in metrics}} for r in rows]
+    if not out:
+        return table([{"runs": "no finished run in this sweep"}])
+    fig = table(out, title=f"{len(out)} trained models (runs and cooldown branches)")
+    return _fit_table(fig, [3.0, 1.0, 1.0, 1.0, 0.8, 1.1, 1.1] + [1.6] * len(metrics), chars=170)
+
+
+def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[go.Figure]:
+    """Per metric: error against compute with the fits, the extrapolation check, best error
+    against model size, and error against images seen."""
+    figs = []
+    for metric, result in results.items():
+        figs += [scaling_error_vs_compute(rows, result, metric), scaling_extrapolation(result),
+                 scaling_best_vs_size(rows, metric), scaling_error_vs_images(rows, metric)]
+    return figs
+
+
+def show_all(figures: Sequence[go.Figure]) -> None:
+    """Show figures one after the other (keeps loops out of notebooks)."""
+    for fig in figures:
+        fig.show()

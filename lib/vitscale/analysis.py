@@ -1,0 +1,437 @@
+"""Scaling analysis of a sweep: from `runs.collect` rows to fitted laws, checks and findings.
+
+Input: rows as `runs.collect(sweep_dir)` returns them, one per trained model (a run, and each of
+its cooldown branches), with `run_id`, `branch`, `variant`, `num_params`, `train_examples`,
+`total_steps`, `images_seen`, `train_flops` and the metrics `test_error`,
+`fewshot/<dataset>/<k>shot` and `finetune/<dataset>` (accuracies; analysed as errors).
+
+Per metric, `analyze` fits the best error reachable at a given compute (the Pareto frontier of
+error against `x`) with the saturating power law E = a (x + d)^-b + c of Zhai et al. (2022) and
+with M4 (Alabdulmohsin et al., 2022), and checks how well each extrapolates (`scaling` holds the
+math). `findings` turns the paper's qualitative claims into numbers at this scale.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from vitscale import runs, scaling
+
+__all__ = ["metric_columns", "error_of", "analyze", "analyze_all", "write_summary", "findings", "findings_rows",
+           "constants_rows", "run_label", "data_label", "data_sort_key", "data_sizes", "variants_by_size", "by_group"]
+
+_FEWSHOT = re.compile(r"^fewshot/[^/]+/\d+shot$")
+_FINETUNE = re.compile(r"^finetune/[^/]+$")
+
+
+# ----------------------------------------------------------------------------- rows
+def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The y-axes present in `rows`: "test_error", then few-shot keys (by dataset, then shots),
+    then fine-tuning keys. Spreads over seeds ("..._std") are not metrics."""
+    keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    fewshot = sorted((k for k in keys if _FEWSHOT.match(k)),
+                     key=lambda k: (k.split("/")[1], int(k.split("/")[2].removesuffix("shot"))))
+    finetune = sorted(k for k in keys if _FINETUNE.match(k))
+    return (["test_error"] if "test_error" in keys else []) + fewshot + finetune
+
+
+def error_of(row: Mapping[str, Any], metric: str) -> float:
+    """The row's error for `metric`: test_error (and test_loss) as is, 1 - accuracy for few-shot
+    and fine-tuning keys; NaN when the row lacks the metric."""
+    v = row.get(metric)
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    if metric in ("test_error", "test_loss"):
+        return float(v)
+    if metric.startswith(("fewshot/", "finetune/")):
+        return 1.0 - float(v)
+    raise ValueError(f"metric {metric!r} is not an error or accuracy column; "
+                     f"accepted: 'test_error', 'test_loss', 'fewshot/<dataset>/<k>shot', 'finetune/<dataset>'")
+
+
+def run_label(row: Mapping[str, Any]) -> str:
+    """A trained model's name: the run id, plus "/<branch>" for a cooldown branch."""
+    return str(row.get("run_id")) + (f"/{row['branch']}" if row.get("branch") else "")
+
+
+def data_label(train_examples: int | None) -> str:
+    """How a data size is shown; None (the whole training split) is "all"."""
+    return "all" if train_examples is None else f"{int(train_examples):,}"
+
+
+def data_sort_key(train_examples: int | None) -> tuple[bool, float]:
+    """Sort key of data sizes; None (the whole training split) is larger than any subset."""
+    return (train_examples is None, 0.0 if train_examples is None else float(train_examples))
+
+
+def variants_by_size(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Variants ordered by model size (parameters)."""
+    size: dict[str, float] = {}
+    for r in rows:
+        size.setdefault(r["variant"], float(r["num_params"]))
+    return sorted(size, key=lambda v: (size[v], v))
+
+
+def data_sizes(rows: Sequence[Mapping[str, Any]]) -> list[int | None]:
+    """The data sizes (train_examples) present, smallest first."""
+    return sorted({r.get("train_examples") for r in rows}, key=data_sort_key)
+
+
+def _x_of(row: Mapping[str, Any], x: str) -> float:
+    v = row.get(x)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars and arrays to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+# ----------------------------------------------------------------------------- one metric
+def _extrapolation_cut(x_frontier: np.ndarray, cut_fraction: float) -> tuple[float, bool]:
+    """The compute cut: the point `cut_fraction` of the way across the frontier's log-x range
+    (0.5: the geometric midpoint of its smallest and largest x). If fewer than MIN_POINTS distinct
+    frontier x lie below it, it moves up to just above the MIN_POINTS-th (geometric mean of that
+    one and the next), so the fit has its minimum; returns (cut, moved)."""
+    u = np.unique(x_frontier)
+    lo, hi = math.log(u[0]), math.log(u[-1])
+    cut = math.exp(lo + cut_fraction * (hi - lo))
+    k = scaling.MIN_POINTS
+    if np.sum(u < cut) >= k or u.size <= k:
+        return cut, False
+    return math.sqrt(u[k - 1] * u[k]), True
+
+
+def analyze(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    metric: str = "test_error",
+    x: str = "train_flops",
+    n_bootstrap: int = 200,
+    cut_fraction: float = 0.5,
+    e0: float = 0.9,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit the frontier of `metric` (as error) against `x` over all rows carrying both.
+
+    Returns a dict with
+      metric, x, e0      what was fitted
+      used               bool per input row: it has a finite positive x and error for this metric
+      frontier           bool per input row: on the Pareto frontier (the power law's and M4's points)
+      x_values, errors   float arrays per input row (NaN where not used)
+      power_law          scaling.PowerLawFit on the frontier, bootstrap intervals (n_bootstrap)
+      m4                 scaling.M4Fit on the frontier points below e0 (random-guess error), with
+                         bootstrap intervals, or {"error": message} if it could not be fitted
+      extrapolation      scaling.extrapolation_check of both estimators: fit on frontier runs with
+                         x < cut, predict those at or above it; cut = the point `cut_fraction` of
+                         the way across the frontier's log-x range (0.5: geometric midpoint), moved
+                         up if fewer than 4 frontier points lie below it. {"error": ...} if even
+                         then nothing is left to predict.
+      summary            all of the above as JSON-safe values (no arrays or fit objects)
+
+    Raises ValueError, naming the metric, x and the counts, when the power law cannot be fitted
+    (missing values, too few runs or frontier points, an error of exactly 0).
+    """
+    if not 0.0 < cut_fraction < 1.0:
+        raise ValueError(f"cut_fraction must be in (0, 1), got {cut_fraction}")
+    where = f"{metric} against {x}"
+    xs = np.array([_x_of(r, x) for r in rows], dtype=float)
+    es = np.array([error_of(r, metric) for r in rows], dtype=float)
+    have = np.isfinite(xs) & np.isfinite(es)
+    if not have.any():
+        raise ValueError(f"{where}: none of the {len(rows)} rows has both values "
+                         f"(metrics present: {metric_columns(rows) or 'none'})")
+    bad = have & ((xs <= 0) | (es <= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}: {int(bad.sum())} run(s) have x <= 0 or error <= 0 (first: {run_label(rows[i])}, "
+                         f"x={xs[i]:g}, error={es[i]:g}); the fits work in log space and need both > 0")
+    idx = np.flatnonzero(have)
+    x_used, e_used = xs[idx], es[idx]
+    try:
+        pl, mask_used = scaling.frontier_fit(x_used, e_used, n_bootstrap=n_bootstrap, seed=seed)
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"{where} ({idx.size} runs with this metric): {err}") from err
+    frontier = np.zeros(len(rows), dtype=bool)
+    frontier[idx[mask_used]] = True
+    xf, ef = x_used[mask_used], e_used[mask_used]
+
+    # M4 needs every error below e0; the points at or above chance are the cheapest frontier runs
+    # and leave the frontier of the others unchanged, so they are simply left out.
+    below = ef < e0
+    try:
+        m4: Any = scaling.fit_m4(xf[below], ef[below], e0, n_bootstrap=n_bootstrap, seed=seed)
+    except (ValueError, RuntimeError) as err:
+        m4 = {"error": f"{where}: M4: {err}"}
+
+    extrap = _extrapolate(x_used, e_used, xf, e0=e0, cut_fraction=cut_fraction, seed=seed, where=where)
+
+    result = {"metric": metric, "x": x, "e0": float(e0), "used": have, "frontier": frontier,
+              "x_values": np.where(have, xs, np.nan), "errors": np.where(have, es, np.nan),
+              "power_law": pl, "m4": m4, "extrapolation": extrap}
+    result["summary"] = _summary(rows, result)
+    return result
+
+
+def _extrapolate(x: np.ndarray, e: np.ndarray, xf: np.ndarray, *, e0: float, cut_fraction: float, seed: int,
+                 where: str) -> dict[str, Any]:
+    cut, moved = _extrapolation_cut(xf, cut_fraction)
+    try:
+        out = scaling.extrapolation_check(x, e, cut, fitters=("power_law",), seed=seed)
+    except (ValueError, RuntimeError) as err:
+        return {"error": f"{where}: extrapolation check: {err}"}
+    # M4 on the runs below chance (same frontier minus its chance-level start; see analyze).
+    ok = e < e0
+    try:
+        m4 = scaling.extrapolation_check(x[ok], e[ok], cut, e0=e0, fitters=("m4",), seed=seed)
+        out["results"]["m4"] = m4["results"]["m4"]
+    except (ValueError, RuntimeError) as err:
+        out["results"]["m4"] = {"error": f"M4: {err}"}
+    out.update(cut_fraction=float(cut_fraction), cut_moved=moved)
+    return out
+
+
+def _summary(rows: Sequence[Mapping[str, Any]], res: Mapping[str, Any]) -> dict[str, Any]:
+    used, frontier = res["used"], res["frontier"]
+    xf = res["x_values"][frontier]
+    m4 = res["m4"]
+    extrap = res["extrapolation"]
+    if "error" not in extrap:
+        extrap = {k: v for k, v in extrap.items() if k != "results"} | {
+            "results": {name: {k: v for k, v in r.items() if k != "fit"} for name, r in extrap["results"].items()}}
+    return _clean({
+        "metric": res["metric"], "x": res["x"], "e0": res["e0"],
+        "n_rows": len(rows), "n_runs": int(used.sum()), "n_frontier": int(frontier.sum()),
+        "x_range": [float(np.nanmin(res["x_values"])), float(np.nanmax(res["x_values"]))],
+        "frontier_runs": [run_label(r) for r, f in zip(rows, frontier) if f],
+        "frontier_x": xf, "frontier_error": res["errors"][frontier],
+        "power_law": res["power_law"].as_dict(),
+        "m4": m4 if isinstance(m4, dict) else m4.as_dict(),
+        "extrapolation": extrap,
+    })
+
+
+def analyze_all(
+    rows: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str] | None = None,
+    *,
+    e0: float | Mapping[str, float] = 0.9,
+    **kw: Any,
+) -> dict[str, dict[str, Any]]:
+    """`analyze` for each metric (default: `metric_columns(rows)`). A metric that cannot be fitted
+    maps to {"error": message} instead of raising, so a report still shows the others. `e0` may be
+    one value or a {metric: e0} mapping (metrics it omits get 0.9: 10 classes)."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in metrics or metric_columns(rows):
+        m_e0 = e0.get(m, 0.9) if isinstance(e0, Mapping) else e0
+        try:
+            out[m] = analyze(rows, metric=m, e0=m_e0, **kw)
+        except ValueError as err:
+            out[m] = {"metric": m, "error": str(err)}
+    return out
+
+
+def write_summary(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
+                  findings: Mapping[str, Any] | None = None) -> Path:
+    """Write `out_dir/summary.json`: per metric the fitted constants (power law a, b, c, d and M4
+    with bootstrap intervals), the frontier and the extrapolation errors, or the metric's error
+    message; plus `findings` if given. Returns the path."""
+    doc: dict[str, Any] = {"metrics": {m: (r["summary"] if "summary" in r else {"error": r.get("error")})
+                                       for m, r in results.items()}}
+    if findings is not None:
+        doc["findings"] = _clean(dict(findings))
+    path = Path(out_dir) / "summary.json"
+    runs.write_json(path, doc)
+    return path
+
+
+# ----------------------------------------------------------------------------- tables
+def _interval_text(value: float, interval: Sequence[float] | None) -> str:
+    s = f"{value:.4g}"
+    return s + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else "")
+
+
+def constants_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One table row per metric: run counts, the power law's a, b, c, d and M4's e_inf, alpha, c
+    (with bootstrap intervals), and both estimators' extrapolation error (RMSE of log error)."""
+    out = []
+    for m, r in results.items():
+        if "summary" not in r:
+            out.append({"metric": m, "runs": "", "frontier": "", "note": r.get("error", "")})
+            continue
+        s = r["summary"]
+        pl, iv = s["power_law"], s["power_law"]["intervals"]
+        row = {"metric": m, "runs": s["n_runs"], "frontier": s["n_frontier"]}
+        row |= {k: _interval_text(pl[k], iv.get(k)) for k in "abcd"}
+        m4 = s["m4"]
+        if "error" in m4:
+            row |= {"M4 e_inf": "", "M4 alpha": "", "M4 c": ""}
+        else:
+            row |= {f"M4 {k}": _interval_text(m4[k], m4["intervals"].get(k)) for k in ("e_inf", "alpha", "c")}
+        ex = s["extrapolation"]
+        for name, label in (("power_law", "power law"), ("m4", "M4")):
+            rr = ex.get("results", {}).get(name, {})
+            row[f"extrap. RMSE log, {label}"] = rr.get("rmse_log", "")
+        notes = [x.get("error") for x in (m4, ex) if "error" in x]
+        notes += [rr["error"] for rr in ex.get("results", {}).values() if "error" in rr]
+        row["note"] = "; ".join(notes)
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- findings
+def _best(rows: Sequence[Mapping[str, Any]], metric: str, key) -> dict[Any, float]:
+    """Best (lowest) error per group key over rows carrying the metric."""
+    best: dict[Any, float] = {}
+    for r in rows:
+        e = error_of(r, metric)
+        if math.isfinite(e):
+            k = key(r)
+            best[k] = min(best.get(k, math.inf), e)
+    return best
+
+
+def _finding_saturation(rows, metric) -> dict[str, Any]:
+    claim = ("small models saturate with more data: from the middle to the largest data size the smallest "
+             "model's error improves less than the largest model's")
+    variants, sizes = variants_by_size(rows), data_sizes(rows)
+    out: dict[str, Any] = {"claim": claim, "holds": None}
+    if len(variants) < 2 or len(sizes) < 2:
+        return out | {"verdict": f"not testable: needs 2+ model sizes and 2+ data sizes "
+                                 f"(have {len(variants)} and {len(sizes)})"}
+    best = _best(rows, metric, lambda r: (r["variant"], r.get("train_examples")))
+    mid, top = sizes[(len(sizes) - 1) // 2], sizes[-1]
+    small, large = variants[0], variants[-1]
+    missing = [(v, d) for v in (small, large) for d in (mid, top) if (v, d) not in best]
+    if missing:
+        return out | {"verdict": "not testable: no run for " + ", ".join(f"{v} on {data_label(d)}" for v, d in missing)}
+    d_small = best[small, mid] - best[small, top]
+    d_large = best[large, mid] - best[large, top]
+    holds = d_small < d_large
+    verdict = (f"{small}: {100 * d_small:+.2f} points of error from {data_label(mid)} to {data_label(top)} images, "
+               f"{large}: {100 * d_large:+.2f}; " + ("the small model gains less: consistent with the paper"
+                                                     if holds else "the small model gains as much or more: "
+                                                                   "not seen at this scale"))
+    return out | {"holds": holds, "verdict": verdict, "smallest_model": small, "largest_model": large,
+                  "middle_data": mid, "largest_data": top,
+                  "smallest_improvement": d_small, "largest_improvement": d_large,
+                  "smallest_relative_improvement": d_small / best[small, mid],
+                  "largest_relative_improvement": d_large / best[large, mid],
+                  "best_error": {f"{v} @ {data_label(d)}": best[v, d] for v in (small, large) for d in (mid, top)}}
+
+
+def _finding_sample_efficiency(rows, metric) -> dict[str, Any]:
+    claim = "bigger models are more sample-efficient: at equal images seen they reach lower error"
+    out: dict[str, Any] = {"claim": claim, "holds": None}
+    sizes = data_sizes(rows)
+    top = sizes[-1] if sizes else None
+    on_top = [r for r in rows if r.get("train_examples") == top]
+    variants = variants_by_size(on_top)
+    if len(variants) < 2:
+        return out | {"verdict": f"not testable: needs 2+ model sizes on the largest data size (have {len(variants)})"}
+    best = _best(on_top, metric, lambda r: (r["variant"], int(r["images_seen"])))
+    pairs, wins, total = [], 0, 0
+    for small, big in zip(variants, variants[1:]):
+        seen = sorted({i for v, i in best if v == small} & {i for v, i in best if v == big})
+        w = sum(best[big, i] < best[small, i] for i in seen)
+        pairs.append({"smaller": small, "bigger": big, "matched": len(seen), "bigger_better": w,
+                      "fraction": w / len(seen) if seen else None})
+        wins, total = wins + w, total + len(seen)
+    if total == 0:
+        return out | {"verdict": "not testable: adjacent model sizes share no images-seen value", "pairs": pairs}
+    frac = wins / total
+    holds = frac > 0.5
+    per_pair = ", ".join(f"{p['smaller']}→{p['bigger']} {p['bigger_better']}/{p['matched']}" for p in pairs)
+    verdict = (f"on {data_label(top)} images the bigger model had lower error at equal images seen in {wins}/{total} "
+               f"comparisons ({per_pair}): " + ("consistent with the paper" if holds else "not seen at this scale"))
+    return out | {"holds": holds, "verdict": verdict, "data": top, "fraction": frac, "matched": total,
+                  "bigger_better": wins, "pairs": pairs}
+
+
+def _finding_double_saturation(result: Mapping[str, Any]) -> dict[str, Any]:
+    claim = ("double saturation: the frontier fit has an error floor c > 0 and a low-compute bend d > 0 "
+             "(bootstrap intervals exclude 0)")
+    out: dict[str, Any] = {"claim": claim, "holds": None}
+    if "error" in result:
+        return out | {"verdict": f"not testable: {result['error']}"}
+    pl: scaling.PowerLawFit = result["power_law"]
+    iv = pl.intervals
+    c_lo = iv["c"][0] if "c" in iv else pl.c
+    d_lo = iv["d"][0] if "d" in iv else pl.d
+    c_pos, d_pos = c_lo > 0, d_lo > 0
+    x_min = float(np.min(result["x_values"][result["frontier"]]))
+    how = "interval" if iv else "point estimate (no bootstrap)"
+    txt = (f"c = {_interval_text(pl.c, iv.get('c'))}, d = {_interval_text(pl.d, iv.get('d'))} "
+           f"({pl.d / x_min:.2g} x the smallest frontier {result['x']}); ")
+    if c_pos and d_pos:
+        txt += f"both > 0 ({how}): both saturations visible"
+    elif c_pos:
+        txt += f"only the error floor c > 0 ({how}): no low-compute bend"
+    elif d_pos:
+        txt += f"only the low-compute bend d > 0 ({how}): no error floor within reach"
+    else:
+        txt += f"neither > 0 ({how}): a plain power law fits"
+    return out | {"holds": bool(c_pos and d_pos), "verdict": txt, "c": pl.c, "c_interval": iv.get("c"),
+                  "d": pl.d, "d_interval": iv.get("d"), "d_over_min_x": pl.d / x_min, "x": result["x"]}
+
+
+def findings(
+    rows: Sequence[Mapping[str, Any]],
+    metric: str = "test_error",
+    *,
+    result: Mapping[str, Any] | None = None,
+    **analyze_kw: Any,
+) -> dict[str, dict[str, Any]]:
+    """The paper's qualitative claims checked on this sweep, each as numbers, `holds` (True,
+    False, or None when the sweep cannot test it) and a one-line `verdict`:
+
+      saturation         for the smallest model, the error improvement from the middle to the
+                         largest data size (best over training lengths) is smaller than the
+                         largest model's (both improvements reported)
+      sample_efficiency  on the largest data size, for each pair of adjacent model sizes, how often
+                         the bigger one has lower error at the same images seen (holds: > half)
+      double_saturation  the frontier power law's c > 0 and d > 0, by their bootstrap intervals
+
+    `result` is `analyze(rows, metric=metric)` (or its {"error": ...}) if already computed; else it
+    is computed here with `analyze_kw`.
+    """
+    if result is None:
+        try:
+            result = analyze(rows, metric=metric, **analyze_kw)
+        except ValueError as err:
+            result = {"metric": metric, "error": str(err)}
+    have = [r for r in rows if math.isfinite(error_of(r, metric))]
+    return _clean({"saturation": _finding_saturation(have, metric),
+                   "sample_efficiency": _finding_sample_efficiency(have, metric),
+                   "double_saturation": _finding_double_saturation(result)})
+
+
+def findings_rows(found: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The findings as table rows: claim, holds (yes/no/untestable) and verdict."""
+    word = {True: "yes", False: "no", None: "not testable"}
+    return [{"finding": k, "claim": f["claim"], "holds": word[f["holds"]], "verdict": f["verdict"]}
+            for k, f in found.items()]
+
+
+def by_group(rows: Sequence[Mapping[str, Any]], metric: str, *keys: str) -> dict[tuple, list[Mapping[str, Any]]]:
+    """Rows carrying `metric`, grouped by the values of `keys` (used by the plots)."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if math.isfinite(error_of(r, metric)):
+            groups[tuple(r.get(k) for k in keys)].append(r)
+    return groups
