@@ -155,6 +155,8 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         if not (run_dir / "summary.json").exists():
             continue
         s = read_json(run_dir / "summary.json")
+        if s.get("kind") != "pretrain":  # transfer runs and the like are not points of a scaling study
+            continue
         base = {"run_id": run_dir.name, "branch": None, "variant": s["variant"], "num_params": s["num_params"],
                 "train_examples": s.get("train_examples"),
                 "batch_size": s["batch_size"], "total_steps": s["total_steps"], "images_seen": s["images_seen"],

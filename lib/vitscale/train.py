@@ -406,7 +406,7 @@ def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, bran
     for b in branches:
         b["train_flops"] = 3 * fwd * b["images_seen"]
     return {
-        "name": cfg.name, "variant": cfg.variant, "dataset": cfg.dataset, "train_examples": cfg.train_examples,
+        "kind": "pretrain", "name": cfg.name, "variant": cfg.variant, "dataset": cfg.dataset, "train_examples": cfg.train_examples,
         "total_steps": cfg.total_steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "images_seen": images_seen, "num_params": flops.count_params(model, image_shape),
         "forward_flops_per_image": fwd, "train_flops": 3 * fwd * images_seen,
