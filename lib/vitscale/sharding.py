@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp")
@@ -21,8 +22,12 @@ BATCH_SPEC = P(AXES)
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
-    """Join a multi-host JAX job when asked to (by parameters or by JAX's environment variables)."""
+               process_id: int | None = None, **kwargs: Any) -> None:
+    """Join a multi-host JAX job when asked to (by parameters or by JAX's environment variables).
+
+    Call it before anything touches a JAX backend. Further keyword arguments go to
+    `jax.distributed.initialize` (e.g. `initialization_timeout` in seconds). On CPU, the processes'
+    collectives run over TCP with gloo, JAX's default `jax_cpu_collectives_implementation`."""
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])
@@ -33,7 +38,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if jax.distributed.is_initialized():
         return
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, **kwargs)
 
 
 def mesh_shape(mesh: Sequence[int], device_count: int) -> tuple[int, int]:
@@ -50,12 +55,18 @@ def mesh_shape(mesh: Sequence[int], device_count: int) -> tuple[int, int]:
 
 
 def make_mesh(mesh: Sequence[int] = (-1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ("data", "fsdp") mesh over all devices (of every host)."""
-    devices = list(devices if devices is not None else jax.devices())
+    """A ("data", "fsdp") mesh over all devices (of every host).
+
+    Devices are ordered host by host (process index, then id), so that each host's devices hold
+    a contiguous block of the batch, the block `put_batch` fills from that host's slice.
+    `create_device_mesh` then keeps that order on CPU, sorts by id on GPU and follows the
+    interconnect on TPU (where a multi-slice job would want `create_hybrid_device_mesh`).
+    """
+    devices = sorted(devices if devices is not None else jax.devices(), key=lambda d: (d.process_index, d.id))
     shape = mesh_shape(mesh, len(devices))
     try:
-        arr = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-    except Exception:  # odd shapes on some platforms: fall back to plain order
+        arr = mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError, AssertionError):  # odd shapes on TPU: plain order
         arr = np.array(devices).reshape(shape)
     return Mesh(arr, AXES)
 
