@@ -1,6 +1,7 @@
 """`vitscale` command line: a thin layer over papermill and the library's own functions.
 
   vitscale run parameters/pretrain/demo.yaml     execute notebooks/pretrain.ipynb into outputs/demo/
+  vitscale run parameters/transfer/demo.yaml     notebooks/transfer.ipynb into outputs/transfer/demo/
   vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N]
                                                  every run of a sweep, resumable, then the scaling report
   vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
@@ -91,11 +92,11 @@ def prepare_run(params_file: Path, out: Path | None, kind: str | None, replace: 
         raise config.ConfigError(f"cannot tell the notebook for {params_file}: put it under parameters/<kind>/ "
                                  f"or pass --notebook, with kind one of {list(KINDS)}")
     cfg = config.validate(schema_for(kind), config.load_yaml(params_file))
-    if kind == "pretrain":
-        import jax
+    import jax
 
-        cfg.check_devices(jax.device_count(), 1)
-    out = (out or OUTPUTS / params_file.stem).resolve()  # the kernel runs in notebooks/: no relative paths
+    cfg.check_devices(jax.device_count(), 1)
+    default = OUTPUTS / params_file.stem if kind == "pretrain" else OUTPUTS / kind / params_file.stem
+    out = (out or default).resolve()  # the kernel runs in notebooks/: no relative paths  # the kernel runs in notebooks/: no relative paths
     existing = out / "params.yaml"
     if existing.exists():
         same = config.load_yaml(existing) == cfg.model_dump(mode="json")

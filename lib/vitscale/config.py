@@ -6,6 +6,7 @@ that does not split over the devices. Errors name the field, the value and what 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,3 +235,176 @@ def describe(cfg: BaseModel) -> str:
 def dump(cfg: BaseModel) -> str:
     """Resolved parameters as YAML (what params.yaml holds)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+class TransferConfig(_Strict):
+    """Parameters of a transfer run (notebooks/transfer.ipynb): few-shot linear evaluation and
+    fine-tuning of a pretrained ViT, optionally next to a random init of the same shape.
+
+    References are checked here, before any compute: the run folder (params.yaml and a checkpoint),
+    dataset names, per-class image counts against the shot counts, the fine-tuning resolution
+    against the model's patch size."""
+
+    name: str = "transfer"  # run name, shown in reports
+    # --- the model
+    pretrained: str  # a pretraining run folder (absolute, or relative to the repository root, e.g.
+    #                  outputs/demo), or "random": an untrained model as `random_model` describes
+    random_model: dict[str, Any] = {}  # with pretrained "random": the model as PretrainConfig fields
+    #                                    (variant, image_size, channels, pool_type, posemb, ...)
+    compare_random: bool = False  # also run everything from a random init of the same shape (the baseline)
+    data_dir: str | None = None  # TFDS data_dir; None = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    # --- few-shot linear evaluation (frozen pre_logits, closed-form ridge; at the pretraining resolution)
+    fewshot_datasets: list[str] = ["mnist_5k", "sklearn_digits"]
+    fewshot_shots: list[int] = [1, 5, 10, 25]  # images per class
+    fewshot_seeds: int = Field(default=3, gt=0)  # draws of the few-shot set per shot count
+    fewshot_l2: float = Field(default=2.0**10, gt=0)  # ridge regularisation (the paper's 2^10)
+    # --- fine-tuning (SGD momentum, no weight decay, clipping at 1, cosine with warmup)
+    finetune_datasets: list[str] = ["mnist_5k"]  # [] = few-shot only
+    finetune_resolution: int | None = Field(default=None, gt=0)  # None: the pretraining resolution
+    finetune_steps: int = Field(default=500, gt=0)
+    finetune_batch_size: int = Field(default=128, gt=0)  # global batch, split over devices
+    lr_grid: list[float] = [0.01, 0.03, 0.1]  # picked by held-out accuracy
+    holdout_fraction: float = Field(default=0.02, gt=0, lt=1)  # of the training split, for picking the lr
+    retrain: bool = True  # then train on the whole training split with the best lr (paper); False: keep
+    #                       the best grid run (trained on the other 98%)
+    warmup_steps: int = Field(default=50, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    grad_clip_norm: float = Field(default=1.0, gt=0)  # global gradient norm
+    eval_every: int = Field(default=100, gt=0)  # held-out (grid) or test (final run) evaluation period
+    eval_batch_size: int = Field(default=512, gt=0)
+    log_every: int = Field(default=25, gt=0)
+    seed: int = Field(default=0, ge=0)  # fine-tuning batches and the random init
+    mesh: list[int] = [-1, 1]  # (data, fsdp) axis sizes; -1 takes the remaining devices
+
+    @field_validator("fewshot_datasets", "finetune_datasets")
+    @classmethod
+    def _datasets(cls, v: list[str]) -> list[str]:
+        from vitscale import data
+
+        for name in v:
+            data.check_dataset_name(name)
+        return v
+
+    @field_validator("fewshot_shots")
+    @classmethod
+    def _shots(cls, v: list[int]) -> list[int]:
+        if not v or any(k <= 0 for k in v):
+            raise ValueError(f"shot counts must be positive integers, got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"shot counts must not repeat, got {v}")
+        return v
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _lr_grid(cls, v: list[float]) -> list[float]:
+        if not v or any(lr <= 0 for lr in v):
+            raise ValueError(f"learning rates must be positive, got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"learning rates must not repeat, got {v}")
+        return v
+
+    @field_validator("mesh")
+    @classmethod
+    def _mesh(cls, v: list[int]) -> list[int]:
+        return PretrainConfig._mesh(v)
+
+    @model_validator(mode="after")
+    def _references(self) -> "TransferConfig":
+        import numpy as np
+
+        from vitscale import data, fewshot
+
+        pre = self.pretrain_config()  # raises naming the run folder or random_model
+        if self.pretrained == "random" and self.compare_random:
+            raise ValueError("compare_random compares a pretrained run with a random init; with pretrained "
+                             "'random' set it to false")
+        problems = []
+        shape = pre.model_shape()
+        res = self.resolution()
+        if res % shape["patch_size"]:
+            problems.append(f"finetune_resolution {res} is not divisible by the patch size {shape['patch_size']} of "
+                            f"the pretrained model (variant {pre.variant!r})")
+        if self.warmup_steps > self.finetune_steps:
+            problems.append(f"warmup_steps {self.warmup_steps} exceeds finetune_steps {self.finetune_steps}")
+        k = max(self.fewshot_shots)
+        for name in self.fewshot_datasets:
+            pool_split, _ = fewshot.downstream_splits(name)
+            try:
+                pool = data.load_split(name, pool_split, self.data_dir)
+            except (FileNotFoundError, ValueError) as e:
+                problems.append(f"fewshot_datasets: {name!r} cannot be read: {e}")
+                continue
+            counts = np.bincount(pool.labels, minlength=pool.num_classes)
+            short = {c: int(n) for c, n in enumerate(counts) if n < k}
+            if short:
+                problems.append(f"fewshot_datasets: {name!r} has fewer than {k} images (the largest of fewshot_shots "
+                                f"{self.fewshot_shots}) in these classes of its {pool_split!r} split: {short}")
+        for name in self.finetune_datasets:
+            try:
+                n = data.num_examples(name, "train", self.data_dir)
+            except (KeyError, FileNotFoundError, ValueError) as e:
+                problems.append(f"finetune_datasets: {name!r} has no readable 'train' split ({e})")
+                continue
+            if round(n * self.holdout_fraction) < 1 or n - round(n * self.holdout_fraction) < 1:
+                problems.append(f"holdout_fraction {self.holdout_fraction} of the {n} training images of {name!r} "
+                                "leaves an empty held-out or training part")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def pretrain_config(self) -> PretrainConfig:
+        """The pretrained model's parameters: the run folder's params.yaml, or `random_model`."""
+        if self.pretrained == "random":
+            try:
+                return PretrainConfig(**self.random_model)
+            except ValidationError as e:
+                raise ValueError("random_model: " + _format(e).removeprefix("invalid parameters:\n").strip()
+                                 ) from None
+        if self.random_model:
+            raise ValueError(f"random_model {self.random_model} is only used with pretrained 'random'; the model of "
+                             f"run {self.pretrained!r} comes from its params.yaml")
+        from vitscale import finetune
+
+        return finetune.read_pretrain_config(finetune.find_run(self.pretrained))
+
+    def resolution(self) -> int:
+        """The fine-tuning resolution: finetune_resolution, or the pretraining one."""
+        return self.finetune_resolution or self.pretrain_config().image_size
+
+    def check_devices(self, device_count: int, process_count: int = 1) -> None:
+        """The fine-tuning batch must split over the devices of the mesh (checked before any compute)."""
+        from vitscale.sharding import mesh_shape
+
+        mesh_shape(self.mesh, device_count)
+        if self.finetune_batch_size % device_count:
+            raise ConfigError(f"finetune_batch_size {self.finetune_batch_size} is not divisible by the device count "
+                              f"{device_count}; use a multiple of {device_count}")
+        if self.finetune_batch_size % process_count:
+            raise ConfigError(f"finetune_batch_size {self.finetune_batch_size} is not divisible by the process count "
+                              f"{process_count}")
+
+
+class ScalingConfig(_Strict):
+    """Parameters of a scaling analysis (notebooks/scaling_analysis.ipynb)."""
+
+    sweep_dir: str  # a sweep's output folder
+    metrics: list[str] | None = None  # e.g. ["test_error", "fewshot/mnist_5k/10shot"]; None: all found
+    x: Literal["train_flops", "images_seen", "device_seconds", "num_params"] = "train_flops"  # compute axis
+    n_bootstrap: int = Field(default=200, ge=0)  # bootstrap resamples of the frontier
+
+    @field_validator("sweep_dir")
+    @classmethod
+    def _sweep_dir(cls, v: str) -> str:
+        if not Path(v).is_dir():
+            raise ValueError(f"sweep_dir {v!r} is not a folder (a sweep's output folder, e.g. outputs/cpu_scaling)")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[str] | None) -> list[str] | None:
+        pattern = re.compile(r"test_error|test_loss|fewshot/[^/]+/\d+shot|finetune/[^/]+")
+        bad = [m for m in v or [] if not pattern.fullmatch(m)]
+        if bad:
+            raise ValueError(f"metrics {bad} are not test_error, test_loss, fewshot/<dataset>/<k>shot or "
+                             "finetune/<dataset>")
+        return v

@@ -102,6 +102,7 @@ def summary_table(summary: dict[str, Any]) -> go.Figure:
 
 # ----------------------------------------------------------------------------- transfer (notebooks/transfer.ipynb)
 _DASHES = ("solid", "dash", "dot", "dashdot")
+_GRID_DASHES = ("dot", "dash", "dashdot", "longdash")
 
 
 def _pct(mean: float | None, std: float | None = None) -> str:
@@ -126,9 +127,10 @@ def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]])
                                                 dash=_DASHES[j % len(_DASHES)])))
     if not fewshot:
         fig.add_annotation(text="no few-shot evaluation in this run (parameter fewshot_datasets)", showarrow=False)
+    shots = sorted({int(s.removesuffix("shot")) for d in fewshot.values() for r in d.values() for s in r})
     fig.update_layout(title="few-shot linear transfer (frozen features, closed-form ridge)",
                       xaxis_title="images per class (shots)", yaxis_title="top-1 accuracy", xaxis_type="log",
-                      height=420)
+                      xaxis_tickvals=shots or None, height=420)
     return fig
 
 
@@ -173,8 +175,8 @@ def finetune_table(summary: dict[str, Any]) -> go.Figure:
 
 def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> go.Figure:
     """Fine-tuning curves, one row per dataset: train loss, held-out accuracy of the lr grid runs,
-    test accuracy of the final runs; one colour per model, one dash per lr. `curves` is
-    transfer.load_curves(out_dir)."""
+    test accuracy of the final runs; one colour per model, one dash per lr of the grid, the final
+    (retrained) runs solid and thick. `curves` is transfer.load_curves(out_dir)."""
     datasets = list(curves) or ["(none)"]
     fig = make_subplots(rows=len(datasets), cols=3, vertical_spacing=0.12 / max(len(datasets), 1),
                         subplot_titles=[f"{d}: {t}" for d in datasets
@@ -186,8 +188,9 @@ def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> g
     for i, name in enumerate(curves, start=1):
         for label, records in curves[name].items():
             color = palette[models.index(label.split(" ")[0]) % len(palette)]
-            dash = _DASHES[lrs.index(label.rsplit("lr=", 1)[-1]) % len(_DASHES)]
-            width = 3 if " final " in label else 1.5
+            final = " final " in label  # the retrained run: solid and thick; grid runs: one dash per lr
+            dash = "solid" if final else _GRID_DASHES[lrs.index(label.rsplit("lr=", 1)[-1]) % len(_GRID_DASHES)]
+            width = 3 if final else 1.5
             for col, key in enumerate(("train/loss", "val/acc", "test/acc"), start=1):
                 xs, ys = _series(records, key)
                 if not xs:

@@ -181,10 +181,12 @@ def save_checkpoint(mngr: ocp.CheckpointManager, state, meta: dict) -> None:
     mngr.wait_until_finished()
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | None = None):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | None = None,
+                   move_aside: bool = True):
     """The newest readable checkpoint (at or before max_step) as (state, meta), or (None, None).
     A partial or corrupt newest checkpoint is skipped with a warning in favour of the previous one,
-    and moved aside to `<step>.unreadable` (kept for inspection, out of the way of new saves)."""
+    and (for a run's own folder, `move_aside`) moved to `<step>.unreadable-<time>`: kept for
+    inspection, out of the way of new saves. Readers of another run's folder pass move_aside=False."""
     for step in sorted(mngr.all_steps(), reverse=True):
         if max_step is not None and step > max_step:
             continue
@@ -197,9 +199,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | 
             aside = bad.with_name(f"{step}.unreadable-{int(time.time())}")
             warnings.warn(f"checkpoint at step {step} in {mngr.directory} is unreadable ({type(e).__name__}: "
                           f"{str(e)[:200]}); moved to {aside.name}, trying the previous one", stacklevel=2)
-            if jax.process_index() == 0 and bad.exists():
+            if move_aside and jax.process_index() == 0 and bad.exists():
                 bad.rename(aside)
-            mngr.reload()
+                mngr.reload()
     return None, None
 
 
@@ -278,8 +280,9 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
                 check_losses()
                 record = evaluators(state["params"], step, step == end_step)
                 metrics.append({"step": step, "images_seen": step * cfg.batch_size, **record})
-                pbar.set_postfix(**{k.split("/")[-1]: f"{v:.4f}" for k, v in record.items()
-                                    if k.startswith("test/")}, refresh=False)
+                pbar.set_postfix(**{k.replace("/", "_"): f"{v:.4f}" for k, v in record.items()
+                                    if k.endswith(("/acc", "/loss")) and not k.startswith("fewshot/")},
+                                 refresh=False)
             if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or interrupt.requested:
                 check_losses()
                 now = time.perf_counter()
@@ -300,7 +303,7 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     cfg.check_devices(jax.device_count(), jax.process_count())
-    _claim_run_dir(out, cfg)
+    claim_run_dir(out, cfg)
     t0 = time.time()
 
     # Data (validated before any compute: split sizes, subset size).
@@ -418,7 +421,7 @@ def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, bran
     }
 
 
-def _claim_run_dir(out: Path, cfg: config_lib.PretrainConfig) -> None:
+def claim_run_dir(out: Path, cfg: config_lib.PretrainConfig) -> None:
     """Write params.yaml, or check that an existing run folder was made with the same parameters."""
     params = out / "params.yaml"
     text = config_lib.dump(cfg)

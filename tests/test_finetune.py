@@ -1,0 +1,152 @@
+"""Fine-tuning pieces: checkpoint loading, head and position-embedding surgery, the held-out split,
+the fine-tuning recipe."""
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from vitscale import config, data, finetune, sharding, train
+from vitscale.models import vit
+
+PRE = dict(name="tiny", dataset="fashion_mnist", variant="Atto/7", total_steps=6, batch_size=32, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return sharding.make_mesh([-1, 1])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, mesh):
+    """A pretraining run folder holding one checkpoint (a random init saved at step 6, no training)."""
+    run = tmp_path_factory.mktemp("pre")
+    cfg = config.validate(config.PretrainConfig, PRE)
+    (run / "params.yaml").write_text(config.dump(cfg))
+    trainer = finetune.pretrain_trainer(cfg, mesh, seed=3)
+    state = trainer.init_fn()
+    state["step"] = jax.numpy.asarray(6, jax.numpy.int32)
+    head = state["params"]["head"]["kernel"]  # as if trained: a head that is not zero
+    state["params"]["head"]["kernel"] = jax.device_put(np.full(head.shape, 0.5, np.float32), head.sharding)
+    train.save_checkpoint(train.checkpoint_manager(run / "ckpt", cfg), state, {"data_position": None})
+    return run, jax.device_get(state["params"])
+
+
+def test_load_pretrained_restores_the_newest_checkpoint(run_dir, mesh):
+    run, saved = run_dir
+    m = finetune.load_pretrained(run, mesh)
+    assert m.step == 6 and m.name == "pretrained" and m.cfg.variant == "Atto/7" and m.source == str(run.resolve())
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(m.params), saved)
+    feats = m.features(jax.numpy.zeros((8, 28, 28, 1)))
+    assert feats.shape == (8, 32)
+
+
+def test_new_head_is_zero_initialised_with_the_new_class_count(run_dir):
+    _, saved = run_dir
+    model = vit.make_model("Atto/7", num_classes=7)
+    params = finetune.transfer_params(saved, model, (28, 28, 1))
+    assert params["head"]["kernel"].shape == (32, 7) and params["head"]["bias"].shape == (7,)
+    assert not np.any(params["head"]["kernel"]) and not np.any(params["head"]["bias"])
+    assert np.any(saved["head"]["kernel"])  # the pretrained head was not zero: it was replaced
+    np.testing.assert_array_equal(params["embedding"]["kernel"], saved["embedding"]["kernel"])
+    np.testing.assert_array_equal(params["pos_embedding"], saved["pos_embedding"])  # same resolution: kept
+    logits, _ = jax.jit(model.apply)({"params": params}, np.ones((2, 28, 28, 1), np.float32))
+    assert logits.shape == (2, 7) and not np.any(logits)  # a zero head predicts uniformly at the start
+
+
+def test_position_embedding_is_resized_on_a_resolution_change(run_dir):
+    _, saved = run_dir
+    model = vit.make_model("Atto/7", num_classes=10)
+    params = finetune.transfer_params(saved, model, (42, 42, 1))  # 4x4 patches of 7 px -> 6x6
+    old, new = np.asarray(saved["pos_embedding"]), np.asarray(params["pos_embedding"])
+    assert old.shape == (1, 16, 32) and new.shape == (1, 36, 32)
+    np.testing.assert_allclose(new, vit.resize_posemb(old, (6, 6)), rtol=1e-6)
+    grid_old, grid_new = old.reshape(4, 4, 32), new.reshape(6, 6, 32)
+    for (i, j), (k, l) in [((0, 0), (0, 0)), ((3, 3), (5, 5)), ((0, 3), (0, 5))]:  # corners line up
+        np.testing.assert_allclose(grid_new[k, l], grid_old[i, j], rtol=1e-5)
+    logits, _ = jax.jit(model.apply)({"params": params}, np.ones((1, 42, 42, 1), np.float32))
+    assert logits.shape == (1, 10)
+
+
+def test_transfer_params_names_a_mismatch():
+    small = jax.eval_shape(lambda: vit.make_model("Atto/7", 10).init(jax.random.key(0), np.zeros((1, 28, 28, 1))))
+    small = small["params"]
+    wider = vit.ViT(num_classes=10, patch_size=7, width=48, depth=2, mlp_dim=128, num_heads=2)
+    with pytest.raises(ValueError, match=r"parameter \S+: checkpoint shape .*32.* does not fit the model's .*48"):
+        finetune.transfer_params(small, wider, (28, 28, 1))
+    with pytest.raises(ValueError, match="lacks parameters.*encoderblock_2"):
+        finetune.transfer_params(small, vit.make_model("Femto/7", 10), (28, 28, 1))
+
+
+def _indexed_split(n: int, sorted_by_class: bool = False) -> data.Split:
+    labels = np.arange(n, dtype=np.int32)  # each label is the example's index: membership is easy to check
+    images = (np.arange(n) % 256).astype(np.uint8).reshape(n, 1, 1, 1)
+    return data.Split("s", images, labels, num_classes=n)
+
+
+def test_holdout_is_two_percent_disjoint_and_deterministic():
+    split = _indexed_split(4000)
+    keep, hold = finetune.holdout_split(split, 0.02)
+    assert len(hold) == 80 and len(keep) == 3920
+    assert not set(keep.labels) & set(hold.labels)
+    assert sorted({*keep.labels, *hold.labels}) == list(range(4000))
+    keep2, hold2 = finetune.holdout_split(split, 0.02)
+    np.testing.assert_array_equal(hold.labels, hold2.labels)
+    np.testing.assert_array_equal(keep.images, keep2.images)
+    assert hold.labels.max() > 80 and hold.labels.min() < 3920  # spread over the split, not its first or last 2%
+    with pytest.raises(ValueError, match="empty"):
+        finetune.holdout_split(_indexed_split(10), 0.02)
+
+
+def test_holdout_of_a_real_split_holds_every_class():
+    split = data.load_split("mnist_5k", "train")
+    keep, hold = finetune.holdout_split(split, 0.02)
+    assert (len(keep), len(hold)) == (3920, 80)
+    assert len(np.unique(hold.labels)) == 10
+
+
+def test_finetune_recipe_is_sgd_without_weight_decay(run_dir):
+    run, _ = run_dir
+    cfg = config.validate(config.TransferConfig, dict(pretrained=str(run), fewshot_datasets=[], finetune_datasets=[],
+                                                      finetune_resolution=42, finetune_steps=40, warmup_steps=5,
+                                                      finetune_batch_size=16))
+    ft = finetune.finetune_config(cfg.pretrain_config(), cfg, "mnist_5k", 0.03)
+    assert (ft.optimizer, ft.lr, ft.weight_decay, ft.schedule, ft.grad_clip_norm) == ("sgd", 0.03, 0.0, "cosine", 1.0)
+    assert (ft.image_size, ft.channels, ft.variant, ft.total_steps, ft.warmup_steps) == (42, 1, "Atto/7", 40, 5)
+    assert (ft.loss, ft.head_bias_init, ft.crop_padding, ft.flip, ft.dataset) == ("softmax_xent", 0.0, 0, False,
+                                                                                  "mnist_5k")
+    schedule = train.build_schedule(ft)
+    assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.03)
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_find_run_resolves_relative_to_the_repository(root):
+    demo = root / "outputs" / "demo"
+    if not (demo / "ckpt").is_dir():
+        pytest.skip("no outputs/demo (make demo)")
+    assert finetune.find_run("outputs/demo") == demo.resolve()
+
+
+def test_params_yaml_of_the_run_is_checked(tmp_path):
+    (tmp_path / "ckpt" / "5").mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PRE, "variant": "Nope/7"}))
+    with pytest.raises(config.ConfigError, match="(?s)params.yaml is not a valid pretraining parameter file.*Nope/7"):
+        finetune.read_pretrain_config(finetune.find_run(tmp_path))
+
+
+def test_keep_the_best_grid_run_from_a_random_init_and_resume(tmp_path, mesh):
+    from vitscale import transfer
+
+    cfg = config.validate(config.TransferConfig, dict(
+        pretrained="random", random_model={"variant": "Atto/7"}, fewshot_datasets=[], finetune_datasets=["sklearn_digits"],
+        finetune_steps=2, finetune_batch_size=16, lr_grid=[0.05], warmup_steps=0, retrain=False, eval_every=2,
+        log_every=1))
+    models = transfer.load_models(cfg, mesh)
+    assert [m.name for m in models] == ["random"] and models[0].step == 0
+    r = finetune.finetune(models, "sklearn_digits", cfg, tmp_path, mesh)["random"]
+    assert (r["retrained"], r["best_lr"], r["train_images"], r["holdout_images"]) == (False, 0.05, 1271, 26)
+    assert 0.0 <= r["test/acc"] <= 1.0 and r["grid"][0]["val/acc"] is not None
+    assert sorted(p.name for p in (tmp_path / "random").iterdir()) == ["lr_0.05"]  # no retrained run
+    log = (tmp_path / "random" / "lr_0.05" / "metrics.jsonl").read_text()
+    again = finetune.finetune(models, "sklearn_digits", cfg, tmp_path, mesh)["random"]  # finished: read back
+    assert (tmp_path / "random" / "lr_0.05" / "metrics.jsonl").read_text() == log
+    assert again["grid"][0]["val/acc"] == r["grid"][0]["val/acc"] and again["test/acc"] == r["test/acc"]
