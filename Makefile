@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data browser demo test lab bench clean-venv
+.PHONY: setup data browser demo sweep test lab bench clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ browser:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else echo "Chromium is missing: run 'sudo apt-get install chromium'"; exit 1; fi
 
+# A ViT pretrained on Fashion-MNIST (outputs/demo/run.html), then a 4-run slice of the CPU scaling
+# sweep with its analysis (outputs/cpu_scaling_slice/scaling/report.html).
 demo: setup
 	$(VENV)/bin/vitscale run parameters/pretrain/demo.yaml
+	$(VENV)/bin/vitscale sweep parameters/sweeps/cpu_scaling_slice.yaml
+
+# The full CPU scaling study (about an hour on 2 cores) and its report.
+sweep: setup
+	$(VENV)/bin/vitscale sweep parameters/sweeps/cpu_scaling.yaml
 
 test: setup browser
 	$(PY) -m pytest -q

@@ -22,6 +22,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False, frozen=False)
 
 
+def _known_datasets(names: list[str]) -> list[str]:
+    from vitscale import data
+
+    for name in names:
+        data.check_dataset_name(name)
+    return names
+
+
+def _positive_unique(values: list, what: str) -> list:
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"{what} must be positive, got {values}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat, got {values}")
+    return values
+
+
 class CooldownBranch(_Strict):
     """A run that leaves the main rsqrt run at `start` and cools down linearly over `steps`."""
 
@@ -100,18 +116,12 @@ class PretrainConfig(_Strict):
     @field_validator("fewshot_datasets")
     @classmethod
     def _fewshot_datasets(cls, v: list[str]) -> list[str]:
-        from vitscale import data
-
-        for name in v:
-            data.check_dataset_name(name)
-        return v
+        return _known_datasets(v)
 
     @field_validator("fewshot_shots")
     @classmethod
     def _shots(cls, v: list[int]) -> list[int]:
-        if not v or any(k <= 0 for k in v):
-            raise ValueError(f"shot counts must be positive integers, got {v}")
-        return v
+        return _positive_unique(v, "shot counts")
 
     @field_validator("variant")
     @classmethod
@@ -279,29 +289,17 @@ class TransferConfig(_Strict):
     @field_validator("fewshot_datasets", "finetune_datasets")
     @classmethod
     def _datasets(cls, v: list[str]) -> list[str]:
-        from vitscale import data
-
-        for name in v:
-            data.check_dataset_name(name)
-        return v
+        return _known_datasets(v)
 
     @field_validator("fewshot_shots")
     @classmethod
     def _shots(cls, v: list[int]) -> list[int]:
-        if not v or any(k <= 0 for k in v):
-            raise ValueError(f"shot counts must be positive integers, got {v}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"shot counts must not repeat, got {v}")
-        return v
+        return _positive_unique(v, "shot counts")
 
     @field_validator("lr_grid")
     @classmethod
     def _lr_grid(cls, v: list[float]) -> list[float]:
-        if not v or any(lr <= 0 for lr in v):
-            raise ValueError(f"learning rates must be positive, got {v}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"learning rates must not repeat, got {v}")
-        return v
+        return _positive_unique(v, "learning rates")
 
     @field_validator("mesh")
     @classmethod
