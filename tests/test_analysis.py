@@ -325,7 +325,7 @@ def test_notebook_through_papermill(root, tmp_path):
                  "fewshot/mnist_5k/10shot": r["fewshot/mnist_5k/10shot"]}
         summary = {k: r[k] for k in ("variant", "num_params", "train_examples", "batch_size", "total_steps",
                                      "images_seen", "train_flops", "device_seconds")}
-        (run / "summary.json").write_text(json.dumps(summary | {"final": final, "branches": []}))
+        (run / "summary.json").write_text(json.dumps(summary | {"kind": "pretrain", "final": final, "branches": []}))
     out = tmp_path / "sweep" / "scaling"
     papermill.execute_notebook(
         str(root / "notebooks/scaling_analysis.ipynb"), str(tmp_path / "report.ipynb"), kernel_name="vitscale",
