@@ -120,10 +120,17 @@ def test_finetune_recipe_is_sgd_without_weight_decay(run_dir):
 
 
 def test_find_run_resolves_relative_to_the_repository(root):
-    demo = root / "outputs" / "demo"
-    if not (demo / "ckpt").is_dir():
-        pytest.skip("no outputs/demo (make demo)")
-    assert finetune.find_run("outputs/demo") == demo.resolve()
+    import os
+    import shutil
+
+    name = f".test-find-run-{os.getpid()}"
+    run = root / "outputs" / name
+    (run / "ckpt" / "1").mkdir(parents=True)
+    (run / "params.yaml").write_text(yaml.safe_dump(PRE))
+    try:
+        assert finetune.find_run(f"outputs/{name}") == run.resolve()
+    finally:
+        shutil.rmtree(run)
 
 
 def test_params_yaml_of_the_run_is_checked(tmp_path):
