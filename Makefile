@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data browser demo sweep test lab bench clean-venv
+.PHONY: setup data browser demo sweep test lab bench bench-throughput clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lab: setup
 
 bench: setup
 	$(PY) benchmarks/optimizer_memory.py
+
+# vitscale vs timm (eager PyTorch) vs plain Flax, one training step per shape (installs the bench extra).
+bench-throughput: setup
+	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
+	$(PY) benchmarks/train_throughput.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
