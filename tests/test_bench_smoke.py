@@ -32,7 +32,7 @@ def test_candidate_vit_is_the_library_vit(bench):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 8, 8, 3), dtype=np.float32))
     params = ref.init(jax.random.key(0), x)["params"]
     want = ref.apply({"params": params}, x)[1]["pre_logits"]
-    for switches in ({}, {"attn": "bhnd"}, {"attn": "bhnd3"}, {"attn": "dpa3"}, {"patch": "dense"}):
+    for switches in ({}, {"attn": "dpa"}, {"attn": "bhnd3"}, {"attn": "dpa3"}, {"patch": "dense"}):
         cand = bench.CandViT(num_classes=bench.NUM_CLASSES, patch_size=4, width=16, depth=1, mlp_dim=32,
                              num_heads=2, **switches)
         shapes = jax.eval_shape(cand.init, jax.random.key(0), x)["params"]
@@ -48,8 +48,8 @@ def test_round_robin_summary_and_table(bench, monkeypatch):
     shape = tiny(bench)
     monkeypatch.setitem(bench.BASELINES, "flax", lambda shape: (lambda k: time.sleep(0.001 * k)))
     monkeypatch.setitem(bench.BASELINES, "timm", lambda shape: (lambda k: time.sleep(0.002 * k)))
-    monkeypatch.setitem(bench.CANDIDATES, "attn_bhnd+ynn_off", bench.make_candidate_by_name("attn_bhnd+ynn_off"))
-    impls = ["vitscale", "timm", "flax", "attn_bhnd+ynn_off"]
+    monkeypatch.setitem(bench.CANDIDATES, "attn_dpa+ynn_off", bench.make_candidate_by_name("attn_dpa+ynn_off"))
+    impls = ["vitscale", "timm", "flax", "attn_dpa+ynn_off"]
     r = bench.measure_shape("T", shape, impls, passes=2, steps=1, warmup=1, log=lambda *_: None, matmul_n=256)
     assert all(len(r["seconds"][i]) == 2 and len(r["cpu_seconds"][i]) == 2 for i in impls)
     s = bench.summarize("T", r)
@@ -57,16 +57,16 @@ def test_round_robin_summary_and_table(bench, monkeypatch):
     assert s["peak_gflops"] > 0 and all(math.isfinite(row["mfu"]) and row["images_per_s"] > 0
                                         for row in s["impls"].values())
     assert "ref_over_impl" in s["impls"]["timm"] and "ref_over_impl_cpu" not in s["impls"]["timm"]
-    assert "ref_over_impl_cpu" in s["impls"]["flax"] and "speedup" in s["impls"]["attn_bhnd+ynn_off"]
-    assert {"over_flax", "over_timm", "cpu_speedup"} <= set(s["impls"]["attn_bhnd+ynn_off"])
+    assert "ref_over_impl_cpu" in s["impls"]["flax"] and "speedup" in s["impls"]["attn_dpa+ynn_off"]
+    assert {"over_flax", "over_timm", "cpu_speedup"} <= set(s["impls"]["attn_dpa+ynn_off"])
     out = io.StringIO()
     bench.print_table([s], file=out)
     table = out.getvalue()
-    assert "| T | vitscale |" in table and "| T | flax |" in table and "| T | attn_bhnd+ynn_off |" in table
+    assert "| T | vitscale |" in table and "| T | flax |" in table and "| T | attn_dpa+ynn_off |" in table
 
 
 def test_cli_rejects_unknown_names(bench):
     with pytest.raises(SystemExit):
         bench.main(["--shapes", "Z"])
     with pytest.raises(SystemExit):
-        bench.main(["--candidates", "attn_bhnd+nonsense"])
+        bench.main(["--candidates", "attn_dpa+nonsense"])

@@ -88,3 +88,43 @@ def test_sincos2d_posemb_properties():
     assert pe.shape == (1, 16, 16)
     # The first quarter is sin(x * omega) with omega_0 = 1: position (row 0, col j) gives sin(j).
     np.testing.assert_allclose(pe[0, :4, 0], np.sin(np.arange(4)), atol=1e-6)
+
+
+def _np_attention(x, q_in, wq, bq, wk, bk, wv, bv, wo, bo, heads):
+    """Multi-head attention in float64 numpy, straight from the definition."""
+    b, n, d = x.shape
+    dh = d // heads
+    split = lambda t: t.reshape(b, -1, heads, dh).transpose(0, 2, 1, 3)
+    q, k, v = split(q_in @ wq + bq), split(x @ wk + bk), split(x @ wv + bv)
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(b, -1, d) @ wo + bo
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_attention_matches_float64_reference(probe):
+    b, n, d, heads = 3, 7, 24, 4
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(b, n, d)).astype(np.float32)
+    q_in = rng.normal(size=(b, 1, d)).astype(np.float32) if probe else None
+    module = vit.Attention(num_heads=heads)
+    params = module.init(jax.random.key(1), jnp.asarray(x), None if q_in is None else jnp.asarray(q_in))["params"]
+    # Random biases too (they are zero at init), so the bias layout is checked.
+    params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.3, jnp.float32), params)
+    got = np.asarray(module.apply({"params": params}, jnp.asarray(x), None if q_in is None else jnp.asarray(q_in)))
+    P = jax.tree.map(lambda p: np.asarray(p, np.float64), params)
+    if probe:
+        wq, bq = P["q"]["kernel"], P["q"]["bias"]
+        wk, wv = np.split(P["kv"]["kernel"], 2, axis=1)
+        bk, bv = np.split(P["kv"]["bias"], 2)
+        want = _np_attention(x.astype(np.float64), q_in.astype(np.float64), wq, bq, wk, bk, wv, bv,
+                             P["out"]["kernel"], P["out"]["bias"], heads)
+    else:
+        # The fused kernel's columns are [q | k | v], each head-major (as in big_vision / nn.Dense reshape).
+        assert P["qkv"]["kernel"].shape == (d, 3 * d) and P["out"]["kernel"].shape == (d, d)
+        wq, wk, wv = np.split(P["qkv"]["kernel"], 3, axis=1)
+        bq, bk, bv = np.split(P["qkv"]["bias"], 3)
+        x64 = x.astype(np.float64)
+        want = _np_attention(x64, x64, wq, bq, wk, bk, wv, bv, P["out"]["kernel"], P["out"]["bias"], heads)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)

@@ -97,8 +97,28 @@ class MlpBlock(nn.Module):
         return dense(d)(x)
 
 
+class DenseParams(nn.Module):
+    """The kernel [in, out] and bias [out] of a `nn.Dense` (same names, shapes and init), returned
+    instead of applied, so the caller can contract them in the layout it wants."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", nn.initializers.xavier_uniform(), (in_features, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused [D, 3D] QKV projection (or a separate query)."""
+    """Multi-head attention: one fused [D, 3D] QKV projection (or a separate query for MAP pooling).
+
+    Self-attention contracts the QKV kernel straight into [3, B, H, N, D/H] and the output kernel
+    from [B, H, N, D/H], so no transposes sit between the matrix products (measured 1.02-1.12x a
+    training step over `jax.nn.dot_product_attention` on [B, N, H, D/H], benchmarks/README.md).
+    The parameter tree is that of `nn.Dense` layers named qkv and out (checkpoints are unchanged).
+    """
 
     num_heads: int
     dtype: Any = jnp.float32
@@ -107,17 +127,23 @@ class Attention(nn.Module):
     def __call__(self, x, q_input=None):
         b, n, d = x.shape
         h = self.num_heads
-        dense = lambda f, name: nn.Dense(f, dtype=self.dtype, name=name,
-                                         kernel_init=nn.initializers.xavier_uniform())
-        if q_input is None:
-            q, k, v = jnp.split(dense(3 * d, "qkv")(x).reshape(b, n, 3, h, d // h), 3, axis=2)
-            q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
-        else:
+        if q_input is not None:  # MAP head: one probe query, a tiny share of the compute
+            dense = lambda f, name: nn.Dense(f, dtype=self.dtype, name=name,
+                                             kernel_init=nn.initializers.xavier_uniform())
             q = dense(d, "q")(q_input).reshape(b, q_input.shape[1], h, d // h)
             k, v = jnp.split(dense(2 * d, "kv")(x).reshape(b, n, 2, h, d // h), 2, axis=2)
-            k, v = k[:, :, 0], v[:, :, 0]
-        out = jax.nn.dot_product_attention(q, k, v)  # [b, nq, h, d/h]
-        return dense(d, "out")(out.reshape(b, -1, d))
+            out = jax.nn.dot_product_attention(q, k[:, :, 0], v[:, :, 0])  # [b, nq, h, d/h]
+            return dense(d, "out")(out.reshape(b, -1, d))
+
+        x = x.astype(self.dtype)
+        w, bias = DenseParams(3 * d, dtype=self.dtype, name="qkv")(d)
+        qkv = jnp.einsum("bnd,dthk->tbhnk", x, w.reshape(d, 3, h, d // h)) + bias.reshape(3, 1, h, 1, d // h)
+        q, k, v = qkv[0] * jnp.asarray((d // h) ** -0.5, self.dtype), qkv[1], qkv[2]
+        logits = jnp.einsum("bhqk,bhsk->bhqs", q, k)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqs,bhsk->bhqk", weights, v)
+        w, bias = DenseParams(d, dtype=self.dtype, name="out")(d)
+        return jnp.einsum("bhqk,hkd->bqd", out, w.reshape(h, d // h, d)) + bias
 
 
 class Encoder1DBlock(nn.Module):
