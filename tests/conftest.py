@@ -4,6 +4,8 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["VITSCALE_BATCH"] = "1"
+# Runs started by tests (papermill kernels, workers) share a compilation cache outside the repository.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="vitscale_test_jaxcache_"))
 
 from pathlib import Path  # noqa: E402
 

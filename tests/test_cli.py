@@ -1,6 +1,7 @@
 """Bad input fails before any compute, names the field and what is accepted, and leaves existing
 outputs untouched."""
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,13 @@ def test_console_script_exits_nonzero(tmp_path, existing_run):
     assert r.returncode == 2
     assert "lr" in r.stderr and "greater than 0" in r.stderr
     assert snapshot(existing_run) == before
+
+
+def test_compile_cache_defaults_to_outputs_unless_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    cli.use_compile_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(cli.OUTPUTS / ".jax_cache")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # the user's choice (here: off) is kept
+    cli.use_compile_cache(tmp_path)
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == ""

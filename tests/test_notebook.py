@@ -1,6 +1,7 @@
 """The real path end to end: a parameter file → papermill → run folder with a rendered report,
 and the report opened in headless Chromium with its figures drawn (offline)."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,8 +17,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_run(root, tmp_path_factory):
     out = tmp_path_factory.mktemp("nb") / "tiny"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
+    env["JAX_COMPILATION_CACHE_DIR"] = str(out.parent / "jax_cache")
     r = subprocess.run([str(Path(sys.executable).parent / "vitscale"), "run", str(root / "tests/data/tiny_pretrain.yaml"),
-                        "--notebook", "pretrain", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                        "--notebook", "pretrain", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -31,6 +35,10 @@ def test_pretrain_notebook_through_papermill(tiny_run):
     assert 0.0 <= summary["final"]["test/acc"] <= 1.0
     assert summary["environment"]["packages"]["jax"] == "0.10.2"
     assert summary["train_flops"] == 3 * summary["forward_flops_per_image"] * 6 * 32
+    # Evaluation time is accounted for: a share of the run's wall time (tiny runs are mostly evaluation).
+    assert summary["eval_seconds"] > 0 and 0 < summary["eval_share"] < 1
+    # The kernel compiled into the persistent cache that later runs of a sweep read.
+    assert any((out.parent / "jax_cache").iterdir())
     nb = nbformat.read(out / "run.ipynb", as_version=4)
     assert nb.metadata.papermill.parameters["params"]["name"] == "tiny"
     html = (out / "run.html").read_text()

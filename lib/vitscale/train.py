@@ -247,6 +247,8 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
     t_last, step_last = time.perf_counter(), step
     meta = dict(meta or {})
     meta.setdefault("device_seconds", 0.0)
+    meta.setdefault("eval_seconds", 0.0)  # wall seconds inside evaluators (their share of a run: eval_share)
+    meta.setdefault("checkpoint_seconds", 0.0)
     devices = jax.device_count()
     t_meta = time.perf_counter()
 
@@ -278,7 +280,9 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
                 pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
             if step % cfg.eval_every == 0 or step == end_step:
                 check_losses()
+                t_eval = time.perf_counter()
                 record = evaluators(state["params"], step, step == end_step)
+                meta["eval_seconds"] += time.perf_counter() - t_eval
                 metrics.append({"step": step, "images_seen": step * cfg.batch_size, **record})
                 pbar.set_postfix(**{k.replace("/", "_"): f"{v:.4f}" for k, v in record.items()
                                     if k.endswith(("/acc", "/loss")) and not k.startswith("fewshot/")},
@@ -290,6 +294,7 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
                 t_meta = now
                 meta["data_position"] = {"step": step, "images_seen": step * cfg.batch_size}
                 save_checkpoint(mngr, state, meta)
+                meta["checkpoint_seconds"] += time.perf_counter() - now
             pbar.update(1)
             if interrupt.requested:
                 raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, run again to resume")
@@ -398,6 +403,12 @@ def make_evaluators(cfg, trainer: Trainer, test: data.Split, pipe: data.Pipeline
     return evaluators
 
 
+def _share(seconds: float | None, device_seconds: float | None, devices: int) -> float | None:
+    if seconds is None or not device_seconds:
+        return None
+    return seconds / (device_seconds / devices)
+
+
 def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, branches, meta: dict) -> dict[str, Any]:
     """summary.json: final metrics, size and compute (FLOPs, device-seconds), and the environment."""
     final: dict[str, Any] = {}
@@ -416,6 +427,9 @@ def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, bran
         "final": {k: v for k, v in final.items() if k.startswith(("test/", "train/", "fewshot/"))},
         "best_test_acc": max((r["test/acc"] for r in records if "test/acc" in r), default=None),
         "device_seconds": meta.get("device_seconds"), "device_count": jax.device_count(),
+        # Wall seconds of the main run spent evaluating and checkpointing, and their share of it.
+        "eval_seconds": meta.get("eval_seconds"), "checkpoint_seconds": meta.get("checkpoint_seconds"),
+        "eval_share": _share(meta.get("eval_seconds"), meta.get("device_seconds"), jax.device_count()),
         "wall_seconds_this_session": time.time() - t0,
         "branches": branches, "environment": runs.environment(),
     }
