@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data browser demo sweep test lab bench bench-throughput clean-venv
+.PHONY: setup data browser demo sweep test lab bench bench-throughput bench-run-costs clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ lab: setup
 
 bench: setup
 	$(PY) benchmarks/optimizer_memory.py
+
+# What a run spends besides the step: input pipeline, compilation (cache on/off), papermill per run.
+bench-run-costs: setup
+	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/compile_cache.py
+	$(PY) benchmarks/run_overhead.py
 
 # vitscale vs timm (eager PyTorch) vs plain Flax, one training step per shape (installs the bench extra).
 bench-throughput: setup

@@ -5,7 +5,9 @@ memory; 10 classes, GAP head, learned position embedding, no class token, no dro
 clipping) for three shapes, measured in one process:
 
   vitscale  vitscale.train.make_trainer(ViT(...), optim.make_optimizer("adamw", mu_dtype="float32"))
-            on a 1-device mesh (the library's jitted step: explicit shardings, donated state)
+            on the library's default mesh: data-parallel over all JAX devices, which on a CPU host
+            are the cores split into devices by `import vitscale` (VITSCALE_CPU_DEVICES; the
+            library's jitted step: explicit shardings, donated state)
   timm      timm's VisionTransformer in eager PyTorch (global_pool="avg", class_token=False,
             fc_norm=False, torch.optim.AdamW, torch.set_num_threads(2))
   flax      the textbook linen ViT written below (nn.Conv patches, nn.MultiHeadDotProductAttention,
@@ -112,11 +114,12 @@ def vitscale_optimizer() -> optax.GradientTransformation:
 
 
 def make_vitscale(shape: Shape, model: nn.Module | None = None, tx: optax.GradientTransformation | None = None,
-                  compiler_options: dict[str, Any] | None = None) -> Runner:
-    """The library's own step: make_trainer (explicit shardings, donated state) on one device.
-    Candidates swap in another model or compile the same jitted step with other XLA options.
+                  compiler_options: dict[str, Any] | None = None, devices: int | None = None) -> Runner:
+    """The library's own step: make_trainer (explicit shardings, donated state) on the library's
+    default mesh (all devices, data-parallel). Candidates swap in another model, compile the same
+    jitted step with other XLA options, or use the first `devices` devices only.
     `run.hlo()` gives the compiled step's HLO text (written by --hlo)."""
-    mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
+    mesh = sharding.make_mesh([-1, 1], devices=jax.devices()[:devices] if devices else None)
     trainer = train.make_trainer(model if model is not None else shape.vit(), tx or vitscale_optimizer(), mesh,
                            image_shape=shape.image, loss="softmax_xent", seed=0)
     images, labels = _batch(shape)
@@ -394,10 +397,11 @@ class CandViT(nn.Module):
         return logits, {"pre_logits": pre}
 
 
-def make_candidate(shape: Shape, compiler_options: dict[str, Any] | None = None, **switches) -> Runner:
+def make_candidate(shape: Shape, compiler_options: dict[str, Any] | None = None, devices: int | None = None,
+                   **switches) -> Runner:
     model = CandViT(num_classes=NUM_CLASSES, patch_size=shape.patch, width=shape.width, depth=shape.depth,
                     mlp_dim=shape.mlp, num_heads=shape.heads, **switches)
-    return make_vitscale(shape, model=model, compiler_options=compiler_options)
+    return make_vitscale(shape, model=model, compiler_options=compiler_options, devices=devices)
 
 
 # Compile-option switches (per-jit XLA options: `jax.jit(..., compiler_options=...)`).
@@ -425,26 +429,43 @@ MODEL_SWITCHES: dict[str, dict[str, str]] = {
 }
 
 
+# Device switches: how many of the JAX devices the step's mesh spans (default: all).
+DEVICE_SWITCHES: dict[str, int] = {"1dev": 1, "2dev": 2, "4dev": 4}
+# Library options: vit.ViT arguments a user sets in the parameter file (the library's model, not CandViT).
+LIBRARY_SWITCHES: dict[str, dict[str, Any]] = {"bf16": {"dtype": jnp.bfloat16}}  # mixed precision: bf16 activations
+
+
 def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
-    """"attn_bhnd+ynn_off" -> factory: '+'-joined model switches and compile options."""
+    """"attn_dpa+ynn_off+1dev" -> factory: '+'-joined model switches, compile options, device count."""
     switches: dict[str, str] = {}
     options: dict[str, Any] = {}
+    devices = None
     model = False
+    library: dict[str, Any] = {}
     for token in name.split("+"):
-        if token in MODEL_SWITCHES:
+        if token in LIBRARY_SWITCHES:
+            library.update(LIBRARY_SWITCHES[token])
+        elif token in MODEL_SWITCHES:
             switches.update(MODEL_SWITCHES[token])
             model = True
         elif token in OPTIONS:
             options.update(OPTIONS[token])
+        elif token in DEVICE_SWITCHES:
+            devices = DEVICE_SWITCHES[token]
         else:
             raise KeyError(token)
+    if model and library:
+        raise KeyError(f"{name}: library options ({', '.join(LIBRARY_SWITCHES)}) do not combine with model switches")
     if model:
-        return functools.partial(make_candidate, compiler_options=options or None, **switches)
-    return functools.partial(make_vitscale, compiler_options=options or None)
+        return functools.partial(make_candidate, compiler_options=options or None, devices=devices, **switches)
+    if library:
+        return lambda shape: make_vitscale(shape, model=shape.vit(**library), compiler_options=options or None,
+                                           devices=devices)
+    return functools.partial(make_vitscale, compiler_options=options or None, devices=devices)
 
 
 # The candidates `--candidates all` runs; any '+'-joined combination of the tokens above is accepted.
-CANDIDATE_NAMES = ["ynn_dots", "ynn_off", "patch_dense", "attn_dpa", "attn_bhnd3", "attn_dpa3"]
+CANDIDATE_NAMES = ["bf16", "1dev", "ynn_dots", "ynn_off", "patch_dense", "attn_dpa", "attn_bhnd3", "attn_dpa3"]
 CANDIDATES: dict[str, Callable[[Shape], Runner]] = {n: make_candidate_by_name(n) for n in CANDIDATE_NAMES}
 
 BASELINES: dict[str, Callable[[Shape], Runner]] = {"vitscale": make_vitscale, "timm": make_timm, "flax": make_flax}
@@ -588,7 +609,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             unknown.append(c)
     if unknown:
         ap.error(f"unknown shapes/impls/candidates: {unknown} (candidate tokens: "
-                 f"{', '.join([*MODEL_SWITCHES, *OPTIONS])})")
+                 f"{', '.join([*MODEL_SWITCHES, *OPTIONS, *DEVICE_SWITCHES, *LIBRARY_SWITCHES])})")
     if "timm" in impls and not timm_available():
         print("timm/torch not installed (pip install -e '.[bench]'): skipping timm", file=sys.stderr)
         impls.remove("timm")

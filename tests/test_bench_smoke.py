@@ -22,7 +22,7 @@ def bench(root):
 
 
 def tiny(bench):
-    return bench.Shape((8, 8, 1), patch=4, width=16, depth=1, heads=2, mlp=32, batch=4)
+    return bench.Shape((8, 8, 1), patch=4, width=16, depth=1, heads=2, mlp=32, batch=8)  # 8 test devices
 
 
 def test_candidate_vit_is_the_library_vit(bench):
