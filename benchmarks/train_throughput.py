@@ -299,17 +299,6 @@ class PatchDense(nn.Module):
         return x @ kernel.reshape(p * p * c, self.features) + bias
 
 
-class Dense(nn.Module):
-    """nn.Dense's parameters, returned instead of applied (so callers can einsum with a view)."""
-
-    features: int
-    in_features: int
-
-    @nn.compact
-    def __call__(self):
-        return _params(self, (self.in_features, self.features))
-
-
 class CandAttention(nn.Module):
     num_heads: int
     attn: str = "bhnd"
@@ -324,8 +313,8 @@ class CandAttention(nn.Module):
             q, k, v = jnp.split(dense(3 * d, "qkv")(x).reshape(b, n, 3, h, dh), 3, axis=2)
             out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
             return dense(d, "out")(out.reshape(b, n, d))
-        wqkv, bqkv = Dense(3 * d, d, name="qkv")()
-        wout, bout = Dense(d, d, name="out")()
+        wqkv, bqkv = vit.DenseParams(3 * d, name="qkv")(d)
+        wout, bout = vit.DenseParams(d, name="out")(d)
         if self.attn == "dpa3":  # three projections from the kernel's thirds, then the library's attention
             wqkv, bqkv = wqkv.reshape(d, 3, h, dh), bqkv.reshape(3, h, dh)
             q, k, v = (jnp.einsum("bnd,dhk->bnhk", x, wqkv[:, i]) + bqkv[i] for i in range(3))

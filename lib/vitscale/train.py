@@ -247,7 +247,8 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
     t_last, step_last = time.perf_counter(), step
     meta = dict(meta or {})
     meta.setdefault("device_seconds", 0.0)
-    meta.setdefault("eval_seconds", 0.0)  # wall seconds inside evaluators (their share of a run: eval_share)
+    meta.setdefault("wall_seconds", 0.0)  # of this loop, over every session of the run (eval_share's denominator)
+    meta.setdefault("eval_seconds", 0.0)  # wall seconds inside evaluators
     meta.setdefault("checkpoint_seconds", 0.0)
     devices = jax.device_count()
     t_meta = time.perf_counter()
@@ -291,6 +292,7 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
                 check_losses()
                 now = time.perf_counter()
                 meta["device_seconds"] += (now - t_meta) * devices
+                meta["wall_seconds"] += now - t_meta
                 t_meta = now
                 meta["data_position"] = {"step": step, "images_seen": step * cfg.batch_size}
                 save_checkpoint(mngr, state, meta)
@@ -403,12 +405,6 @@ def make_evaluators(cfg, trainer: Trainer, test: data.Split, pipe: data.Pipeline
     return evaluators
 
 
-def _share(seconds: float | None, device_seconds: float | None, devices: int) -> float | None:
-    if seconds is None or not device_seconds:
-        return None
-    return seconds / (device_seconds / devices)
-
-
 def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, branches, meta: dict) -> dict[str, Any]:
     """summary.json: final metrics, size and compute (FLOPs, device-seconds), and the environment."""
     final: dict[str, Any] = {}
@@ -429,7 +425,7 @@ def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, bran
         "device_seconds": meta.get("device_seconds"), "device_count": jax.device_count(),
         # Wall seconds of the main run spent evaluating and checkpointing, and their share of it.
         "eval_seconds": meta.get("eval_seconds"), "checkpoint_seconds": meta.get("checkpoint_seconds"),
-        "eval_share": _share(meta.get("eval_seconds"), meta.get("device_seconds"), jax.device_count()),
+        "eval_share": meta["eval_seconds"] / meta["wall_seconds"] if meta.get("wall_seconds") else None,
         "wall_seconds_this_session": time.time() - t0,
         "branches": branches, "environment": runs.environment(),
     }
