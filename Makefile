@@ -4,23 +4,33 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data browser demo sweep test lab bench bench-throughput bench-run-costs clean-venv
+.PHONY: setup data malloc browser demo sweep test lab bench bench-throughput bench-run-costs clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(PY) -m pip install --quiet -e '.[test]' 2>&1 | grep -v "is ignored" || true
 	$(PY) -c "import vitscale, jax, flax, optax, orbax.checkpoint, tensorflow_datasets, papermill, plotly"
-	$(PY) -m ipykernel install --sys-prefix --name vitscale --display-name "vitscale (Python 3.11)" > /dev/null
+	$(VENV)/bin/vitscale kernel
 	touch $(STAMP)
 
-setup: $(STAMP) data
+setup: $(STAMP) data malloc
+
+# Python that runs with jemalloc keeping freed pages (lib/vitscale/allocator.py: 1.2-1.6x faster
+# training steps on a CPU); the vitscale kernel starts the same way.
+RUN := $(PY) -m vitscale.allocator $(PY)
 
 # Real data that installs offline: Fashion-MNIST's IDX files from Debian.
 data:
 	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu)"; exit 1; fi
+
+# jemalloc for XLA's per-step buffers (optional: without it everything runs, with glibc's malloc).
+malloc:
+	@if [ -n "$$($(PY) -c 'from vitscale import allocator; print(allocator.find_jemalloc() or "")')" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then apt-get update -qq && apt-get install -y -qq libjemalloc2; \
+	else echo "note: jemalloc is missing ('sudo apt-get install libjemalloc2' or 'conda install -c conda-forge jemalloc'); CPU training steps run 1.2-1.6x slower without it"; fi
 
 # Headless Chromium for the report-rendering test.
 browser:
@@ -39,24 +49,24 @@ sweep: setup
 	$(VENV)/bin/vitscale sweep parameters/sweeps/cpu_scaling.yaml
 
 test: setup browser
-	$(PY) -m pytest -q
+	$(RUN) -m pytest -q
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: setup
-	$(PY) benchmarks/optimizer_memory.py
+	$(RUN) benchmarks/optimizer_memory.py
 
 # What a run spends besides the step: input pipeline, compilation (cache on/off), papermill per run.
 bench-run-costs: setup
-	$(PY) benchmarks/input_pipeline.py
-	$(PY) benchmarks/compile_cache.py
-	$(PY) benchmarks/run_overhead.py
+	$(RUN) benchmarks/input_pipeline.py
+	$(RUN) benchmarks/compile_cache.py
+	$(RUN) benchmarks/run_overhead.py
 
 # vitscale vs timm (eager PyTorch) vs plain Flax, one training step per shape (installs the bench extra).
 bench-throughput: setup
 	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
-	$(PY) benchmarks/train_throughput.py $(ARGS)
+	$(RUN) benchmarks/train_throughput.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

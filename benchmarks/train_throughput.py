@@ -7,11 +7,17 @@ clipping) for three shapes, measured in one process:
   vitscale  vitscale.train.make_trainer(ViT(...), optim.make_optimizer("adamw", mu_dtype="float32"))
             on the library's default mesh: data-parallel over all JAX devices, which on a CPU host
             are the cores split into devices by `import vitscale` (VITSCALE_CPU_DEVICES; the
-            library's jitted step: explicit shardings, donated state)
+            library's jitted step: explicit shardings, donated state, `train.default_chains`
+            gradient chains per device)
   timm      timm's VisionTransformer in eager PyTorch (global_pool="avg", class_token=False,
             fc_norm=False, torch.optim.AdamW, torch.set_num_threads(2))
   flax      the textbook linen ViT written below (nn.Conv patches, nn.MultiHeadDotProductAttention,
             nn.Dense MLP, optax.adamw, a jitted step without donation)
+
+The process should run with jemalloc keeping freed pages, as vitscale's runs do
+(vitscale/allocator.py; `make bench-throughput` starts it that way): the header says which
+malloc the process has. It is the same for all three implementations; timm measured with glibc's
+malloc in a separate process was not faster (benchmarks/README.md).
 
 One timing on a shared 2-core machine moves by 10-15% (far more when other jobs run), so the
 implementations are interleaved: after a warm-up, each pass times every implementation for
@@ -63,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitscale import flops, optim, sharding, train
+from vitscale import allocator, flops, optim, sharding, train
 from vitscale.models import vit
 
 NUM_CLASSES = 10
@@ -114,14 +120,15 @@ def vitscale_optimizer() -> optax.GradientTransformation:
 
 
 def make_vitscale(shape: Shape, model: nn.Module | None = None, tx: optax.GradientTransformation | None = None,
-                  compiler_options: dict[str, Any] | None = None, devices: int | None = None) -> Runner:
+                  compiler_options: dict[str, Any] | None = None, devices: int | None = None,
+                  chains: int = 1) -> Runner:
     """The library's own step: make_trainer (explicit shardings, donated state) on the library's
     default mesh (all devices, data-parallel). Candidates swap in another model, compile the same
     jitted step with other XLA options, or use the first `devices` devices only.
     `run.hlo()` gives the compiled step's HLO text (written by --hlo)."""
     mesh = sharding.make_mesh([-1, 1], devices=jax.devices()[:devices] if devices else None)
     trainer = train.make_trainer(model if model is not None else shape.vit(), tx or vitscale_optimizer(), mesh,
-                           image_shape=shape.image, loss="softmax_xent", seed=0)
+                           image_shape=shape.image, loss="softmax_xent", seed=0, chains=chains)
     images, labels = _batch(shape)
     batch = sharding.put_batch({"image": images, "label": labels}, mesh)
     state = trainer.init_fn()
@@ -387,10 +394,10 @@ class CandViT(nn.Module):
 
 
 def make_candidate(shape: Shape, compiler_options: dict[str, Any] | None = None, devices: int | None = None,
-                   **switches) -> Runner:
+                   chains: int = 1, **switches) -> Runner:
     model = CandViT(num_classes=NUM_CLASSES, patch_size=shape.patch, width=shape.width, depth=shape.depth,
                     mlp_dim=shape.mlp, num_heads=shape.heads, **switches)
-    return make_vitscale(shape, model=model, compiler_options=compiler_options, devices=devices)
+    return make_vitscale(shape, model=model, compiler_options=compiler_options, devices=devices, chains=chains)
 
 
 # Compile-option switches (per-jit XLA options: `jax.jit(..., compiler_options=...)`).
@@ -420,6 +427,8 @@ MODEL_SWITCHES: dict[str, dict[str, str]] = {
 
 # Device switches: how many of the JAX devices the step's mesh spans (default: all).
 DEVICE_SWITCHES: dict[str, int] = {"1dev": 1, "2dev": 2, "4dev": 4}
+# Gradient chains per device (train.make_trainer's `chains`).
+CHAIN_SWITCHES: dict[str, int] = {"chains1": 1, "chains2": 2, "chains4": 4}
 # Library options: vit.ViT arguments a user sets in the parameter file (the library's model, not CandViT).
 LIBRARY_SWITCHES: dict[str, dict[str, Any]] = {"bf16": {"dtype": jnp.bfloat16}}  # mixed precision: bf16 activations
 
@@ -429,6 +438,7 @@ def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
     switches: dict[str, str] = {}
     options: dict[str, Any] = {}
     devices = None
+    chains = None
     model = False
     library: dict[str, Any] = {}
     for token in name.split("+"):
@@ -441,20 +451,22 @@ def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
             options.update(OPTIONS[token])
         elif token in DEVICE_SWITCHES:
             devices = DEVICE_SWITCHES[token]
+        elif token in CHAIN_SWITCHES:
+            chains = CHAIN_SWITCHES[token]
         else:
             raise KeyError(token)
     if model and library:
         raise KeyError(f"{name}: library options ({', '.join(LIBRARY_SWITCHES)}) do not combine with model switches")
+    step = {"compiler_options": options or None, "devices": devices, **({"chains": chains} if chains else {})}
     if model:
-        return functools.partial(make_candidate, compiler_options=options or None, devices=devices, **switches)
+        return functools.partial(make_candidate, **step, **switches)
     if library:
-        return lambda shape: make_vitscale(shape, model=shape.vit(**library), compiler_options=options or None,
-                                           devices=devices)
-    return functools.partial(make_vitscale, compiler_options=options or None, devices=devices)
+        return lambda shape: make_vitscale(shape, model=shape.vit(**library), **step)
+    return functools.partial(make_vitscale, **step)
 
 
 # The candidates `--candidates all` runs; any '+'-joined combination of the tokens above is accepted.
-CANDIDATE_NAMES = ["bf16", "1dev", "ynn_dots", "ynn_off", "patch_dense", "attn_dpa", "attn_bhnd3", "attn_dpa3"]
+CANDIDATE_NAMES = ["chains1", "chains2", "bf16", "1dev", "ynn_dots", "ynn_off", "patch_dense", "attn_dpa", "attn_bhnd3", "attn_dpa3"]
 CANDIDATES: dict[str, Callable[[Shape], Runner]] = {n: make_candidate_by_name(n) for n in CANDIDATE_NAMES}
 
 BASELINES: dict[str, Callable[[Shape], Runner]] = {"vitscale": make_vitscale, "timm": make_timm, "flax": make_flax}
@@ -598,13 +610,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             unknown.append(c)
     if unknown:
         ap.error(f"unknown shapes/impls/candidates: {unknown} (candidate tokens: "
-                 f"{', '.join([*MODEL_SWITCHES, *OPTIONS, *DEVICE_SWITCHES, *LIBRARY_SWITCHES])})")
+                 f"{', '.join([*MODEL_SWITCHES, *OPTIONS, *DEVICE_SWITCHES, *CHAIN_SWITCHES, *LIBRARY_SWITCHES])})")
     if "timm" in impls and not timm_available():
         print("timm/torch not installed (pip install -e '.[bench]'): skipping timm", file=sys.stderr)
         impls.remove("timm")
     impls = impls + [c for c in cands if c not in impls]
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{len(jax.devices())}, "
-          f"{os.cpu_count()} CPUs; passes {args.passes} x {args.steps} steps (warm-up {args.warmup})")
+          f"{os.cpu_count()} CPUs, malloc: {allocator.current()} (every implementation in this process); "
+          f"passes {args.passes} x {args.steps} steps (warm-up {args.warmup})")
+    if allocator.current() != "jemalloc":
+        print("note: vitscale runs with jemalloc (`make bench-throughput`, or `python -m vitscale.allocator python "
+              f"{sys.argv[0]}`); this process has the C library's malloc", file=sys.stderr)
     results, summaries = {}, []
     for name in shapes:
         shape = SHAPES[name]
@@ -615,7 +631,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print_table(summaries)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"argv": sys.argv[1:], "results": results, "summaries": summaries}, f, indent=1)
+            json.dump({"argv": sys.argv[1:], "allocator": allocator.current(), "results": results,
+                       "summaries": summaries}, f, indent=1)
     return summaries
 
 

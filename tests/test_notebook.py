@@ -11,13 +11,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from vitscale import allocator
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tiny_run(root, tmp_path_factory):
     out = tmp_path_factory.mktemp("nb") / "tiny"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
+    # Without this process's preload: the kernel has to get jemalloc by itself.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JAX_PERSISTENT_CACHE") and k not in ("LD_PRELOAD", "MALLOC_CONF")}
     env["JAX_COMPILATION_CACHE_DIR"] = str(out.parent / "jax_cache")
     r = subprocess.run([str(Path(sys.executable).parent / "vitscale"), "run", str(root / "tests/data/tiny_pretrain.yaml"),
                         "--notebook", "pretrain", "--out", str(out)], capture_output=True, text=True, timeout=600,
@@ -34,6 +38,8 @@ def test_pretrain_notebook_through_papermill(tiny_run):
     assert summary["total_steps"] == 6 and summary["images_seen"] == 6 * 32 and summary["train_examples"] == 512
     assert 0.0 <= summary["final"]["test/acc"] <= 1.0
     assert summary["environment"]["packages"]["jax"] == "0.10.2"
+    # The kernel starts through vitscale.allocator: jemalloc wherever the system has it.
+    assert summary["environment"]["allocator"] == ("jemalloc" if allocator.find_jemalloc() else "system")
     assert summary["train_flops"] == 3 * summary["forward_flops_per_image"] * 6 * 32
     # Evaluation time is accounted for: a share of the run's wall time (tiny runs are mostly evaluation).
     assert summary["eval_seconds"] > 0 and 0 < summary["eval_share"] < 1

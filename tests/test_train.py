@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from vitscale import config, data, optim, sharding, train
 
@@ -66,8 +67,10 @@ def _loss_curve(dtype: str, seed: int, steps: int = 300) -> np.ndarray:
     split = data.load_split("fashion_mnist", "train[:6400]")
     # One device: 900 steps of 8-device collectives on 2 busy cores risk XLA:CPU's rendezvous timeout.
     mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
+    # One gradient chain: the chains only split the batch (test_gradient_chains_give_the_full_batch_update);
+    # the comparison here is about bf16 arithmetic.
     trainer = train.make_trainer(train.build_model(cfg, 10), train.build_optimizer(cfg, train.build_schedule(cfg)),
-                                 mesh, image_shape=(28, 28, 1), seed=seed)
+                                 mesh, image_shape=(28, 28, 1), seed=seed, chains=1)
     state = trainer.init_fn()
     batches = data.train_batches(split, train.input_pipeline(cfg), global_batch=64, seed=seed)
     losses = []
@@ -86,3 +89,50 @@ def test_bfloat16_training_tracks_float32_within_seed_noise():
     gap_seed = np.abs(smooth(other_seed) - smooth(f32))[50:].mean()
     assert bf16[-50:].mean() < 0.5 * bf16[:10].mean()  # it learns
     assert gap_bf16 <= max(gap_seed, 0.02), (gap_bf16, gap_seed)
+
+
+@pytest.mark.parametrize("devices,chains", [(1, 4), (8, 2)])
+def test_gradient_chains_give_the_full_batch_update(devices, chains):
+    """A step split into gradient chains makes the update of the whole batch: the loss, gradient norm
+    and new parameters match plain jax.value_and_grad of the batch's mean loss and optax's AdamW,
+    computed here outside the trainer (1 device x 4 chains, and 8 devices x 2 chains)."""
+    cfg = config.validate(config.PretrainConfig, dict(variant="Femto/7", batch_size=64, total_steps=10,
+                                                      warmup_steps=0, lr=1e-3, grad_clip_norm=None))
+    mesh = sharding.make_mesh([devices, 1], devices=jax.devices()[:devices])
+    model = train.build_model(cfg, 10)
+    tx = train.build_optimizer(cfg, train.build_schedule(cfg))
+    trainer = train.make_trainer(model, tx, mesh, image_shape=(28, 28, 1), chains=chains)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.standard_normal((64, 28, 28, 1)).astype(np.float32),
+             "label": rng.integers(0, 10, 64).astype(np.int32)}
+    state = trainer.init_fn()
+    params = jax.device_get(state["params"])
+    new, out = trainer.train_step(state, sharding.put_batch(batch, mesh))
+
+    def loss(p):
+        logits, _ = model.apply({"params": p}, batch["image"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expect = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(out["loss"], value, rtol=1e-5)
+    np.testing.assert_allclose(out["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), jax.device_get(new["params"]),
+                 expect)
+
+
+def test_default_chains():
+    assert train.default_chains(256, "cpu") == 4
+    assert train.default_chains(32, "cpu") == 2  # 4 chains of 8 are below MIN_CHAIN_BATCH
+    assert train.default_chains(24, "cpu") == 1  # 2 chains of 12 are too
+    assert train.default_chains(96, "cpu") == 4 and train.default_chains(34, "cpu") == 2
+    assert train.default_chains(256, "gpu") == train.default_chains(256, "tpu") == 1
+
+
+def test_grad_chains_must_divide_the_batch_per_device():
+    cfg = config.validate(config.PretrainConfig, dict(variant="Femto/7", batch_size=64, grad_chains=3))
+    with pytest.raises(config.ConfigError, match="grad_chains 3 does not divide the batch per device"):
+        cfg.check_devices(8)
+    with pytest.raises(config.ConfigError, match="grad_chains"):
+        config.validate(config.PretrainConfig, dict(variant="Femto/7", grad_chains=0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import sys
@@ -37,16 +38,30 @@ def schema_for(kind: str):
     return schemas[kind]
 
 
+def kernel_argv() -> list[str]:
+    """The `vitscale` kernel's command: this interpreter's ipykernel, started through
+    vitscale.allocator (jemalloc when the system has it: XLA's per-step buffers then stop
+    page-faulting; see that module)."""
+    return [sys.executable, "-m", "vitscale.allocator", sys.executable, "-Xfrozen_modules=off", "-m",
+            "ipykernel_launcher", "-f", "{connection_file}"]
+
+
 def ensure_kernel() -> None:
-    """Register this interpreter as the `vitscale` kernel (in sys.prefix) if it is not yet."""
+    """Register this interpreter as the `vitscale` kernel (in sys.prefix) if it is not yet, or if
+    the registered one starts another interpreter or not through vitscale.allocator."""
     from jupyter_client.kernelspec import KernelSpecManager
 
+    from vitscale import runs
+
     spec = KernelSpecManager().find_kernel_specs().get(KERNEL)
-    if spec and Path(spec, "kernel.json").read_text().find(sys.executable) >= 0:
+    if spec and json.loads(Path(spec, "kernel.json").read_text()).get("argv") == kernel_argv():
         return
     from ipykernel.kernelspec import install
 
-    install(kernel_name=KERNEL, display_name="vitscale (Python 3.11)", prefix=sys.prefix)
+    path = Path(install(kernel_name=KERNEL, display_name="vitscale (Python 3.11)", prefix=sys.prefix))
+    spec_json = json.loads((path / "kernel.json").read_text())
+    spec_json["argv"] = kernel_argv()
+    runs.atomic_write_text(path / "kernel.json", json.dumps(spec_json, indent=1))
 
 
 def export_html(notebook: Path, html: Path | None = None) -> Path:
@@ -109,7 +124,7 @@ def prepare_run(params_file: Path, out: Path | None, kind: str | None, replace: 
     out = (out or default).resolve()  # the kernel runs in notebooks/: no relative paths  # the kernel runs in notebooks/: no relative paths
     existing = out / "params.yaml"
     if existing.exists():
-        same = config.load_yaml(existing) == cfg.model_dump(mode="json")
+        same = config.resolved(type(cfg), config.load_yaml(existing)) == cfg.model_dump(mode="json")
         if not same and not replace:
             raise config.ConfigError(
                 f"{out} already holds a run with other parameters; nothing was changed. Pass --replace to move it "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -103,6 +103,9 @@ class PretrainConfig(_Strict):
     keep_every: int | None = Field(default=None, gt=0)  # ... and every M-th step
     # --- devices
     mesh: list[int] = [-1, 1]  # (data, fsdp) axis sizes; -1 takes the remaining devices
+    # Independent forward/backward passes per device whose gradients are averaged (same update).
+    # "auto": 4 or 2 on a CPU (faster there: train.default_chains), 1 on GPU/TPU.
+    grad_chains: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
     coordinator_address: str | None = None  # multi-host: host:port of process 0
     num_processes: int | None = None
     process_id: int | None = None
@@ -201,6 +204,10 @@ class PretrainConfig(_Strict):
                               f"{device_count}; use a multiple of {device_count}")
         if self.batch_size % process_count:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by the process count {process_count}")
+        per_device = self.batch_size // device_count
+        if self.grad_chains != "auto" and per_device % self.grad_chains:
+            raise ConfigError(f"grad_chains {self.grad_chains} does not divide the batch per device ({self.batch_size} "
+                              f"/ {device_count} devices = {per_device}); use 'auto' or a divisor of {per_device}")
 
 
 def _format(e: ValidationError) -> str:
@@ -223,6 +230,16 @@ def validate(schema: type[BaseModel], params: dict[str, Any]) -> Any:
     except ValidationError as e:
         fields = ", ".join(sorted(schema.model_fields))
         raise ConfigError(_format(e) + f"\naccepted parameters: {fields}") from None
+
+
+def resolved(schema: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
+    """`params` (e.g. a run folder's params.yaml) as `schema` resolves them today: fields added since
+    the file was written take their defaults, so a run made before a new parameter existed still
+    compares equal to the same run now. Parameters that no longer validate come back unchanged."""
+    try:
+        return validate(schema, params).model_dump(mode="json")
+    except ConfigError:
+        return params
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def pretrain_trainer(cfg: config_lib.PretrainConfig, mesh, seed: int | None = No
     model = train.build_model(cfg, num_classes(cfg.dataset, cfg.data_dir))
     return train.make_trainer(model, train.build_optimizer(cfg, train.build_schedule(cfg)), mesh,
                               image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss,
-                              seed=cfg.seed if seed is None else seed)
+                              seed=cfg.seed if seed is None else seed, chains=train.chains_of(cfg))
 
 
 def load_pretrained(path: str | Path, mesh) -> Pretrained:

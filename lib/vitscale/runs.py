@@ -121,8 +121,10 @@ def environment() -> dict[str, Any]:
             versions[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             pass
+    from vitscale import allocator
+
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-            "git_commit": git_commit()}
+            "git_commit": git_commit(), "allocator": allocator.current()}
 
 
 def is_run_dir(path: str | Path) -> bool:
