@@ -121,7 +121,7 @@ def vitscale_optimizer() -> optax.GradientTransformation:
 
 def make_vitscale(shape: Shape, model: nn.Module | None = None, tx: optax.GradientTransformation | None = None,
                   compiler_options: dict[str, Any] | None = None, devices: int | None = None,
-                  chains: int = 1) -> Runner:
+                  chains: int | None = None) -> Runner:
     """The library's own step: make_trainer (explicit shardings, donated state) on the library's
     default mesh (all devices, data-parallel). Candidates swap in another model, compile the same
     jitted step with other XLA options, or use the first `devices` devices only.
@@ -394,7 +394,7 @@ class CandViT(nn.Module):
 
 
 def make_candidate(shape: Shape, compiler_options: dict[str, Any] | None = None, devices: int | None = None,
-                   chains: int = 1, **switches) -> Runner:
+                   chains: int | None = None, **switches) -> Runner:
     model = CandViT(num_classes=NUM_CLASSES, patch_size=shape.patch, width=shape.width, depth=shape.depth,
                     mlp_dim=shape.mlp, num_heads=shape.heads, **switches)
     return make_vitscale(shape, model=model, compiler_options=compiler_options, devices=devices, chains=chains)
@@ -413,6 +413,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "fastmath": {"xla_cpu_enable_fast_math": True},
     "vec512": {"xla_cpu_prefer_vector_width": 512},
     "xnn_greedy": {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
+    # An HLO schedule that favours running independent operations (e.g. the gradient chains) together.
+    "conc_sched": {"xla_cpu_enable_concurrency_optimized_scheduler": True},
 }
 YNN_OFF = OPTIONS["ynn_off"]
 # Model switches (CandViT above).
