@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) data malloc
 
-# Python that runs with jemalloc keeping freed pages (lib/vitscale/allocator.py: 1.2-1.6x faster
+# Python that runs with jemalloc keeping freed pages (lib/vitscale/allocator.py: 1.2-1.7x faster
 # training steps on a CPU); the vitscale kernel starts the same way.
 RUN := $(PY) -m vitscale.allocator $(PY)
 
@@ -30,7 +30,7 @@ data:
 malloc:
 	@if [ -n "$$($(PY) -c 'from vitscale import allocator; print(allocator.find_jemalloc() or "")')" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then apt-get update -qq && apt-get install -y -qq libjemalloc2; \
-	else echo "note: jemalloc is missing ('sudo apt-get install libjemalloc2' or 'conda install -c conda-forge jemalloc'); CPU training steps run 1.2-1.6x slower without it"; fi
+	else echo "note: jemalloc is missing ('sudo apt-get install libjemalloc2' or 'conda install -c conda-forge jemalloc'); CPU training steps run 1.2-1.7x slower without it"; fi
 
 # Headless Chromium for the report-rendering test.
 browser:

@@ -5,7 +5,7 @@ frees them when the step ends. glibc serves allocations above 32 MB with a fresh
 on free, so every step the kernel faults in and zeroes all of that memory again: 479 MB a step at
 shape A, 1.8 GB at shape B (benchmarks/train_throughput.py), where a third of the two cores' time went
 to the kernel (`sys` 0.67 of wall time on A). jemalloc with `dirty_decay_ms:-1,muzzy_decay_ms:-1`
-keeps freed pages for the next step: no page faults, and the step ran 1.6x (A), 1.2x (B), 1.2x (C)
+keeps freed pages for the next step: no page faults, and the step ran 1.7x (A), 1.2x (B), 1.2x (C)
 faster here. The process's resident memory then stays at its peak, which is what a training run
 holds anyway.
 
@@ -99,7 +99,7 @@ def check(platform: str) -> str | None:
            "install jemalloc (`apt-get install libjemalloc2` or `conda install -c conda-forge jemalloc`) and "
            "start Python through `python -m vitscale.allocator python ...`")
     return (f"this process uses the C library's malloc, which re-faults XLA's per-step buffers: training steps "
-            f"on a CPU run 1.2-1.6x slower than with jemalloc. To fix, {how}; VITSCALE_MALLOC=system silences this.")
+            f"on a CPU run 1.2-1.7x slower than with jemalloc. To fix, {how}; VITSCALE_MALLOC=system silences this.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -109,7 +109,7 @@ def default_chains(per_device_batch: int, platform: str) -> int:
     uses every core, but much of a ViT step (layer norms, softmax, GELU, small products in attention,
     the reductions of the backward pass) does not, and those run in sequence. Independent chains give
     the pool work to run side by side. Measured on 2 cores (benchmarks/train_throughput.py, one CPU
-    device, jemalloc): 4 chains 1.10x (shape A), 1.08x (B), 1.06x (C) over one. Unlike several CPU
+    device, jemalloc, 5 passes): 4 chains 1.12x (shape A), 1.15x (B), 1.06x (C) over one. Unlike several CPU
     devices (VITSCALE_CPU_DEVICES) this needs no all-reduce between devices."""
     if platform != "cpu":
         return 1
