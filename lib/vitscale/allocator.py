@@ -7,7 +7,9 @@ shape A, 1.8 GB at shape B (benchmarks/train_throughput.py), where a third of th
 to the kernel (`sys` 0.67 of wall time on A). jemalloc with `dirty_decay_ms:-1,muzzy_decay_ms:-1`
 keeps freed pages for the next step: no page faults, and the step ran 1.7x (A), 1.2x (B), 1.2x (C)
 faster here. The process's resident memory then stays at its peak, which is what a training run
-holds anyway.
+holds anyway. Not every process gets all of it: about one in four here (more often after the same
+process ran other shapes) kept re-faulting part of a step's memory (up to ~120,000 faults a step
+at shape B, with no madvise or munmap from the process in that window); the cause is not found.
 
 A preloaded allocator has to be there when the process starts, so this module wraps a command:
 
