@@ -16,8 +16,8 @@ clipping) for three shapes, measured in one process:
 
 The process should run with jemalloc keeping freed pages, as vitscale's runs do
 (vitscale/allocator.py; `make bench-throughput` starts it that way): the header says which
-malloc the process has. It is the same for all three implementations; timm measured with glibc's
-malloc in a separate process was not faster (benchmarks/README.md).
+malloc the process has. It is the same for all three implementations; timm in a process of its own
+with glibc's malloc was 4% faster on A and 3-5% slower on B and C (benchmarks/README.md).
 
 One timing on a shared 2-core machine moves by 10-15% (far more when other jobs run), so the
 implementations are interleaved: after a warm-up, each pass times every implementation for
@@ -459,7 +459,7 @@ def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
             raise KeyError(token)
     if model and library:
         raise KeyError(f"{name}: library options ({', '.join(LIBRARY_SWITCHES)}) do not combine with model switches")
-    step = {"compiler_options": options or None, "devices": devices, **({"chains": chains} if chains else {})}
+    step = {"compiler_options": options or None, "devices": devices, "chains": chains}
     if model:
         return functools.partial(make_candidate, **step, **switches)
     if library:
@@ -468,7 +468,8 @@ def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
 
 
 # The candidates `--candidates all` runs; any '+'-joined combination of the tokens above is accepted.
-CANDIDATE_NAMES = ["chains1", "chains2", "bf16", "1dev", "ynn_dots", "ynn_off", "patch_dense", "attn_dpa", "attn_bhnd3", "attn_dpa3"]
+CANDIDATE_NAMES = ["chains1", "chains2", "bf16", "1dev", "ynn_dots", "ynn_off", "patch_dense", "attn_dpa", "attn_bhnd3",
+                   "attn_dpa3"]
 CANDIDATES: dict[str, Callable[[Shape], Runner]] = {n: make_candidate_by_name(n) for n in CANDIDATE_NAMES}
 
 BASELINES: dict[str, Callable[[Shape], Runner]] = {"vitscale": make_vitscale, "timm": make_timm, "flax": make_flax}
