@@ -283,6 +283,9 @@ def make_matmul(n: int = MATMUL_N, compiler_options: dict[str, Any] | None = Non
 #        "dpa"     fused qkv Dense, split, jax.nn.dot_product_attention on [B, N, H, Dh] (the library's before)
 #        "bhnd3"   as "bhnd" with three einsums, one per third of the qkv kernel
 #        "dpa3"    three projections from the kernel's thirds, then jax.nn.dot_product_attention
+#   mlp="matmul"   vit.MlpBlock: its Dense layers through vit.matmul, whose backward makes the weight
+#                  gradients products YNNPACK takes (the library's since it won 1.02-1.08x here)
+#       "dense"    nn.Dense layers: autodiff's own backward (the library's before)
 def _params(module: nn.Module, shape: tuple[int, ...], name_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.zeros) -> tuple[jax.Array, jax.Array]:
     return (module.param("kernel", name_init, shape, jnp.float32),
@@ -339,17 +342,32 @@ class CandAttention(nn.Module):
         return jnp.einsum("bhqk,hkd->bqd", out, wout.reshape(h, dh, d)) + bout
 
 
+class DenseMlp(nn.Module):
+    """vit.MlpBlock with nn.Dense layers (the same parameters and init)."""
+
+    mlp_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        dense = lambda n: nn.Dense(n, kernel_init=nn.initializers.xavier_uniform(),
+                                   bias_init=nn.initializers.normal(stddev=1e-6))
+        h = nn.gelu(dense(self.mlp_dim)(x))  # Dense_0
+        return dense(x.shape[-1])(h)
+
+
 class CandBlock(nn.Module):
     mlp_dim: int
     num_heads: int
     attn: str = "bhnd"
+    mlp: str = "matmul"
 
     @nn.compact
     def __call__(self, x):
         y = nn.LayerNorm()(x)
         x = x + CandAttention(self.num_heads, self.attn, name="Attention")(y)
         y = nn.LayerNorm()(x)
-        return x + vit.MlpBlock(self.mlp_dim, name="MlpBlock")(y)
+        mlp = vit.MlpBlock if self.mlp == "matmul" else DenseMlp
+        return x + mlp(self.mlp_dim, name="MlpBlock")(y)
 
 
 class CandEncoder(nn.Module):
@@ -357,11 +375,12 @@ class CandEncoder(nn.Module):
     mlp_dim: int
     num_heads: int
     attn: str = "bhnd"
+    mlp: str = "matmul"
 
     @nn.compact
     def __call__(self, x):
         for i in range(self.depth):
-            x = CandBlock(self.mlp_dim, self.num_heads, self.attn, name=f"encoderblock_{i}")(x)
+            x = CandBlock(self.mlp_dim, self.num_heads, self.attn, self.mlp, name=f"encoderblock_{i}")(x)
         return nn.LayerNorm(name="encoder_norm")(x)
 
 
@@ -376,6 +395,7 @@ class CandViT(nn.Module):
     num_heads: int
     patch: str = "conv"
     attn: str = "bhnd"
+    mlp: str = "matmul"
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -387,7 +407,7 @@ class CandViT(nn.Module):
             x = PatchDense(d, p, name="embedding")(images)
         x = x + self.param("pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(d)), (1, x.shape[1], d),
                            jnp.float32)
-        x = CandEncoder(self.depth, self.mlp_dim, self.num_heads, self.attn, name="Transformer")(x)
+        x = CandEncoder(self.depth, self.mlp_dim, self.num_heads, self.attn, self.mlp, name="Transformer")(x)
         pre = jnp.mean(x, axis=1)
         logits = nn.Dense(self.num_classes, name="head", kernel_init=nn.initializers.zeros)(pre)
         return logits, {"pre_logits": pre}
@@ -424,6 +444,7 @@ MODEL_SWITCHES: dict[str, dict[str, str]] = {
     "attn_dpa": {"attn": "dpa"},  # the library's attention before attn_bhnd won
     "attn_bhnd3": {"attn": "bhnd3"},
     "attn_dpa3": {"attn": "dpa3"},
+    "mlp_dense": {"mlp": "dense"},  # the library's MLP before vit.matmul won
 }
 
 
@@ -469,7 +490,7 @@ def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
 
 # The candidates `--candidates all` runs; any '+'-joined combination of the tokens above is accepted.
 CANDIDATE_NAMES = ["chains1", "chains2", "bf16", "1dev", "ynn_dots", "ynn_off", "patch_dense", "attn_dpa", "attn_bhnd3",
-                   "attn_dpa3"]
+                   "attn_dpa3", "mlp_dense"]
 CANDIDATES: dict[str, Callable[[Shape], Runner]] = {n: make_candidate_by_name(n) for n in CANDIDATE_NAMES}
 
 BASELINES: dict[str, Callable[[Shape], Runner]] = {"vitscale": make_vitscale, "timm": make_timm, "flax": make_flax}

@@ -82,6 +82,61 @@ def sincos2d_posemb(h: int, w: int, width: int, temperature: float = 10_000.0) -
     return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None]
 
 
+def _transpose_weight_grads() -> bool:
+    """Whether `matmul` computes its weight gradient from an explicitly transposed operand (XLA:CPU)."""
+    return jax.default_backend() == "cpu"
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [..., in] @ kernel [in, out], with a weight gradient XLA:CPU runs at its matmul peak.
+
+    Autodiff writes the kernel's gradient as a dot contracting x's token axis, its major one. XLA:CPU
+    hands a dot to YNNPACK, its fast matmul library, only when the left operand contracts its minor
+    axis, so this one ran on Eigen at about half the rate (profile of an S/4 step: ~2 core-seconds for
+    the 116 GFLOP of MLP weight gradients, ~1.05 through YNNPACK). The backward here transposes the
+    smaller of x and the output gradient into a buffer of its own (an optimization barrier keeps XLA
+    from folding the transpose back into the dot), so every product is one YNNPACK takes: training
+    step 1.05-1.06x on the benchmark's shapes A, B, C (benchmarks/README.md). Other backends get the
+    plain products: their BLAS reads transposed operands for free.
+    """
+    return x @ kernel
+
+
+def _matmul_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_bwd(res, g):
+    x, kernel = res
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    if not _transpose_weight_grads():
+        dk = x2.T @ g2
+    elif x2.shape[1] <= g2.shape[1]:  # dK = (x^T) g, x^T its own buffer
+        dk = jax.lax.optimization_barrier(x2.T) @ g2
+    else:  # dK = ((g^T) x)^T: transpose the narrower g, and the small [out, in] product after it
+        dk = jax.lax.optimization_barrier(jax.lax.optimization_barrier(g2.T) @ x2).T
+    return g @ kernel.T, dk.astype(kernel.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Dense(nn.Module):
+    """`nn.Dense` (same parameters, names and default init) applied through `matmul`."""
+
+    features: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
 class MlpBlock(nn.Module):
     mlp_dim: int
     dropout: float = 0.0
@@ -90,8 +145,8 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic=True):
         d = x.shape[-1]
-        dense = lambda n: nn.Dense(n, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-                                   bias_init=nn.initializers.normal(stddev=1e-6))
+        dense = lambda n: Dense(n, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+                                bias_init=nn.initializers.normal(stddev=1e-6))
         x = nn.gelu(dense(self.mlp_dim)(x))
         x = nn.Dropout(rate=self.dropout)(x, deterministic)
         return dense(d)(x)
