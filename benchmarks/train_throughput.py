@@ -330,14 +330,16 @@ class CandAttention(nn.Module):
             q, k, v = (jnp.einsum("bnd,dhk->bnhk", x, wqkv[:, i]) + bqkv[i] for i in range(3))
             out = jax.nn.dot_product_attention(q, k, v)
             return out.reshape(b, n, d) @ wout + bout
-        if self.attn == "bnhk":  # row-major projections through vit.matmul, explicit head transposes
+        if self.attn in ("bnhk", "bnhk2"):  # row-major projections through vit.matmul, explicit head transposes
             qkv = vit.matmul(x, wqkv) + bqkv
             qkv = qkv.reshape(b, n, 3, h, dh).transpose(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
             scores = jnp.einsum("bhqk,bhsk->bhqs", q * (dh ** -0.5), k)
             probs = jax.nn.softmax(scores, axis=-1)
-            out = jnp.einsum("bhqs,bhsk->bhqk", probs, v).transpose(0, 2, 1, 3).reshape(b, n, d)
-            return vit.matmul(out, wout) + bout
+            out = jnp.einsum("bhqs,bhsk->bhqk", probs, v)
+            if self.attn == "bnhk2":
+                return jnp.einsum("bhqk,hkd->bqd", out, wout.reshape(h, dh, d)) + bout
+            return vit.matmul(out.transpose(0, 2, 1, 3).reshape(b, n, d), wout) + bout
         if self.attn == "bhnd3":  # three projections from the kernel's thirds, straight to [B, H, N, Dh]
             wqkv, bqkv = wqkv.reshape(d, 3, h, dh), bqkv.reshape(3, h, 1, dh)
             q, k, v = (jnp.einsum("bnd,dhk->bhnk", x, wqkv[:, i]) + bqkv[i] for i in range(3))
@@ -453,6 +455,7 @@ MODEL_SWITCHES: dict[str, dict[str, str]] = {
     "attn_bhnd3": {"attn": "bhnd3"},
     "attn_dpa3": {"attn": "dpa3"},
     "attn_bnhk": {"attn": "bnhk"},
+    "attn_bnhk2": {"attn": "bnhk2"},  # as attn_bnhk, the output projection as the library's einsum
     "mlp_dense": {"mlp": "dense"},  # the library's MLP before vit.matmul won
 }
 

@@ -33,7 +33,7 @@ def test_candidate_vit_is_the_library_vit(bench):
     params = ref.init(jax.random.key(0), x)["params"]
     want = ref.apply({"params": params}, x)[1]["pre_logits"]
     for switches in ({}, {"attn": "dpa"}, {"attn": "bhnd3"}, {"attn": "dpa3"}, {"patch": "dense"}, {"mlp": "dense"},
-                     {"attn": "bnhk"}):
+                     {"attn": "bnhk"}, {"attn": "bnhk2"}):
         cand = bench.CandViT(num_classes=bench.NUM_CLASSES, patch_size=4, width=16, depth=1, mlp_dim=32,
                              num_heads=2, **switches)
         shapes = jax.eval_shape(cand.init, jax.random.key(0), x)["params"]
