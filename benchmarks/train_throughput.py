@@ -284,7 +284,7 @@ def make_matmul(n: int = MATMUL_N, compiler_options: dict[str, Any] | None = Non
 #        "bhnd3"   as "bhnd" with three einsums, one per third of the qkv kernel
 #        "dpa3"    three projections from the kernel's thirds, then jax.nn.dot_product_attention
 #   mlp="matmul"   vit.MlpBlock: its Dense layers through vit.matmul, whose backward makes the weight
-#                  gradients products YNNPACK takes (the library's since it won 1.02-1.08x here)
+#                  gradients products YNNPACK takes (the library's since it won 1.05-1.06x here)
 #       "dense"    nn.Dense layers: autodiff's own backward (the library's before)
 def _params(module: nn.Module, shape: tuple[int, ...], name_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.zeros) -> tuple[jax.Array, jax.Array]:
