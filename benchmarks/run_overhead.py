@@ -36,7 +36,10 @@ BIN = Path(sys.executable).parent
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[:3]}... exited with {proc.returncode}; the end of its stderr:\n"
+                           + "\n".join(proc.stderr.splitlines()[-40:]))
     return time.perf_counter() - t0
 
 
