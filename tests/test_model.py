@@ -1,4 +1,6 @@
 """The ViT against closed forms: parameter counts, position-embedding resizing, head init."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,8 +152,6 @@ def test_matmul_gradients_match_float64_closed_form(monkeypatch, transposed, d_i
 
 def _dots_outside_ynnpack(hlo: str) -> list[str]:
     """The dot instructions of compiled HLO that XLA:CPU did not hand to YNNPACK."""
-    import re
-
     ynn = set(re.findall(r"%ynn_fusion[\w.]* = .*?calls=%([\w.\-]+)", hlo))
     out, inside = [], False
     for line in hlo.splitlines():

@@ -122,19 +122,20 @@ def _matmul_bwd(res, g):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-class Dense(nn.Module):
-    """`nn.Dense` (same parameters, names and default init) applied through `matmul`."""
+class DenseParams(nn.Module):
+    """The kernel [in, out] and bias [out] of a `nn.Dense` (same names and shapes; xavier-uniform
+    kernel and zero bias unless given), returned instead of applied, so the caller can contract them
+    in the layout it wants."""
 
     features: int
     dtype: Any = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
 
     @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", nn.initializers.xavier_uniform(), (in_features, self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-        return matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
 
 
 class MlpBlock(nn.Module):
@@ -144,26 +145,14 @@ class MlpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic=True):
+        def dense(x, features, name):  # nn.Dense's parameters (names Dense_0, Dense_1), through `matmul`
+            w, b = DenseParams(features, self.dtype, nn.initializers.normal(stddev=1e-6), name=name)(x.shape[-1])
+            return matmul(x.astype(self.dtype), w) + b
+
         d = x.shape[-1]
-        dense = lambda n: Dense(n, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
-                                bias_init=nn.initializers.normal(stddev=1e-6))
-        x = nn.gelu(dense(self.mlp_dim)(x))
+        x = nn.gelu(dense(x, self.mlp_dim, "Dense_0"))
         x = nn.Dropout(rate=self.dropout)(x, deterministic)
-        return dense(d)(x)
-
-
-class DenseParams(nn.Module):
-    """The kernel [in, out] and bias [out] of a `nn.Dense` (same names, shapes and init), returned
-    instead of applied, so the caller can contract them in the layout it wants."""
-
-    features: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, in_features: int):
-        kernel = self.param("kernel", nn.initializers.xavier_uniform(), (in_features, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        return kernel.astype(self.dtype), bias.astype(self.dtype)
+        return dense(x, d, "Dense_1")
 
 
 class Attention(nn.Module):
