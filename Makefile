@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data malloc browser demo sweep test lab bench bench-throughput bench-run-costs clean-venv
+.PHONY: setup data malloc browser demo sweep test test-fast lint lab bench bench-throughput bench-run-costs clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,18 @@ demo: setup
 sweep: setup
 	$(VENV)/bin/vitscale sweep parameters/sweeps/cpu_scaling.yaml
 
-test: setup browser
+# One formatter and linter (settings in pyproject.toml); `make test` fails on any finding.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+# The whole suite (what CI runs).
+test: setup browser lint
 	$(RUN) -m pytest -q
+
+# The edit loop: every module's unit tests, no notebooks, no spawned processes, no long training.
+test-fast: setup lint
+	$(RUN) -m pytest -q -m "not slow"
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -17,6 +17,7 @@ Usage:
   .venv/bin/python benchmarks/compile_cache.py                 # demo, B, C; 3 repeats
   .venv/bin/python benchmarks/compile_cache.py --cases demo --repeats 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,7 @@ def child(case: str, cache_dir: str | None) -> dict[str, float]:
     if cache_dir:  # as vitscale.cli.use_compile_cache sets it for the kernels it starts
         env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
-    out = subprocess.run([sys.executable, "-c", CHILD, *map(str, CASES[case])], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, *map(str, CASES[case])], env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"the timing process failed:\n{out.stderr[-3000:]}")
     out = out.stdout
@@ -100,21 +100,28 @@ def main(argv=None) -> dict:
                 results[name]["warm"].append(child(name, d))
             finally:
                 shutil.rmtree(d, ignore_errors=True)
-        print(name, {k: round(statistics.median(r["first_step"] for r in v), 2) for k, v in results[name].items()},
-              file=sys.stderr, flush=True)
+        print(
+            name,
+            {k: round(statistics.median(r["first_step"] for r in v), 2) for k, v in results[name].items()},
+            file=sys.stderr,
+            flush=True,
+        )
 
     keys = ["init", "first_step", "first_eval", "second_step"]
     print(f"\nPersistent compilation cache: seconds, median of {args.repeats} fresh processes\n")
-    print("| case | model | cache | init | first train step | first eval step | second train step "
-          "| init + first steps |")
+    print(
+        "| case | model | cache | init | first train step | first eval step | second train step | init + first steps |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for name, by in results.items():
         variant, size, ch, batch = CASES[name]
         for mode, rows in by.items():
             med = {k: statistics.median(r[k] for r in rows) for k in keys}
             total = med["init"] + med["first_step"] + med["first_eval"]
-            print(f"| {name} | {variant} {size}x{size}x{ch}, batch {batch} | {mode} | {med['init']:.2f} | "
-                  f"{med['first_step']:.2f} | {med['first_eval']:.2f} | {med['second_step']:.3f} | {total:.2f} |")
+            print(
+                f"| {name} | {variant} {size}x{size}x{ch}, batch {batch} | {mode} | {med['init']:.2f} | "
+                f"{med['first_step']:.2f} | {med['first_eval']:.2f} | {med['second_step']:.3f} | {total:.2f} |"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

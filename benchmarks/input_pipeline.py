@@ -16,6 +16,7 @@ Usage:
   .venv/bin/python benchmarks/input_pipeline.py                  # demo, pico7, A, B; 3 passes (~6 min)
   .venv/bin/python benchmarks/input_pipeline.py --cases demo,A --passes 3 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 from vitscale import config as config_lib
 from vitscale import data, sharding, train
@@ -44,27 +44,46 @@ class Case:
     note: str
 
 
-CASES = {c.name: c for c in [
-    Case("demo", "Pico/4", 28, 1, 128, 2, True, "parameters/pretrain/demo.yaml and fmnist_90.yaml"),
-    Case("pico7", "Pico/7", 28, 1, 128, 0, False, "Pico/7 without augmentation (rsqrt_cooldowns.yaml)"),
-    Case("A", "Pico/4", 28, 1, 256, 2, True, "throughput shape A, with crop + flip"),
-    Case("B", "Ti/4", 28, 1, 128, 2, True, "throughput shape B, with crop + flip"),
-    Case("C", "S/4", 32, 3, 64, 2, True, "throughput shape C: 28 px grey resized to 32 px RGB"),
-]}
+CASES = {
+    c.name: c
+    for c in [
+        Case("demo", "Pico/4", 28, 1, 128, 2, True, "parameters/pretrain/demo.yaml and fmnist_90.yaml"),
+        Case("pico7", "Pico/7", 28, 1, 128, 0, False, "Pico/7 without augmentation (rsqrt_cooldowns.yaml)"),
+        Case("A", "Pico/4", 28, 1, 256, 2, True, "throughput shape A, with crop + flip"),
+        Case("B", "Ti/4", 28, 1, 128, 2, True, "throughput shape B, with crop + flip"),
+        Case("C", "S/4", 32, 3, 64, 2, True, "throughput shape C: 28 px grey resized to 32 px RGB"),
+    ]
+}
 
 
 def make_case(case: Case, split: data.Split, steps: int):
     """Timers for one case, built the way `vitscale.train.run` builds a run (model, optimizer,
     mesh over all devices, pipeline) from a validated PretrainConfig."""
-    cfg = config_lib.validate(config_lib.PretrainConfig, {
-        "name": f"bench_{case.name}", "dataset": "fashion_mnist", "variant": case.variant,
-        "image_size": case.image_size, "channels": case.channels, "batch_size": case.batch,
-        "crop_padding": case.crop_padding, "flip": case.flip, "total_steps": 10_000, "optimizer": "adamw",
-        "lr": 1e-3, "wd_rules": [["kernel$", 0.05]]})
+    cfg = config_lib.validate(
+        config_lib.PretrainConfig,
+        {
+            "name": f"bench_{case.name}",
+            "dataset": "fashion_mnist",
+            "variant": case.variant,
+            "image_size": case.image_size,
+            "channels": case.channels,
+            "batch_size": case.batch,
+            "crop_padding": case.crop_padding,
+            "flip": case.flip,
+            "total_steps": 10_000,
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "wd_rules": [["kernel$", 0.05]],
+        },
+    )
     mesh = sharding.make_mesh(cfg.mesh)
-    trainer = train.make_trainer(train.build_model(cfg, split.num_classes),
-                                 train.build_optimizer(cfg, train.build_schedule(cfg)), mesh,
-                                 image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss)
+    trainer = train.make_trainer(
+        train.build_model(cfg, split.num_classes),
+        train.build_optimizer(cfg, train.build_schedule(cfg)),
+        mesh,
+        image_shape=(cfg.image_size, cfg.image_size, cfg.channels),
+        loss=cfg.loss,
+    )
     pipe = train.input_pipeline(cfg)
     batches = data.train_batches(split, pipe, global_batch=case.batch, seed=0)
     state = trainer.init_fn()
@@ -101,8 +120,11 @@ def make_case(case: Case, split: data.Split, steps: int):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="demo,pico7,A,B", help="comma-separated: " + ",".join(CASES)
-                    + " (C takes ~10 min: its step runs at ~17 img/s)")
+    ap.add_argument(
+        "--cases",
+        default="demo,pico7,A,B",
+        help="comma-separated: " + ",".join(CASES) + " (C takes ~10 min: its step runs at ~17 img/s)",
+    )
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10, help="steps (batches) per timing")
     ap.add_argument("--json", help="also write the timings here")
@@ -121,29 +143,42 @@ def main(argv=None) -> dict:
             f()
         rates = {k: [] for k in timers}
         for p in range(args.passes):
-            order = list(timers)[p % 3:] + list(timers)[:p % 3]
+            order = list(timers)[p % 3 :] + list(timers)[: p % 3]
             for k in order:
                 rates[k].append(timers[k]())
         med = {k: statistics.median(v) for k, v in rates.items()}
-        results[name] = {"case": dataclasses.asdict(case), "rates": rates, "median": med,
-                         "pipeline_over_step": [a / b for a, b in zip(rates["pipeline"], rates["step"])],
-                         "fed_over_step": [a / b for a, b in zip(rates["fed"], rates["step"])]}
-        print(f"{name}: pipeline {med['pipeline']:.0f} img/s, step {med['step']:.0f}, fed {med['fed']:.0f}",
-              file=sys.stderr, flush=True)
+        results[name] = {
+            "case": dataclasses.asdict(case),
+            "rates": rates,
+            "median": med,
+            "pipeline_over_step": [a / b for a, b in zip(rates["pipeline"], rates["step"])],
+            "fed_over_step": [a / b for a, b in zip(rates["fed"], rates["step"])],
+        }
+        print(
+            f"{name}: pipeline {med['pipeline']:.0f} img/s, step {med['step']:.0f}, fed {med['fed']:.0f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    print(f"\nInput pipeline vs training step (jax {jax.__version__}, {jax.device_count()} device(s), "
-          f"median of {args.passes} interleaved passes of {args.steps} batches)\n")
-    print("| case | model | batch | augmentation | pipeline img/s | step img/s | fed img/s | pipeline / step "
-          "| fed / step |")
+    print(
+        f"\nInput pipeline vs training step (jax {jax.__version__}, {jax.device_count()} device(s), "
+        f"median of {args.passes} interleaved passes of {args.steps} batches)\n"
+    )
+    print(
+        "| case | model | batch | augmentation | pipeline img/s | step img/s | fed img/s | pipeline / step "
+        "| fed / step |"
+    )
     print("|---|---|---:|---|---:|---:|---:|---|---|")
     for name, r in results.items():
         c, m = r["case"], r["median"]
         aug = (f"crop pad {c['crop_padding']}" if c["crop_padding"] else "") + (" + flip" if c["flip"] else "")
         ps, fs = r["pipeline_over_step"], r["fed_over_step"]
-        print(f"| {name} | {c['variant']} {c['image_size']}x{c['image_size']}x{c['channels']} | {c['batch']} | "
-              f"{aug.strip(' +') or 'none'} | {m['pipeline']:.0f} | {m['step']:.0f} | {m['fed']:.0f} | "
-              f"{statistics.median(ps):.1f}x ({min(ps):.1f}-{max(ps):.1f}) | "
-              f"{statistics.median(fs):.2f} ({min(fs):.2f}-{max(fs):.2f}) |")
+        print(
+            f"| {name} | {c['variant']} {c['image_size']}x{c['image_size']}x{c['channels']} | {c['batch']} | "
+            f"{aug.strip(' +') or 'none'} | {m['pipeline']:.0f} | {m['step']:.0f} | {m['fed']:.0f} | "
+            f"{statistics.median(ps):.1f}x ({min(ps):.1f}-{max(ps):.1f}) | "
+            f"{statistics.median(fs):.2f} ({min(fs):.2f}-{max(fs):.2f}) |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

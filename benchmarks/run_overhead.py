@@ -15,6 +15,7 @@ Usage:
   .venv/bin/python benchmarks/run_overhead.py                  # 3 repeats of a 50-step run
   .venv/bin/python benchmarks/run_overhead.py --steps 20 --repeats 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode:
-        raise RuntimeError(f"{cmd[:3]}... exited with {proc.returncode}; the end of its stderr:\n"
-                           + "\n".join(proc.stderr.splitlines()[-40:]))
+        raise RuntimeError(
+            f"{cmd[:3]}... exited with {proc.returncode}; the end of its stderr:\n"
+            + "\n".join(proc.stderr.splitlines()[-40:])
+        )
     return time.perf_counter() - t0
 
 
@@ -51,39 +54,68 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     params = yaml.safe_load((ROOT / "parameters/pretrain/demo.yaml").read_text())
-    params.update(name="overhead", total_steps=args.steps, warmup_steps=min(10, args.steps - 1),
-                  eval_every=args.steps, log_every=max(1, args.steps // 5))
+    params.update(
+        name="overhead",
+        total_steps=args.steps,
+        warmup_steps=min(10, args.steps - 1),
+        eval_every=args.steps,
+        log_every=max(1, args.steps // 5),
+    )
     env = dict(os.environ, VITSCALE_BATCH="1", JAX_COMPILATION_CACHE_DIR="")  # no cache: every run compiles
     times: dict[str, list[float]] = {"library": [], "notebook": [], "kernel": []}
     with tempfile.TemporaryDirectory(prefix="overhead_") as tmp:
         tmp = Path(tmp)
         pfile = tmp / "overhead.yaml"
         pfile.write_text(yaml.safe_dump(params))
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-            "import jax, vitscale, vitscale.train, vitscale.plots, vitscale.runs, vitscale.config")])
+        nb = nbformat.v4.new_notebook(
+            cells=[
+                nbformat.v4.new_code_cell(
+                    "import jax, vitscale, vitscale.train, vitscale.plots, vitscale.runs, vitscale.config"
+                )
+            ]
+        )
         nb_file = tmp / "imports.ipynb"
         nbformat.write(nb, nb_file)
-        lib_code = ("import sys, yaml; from vitscale import config, train; "
-                    "train.run(config.validate(config.PretrainConfig, yaml.safe_load(open(sys.argv[1]))), sys.argv[2])")
+        lib_code = (
+            "import sys, yaml; from vitscale import config, train; "
+            "train.run(config.validate(config.PretrainConfig, yaml.safe_load(open(sys.argv[1]))), sys.argv[2])"
+        )
         for i in range(args.repeats):
-            order = [("library", [str(BIN / "python"), "-c", lib_code, str(pfile), str(tmp / f"lib{i}")]),
-                     ("notebook", [str(BIN / "vitscale"), "run", str(pfile), "--notebook", "pretrain",
-                                   "--out", str(tmp / f"nb{i}")]),
-                     ("kernel", [str(BIN / "papermill"), "-k", "vitscale", "--no-progress-bar", str(nb_file),
-                                 str(tmp / f"k{i}.ipynb")])]
-            for name, cmd in order[i % 3:] + order[:i % 3]:
+            order = [
+                ("library", [str(BIN / "python"), "-c", lib_code, str(pfile), str(tmp / f"lib{i}")]),
+                (
+                    "notebook",
+                    [str(BIN / "vitscale"), "run", str(pfile), "--notebook", "pretrain", "--out", str(tmp / f"nb{i}")],
+                ),
+                (
+                    "kernel",
+                    [
+                        str(BIN / "papermill"),
+                        "-k",
+                        "vitscale",
+                        "--no-progress-bar",
+                        str(nb_file),
+                        str(tmp / f"k{i}.ipynb"),
+                    ],
+                ),
+            ]
+            for name, cmd in order[i % 3 :] + order[: i % 3]:
                 times[name].append(timed(cmd, env))
             print({k: round(v[-1], 1) for k, v in times.items()}, file=sys.stderr, flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\nPer-run overhead of papermill (a {args.steps}-step demo run; seconds, median of {args.repeats}, "
-          "fresh processes, no compilation cache)\n")
+    print(
+        f"\nPer-run overhead of papermill (a {args.steps}-step demo run; seconds, median of {args.repeats}, "
+        "fresh processes, no compilation cache)\n"
+    )
     print("| way | wall s (min-max) |")
     print("|---|---|")
     for k, v in times.items():
         print(f"| {k} | {med[k]:.1f} ({min(v):.1f}-{max(v):.1f}) |")
-    print(f"\nnotebook - library: {med['notebook'] - med['library']:.1f} s per run; kernel start + imports through "
-          f"papermill: {med['kernel']:.1f} s")
+    print(
+        f"\nnotebook - library: {med['notebook'] - med['library']:.1f} s per run; kernel start + imports through "
+        f"papermill: {med['kernel']:.1f} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"times": times, "params": params}, indent=1))
     return {"times": times, "median": med}

@@ -42,6 +42,7 @@ Usage:
       --candidates attn_dpa,ynn_off,attn_dpa+ynn_off
   .venv/bin/python benchmarks/train_throughput.py --json out.json # also write every timing
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 if __name__ == "__main__":
     # timm before vitscale: importing torchvision (as timm does) after TensorFlow (which
@@ -88,15 +90,25 @@ class Shape:
     batch: int
 
     def vit(self, cls=vit.ViT, **kw) -> vit.ViT:
-        return cls(num_classes=NUM_CLASSES, patch_size=self.patch, width=self.width, depth=self.depth,
-                   mlp_dim=self.mlp, num_heads=self.heads, pool_type="gap", posemb="learn", dropout=0.0, **kw)
+        return cls(
+            num_classes=NUM_CLASSES,
+            patch_size=self.patch,
+            width=self.width,
+            depth=self.depth,
+            mlp_dim=self.mlp,
+            num_heads=self.heads,
+            pool_type="gap",
+            posemb="learn",
+            dropout=0.0,
+            **kw,
+        )
 
     def forward_flops(self) -> int:
         return flops.forward_flops(self.vit(), self.image)
 
 
 SHAPES: dict[str, Shape] = {
-    "A": Shape((28, 28, 1), patch=4, width=64, depth=4, heads=4, mlp=256, batch=256),    # Pico/4
+    "A": Shape((28, 28, 1), patch=4, width=64, depth=4, heads=4, mlp=256, batch=256),  # Pico/4
     "B": Shape((28, 28, 1), patch=4, width=192, depth=12, heads=3, mlp=768, batch=128),  # Ti/4
     "C": Shape((32, 32, 3), patch=4, width=384, depth=12, heads=6, mlp=1536, batch=64),  # S/4
 }
@@ -115,20 +127,31 @@ Runner = Callable[[int], None]
 
 # ----------------------------------------------------------------------------- vitscale
 def vitscale_optimizer() -> optax.GradientTransformation:
-    return optim.make_optimizer("adamw", LR, weight_decay=WEIGHT_DECAY, grad_clip_norm=None,
-                                mu_dtype="float32")
+    return optim.make_optimizer("adamw", LR, weight_decay=WEIGHT_DECAY, grad_clip_norm=None, mu_dtype="float32")
 
 
-def make_vitscale(shape: Shape, model: nn.Module | None = None, tx: optax.GradientTransformation | None = None,
-                  compiler_options: dict[str, Any] | None = None, devices: int | None = None,
-                  chains: int | None = None) -> Runner:
+def make_vitscale(
+    shape: Shape,
+    model: nn.Module | None = None,
+    tx: optax.GradientTransformation | None = None,
+    compiler_options: dict[str, Any] | None = None,
+    devices: int | None = None,
+    chains: int | None = None,
+) -> Runner:
     """The library's own step: make_trainer (explicit shardings, donated state) on the library's
     default mesh (all devices, data-parallel). Candidates swap in another model, compile the same
     jitted step with other XLA options, or use the first `devices` devices only.
     `run.hlo()` gives the compiled step's HLO text (written by --hlo)."""
     mesh = sharding.make_mesh([-1, 1], devices=jax.devices()[:devices] if devices else None)
-    trainer = train.make_trainer(model if model is not None else shape.vit(), tx or vitscale_optimizer(), mesh,
-                           image_shape=shape.image, loss="softmax_xent", seed=0, chains=chains)
+    trainer = train.make_trainer(
+        model if model is not None else shape.vit(),
+        tx or vitscale_optimizer(),
+        mesh,
+        image_shape=shape.image,
+        loss="softmax_xent",
+        seed=0,
+        chains=chains,
+    )
     images, labels = _batch(shape)
     batch = sharding.put_batch({"image": images, "label": labels}, mesh)
     state = trainer.init_fn()
@@ -220,8 +243,9 @@ def timm_available() -> bool:
 
 def make_timm(shape: Shape) -> Runner:
     if "torchvision" not in sys.modules and "tensorflow" in sys.modules:
-        raise RuntimeError("import timm before vitscale (torchvision imported after TensorFlow segfaults); "
-                           "run this file as a script")
+        raise RuntimeError(
+            "import timm before vitscale (torchvision imported after TensorFlow segfaults); run this file as a script"
+        )
     import torch
     import torch.nn.functional as F
     from timm.models.vision_transformer import VisionTransformer
@@ -230,10 +254,23 @@ def make_timm(shape: Shape) -> Runner:
     torch.manual_seed(0)
     h, w, c = shape.image
     model = VisionTransformer(
-        img_size=(h, w), patch_size=shape.patch, in_chans=c, num_classes=NUM_CLASSES, global_pool="avg",
-        class_token=False, fc_norm=False,  # final LayerNorm before the mean, as vitscale's GAP head
-        embed_dim=shape.width, depth=shape.depth, num_heads=shape.heads, mlp_ratio=shape.mlp / shape.width,
-        drop_rate=0.0, pos_drop_rate=0.0, proj_drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)
+        img_size=(h, w),
+        patch_size=shape.patch,
+        in_chans=c,
+        num_classes=NUM_CLASSES,
+        global_pool="avg",
+        class_token=False,
+        fc_norm=False,  # final LayerNorm before the mean, as vitscale's GAP head
+        embed_dim=shape.width,
+        depth=shape.depth,
+        num_heads=shape.heads,
+        mlp_ratio=shape.mlp / shape.width,
+        drop_rate=0.0,
+        pos_drop_rate=0.0,
+        proj_drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.0,
+    )
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     images, labels = _batch(shape)
@@ -267,7 +304,7 @@ def make_matmul(n: int = MATMUL_N, compiler_options: dict[str, Any] | None = Non
             x = dot(x, b)
         jax.block_until_ready(x)
 
-    return run, 2.0 * n ** 3
+    return run, 2.0 * n**3
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -286,10 +323,16 @@ def make_matmul(n: int = MATMUL_N, compiler_options: dict[str, Any] | None = Non
 #   mlp="matmul"   vit.MlpBlock: its Dense layers through vit.matmul, whose backward makes the weight
 #                  gradients products YNNPACK takes (the library's since it won 1.05-1.06x here)
 #       "dense"    nn.Dense layers: autodiff's own backward (the library's before)
-def _params(module: nn.Module, shape: tuple[int, ...], name_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.zeros) -> tuple[jax.Array, jax.Array]:
-    return (module.param("kernel", name_init, shape, jnp.float32),
-            module.param("bias", bias_init, (shape[-1],), jnp.float32))
+def _params(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    name_init=nn.initializers.xavier_uniform(),  # noqa: B008 - a pure initializer, built once
+    bias_init=nn.initializers.zeros,
+) -> tuple[jax.Array, jax.Array]:
+    return (
+        module.param("kernel", name_init, shape, jnp.float32),
+        module.param("bias", bias_init, (shape[-1],), jnp.float32),
+    )
 
 
 class PatchDense(nn.Module):
@@ -334,7 +377,7 @@ class CandAttention(nn.Module):
             qkv = vit.matmul(x, wqkv) + bqkv
             qkv = qkv.reshape(b, n, 3, h, dh).transpose(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
-            scores = jnp.einsum("bhqk,bhsk->bhqs", q * (dh ** -0.5), k)
+            scores = jnp.einsum("bhqk,bhsk->bhqs", q * (dh**-0.5), k)
             probs = jax.nn.softmax(scores, axis=-1)
             out = jnp.einsum("bhqs,bhsk->bhqk", probs, v)
             if self.attn == "bnhk2":
@@ -346,7 +389,7 @@ class CandAttention(nn.Module):
         else:
             qkv = jnp.einsum("bnd,dthk->tbhnk", x, wqkv.reshape(d, 3, h, dh)) + bqkv.reshape(3, 1, h, 1, dh)
             q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = jnp.einsum("bhqk,bhsk->bhqs", q * (dh ** -0.5), k)
+        scores = jnp.einsum("bhqk,bhsk->bhqs", q * (dh**-0.5), k)
         probs = jax.nn.softmax(scores, axis=-1)
         out = jnp.einsum("bhqs,bhsk->bhqk", probs, v)
         return jnp.einsum("bhqk,hkd->bqd", out, wout.reshape(h, dh, d)) + bout
@@ -359,8 +402,9 @@ class DenseMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        dense = lambda n: nn.Dense(n, kernel_init=nn.initializers.xavier_uniform(),
-                                   bias_init=nn.initializers.normal(stddev=1e-6))
+        dense = lambda n: nn.Dense(
+            n, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(stddev=1e-6)
+        )
         h = nn.gelu(dense(self.mlp_dim)(x))  # Dense_0
         return dense(x.shape[-1])(h)
 
@@ -415,18 +459,31 @@ class CandViT(nn.Module):
             x = x.reshape(x.shape[0], -1, d)
         else:
             x = PatchDense(d, p, name="embedding")(images)
-        x = x + self.param("pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(d)), (1, x.shape[1], d),
-                           jnp.float32)
+        x = x + self.param(
+            "pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(d)), (1, x.shape[1], d), jnp.float32
+        )
         x = CandEncoder(self.depth, self.mlp_dim, self.num_heads, self.attn, self.mlp, name="Transformer")(x)
         pre = jnp.mean(x, axis=1)
         logits = nn.Dense(self.num_classes, name="head", kernel_init=nn.initializers.zeros)(pre)
         return logits, {"pre_logits": pre}
 
 
-def make_candidate(shape: Shape, compiler_options: dict[str, Any] | None = None, devices: int | None = None,
-                   chains: int | None = None, **switches) -> Runner:
-    model = CandViT(num_classes=NUM_CLASSES, patch_size=shape.patch, width=shape.width, depth=shape.depth,
-                    mlp_dim=shape.mlp, num_heads=shape.heads, **switches)
+def make_candidate(
+    shape: Shape,
+    compiler_options: dict[str, Any] | None = None,
+    devices: int | None = None,
+    chains: int | None = None,
+    **switches,
+) -> Runner:
+    model = CandViT(
+        num_classes=NUM_CLASSES,
+        patch_size=shape.patch,
+        width=shape.width,
+        depth=shape.depth,
+        mlp_dim=shape.mlp,
+        num_heads=shape.heads,
+        **switches,
+    )
     return make_vitscale(shape, model=model, compiler_options=compiler_options, devices=devices, chains=chains)
 
 
@@ -469,7 +526,7 @@ LIBRARY_SWITCHES: dict[str, dict[str, Any]] = {"bf16": {"dtype": jnp.bfloat16}} 
 
 
 def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
-    """"attn_dpa+ynn_off+1dev" -> factory: '+'-joined model switches, compile options, device count."""
+    """ "attn_dpa+ynn_off+1dev" -> factory: '+'-joined model switches, compile options, device count."""
     switches: dict[str, str] = {}
     options: dict[str, Any] = {}
     devices = None
@@ -501,8 +558,19 @@ def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
 
 
 # The candidates `--candidates all` runs; any '+'-joined combination of the tokens above is accepted.
-CANDIDATE_NAMES = ["chains1", "chains2", "bf16", "1dev", "ynn_dots", "ynn_off", "patch_dense", "attn_dpa", "attn_bhnd3",
-                   "attn_dpa3", "mlp_dense"]
+CANDIDATE_NAMES = [
+    "chains1",
+    "chains2",
+    "bf16",
+    "1dev",
+    "ynn_dots",
+    "ynn_off",
+    "patch_dense",
+    "attn_dpa",
+    "attn_bhnd3",
+    "attn_dpa3",
+    "mlp_dense",
+]
 CANDIDATES: dict[str, Callable[[Shape], Runner]] = {n: make_candidate_by_name(n) for n in CANDIDATE_NAMES}
 
 BASELINES: dict[str, Callable[[Shape], Runner]] = {"vitscale": make_vitscale, "timm": make_timm, "flax": make_flax}
@@ -516,8 +584,18 @@ def timed(run: Runner, k: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def measure_shape(name: str, shape: Shape, impls: list[str], *, passes: int, steps: int, warmup: int,
-                  log=print, hlo_dir: str | None = None, matmul_n: int = MATMUL_N) -> dict[str, Any]:
+def measure_shape(
+    name: str,
+    shape: Shape,
+    impls: list[str],
+    *,
+    passes: int,
+    steps: int,
+    warmup: int,
+    log=print,
+    hlo_dir: str | None = None,
+    matmul_n: int = MATMUL_N,
+) -> dict[str, Any]:
     """Round-robin: each pass times every implementation for `steps` steps; returns all timings."""
     factories = {**BASELINES, **CANDIDATES}
     runners: dict[str, Runner] = {}
@@ -538,19 +616,27 @@ def measure_shape(name: str, shape: Shape, impls: list[str], *, passes: int, ste
     cpu: dict[str, list[float]] = {impl: [] for impl in impls}
     peak: list[float] = []
     for p in range(passes):
-        order = impls[p % len(impls):] + impls[:p % len(impls)]  # rotate who goes first
+        order = impls[p % len(impls) :] + impls[: p % len(impls)]  # rotate who goes first
         for impl in order:
             wall, c = timed(runners[impl], steps)
             seconds[impl].append(wall)
             cpu[impl].append(c)
         peak.append(max(2 * f / timed(mm, 2)[0] / 1e9 for mm, f in mms))
-        log(f"  [{name}] pass {p + 1}/{passes}: " + ", ".join(
-            f"{impl} {steps * shape.batch / seconds[impl][-1]:.0f}" for impl in impls) + f" img/s; "
-            f"matmul {peak[-1]:.0f} GFLOP/s")
+        log(
+            f"  [{name}] pass {p + 1}/{passes}: "
+            + ", ".join(f"{impl} {steps * shape.batch / seconds[impl][-1]:.0f}" for impl in impls)
+            + f" img/s; "
+            f"matmul {peak[-1]:.0f} GFLOP/s"
+        )
     del runners
-    return {"shape": dataclasses.asdict(shape), "steps": steps, "seconds": seconds, "cpu_seconds": cpu,
-            "matmul_gflops": peak,
-            "train_flops_per_image": 3 * shape.forward_flops()}
+    return {
+        "shape": dataclasses.asdict(shape),
+        "steps": steps,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "matmul_gflops": peak,
+        "train_flops_per_image": 3 * shape.forward_flops(),
+    }
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
@@ -568,9 +654,13 @@ def summarize(name: str, r: dict[str, Any], reference: str = "vitscale") -> dict
     out = {"shape": name, "peak_gflops": peak, "impls": {}}
     for impl, xs in ips.items():
         med = statistics.median(xs)
-        row = {"images_per_s": med, "min": min(xs), "max": max(xs),
-               "achieved_gflops": med * r["train_flops_per_image"] / 1e9,
-               "mfu": med * r["train_flops_per_image"] / 1e9 / peak}
+        row = {
+            "images_per_s": med,
+            "min": min(xs),
+            "max": max(xs),
+            "achieved_gflops": med * r["train_flops_per_image"] / 1e9,
+            "mfu": med * r["train_flops_per_image"] / 1e9 / peak,
+        }
         if reference in ips and impl != reference:
             if impl in BASELINES:
                 row["ref_over_impl"] = _spread([a / b for a, b in zip(ips[reference], xs)])
@@ -593,51 +683,79 @@ def _fmt(r: dict[str, float] | None) -> str:
 
 
 def print_table(summaries: list[dict[str, Any]], reference: str = "vitscale", file=sys.stdout) -> None:
-    print(f"\n| shape | impl | images/s median (min-max) | MFU | {reference}/impl per pass: median (min-max) "
-          "| same by CPU time |", file=file)
+    print(
+        f"\n| shape | impl | images/s median (min-max) | MFU | {reference}/impl per pass: median (min-max) "
+        "| same by CPU time |",
+        file=file,
+    )
     print("|---|---|---:|---:|---|---|", file=file)
     for s in summaries:
         for impl, row in s["impls"].items():
             if "speedup" in row:
                 continue
-            print(f"| {s['shape']} | {impl} | {row['images_per_s']:.0f} ({row['min']:.0f}-{row['max']:.0f}) | "
-                  f"{100 * row['mfu']:.1f}% | {_fmt(row.get('ref_over_impl'))} | "
-                  f"{_fmt(row.get('ref_over_impl_cpu'))} |", file=file)
-    print("\nMFU = images/s x 3 x forward FLOPs per image (vitscale.flops.forward_flops) / the f32 matmul peak "
-          f"(jnp.dot {MATMUL_N}x{MATMUL_N}, best of YNNPACK and Eigen, best pass of the same run): " + ", ".join(
-              f"{s['shape']} {s['peak_gflops']:.0f} GFLOP/s" for s in summaries), file=file)
+            print(
+                f"| {s['shape']} | {impl} | {row['images_per_s']:.0f} ({row['min']:.0f}-{row['max']:.0f}) | "
+                f"{100 * row['mfu']:.1f}% | {_fmt(row.get('ref_over_impl'))} | "
+                f"{_fmt(row.get('ref_over_impl_cpu'))} |",
+                file=file,
+            )
+    print(
+        "\nMFU = images/s x 3 x forward FLOPs per image (vitscale.flops.forward_flops) / the f32 matmul peak "
+        f"(jnp.dot {MATMUL_N}x{MATMUL_N}, best of YNNPACK and Eigen, best pass of the same run): "
+        + ", ".join(f"{s['shape']} {s['peak_gflops']:.0f} GFLOP/s" for s in summaries),
+        file=file,
+    )
     cands = [(s, impl, row) for s in summaries for impl, row in s["impls"].items() if "speedup" in row]
     if cands:
-        print(f"\n| shape | candidate | images/s median | MFU | speed-up over {reference} per pass: wall | "
-              "CPU time | candidate/timm | candidate/flax |", file=file)
+        print(
+            f"\n| shape | candidate | images/s median | MFU | speed-up over {reference} per pass: wall | "
+            "CPU time | candidate/timm | candidate/flax |",
+            file=file,
+        )
         print("|---|---|---:|---:|---|---|---|---|", file=file)
         for s, impl, row in cands:
-            print(f"| {s['shape']} | {impl} | {row['images_per_s']:.0f} | {100 * row['mfu']:.1f}% | "
-                  f"{_fmt(row['speedup'])} | {_fmt(row.get('cpu_speedup'))} | {_fmt(row.get('over_timm'))} | "
-                  f"{_fmt(row.get('over_flax'))} |", file=file)
+            print(
+                f"| {s['shape']} | {impl} | {row['images_per_s']:.0f} | {100 * row['mfu']:.1f}% | "
+                f"{_fmt(row['speedup'])} | {_fmt(row.get('cpu_speedup'))} | {_fmt(row.get('over_timm'))} | "
+                f"{_fmt(row.get('over_flax'))} |",
+                file=file,
+            )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="A,B,C", help="comma-separated, from " + ",".join(SHAPES))
-    ap.add_argument("--impls", default="vitscale,timm,flax", help="comma-separated, from "
-                    + ",".join(BASELINES) + " (timm needs the 'bench' extra)")
-    ap.add_argument("--candidates", default="", help="vitscale step variants to add: 'all' (" + ",".join(CANDIDATES)
-                    + ") or comma-separated '+'-joined tokens from " + ",".join([*MODEL_SWITCHES, *OPTIONS]))
+    ap.add_argument(
+        "--impls",
+        default="vitscale,timm,flax",
+        help="comma-separated, from " + ",".join(BASELINES) + " (timm needs the 'bench' extra)",
+    )
+    ap.add_argument(
+        "--candidates",
+        default="",
+        help="vitscale step variants to add: 'all' ("
+        + ",".join(CANDIDATES)
+        + ") or comma-separated '+'-joined tokens from "
+        + ",".join([*MODEL_SWITCHES, *OPTIONS]),
+    )
     ap.add_argument("--passes", type=int, default=7, help="round-robin passes (default 7)")
     ap.add_argument("--steps", type=int, default=2, help="steps per implementation per pass (default 2)")
     ap.add_argument("--warmup", type=int, default=2, help="steps run once before timing (default 2)")
     ap.add_argument("--quick", action="store_true", help="shape A, 3 passes of 2 steps (a smoke run)")
     ap.add_argument("--json", help="also write the timings and summaries to this file")
-    ap.add_argument("--hlo", metavar="DIR", help="write the compiled HLO of the vitscale step and of each "
-                    "candidate to DIR/<shape>_<impl>.hlo.txt")
+    ap.add_argument(
+        "--hlo",
+        metavar="DIR",
+        help="write the compiled HLO of the vitscale step and of each candidate to DIR/<shape>_<impl>.hlo.txt",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.passes, args.steps, args.warmup = "A", 3, 2, 2
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    cands = list(CANDIDATES) if args.candidates == "all" else [
-        c.strip() for c in args.candidates.split(",") if c.strip()]
+    cands = (
+        list(CANDIDATES) if args.candidates == "all" else [c.strip() for c in args.candidates.split(",") if c.strip()]
+    )
     unknown = [s for s in shapes if s not in SHAPES] + [i for i in impls if i not in BASELINES]
     for c in cands:
         try:
@@ -645,30 +763,41 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         except KeyError:
             unknown.append(c)
     if unknown:
-        ap.error(f"unknown shapes/impls/candidates: {unknown} (candidate tokens: "
-                 f"{', '.join([*MODEL_SWITCHES, *OPTIONS, *DEVICE_SWITCHES, *CHAIN_SWITCHES, *LIBRARY_SWITCHES])})")
+        ap.error(
+            f"unknown shapes/impls/candidates: {unknown} (candidate tokens: "
+            f"{', '.join([*MODEL_SWITCHES, *OPTIONS, *DEVICE_SWITCHES, *CHAIN_SWITCHES, *LIBRARY_SWITCHES])})"
+        )
     if "timm" in impls and not timm_available():
         print("timm/torch not installed (pip install -e '.[bench]'): skipping timm", file=sys.stderr)
         impls.remove("timm")
     impls = impls + [c for c in cands if c not in impls]
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{len(jax.devices())}, "
-          f"{os.cpu_count()} CPUs, malloc: {allocator.current()} (every implementation in this process); "
-          f"passes {args.passes} x {args.steps} steps (warm-up {args.warmup})")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{len(jax.devices())}, "
+        f"{os.cpu_count()} CPUs, malloc: {allocator.current()} (every implementation in this process); "
+        f"passes {args.passes} x {args.steps} steps (warm-up {args.warmup})"
+    )
     if allocator.current() != "jemalloc":
-        print("note: vitscale runs with jemalloc (`make bench-throughput`, or `python -m vitscale.allocator python "
-              f"{sys.argv[0]}`); this process has the C library's malloc", file=sys.stderr)
+        print(
+            "note: vitscale runs with jemalloc (`make bench-throughput`, or `python -m vitscale.allocator python "
+            f"{sys.argv[0]}`); this process has the C library's malloc",
+            file=sys.stderr,
+        )
     results, summaries = {}, []
     for name in shapes:
         shape = SHAPES[name]
         print(f"shape {name}: {shape} ({3 * shape.forward_flops() / 1e6:.1f} MFLOP/image per step)")
-        results[name] = measure_shape(name, shape, impls, passes=args.passes, steps=args.steps,
-                                      warmup=args.warmup, hlo_dir=args.hlo)
+        results[name] = measure_shape(
+            name, shape, impls, passes=args.passes, steps=args.steps, warmup=args.warmup, hlo_dir=args.hlo
+        )
         summaries.append(summarize(name, results[name]))
     print_table(summaries)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"argv": sys.argv[1:], "allocator": allocator.current(), "results": results,
-                       "summaries": summaries}, f, indent=1)
+            json.dump(
+                {"argv": sys.argv[1:], "allocator": allocator.current(), "results": results, "summaries": summaries},
+                f,
+                indent=1,
+            )
     return summaries
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures. Tests see 8 CPU devices so that sharding is real (set before JAX starts); the
 runs they start in other processes do not (below)."""
+
 import os
 import tempfile
 

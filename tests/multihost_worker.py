@@ -9,6 +9,7 @@ process_index, process_count)` + `sharding.put_batch`), runs `STEPS` train steps
 losses and the gathered parameters to OUT.npz. The tests import `run`, `batches` and
 `assert_params_match` from here, so that the one-process reference runs the very same code.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,11 +17,11 @@ import time
 
 T_START = time.time()
 
-import jax
-import numpy as np
+import jax  # noqa: E402 - after T_START: the import's time counts
+import numpy as np  # noqa: E402
 
-from vitscale import data, optim, sharding, train
-from vitscale.models import vit
+from vitscale import data, optim, sharding, train  # noqa: E402
+from vitscale.models import vit  # noqa: E402
 
 IMAGE_SHAPE = (16, 16, 1)
 GLOBAL_BATCH = 16
@@ -42,8 +43,14 @@ def synthetic_split(n: int = 64, num_classes: int = 8) -> data.Split:
 
 def batches(process_index: int, process_count: int):
     pipe = data.Pipeline(image_size=IMAGE_SHAPE[0], channels=IMAGE_SHAPE[2])
-    return data.train_batches(synthetic_split(), pipe, global_batch=GLOBAL_BATCH, seed=0,
-                              process_index=process_index, process_count=process_count)
+    return data.train_batches(
+        synthetic_split(),
+        pipe,
+        global_batch=GLOBAL_BATCH,
+        seed=0,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
 def build(mesh: jax.sharding.Mesh):
@@ -52,9 +59,10 @@ def build(mesh: jax.sharding.Mesh):
     tx = optim.make_optimizer("adamw", LR, weight_decay=0.1)
     trainer = train.make_trainer(model, tx, mesh, image_shape=IMAGE_SHAPE)
     state = trainer.init_fn.lower().compile(compiler_options=COMPILER_OPTIONS)()
-    abstract_batch = {"image": jax.ShapeDtypeStruct((GLOBAL_BATCH, *IMAGE_SHAPE), np.float32,
-                                                    sharding=sharding.batch_sharding(mesh)),
-                      "label": jax.ShapeDtypeStruct((GLOBAL_BATCH,), np.int32, sharding=sharding.batch_sharding(mesh))}
+    abstract_batch = {
+        "image": jax.ShapeDtypeStruct((GLOBAL_BATCH, *IMAGE_SHAPE), np.float32, sharding=sharding.batch_sharding(mesh)),
+        "label": jax.ShapeDtypeStruct((GLOBAL_BATCH,), np.int32, sharding=sharding.batch_sharding(mesh)),
+    }
     step = trainer.train_step.lower(state, abstract_batch).compile(compiler_options=COMPILER_OPTIONS)
     return trainer, step, state
 
@@ -103,9 +111,15 @@ def main(argv: list[str]) -> None:
     print(f"process {pid}: joined the job in {time.time() - t0:.1f} s", flush=True)
     losses, params, _ = run(mesh, jax.process_index(), jax.process_count())
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    np.savez(out, losses=losses, process_count=jax.process_count(), device_count=jax.device_count(),
-             local_device_count=jax.local_device_count(),
-             mesh_processes=np.vectorize(lambda dev: dev.process_index)(mesh.devices), **flat)
+    np.savez(
+        out,
+        losses=losses,
+        process_count=jax.process_count(),
+        device_count=jax.device_count(),
+        local_device_count=jax.local_device_count(),
+        mesh_processes=np.vectorize(lambda dev: dev.process_index)(mesh.devices),
+        **flat,
+    )
     print(f"process {pid}: losses {losses.tolist()} in {time.time() - t0:.1f} s", flush=True)
     jax.distributed.shutdown()
 

@@ -1,5 +1,6 @@
 """vitscale.allocator: processes started through it get jemalloc keeping freed pages, and then
 stop page-faulting XLA's per-step buffers."""
+
 import os
 import subprocess
 import sys
@@ -15,15 +16,23 @@ needs_jemalloc = pytest.mark.skipif(JEMALLOC is None, reason="libjemalloc2 is no
 def _clean_env(**overrides) -> dict[str, str]:
     """This environment without the allocator settings, and one CPU device (the suite's conftest asks
     for 8), as a user's process starts."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", "MALLOC_CONF", "VITSCALE_MALLOC", "XLA_FLAGS", "VITSCALE_CPU_DEVICES")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LD_PRELOAD", "MALLOC_CONF", "VITSCALE_MALLOC", "XLA_FLAGS", "VITSCALE_CPU_DEVICES")
+    }
     env.update(overrides)
     return env
 
 
 def _through_wrapper(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vitscale.allocator", sys.executable, "-c", code],
-                          env=_clean_env(**env), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vitscale.allocator", sys.executable, "-c", code],
+        env=_clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_environment_preloads_jemalloc_and_keeps_user_settings():

@@ -1,4 +1,5 @@
 """Tests for vitscale.analysis (and the scaling figures) on synthetic sweeps with known laws."""
+
 from __future__ import annotations
 
 import itertools
@@ -20,8 +21,12 @@ STEPS = (250, 500, 1000, 2000, 4000, 8000)
 DATA = (6_000, 20_000, 60_000)
 # (variant, steps) on the largest data size that lie on the law; adjacent ones are at most 2.4x
 # apart in compute, so every other run, >= 30% worse than the law, is dominated by one of them.
-ON_LAW = {("Pico/7", s) for s in (250, 500, 1000, 2000)} | {("Nano/7", s) for s in (1000, 2000)} \
-    | {("Micro/7", s) for s in (1000, 2000, 4000)} | {("Mini/7", s) for s in (2000, 4000, 8000)}
+ON_LAW = (
+    {("Pico/7", s) for s in (250, 500, 1000, 2000)}
+    | {("Nano/7", s) for s in (1000, 2000)}
+    | {("Micro/7", s) for s in (1000, 2000, 4000)}
+    | {("Mini/7", s) for s in (2000, 4000, 8000)}
+)
 
 
 def law(C, a, b, c, d):
@@ -34,10 +39,21 @@ def brute_force_frontier(x, y):
 
 def make_row(variant, n, data, steps, error, *, branch=None, **extra):
     images = BATCH * steps
-    return {"run_id": f"{variant.split('/')[0].lower()}_d{data}_s{steps}", "branch": branch, "variant": variant,
-            "num_params": int(n), "train_examples": data, "total_steps": steps, "batch_size": BATCH,
-            "images_seen": images, "train_flops": 6.0 * n * images, "device_seconds": 1e-9 * n * images,
-            "test_error": float(error), "test_loss": 2.0 * float(error), **extra}
+    return {
+        "run_id": f"{variant.split('/')[0].lower()}_d{data}_s{steps}",
+        "branch": branch,
+        "variant": variant,
+        "num_params": int(n),
+        "train_examples": data,
+        "total_steps": steps,
+        "batch_size": BATCH,
+        "images_seen": images,
+        "train_flops": 6.0 * n * images,
+        "device_seconds": 1e-9 * n * images,
+        "test_error": float(error),
+        "test_loss": 2.0 * float(error),
+        **extra,
+    }
 
 
 def frontier_sweep(noise: float = 0.0, seed: int = 0) -> tuple[list[dict], list[bool]]:
@@ -70,12 +86,27 @@ def fitted(sweep):
 
 # ----------------------------------------------------------------------------- columns
 def test_metric_columns_and_error_of():
-    rows = [{"test_error": 0.2, "test_loss": 0.5, "fewshot/mnist_5k/10shot": 0.7, "fewshot/mnist_5k/5shot": 0.6,
-             "fewshot/mnist_5k/10shot_std": 0.01, "fewshot/digits/1shot": 0.3, "finetune/digits": 0.95,
-             "variant": "Pico/7", "num_params": 3},
-            {"test_error": 0.25, "branch": None}]
-    assert analysis.metric_columns(rows) == ["test_error", "fewshot/digits/1shot", "fewshot/mnist_5k/5shot",
-                                             "fewshot/mnist_5k/10shot", "finetune/digits"]
+    rows = [
+        {
+            "test_error": 0.2,
+            "test_loss": 0.5,
+            "fewshot/mnist_5k/10shot": 0.7,
+            "fewshot/mnist_5k/5shot": 0.6,
+            "fewshot/mnist_5k/10shot_std": 0.01,
+            "fewshot/digits/1shot": 0.3,
+            "finetune/digits": 0.95,
+            "variant": "Pico/7",
+            "num_params": 3,
+        },
+        {"test_error": 0.25, "branch": None},
+    ]
+    assert analysis.metric_columns(rows) == [
+        "test_error",
+        "fewshot/digits/1shot",
+        "fewshot/mnist_5k/5shot",
+        "fewshot/mnist_5k/10shot",
+        "finetune/digits",
+    ]
     assert analysis.error_of(rows[0], "test_error") == 0.2
     assert analysis.error_of(rows[0], "fewshot/mnist_5k/10shot") == pytest.approx(0.3)
     assert analysis.error_of(rows[0], "finetune/digits") == pytest.approx(0.05)
@@ -149,8 +180,11 @@ def test_analyze_skips_rows_without_the_metric_and_accepts_other_x(sweep):
 def test_analyze_errors_name_metric_and_counts(sweep):
     rows, _ = sweep
     few = rows[:3]
-    with pytest.raises(ValueError, match=r"test_error against train_flops \(3 runs with this metric\): "
-                                         r"too few frontier points .*got 2 \(of 3 runs\), need at least 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"test_error against train_flops \(3 runs with this metric\): "
+        r"too few frontier points .*got 2 \(of 3 runs\), need at least 4",
+    ):
         analysis.analyze(few, n_bootstrap=0)
     with pytest.raises(ValueError, match=r"finetune/digits against train_flops: none of the 72 rows"):
         analysis.analyze(rows, metric="finetune/digits")
@@ -210,19 +244,21 @@ NOT_FITTED = {"metric": "test_error", "error": "not fitted in this test"}
 
 
 def toy_sweep(error_fn, variants=VARIANTS, data=DATA, steps=STEPS):
-    return [make_row(v, n, d, s, error_fn(n, d, BATCH * s)) for (v, n), d, s in
-            itertools.product(variants.items(), data, steps)]
+    return [
+        make_row(v, n, d, s, error_fn(n, d, BATCH * s))
+        for (v, n), d, s in itertools.product(variants.items(), data, steps)
+    ]
 
 
 def saturating(n, d, i):
     """Small models are capacity-bound (data barely helps); big ones are data-bound; at equal
     images seen the bigger model is better."""
-    return 0.05 + max(100.0 * n ** -0.4, 40.0 * d ** -0.5) + 20.0 * i ** -0.4
+    return 0.05 + max(100.0 * n**-0.4, 40.0 * d**-0.5) + 20.0 * i**-0.4
 
 
 def data_hungry_small(n, d, i):
     """Small models gain the most from data; bigger models are worse at equal images seen."""
-    return 0.05 + 40.0 * d ** -0.5 * (5e6 / n) ** 0.5 + 5.0 * (i / n) ** -0.5
+    return 0.05 + 40.0 * d**-0.5 * (5e6 / n) ** 0.5 + 5.0 * (i / n) ** -0.5
 
 
 def test_findings_saturation_and_sample_efficiency_hold():
@@ -261,8 +297,10 @@ def test_findings_double_saturation(fitted, sweep):
     assert yes["holds"] is True and yes["c_interval"][0] > 0 and yes["d_interval"][0] > 0
     assert "both saturations visible" in yes["verdict"]
     # a plain power law (c = 0, d = 0) on the frontier: no saturation either way
-    plain = [dict(r, test_error=float(law(r["train_flops"], a=5e3, b=0.35, c=0.0, d=0.0)) * (1.0 if on else 1.5))
-             for r, on in zip(*sweep)]
+    plain = [
+        dict(r, test_error=float(law(r["train_flops"], a=5e3, b=0.35, c=0.0, d=0.0)) * (1.0 if on else 1.5))
+        for r, on in zip(*sweep)
+    ]
     no = analysis.findings(plain, n_bootstrap=20)["double_saturation"]
     assert no["holds"] is False and no["c_interval"][0] == pytest.approx(0.0, abs=1e-6)
     assert "neither > 0" in no["verdict"] or "only" in no["verdict"]
@@ -321,17 +359,37 @@ def test_notebook_through_papermill(root, tmp_path):
         run = tmp_path / "sweep" / r["run_id"]
         run.mkdir(parents=True)
         (run / "params.yaml").write_text(f"name: {r['run_id']}\n")
-        final = {"test/acc": 1.0 - r["test_error"], "test/loss": r["test_loss"],
-                 "fewshot/mnist_5k/10shot": r["fewshot/mnist_5k/10shot"]}
-        summary = {k: r[k] for k in ("variant", "num_params", "train_examples", "batch_size", "total_steps",
-                                     "images_seen", "train_flops", "device_seconds")}
+        final = {
+            "test/acc": 1.0 - r["test_error"],
+            "test/loss": r["test_loss"],
+            "fewshot/mnist_5k/10shot": r["fewshot/mnist_5k/10shot"],
+        }
+        summary = {
+            k: r[k]
+            for k in (
+                "variant",
+                "num_params",
+                "train_examples",
+                "batch_size",
+                "total_steps",
+                "images_seen",
+                "train_flops",
+                "device_seconds",
+            )
+        }
         (run / "summary.json").write_text(json.dumps(summary | {"kind": "pretrain", "final": final, "branches": []}))
     out = tmp_path / "sweep" / "scaling"
     papermill.execute_notebook(
-        str(root / "notebooks/scaling_analysis.ipynb"), str(tmp_path / "report.ipynb"), kernel_name="vitscale",
-        cwd=str(root / "notebooks"), progress_bar=False,
-        parameters={"params": {"sweep_dir": str(tmp_path / "sweep"), "metrics": None, "x": "train_flops",
-                               "n_bootstrap": 10}, "out_dir": str(out)})
+        str(root / "notebooks/scaling_analysis.ipynb"),
+        str(tmp_path / "report.ipynb"),
+        kernel_name="vitscale",
+        cwd=str(root / "notebooks"),
+        progress_bar=False,
+        parameters={
+            "params": {"sweep_dir": str(tmp_path / "sweep"), "metrics": None, "x": "train_flops", "n_bootstrap": 10},
+            "out_dir": str(out),
+        },
+    )
     doc = json.loads((out / "summary.json").read_text())
     assert set(doc["metrics"]) == {"test_error", "fewshot/mnist_5k/10shot"}
     assert doc["metrics"]["test_error"]["n_runs"] == len(rows)

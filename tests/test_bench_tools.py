@@ -1,5 +1,6 @@
 """The run-cost benchmarks (input pipeline, compilation cache, papermill overhead) on their
 smallest settings: they run end to end and report what they say they measure."""
+
 import importlib.util
 import sys
 

@@ -1,5 +1,6 @@
 """Bad input fails before any compute, names the field and what is accepted, and leaves existing
 outputs untouched."""
+
 import hashlib
 import os
 import subprocess
@@ -11,8 +12,9 @@ import yaml
 
 from vitscale import cli
 
-GOOD = dict(name="t", dataset="fashion_mnist", variant="Atto/7", total_steps=4, warmup_steps=1, batch_size=16,
-            eval_every=2)
+GOOD = dict(
+    name="t", dataset="fashion_mnist", variant="Atto/7", total_steps=4, warmup_steps=1, batch_size=16, eval_every=2
+)
 
 
 def snapshot(folder: Path) -> dict:
@@ -41,8 +43,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("override,needles", CASES, ids=[next(iter(c[0])) + "=" + str(next(iter(c[0].values())))
-                                                         for c in CASES])
+@pytest.mark.parametrize(
+    "override,needles", CASES, ids=[next(iter(c[0])) + "=" + str(next(iter(c[0].values()))) for c in CASES]
+)
 def test_bad_input_fails_early_with_a_clear_message(override, needles, tmp_path, existing_run, capsys):
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump({**GOOD, **override}))
@@ -78,8 +81,20 @@ def test_console_script_exits_nonzero(tmp_path, existing_run):
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump({**GOOD, "lr": -1}))
     before = snapshot(existing_run)
-    r = subprocess.run([str(Path(sys.executable).parent / "vitscale"), "run", str(params), "--notebook", "pretrain",
-                        "--out", str(existing_run)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "vitscale"),
+            "run",
+            str(params),
+            "--notebook",
+            "pretrain",
+            "--out",
+            str(existing_run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert "lr" in r.stderr and "greater than 0" in r.stderr
     assert snapshot(existing_run) == before

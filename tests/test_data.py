@@ -1,5 +1,6 @@
 """The input pipeline against independent references: a numpy decode of the IDX files, TFDS's
 mock data for any other dataset name, and closed forms for preprocessing."""
+
 import gzip
 import struct
 
@@ -17,7 +18,7 @@ def read_idx(path):
         raw = f.read()
     zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
     assert zero == 0 and dtype == 0x08
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -55,8 +56,9 @@ def test_unknown_dataset_names_accepted_ones():
         data.check_dataset_name("fashion_mnistt")
 
 
-@pytest.mark.parametrize("name,n_train,n_test,shape", [("mnist_5k", 4000, 1000, (28, 28, 1)),
-                                                       ("sklearn_digits", 1297, 500, (8, 8, 1))])
+@pytest.mark.parametrize(
+    "name,n_train,n_test,shape", [("mnist_5k", 4000, 1000, (28, 28, 1)), ("sklearn_digits", 1297, 500, (8, 8, 1))]
+)
 def test_offline_downstream_datasets(name, n_train, n_test, shape):
     tr, te = data.load_split(name, "train"), data.load_split(name, "test")
     assert (len(tr), len(te)) == (n_train, n_test)
@@ -101,7 +103,7 @@ def test_augment_crop_and_flip_are_shifts_and_mirrors():
     padded = np.pad(img, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
     for i in range(8):
         oy, ox = offs.numpy()[i]
-        ref = padded[i, oy:oy + 12, ox:ox + 12]
+        ref = padded[i, oy : oy + 12, ox : ox + 12]
         if coin.numpy()[i]:
             ref = ref[:, ::-1]
         np.testing.assert_array_equal(out[i], ref)
@@ -128,7 +130,7 @@ def test_each_epoch_is_a_permutation():
     pipe = data.Pipeline(8, 1)
     batches = _take(data.train_batches(split, pipe, global_batch=50, seed=0), 20)
     for epoch in range(2):
-        imgs = np.concatenate([b["image"] for b in batches[epoch * 10:(epoch + 1) * 10]])
+        imgs = np.concatenate([b["image"] for b in batches[epoch * 10 : (epoch + 1) * 10]])
         keys = sorted(x.tobytes() for x in imgs)
         ref = sorted(x.tobytes() for x in data.preprocess(split.images, 8, 1).numpy())
         assert keys == ref
@@ -139,8 +141,10 @@ def test_hosts_take_their_slice_of_the_same_global_batch():
     split = data.load_split("mnist_5k", "test")
     pipe = data.Pipeline(28, 1, crop_padding=2, flip=True)
     full = _take(data.train_batches(split, pipe, global_batch=64, seed=1), 3)
-    parts = [_take(data.train_batches(split, pipe, global_batch=64, seed=1, process_index=p, process_count=4), 3)
-             for p in range(4)]
+    parts = [
+        _take(data.train_batches(split, pipe, global_batch=64, seed=1, process_index=p, process_count=4), 3)
+        for p in range(4)
+    ]
     for s in range(3):
         np.testing.assert_array_equal(np.concatenate([parts[p][s]["image"] for p in range(4)]), full[s]["image"])
 

@@ -83,8 +83,7 @@ def test_ridge_float32_input_is_solved_in_float64():
     x, y, _ = _design(20, 80, 3, seed=5)
     w = fs.ridge_solve(x.astype(np.float32), y.astype(np.float32), L2)
     assert w.dtype == np.float64
-    ref = Ridge(alpha=L2, fit_intercept=False, solver="svd").fit(
-        x.astype(np.float32).astype(np.float64), y).coef_.T
+    ref = Ridge(alpha=L2, fit_intercept=False, solver="svd").fit(x.astype(np.float32).astype(np.float64), y).coef_.T
     _assert_weights_close(w, ref)
 
 
@@ -158,8 +157,7 @@ def test_standardize_uses_train_stats_with_floor():
     tr[:, 4] = 7.0  # constant on the few-shot set -> std floor
     te = rng.normal(loc=-5.0, scale=10.0, size=(40, 6))
     z, zt = fs.standardize(tr.astype(np.float32), te.astype(np.float32))
-    rz, rzt = _np_standardize(tr.astype(np.float32).astype(np.float64),
-                              te.astype(np.float32).astype(np.float64))
+    rz, rzt = _np_standardize(tr.astype(np.float32).astype(np.float64), te.astype(np.float32).astype(np.float64))
     np.testing.assert_allclose(z, rz, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(zt, rzt, rtol=1e-12, atol=1e-9)
     assert np.all(np.isfinite(z)) and np.all(z[:, 4] == 0.0)
@@ -213,7 +211,7 @@ def test_evaluate_features_easy_problem_and_per_seed_reference():
     xtr, ytr, xte, yte = _clusters()
     res = fs.evaluate_features(xtr, ytr, xte, yte)
     assert list(res) == ["1shot", "5shot", "10shot", "25shot"]
-    for key, r in res.items():
+    for r in res.values():
         assert len(r["per_seed"]) == 3
         assert r["mean"] == pytest.approx(np.mean(r["per_seed"]))
         assert r["std"] == pytest.approx(np.std(r["per_seed"]))
@@ -237,8 +235,10 @@ def test_random_labels_give_chance():
 
 
 def test_flatten_keys():
-    res = {"1shot": {"mean": 0.5, "std": 0.1, "per_seed": [0.4, 0.5, 0.6]},
-           "10shot": {"mean": 0.9, "std": 0.0, "per_seed": [0.9]}}
+    res = {
+        "1shot": {"mean": 0.5, "std": 0.1, "per_seed": [0.4, 0.5, 0.6]},
+        "10shot": {"mean": 0.9, "std": 0.0, "per_seed": [0.9]},
+    }
     flat = fs.flatten("mnist_5k", res)
     assert flat == {
         "fewshot/mnist_5k/1shot": 0.5,

@@ -1,5 +1,6 @@
 """Fine-tuning pieces: checkpoint loading, head and position-embedding surgery, the held-out split,
 the fine-tuning recipe."""
+
 import jax
 import numpy as np
 import pytest
@@ -61,8 +62,8 @@ def test_position_embedding_is_resized_on_a_resolution_change(run_dir):
     assert old.shape == (1, 16, 32) and new.shape == (1, 36, 32)
     np.testing.assert_allclose(new, vit.resize_posemb(old, (6, 6)), rtol=1e-6)
     grid_old, grid_new = old.reshape(4, 4, 32), new.reshape(6, 6, 32)
-    for (i, j), (k, l) in [((0, 0), (0, 0)), ((3, 3), (5, 5)), ((0, 3), (0, 5))]:  # corners line up
-        np.testing.assert_allclose(grid_new[k, l], grid_old[i, j], rtol=1e-5)
+    for (i, j), (k, m) in [((0, 0), (0, 0)), ((3, 3), (5, 5)), ((0, 3), (0, 5))]:  # corners line up
+        np.testing.assert_allclose(grid_new[k, m], grid_old[i, j], rtol=1e-5)
     logits, _ = jax.jit(model.apply)({"params": params}, np.ones((1, 42, 42, 1), np.float32))
     assert logits.shape == (1, 10)
 
@@ -106,14 +107,28 @@ def test_holdout_of_a_real_split_holds_every_class():
 
 def test_finetune_recipe_is_sgd_without_weight_decay(run_dir):
     run, _ = run_dir
-    cfg = config.validate(config.TransferConfig, dict(pretrained=str(run), fewshot_datasets=[], finetune_datasets=[],
-                                                      finetune_resolution=42, finetune_steps=40, warmup_steps=5,
-                                                      finetune_batch_size=16))
+    cfg = config.validate(
+        config.TransferConfig,
+        dict(
+            pretrained=str(run),
+            fewshot_datasets=[],
+            finetune_datasets=[],
+            finetune_resolution=42,
+            finetune_steps=40,
+            warmup_steps=5,
+            finetune_batch_size=16,
+        ),
+    )
     ft = finetune.finetune_config(cfg.pretrain_config(), cfg, "mnist_5k", 0.03)
     assert (ft.optimizer, ft.lr, ft.weight_decay, ft.schedule, ft.grad_clip_norm) == ("sgd", 0.03, 0.0, "cosine", 1.0)
     assert (ft.image_size, ft.channels, ft.variant, ft.total_steps, ft.warmup_steps) == (42, 1, "Atto/7", 40, 5)
-    assert (ft.loss, ft.head_bias_init, ft.crop_padding, ft.flip, ft.dataset) == ("softmax_xent", 0.0, 0, False,
-                                                                                  "mnist_5k")
+    assert (ft.loss, ft.head_bias_init, ft.crop_padding, ft.flip, ft.dataset) == (
+        "softmax_xent",
+        0.0,
+        0,
+        False,
+        "mnist_5k",
+    )
     schedule = train.build_schedule(ft)
     assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.03)
     assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
@@ -143,10 +158,22 @@ def test_params_yaml_of_the_run_is_checked(tmp_path):
 def test_keep_the_best_grid_run_from_a_random_init_and_resume(tmp_path, mesh):
     from vitscale import transfer
 
-    cfg = config.validate(config.TransferConfig, dict(
-        pretrained="random", random_model={"variant": "Atto/7"}, fewshot_datasets=[], finetune_datasets=["sklearn_digits"],
-        finetune_steps=2, finetune_batch_size=16, lr_grid=[0.05], warmup_steps=0, retrain=False, eval_every=2,
-        log_every=1))
+    cfg = config.validate(
+        config.TransferConfig,
+        dict(
+            pretrained="random",
+            random_model={"variant": "Atto/7"},
+            fewshot_datasets=[],
+            finetune_datasets=["sklearn_digits"],
+            finetune_steps=2,
+            finetune_batch_size=16,
+            lr_grid=[0.05],
+            warmup_steps=0,
+            retrain=False,
+            eval_every=2,
+            log_every=1,
+        ),
+    )
     models = transfer.load_models(cfg, mesh)
     assert [m.name for m in models] == ["random"] and models[0].step == 0
     r = finetune.finetune(models, "sklearn_digits", cfg, tmp_path, mesh)["random"]

@@ -3,6 +3,7 @@
 Nothing here allocates a big model: parameter counts come from `jax.eval_shape`, and XLA's counts
 from compiling with abstract (ShapeDtypeStruct) arguments.
 """
+
 import math
 
 import jax
@@ -17,7 +18,7 @@ def printed_tolerance(value: float) -> float:
     """Half a unit in the last digit the paper prints ("2.3" -> 0.05, "22" -> 0.5)."""
     text = repr(float(value)).rstrip("0").rstrip(".") if not float(value).is_integer() else str(int(value))
     decimals = len(text.split(".")[1]) if "." in text else 0
-    return 0.5 * 10.0 ** -decimals
+    return 0.5 * 10.0**-decimals
 
 
 def within_paper(ours: float, paper: float) -> bool:
@@ -69,8 +70,11 @@ def test_table2_convention_excludes_heads_and_class_token():
     each move some row out of the paper's printed value."""
     g = flops.paper_model("g/14")
     with_map = flops.count_params(g, (224, 224, 3), include_head=False) + sum(
-        x.size for x in jax.tree.leaves(jax.eval_shape(g.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-                                        ["params"]["MAPHead"]))
+        x.size
+        for x in jax.tree.leaves(
+            jax.eval_shape(g.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]["MAPHead"]
+        )
+    )
     assert not within_paper(with_map / 1e6, 1011)  # 1036M: Table 2 leaves the MAP head out
     b16 = flops.paper_model("B/16", 1000)
     assert round(flops.count_params(b16, (224, 224, 3)) / 1e6) == 87  # with the classifier: "87", not "86"
@@ -97,14 +101,17 @@ def test_include_head_flags():
 # count is an estimate of XLA's own. Its per-element constants are XLA's, measured on this
 # version; fusion makes XLA's count drift by a few N*D per block with shape, so we allow 1%
 # (measured: at most 0.7% on Atto, under 0.1% from Micro up, 0.005% on B/16).
-@pytest.mark.parametrize("variant,pool,image_shape", [
-    ("Atto/4", "gap", (28, 28, 1)),
-    ("Atto/7", "tok", (28, 28, 1)),
-    ("Femto/4", "map", (32, 32, 3)),
-    ("Pico/4", "none", (32, 32, 3)),
-    ("Pico/4", "gap", (48, 48, 3)),
-    ("B/16", "gap", (224, 224, 3)),
-])
+@pytest.mark.parametrize(
+    "variant,pool,image_shape",
+    [
+        ("Atto/4", "gap", (28, 28, 1)),
+        ("Atto/7", "tok", (28, 28, 1)),
+        ("Femto/4", "map", (32, 32, 3)),
+        ("Pico/4", "none", (32, 32, 3)),
+        ("Pico/4", "gap", (48, 48, 3)),
+        ("B/16", "gap", (224, 224, 3)),
+    ],
+)
 def test_forward_flops_match_xla(variant, pool, image_shape):
     model = vit.make_model(variant, 10, pool_type=pool)
     xla = xla_forward_flops(model, image_shape)
@@ -133,7 +140,8 @@ def test_train_flops_are_three_forwards():
     fwd = flops.forward_flops(model, shape)
     assert flops.train_flops(model, shape, 1000) == 3 * fwd * 1000
     assert flops.train_flops(model, shape, 7, elementwise=True) == 3 * 7 * flops.forward_flops(
-        model, shape, elementwise=True)
+        model, shape, elementwise=True
+    )
     # ... and XLA agrees that forward + backward costs three forwards (a little under: the patch
     # embedding needs no gradient with respect to the image).
     x = jax.ShapeDtypeStruct((4, *shape), jnp.float32)
@@ -145,7 +153,11 @@ def test_train_flops_are_three_forwards():
 
 def test_ladder_grows():
     """The CPU ladder (28 px, patch 4) is ordered in parameters and FLOPs."""
-    rows = [(flops.count_params(vit.make_model(f"{n}/4", 10), (28, 28, 1)),
-             flops.forward_flops(vit.make_model(f"{n}/4", 10), (28, 28, 1)))
-            for n in ("Atto", "Femto", "Pico", "Nano", "Micro")]
+    rows = [
+        (
+            flops.count_params(vit.make_model(f"{n}/4", 10), (28, 28, 1)),
+            flops.forward_flops(vit.make_model(f"{n}/4", 10), (28, 28, 1)),
+        )
+        for n in ("Atto", "Femto", "Pico", "Nano", "Micro")
+    ]
     assert rows == sorted(rows) and all(math.isfinite(r[1]) for r in rows)

@@ -1,4 +1,5 @@
 """The ViT against closed forms: parameter counts, position-embedding resizing, head init."""
+
 import re
 
 import jax
@@ -19,8 +20,10 @@ def closed_form_params(d, depth, m, p, c, n_tokens, k, pool="gap"):
     return total
 
 
-@pytest.mark.parametrize("variant,size,c,pool", [("Pico/4", 28, 1, "gap"), ("Atto/7", 28, 1, "tok"),
-                                                  ("Femto/4", 32, 3, "map"), ("Ti/16", 224, 3, "gap")])
+@pytest.mark.parametrize(
+    "variant,size,c,pool",
+    [("Pico/4", 28, 1, "gap"), ("Atto/7", 28, 1, "tok"), ("Femto/4", 32, 3, "map"), ("Ti/16", 224, 3, "gap")],
+)
 def test_param_count_matches_closed_form(variant, size, c, pool):
     model = vit.make_model(variant, 10, pool_type=pool)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, c)))
@@ -63,11 +66,13 @@ def test_bf16_activations_keep_f32_params():
 def test_posemb_resize_is_exact_on_a_bilinear_function():
     """Resizing a grid sampled from f(y, x) = a + b y + c x + e x y (corners aligned) gives f on
     the new grid exactly: bilinear interpolation reproduces bilinear functions."""
+
     def grid(n, d=3):
         y, x = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
         coefs = np.array([[0.5, 1.0, -2.0, 3.0], [1.0, 0.0, 1.0, 0.0], [-1.0, 2.0, 0.5, -4.0]])
         f = np.stack([a + b * y + c * x + e * x * y for a, b, c, e in coefs[:d]], -1)
         return f.reshape(1, n * n, d)
+
     np.testing.assert_allclose(vit.resize_posemb(grid(7), (12, 12)), grid(12), atol=1e-12)
     np.testing.assert_allclose(vit.resize_posemb(grid(12), (5, 5)), grid(5), atol=1e-12)
 
@@ -120,8 +125,19 @@ def test_attention_matches_float64_reference(probe):
         wq, bq = P["q"]["kernel"], P["q"]["bias"]
         wk, wv = np.split(P["kv"]["kernel"], 2, axis=1)
         bk, bv = np.split(P["kv"]["bias"], 2)
-        want = _np_attention(x.astype(np.float64), q_in.astype(np.float64), wq, bq, wk, bk, wv, bv,
-                             P["out"]["kernel"], P["out"]["bias"], heads)
+        want = _np_attention(
+            x.astype(np.float64),
+            q_in.astype(np.float64),
+            wq,
+            bq,
+            wk,
+            bk,
+            wv,
+            bv,
+            P["out"]["kernel"],
+            P["out"]["bias"],
+            heads,
+        )
     else:
         # The fused kernel's columns are [q | k | v], each head-major (as in big_vision / nn.Dense reshape).
         assert P["qkv"]["kernel"].shape == (d, 3 * d) and P["out"]["kernel"].shape == (d, d)

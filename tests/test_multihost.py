@@ -7,6 +7,7 @@ of both processes, each process feeding its own half of every global batch. Thei
 gathered parameters must equal the reference this test process computes on its own 8 devices
 with the same code. Children are killed if anything fails or the time limit passes.
 """
+
 import os
 import socket
 import subprocess
@@ -38,17 +39,34 @@ class Children:
     def __init__(self, tmp_path: Path, mesh: tuple[int, int], nproc: int = 2):
         self.tmp_path, self.nproc = tmp_path, nproc
         address = f"127.0.0.1:{free_port()}"
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "JAX_PLATFORMS": "cpu",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
         self.procs, self.logs = [], []
         self.deadline = time.monotonic() + TIMEOUT_S
         try:
             for i in range(nproc):
                 self.logs.append(open(tmp_path / f"worker{i}.log", "w+"))
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, str(Path(worker.__file__)), address, str(i), str(nproc), str(mesh[0]),
-                     str(mesh[1]), str(tmp_path / f"out{i}.npz")], env=env, stdout=self.logs[-1],
-                    stderr=subprocess.STDOUT))
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(Path(worker.__file__)),
+                            address,
+                            str(i),
+                            str(nproc),
+                            str(mesh[0]),
+                            str(mesh[1]),
+                            str(tmp_path / f"out{i}.npz"),
+                        ],
+                        env=env,
+                        stdout=self.logs[-1],
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         except BaseException:
             self.close()
             raise
@@ -107,5 +125,5 @@ def test_two_processes_train_like_one(tmp_path, mesh):
         # the batch); with fsdp=8 every split kernel has half its shards on each host.
         assert r["mesh_processes"].reshape(-1).tolist() == [0] * 4 + [1] * 4
         np.testing.assert_allclose(r["losses"], losses, rtol=1e-6, err_msg=f"process {i}")
-        gathered = jax.tree_util.tree_map_with_path(lambda k, _: r[jax.tree_util.keystr(k)], params)
+        gathered = jax.tree_util.tree_map_with_path(lambda k, _, r=r: r[jax.tree_util.keystr(k)], params)
         worker.assert_params_match(gathered, params, nu, worker.LR, worker.STEPS, where=f"process {i}: ")

@@ -1,5 +1,6 @@
 """The real path end to end: a parameter file → papermill → run folder with a rendered report,
 and the report opened in headless Chromium with its figures drawn (offline)."""
+
 import json
 import os
 import re
@@ -20,12 +21,27 @@ pytestmark = pytest.mark.slow
 def tiny_run(root, tmp_path_factory):
     out = tmp_path_factory.mktemp("nb") / "tiny"
     # Without this process's preload: the kernel has to get jemalloc by itself.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("JAX_PERSISTENT_CACHE") and k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JAX_PERSISTENT_CACHE") and k not in ("LD_PRELOAD", "MALLOC_CONF")
+    }
     env["JAX_COMPILATION_CACHE_DIR"] = str(out.parent / "jax_cache")
-    r = subprocess.run([str(Path(sys.executable).parent / "vitscale"), "run", str(root / "tests/data/tiny_pretrain.yaml"),
-                        "--notebook", "pretrain", "--out", str(out)], capture_output=True, text=True, timeout=600,
-                       env=env)
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "vitscale"),
+            "run",
+            str(root / "tests/data/tiny_pretrain.yaml"),
+            "--notebook",
+            "pretrain",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -62,10 +78,25 @@ def chromium() -> str:
 
 def rendered_dom(html: Path, tmp_path: Path) -> str:
     """The page's DOM after its scripts ran, in headless Chromium with the network off."""
-    r = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run",
-                        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom",
-                        html.resolve().as_uri()], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            html.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 

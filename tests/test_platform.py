@@ -1,4 +1,5 @@
 """`import vitscale` splits a CPU host into VITSCALE_CPU_DEVICES JAX devices (default: one)."""
+
 import os
 import subprocess
 import sys
@@ -14,10 +15,15 @@ def devices_with(**env_overrides) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("env,want", [({}, 1), ({"VITSCALE_CPU_DEVICES": "3"}, 3),
-                                      ({"VITSCALE_CPU_DEVICES": "1"}, 1),
-                                      ({"XLA_FLAGS": "--xla_force_host_platform_device_count=5",
-                                        "VITSCALE_CPU_DEVICES": "2"}, 5)])
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ({}, 1),
+        ({"VITSCALE_CPU_DEVICES": "3"}, 3),
+        ({"VITSCALE_CPU_DEVICES": "1"}, 1),
+        ({"XLA_FLAGS": "--xla_force_host_platform_device_count=5", "VITSCALE_CPU_DEVICES": "2"}, 5),
+    ],
+)
 def test_cpu_device_count(env, want):
     r = devices_with(**env)
     assert r.returncode == 0, r.stderr[-2000:]

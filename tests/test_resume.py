@@ -1,8 +1,8 @@
 """Runs survive a crash: SIGKILL mid-run then restart equals an uninterrupted run; unreadable
 checkpoints are skipped; a non-finite loss stops with the step named; Ctrl-C saves first."""
+
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,19 +16,41 @@ import yaml
 
 from vitscale import config, runs, train
 
-BASE = dict(name="resume", dataset="fashion_mnist", train_examples=2048, test_split="test[:256]", variant="Atto/7",
-            batch_size=32, total_steps=120, warmup_steps=10, eval_every=40, log_every=5, checkpoint_every=20,
-            keep_checkpoints=2, crop_padding=2, flip=True, dropout=0.1, eval_batch_size=256)
-RUNNER = "import sys, yaml; from vitscale import config, train; " \
-         "train.run(config.validate(config.PretrainConfig, yaml.safe_load(open(sys.argv[1]))), sys.argv[2])"
+BASE = dict(
+    name="resume",
+    dataset="fashion_mnist",
+    train_examples=2048,
+    test_split="test[:256]",
+    variant="Atto/7",
+    batch_size=32,
+    total_steps=120,
+    warmup_steps=10,
+    eval_every=40,
+    log_every=5,
+    checkpoint_every=20,
+    keep_checkpoints=2,
+    crop_padding=2,
+    flip=True,
+    dropout=0.1,
+    eval_batch_size=256,
+)
+RUNNER = (
+    "import sys, yaml; from vitscale import config, train; "
+    "train.run(config.validate(config.PretrainConfig, yaml.safe_load(open(sys.argv[1]))), sys.argv[2])"
+)
 
 
 def start(params: dict, out: Path, tmp: Path) -> subprocess.Popen:
     f = tmp / f"{out.name}.yaml"
     f.write_text(yaml.safe_dump(params))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return subprocess.Popen([sys.executable, "-c", RUNNER, str(f), str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(f), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for_checkpoint(out: Path, proc: subprocess.Popen, at_least: int, timeout: float = 240) -> int:
@@ -71,9 +93,12 @@ def test_sigkill_then_restart_equals_uninterrupted_run(tmp_path):
     assert "resuming" in out
     a, b = final_params(ref), final_params(crashed)
     import jax
+
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert comparable(runs.read_metrics(ref / "metrics.jsonl")) == comparable(runs.read_metrics(crashed / "metrics.jsonl"))
+    assert comparable(runs.read_metrics(ref / "metrics.jsonl")) == comparable(
+        runs.read_metrics(crashed / "metrics.jsonl")
+    )
 
 
 def test_unreadable_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
@@ -93,8 +118,18 @@ def test_unreadable_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path):
-    cfg = config.validate(config.PretrainConfig, {**BASE, "lr": 1e35, "warmup_steps": 0, "schedule": "constant",
-                                                  "checkpoint_every": 1, "log_every": 1, "grad_clip_norm": None})
+    cfg = config.validate(
+        config.PretrainConfig,
+        {
+            **BASE,
+            "lr": 1e35,
+            "warmup_steps": 0,
+            "schedule": "constant",
+            "checkpoint_every": 1,
+            "log_every": 1,
+            "grad_clip_norm": None,
+        },
+    )
     out = tmp_path / "nan"
     with pytest.raises(train.NonFiniteLoss, match=r"at step (\d+)") as e:
         train.run(cfg, out)

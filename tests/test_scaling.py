@@ -43,9 +43,7 @@ def m4_truth(x, e_inf, beta, c, alpha, e0, iters=200):
 
 def brute_force_frontier(x, y):
     n = len(x)
-    return np.array(
-        [not any(x[j] <= x[i] and y[j] < y[i] for j in range(n) if j != i) for i in range(n)]
-    )
+    return np.array([not any(x[j] <= x[i] and y[j] < y[i] for j in range(n) if j != i) for i in range(n)])
 
 
 # --------------------------------------------------------------------------- Pareto
@@ -173,8 +171,11 @@ def test_frontier_fit_ignores_dominated_runs():
 # --------------------------------------------------------------------------- M4
 def test_m4_solver_matches_reference_bisection():
     x = np.logspace(0, 10, 40)
-    for params in (TRUE_M4, dict(e_inf=0.0, beta=3.0, c=-0.2, alpha=2.0, e0=0.99),
-                   dict(e_inf=0.2, beta=0.5, c=-0.5, alpha=0.0, e0=0.5)):
+    for params in (
+        TRUE_M4,
+        dict(e_inf=0.0, beta=3.0, c=-0.2, alpha=2.0, e0=0.99),
+        dict(e_inf=0.2, beta=0.5, c=-0.5, alpha=0.0, e0=0.5),
+    ):
         if params["alpha"] == 0.0:
             expected = params["e_inf"] + params["beta"] * x ** params["c"]
         else:

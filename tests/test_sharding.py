@@ -1,5 +1,6 @@
 """Sharding on 8 CPU devices: the FSDP partition rule, parameters really split, and one train step
 on meshes [1, 8], [2, 4], [8, 1] (mesh = [data, fsdp]) equal to the single-device step."""
+
 import sys
 from pathlib import Path
 
@@ -45,8 +46,10 @@ def test_fsdp_spec_splits_the_largest_divisible_dimension():
 
 def test_tree_shardings_rules_override_fsdp():
     mesh = sharding.make_mesh([1, 8])
-    tree = {"pos_embedding": jax.ShapeDtypeStruct((1, 64, 32), np.float32),
-            "k": jax.ShapeDtypeStruct((32, 96), np.float32)}
+    tree = {
+        "pos_embedding": jax.ShapeDtypeStruct((1, 64, 32), np.float32),
+        "k": jax.ShapeDtypeStruct((32, 96), np.float32),
+    }
     default = sharding.tree_shardings(tree, mesh)
     ruled = sharding.tree_shardings(tree, mesh, rules=[("pos_emb", P())])
     assert default["pos_embedding"].spec == P(None, "fsdp", None) and ruled["pos_embedding"].spec == P()
@@ -70,13 +73,16 @@ def model() -> vit.ViT:
 
 def batch() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {"image": rng.uniform(-1, 1, (BATCH, *IMAGE_SHAPE)).astype(np.float32),
-            "label": rng.integers(0, 8, BATCH).astype(np.int32)}
+    return {
+        "image": rng.uniform(-1, 1, (BATCH, *IMAGE_SHAPE)).astype(np.float32),
+        "label": rng.integers(0, 8, BATCH).astype(np.int32),
+    }
 
 
 def make_trainer(mesh) -> train.Trainer:
-    return train.make_trainer(model(), optim.make_optimizer("adamw", LR, weight_decay=0.1), mesh,
-                              image_shape=IMAGE_SHAPE)
+    return train.make_trainer(
+        model(), optim.make_optimizer("adamw", LR, weight_decay=0.1), mesh, image_shape=IMAGE_SHAPE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +91,9 @@ def initial_state():
     head would stop every gradient below it). Every mesh starts from exactly these values."""
     trainer = make_trainer(sharding.make_mesh([1, 1], devices=jax.devices()[:1]))
     state = jax.device_get(trainer.init_fn.lower().compile(compiler_options=COMPILER_OPTIONS)())
-    state["params"]["head"]["kernel"] = np.random.default_rng(1).normal(
-        0, 0.5, state["params"]["head"]["kernel"].shape).astype(np.float32)
+    state["params"]["head"]["kernel"] = (
+        np.random.default_rng(1).normal(0, 0.5, state["params"]["head"]["kernel"].shape).astype(np.float32)
+    )
     return state
 
 
@@ -132,7 +139,9 @@ def test_train_step_matches_single_device(initial_state, reference, mesh_shape):
     shards = kernel.addressable_shards
     assert len(shards) == 8
     assert {s.data.shape for s in shards} == {(32, 96 // fsdp)}
-    assert len({tuple((i.start, i.stop) for i in s.index) for s in shards}) == fsdp  # fsdp distinct pieces, each on `data` devices
+    assert (
+        len({tuple((i.start, i.stop) for i in s.index) for s in shards}) == fsdp
+    )  # fsdp distinct pieces, each on `data` devices
     assert {s.data.shape for s in get(live["opt_state"][1].nu, QKV).addressable_shards} == {(32, 96 // fsdp)}
     mlp = live["params"]["Transformer"]["encoderblock_1"]["MlpBlock"]["Dense_0"]["kernel"]  # [32, 128]
     assert {s.data.shape for s in mlp.addressable_shards} == {(32, 128 // fsdp)}

@@ -1,4 +1,5 @@
 """Sweeps: grid expansion with stable ids, early validation, shards, and a kill-and-resume run."""
+
 import os
 import signal
 import subprocess
@@ -19,15 +20,18 @@ def write(tmp_path, spec, name="s.yaml"):
 
 
 def test_grid_expands_to_the_product_with_stable_distinct_ids(tmp_path):
-    spec = {"base": {"variant": "Atto/7", "total_steps": 10, "warmup_steps": 1},
-            "grid": {"variant": ["Atto/7", "Pico/7"], "train_examples": [100, 200, 300]},
-            "runs": [{"variant": "Femto/7", "lr": 0.01}]}
+    spec = {
+        "base": {"variant": "Atto/7", "total_steps": 10, "warmup_steps": 1},
+        "grid": {"variant": ["Atto/7", "Pico/7"], "train_examples": [100, 200, 300]},
+        "runs": [{"variant": "Femto/7", "lr": 0.01}],
+    }
     s1, s2 = sweep.load(write(tmp_path, spec)), sweep.load(write(tmp_path, spec, "copy.yaml"))
     ids = [r.run_id for r in s1.runs]
     assert len(ids) == 7 == len(set(ids))
     assert ids == [r.run_id for r in s2.runs]
-    assert {(r.params["variant"], r.params["train_examples"]) for r in s1.runs if r.params["lr"] != 0.01} == \
-        {(v, n) for v in ("Atto/7", "Pico/7") for n in (100, 200, 300)}
+    assert {(r.params["variant"], r.params["train_examples"]) for r in s1.runs if r.params["lr"] != 0.01} == {
+        (v, n) for v in ("Atto/7", "Pico/7") for n in (100, 200, 300)
+    }
     changed = sweep.load(write(tmp_path, {**spec, "fixed": {"seed": 1}}, "seed.yaml"))
     assert not set(ids) & {r.run_id for r in changed.runs}
 
@@ -39,7 +43,10 @@ def test_extends_overrides_the_parent_sweep(root):
     assert {r.run_id for r in part.runs} <= {r.run_id for r in full.runs}  # same parameters, same ids
     sizes = {r.params["variant"] for r in full.runs}
     from vitscale import flops, train
-    counts = sorted(flops.count_params(train.build_model(config.PretrainConfig(variant=v), 10), (28, 28, 1)) for v in sizes)
+
+    counts = sorted(
+        flops.count_params(train.build_model(config.PretrainConfig(variant=v), 10), (28, 28, 1)) for v in sizes
+    )
     assert len(sizes) >= 4 and counts[-1] / counts[0] >= 30
     assert len({r.params["train_examples"] for r in full.runs}) >= 3
     assert all(len(r.params["cooldown_branches"]) >= 2 for r in full.runs)  # >= 3 durations
@@ -65,8 +72,13 @@ def test_shards_partition_the_runs():
 @pytest.mark.slow
 def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(root, tmp_path):
     out = tmp_path / "sweep"
-    cmd = [str(Path(sys.executable).parent / "vitscale"), "sweep", str(root / "tests/data/tiny_sweep.yaml"),
-           "--out", str(out)]
+    cmd = [
+        str(Path(sys.executable).parent / "vitscale"),
+        "sweep",
+        str(root / "tests/data/tiny_sweep.yaml"),
+        "--out",
+        str(out),
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     ids = [r.run_id for r in sweep.load(root / "tests/data/tiny_sweep.yaml").runs]
     t0 = time.time()

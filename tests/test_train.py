@@ -1,11 +1,12 @@
 """Training behaviour: the loss falls on a fixed batch; losses match their closed forms."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from vitscale import config, data, optim, sharding, train
+from vitscale import config, data, sharding, train
 
 
 def test_sigmoid_and_softmax_xent_closed_forms():
@@ -19,14 +20,17 @@ def test_sigmoid_and_softmax_xent_closed_forms():
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
-    cfg = config.validate(config.PretrainConfig, dict(variant="Atto/7", batch_size=32, total_steps=30, warmup_steps=0,
-                                                      lr=3e-3, schedule="constant"))
+    cfg = config.validate(
+        config.PretrainConfig,
+        dict(variant="Atto/7", batch_size=32, total_steps=30, warmup_steps=0, lr=3e-3, schedule="constant"),
+    )
     split = data.load_split("fashion_mnist", "train[:32]")
     batch = next(data.train_batches(split, train.input_pipeline(cfg), global_batch=32, seed=0))
     mesh = sharding.make_mesh(cfg.mesh)
     model = train.build_model(cfg, 10)
-    trainer = train.make_trainer(model, train.build_optimizer(cfg, train.build_schedule(cfg)), mesh,
-                                 image_shape=(28, 28, 1))
+    trainer = train.make_trainer(
+        model, train.build_optimizer(cfg, train.build_schedule(cfg)), mesh, image_shape=(28, 28, 1)
+    )
     state = trainer.init_fn()
     placed = sharding.put_batch(batch, mesh)
     losses = []
@@ -41,10 +45,26 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
 def test_cooldown_branches_leave_the_main_run_and_cool_down(tmp_path):
     from vitscale import runs
 
-    cfg = config.validate(config.PretrainConfig, dict(
-        variant="Atto/7", train_examples=512, test_split="test[:128]", batch_size=16, total_steps=24, warmup_steps=4,
-        schedule="rsqrt", timescale=10, cooldown_steps=4, lr=1e-3, eval_every=8, log_every=1, checkpoint_every=8,
-        cooldown_branches=[dict(start=8, steps=6), dict(start=16, steps=4)], optimizer="adafactor"))
+    cfg = config.validate(
+        config.PretrainConfig,
+        dict(
+            variant="Atto/7",
+            train_examples=512,
+            test_split="test[:128]",
+            batch_size=16,
+            total_steps=24,
+            warmup_steps=4,
+            schedule="rsqrt",
+            timescale=10,
+            cooldown_steps=4,
+            lr=1e-3,
+            eval_every=8,
+            log_every=1,
+            checkpoint_every=8,
+            cooldown_branches=[dict(start=8, steps=6), dict(start=16, steps=4)],
+            optimizer="adafactor",
+        ),
+    )
     summary = train.run(cfg, tmp_path / "run")
     curves = runs.load_curves(tmp_path / "run")
     assert sorted(curves) == ["cooldown_16+4", "cooldown_8+6", "main"]
@@ -62,15 +82,23 @@ def test_cooldown_branches_leave_the_main_run_and_cool_down(tmp_path):
 
 
 def _loss_curve(dtype: str, seed: int, steps: int = 300) -> np.ndarray:
-    cfg = config.validate(config.PretrainConfig, dict(variant="Femto/7", batch_size=64, total_steps=steps,
-                                                      warmup_steps=20, lr=3e-3, dtype=dtype, seed=seed))
+    cfg = config.validate(
+        config.PretrainConfig,
+        dict(variant="Femto/7", batch_size=64, total_steps=steps, warmup_steps=20, lr=3e-3, dtype=dtype, seed=seed),
+    )
     split = data.load_split("fashion_mnist", "train[:6400]")
     # One device: 900 steps of 8-device collectives on 2 busy cores risk XLA:CPU's rendezvous timeout.
     mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
     # One gradient chain: the chains only split the batch (test_gradient_chains_give_the_full_batch_update);
     # the comparison here is about bf16 arithmetic.
-    trainer = train.make_trainer(train.build_model(cfg, 10), train.build_optimizer(cfg, train.build_schedule(cfg)),
-                                 mesh, image_shape=(28, 28, 1), seed=seed, chains=1)
+    trainer = train.make_trainer(
+        train.build_model(cfg, 10),
+        train.build_optimizer(cfg, train.build_schedule(cfg)),
+        mesh,
+        image_shape=(28, 28, 1),
+        seed=seed,
+        chains=1,
+    )
     state = trainer.init_fn()
     batches = data.train_batches(split, train.input_pipeline(cfg), global_batch=64, seed=seed)
     losses = []
@@ -96,15 +124,19 @@ def test_gradient_chains_give_the_full_batch_update(devices, chains):
     """A step split into gradient chains makes the update of the whole batch: the loss, gradient norm
     and new parameters match plain jax.value_and_grad of the batch's mean loss and optax's AdamW,
     computed here outside the trainer (1 device x 4 chains, and 8 devices x 2 chains)."""
-    cfg = config.validate(config.PretrainConfig, dict(variant="Femto/7", batch_size=64, total_steps=10,
-                                                      warmup_steps=0, lr=1e-3, grad_clip_norm=None))
+    cfg = config.validate(
+        config.PretrainConfig,
+        dict(variant="Femto/7", batch_size=64, total_steps=10, warmup_steps=0, lr=1e-3, grad_clip_norm=None),
+    )
     mesh = sharding.make_mesh([devices, 1], devices=jax.devices()[:devices])
     model = train.build_model(cfg, 10)
     tx = train.build_optimizer(cfg, train.build_schedule(cfg))
     trainer = train.make_trainer(model, tx, mesh, image_shape=(28, 28, 1), chains=chains)
     rng = np.random.default_rng(0)
-    batch = {"image": rng.standard_normal((64, 28, 28, 1)).astype(np.float32),
-             "label": rng.integers(0, 10, 64).astype(np.int32)}
+    batch = {
+        "image": rng.standard_normal((64, 28, 28, 1)).astype(np.float32),
+        "label": rng.integers(0, 10, 64).astype(np.int32),
+    }
     state = trainer.init_fn()
     params = jax.device_get(state["params"])
     new, out = trainer.train_step(state, sharding.put_batch(batch, mesh))
@@ -118,8 +150,9 @@ def test_gradient_chains_give_the_full_batch_update(devices, chains):
     expect = optax.apply_updates(params, updates)
     np.testing.assert_allclose(out["loss"], value, rtol=1e-5)
     np.testing.assert_allclose(out["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), jax.device_get(new["params"]),
-                 expect)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), jax.device_get(new["params"]), expect
+    )
 
 
 def test_default_chains():

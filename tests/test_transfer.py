@@ -1,5 +1,6 @@
 """Transfer: bad references fail before any compute with clear messages; a tiny transfer runs end to
 end through papermill (parameter file → run folder with summary, fine-tuning curves and report)."""
+
 import json
 import re
 import subprocess
@@ -41,22 +42,35 @@ def _no_checkpoint(tmp: Path) -> str:
 
 # (override, needles): `pretrained` may be a function of a temporary folder that builds the bad run folder.
 CASES = {
-    "missing_run": (dict(pretrained="/nonexistent/vitscale-run"),
-                    ["pretrained", "/nonexistent/vitscale-run", "does not exist", "'random'"]),
+    "missing_run": (
+        dict(pretrained="/nonexistent/vitscale-run"),
+        ["pretrained", "/nonexistent/vitscale-run", "does not exist", "'random'"],
+    ),
     "no_params_yaml": (dict(pretrained=_empty_dir), ["pretrained", "not_a_run", "has no params.yaml"]),
     "no_checkpoint": (dict(pretrained=_no_checkpoint), ["pretrained", "unfinished", "has no checkpoint", "ckpt"]),
-    "too_few_per_class": (dict(fewshot_shots=[1, 200]),
-                          ["fewshot_datasets", "sklearn_digits", "fewer than 200", "'train'", "{0: "]),
+    "too_few_per_class": (
+        dict(fewshot_shots=[1, 200]),
+        ["fewshot_datasets", "sklearn_digits", "fewer than 200", "'train'", "{0: "],
+    ),
     "shots_not_positive": (dict(fewshot_shots=[0, 5]), ["fewshot_shots", "positive", "[0, 5]"]),
-    "unknown_fewshot_dataset": (dict(fewshot_datasets=["mnist_typo"]),
-                                ["fewshot_datasets", "mnist_typo", "mnist_5k", "sklearn_digits"]),
+    "unknown_fewshot_dataset": (
+        dict(fewshot_datasets=["mnist_typo"]),
+        ["fewshot_datasets", "mnist_typo", "mnist_5k", "sklearn_digits"],
+    ),
     "unknown_finetune_dataset": (dict(finetune_datasets=["digits_typo"]), ["finetune_datasets", "digits_typo"]),
     "resolution_vs_patch": (dict(finetune_resolution=40), ["finetune_resolution 40", "patch size 7", "Atto/7"]),
-    "random_model_with_a_run": (dict(random_model={"variant": "Pico/7"}), ["random_model", "only used with pretrained"]),
-    "compare_random_with_random": (dict(pretrained="random", random_model={"variant": "Atto/7"}),
-                                   ["compare_random", "false"]),
-    "bad_random_model": (dict(pretrained="random", compare_random=False, random_model={"variant": "Huge/3"}),
-                         ["random_model", "variant", "Huge/3", "Pico"]),
+    "random_model_with_a_run": (
+        dict(random_model={"variant": "Pico/7"}),
+        ["random_model", "only used with pretrained"],
+    ),
+    "compare_random_with_random": (
+        dict(pretrained="random", random_model={"variant": "Atto/7"}),
+        ["compare_random", "false"],
+    ),
+    "bad_random_model": (
+        dict(pretrained="random", compare_random=False, random_model={"variant": "Huge/3"}),
+        ["random_model", "variant", "Huge/3", "Pico"],
+    ),
     "unknown_parameter": (dict(shots=[1, 5]), ["shots", "unknown parameter", "fewshot_shots"]),
     "warmup_too_long": (dict(warmup_steps=10), ["warmup_steps 10", "finetune_steps 4"]),
 }
@@ -89,8 +103,15 @@ def test_the_cli_refuses_a_missing_run_before_any_compute(params, tmp_path, caps
 
 
 def test_random_init_needs_no_run_folder(params):
-    cfg = config.validate(config.TransferConfig, {**params, "pretrained": "random", "compare_random": False,
-                                                  "random_model": {"variant": "Atto/7", "image_size": 28}})
+    cfg = config.validate(
+        config.TransferConfig,
+        {
+            **params,
+            "pretrained": "random",
+            "compare_random": False,
+            "random_model": {"variant": "Atto/7", "image_size": 28},
+        },
+    )
     assert cfg.pretrain_config().variant == "Atto/7" and cfg.resolution() == 42
 
 
@@ -99,8 +120,12 @@ def test_tiny_transfer_through_papermill(params, tmp_path):
     p = tmp_path / "tiny_transfer.yaml"
     p.write_text(yaml.safe_dump(params))
     out = tmp_path / "transfer"
-    r = subprocess.run([str(Path(sys.executable).parent / "vitscale"), "run", str(p), "--notebook", "transfer",
-                        "--out", str(out)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "vitscale"), "run", str(p), "--notebook", "transfer", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("run.ipynb", "run.html", "params.yaml", "summary.json"):
         assert (out / name).is_file(), name

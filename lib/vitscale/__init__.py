@@ -1,4 +1,5 @@
 """vitscale: a workbench for studying how Vision Transformers scale."""
+
 import os as _os
 
 

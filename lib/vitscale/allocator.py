@@ -20,6 +20,7 @@ runs CMD with jemalloc preloaded when the system has it (Debian/Ubuntu `libjemal
 Jupyter kernel (so `vitscale run`/`sweep` and JupyterLab), `make test` and the benchmarks start
 through it. `current()` tells which allocator the running process has; runs record it.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,10 @@ def find_jemalloc(environ: dict[str, str] | None = None) -> str | None:
         return None
     roots = [environ.get("CONDA_PREFIX"), sys.prefix, sys.base_prefix]
     folders = [Path(r, "lib") for r in roots if r]
-    folders += [Path(p) for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
-                                  "/usr/lib", "/usr/local/lib")]
+    folders += [
+        Path(p)
+        for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+    ]
     for folder in folders:
         if (folder / LIBRARY).is_file():
             return str(folder / LIBRARY)
@@ -84,7 +87,7 @@ def environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def current() -> str:
-    """"jemalloc" if this process runs with jemalloc loaded, else "system"."""
+    """ "jemalloc" if this process runs with jemalloc loaded, else "system"."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
@@ -96,12 +99,17 @@ def check(platform: str) -> str | None:
     """A warning for a CPU run in a process without jemalloc (None when there is nothing to say)."""
     if platform != "cpu" or current() == "jemalloc" or os.environ.get("VITSCALE_MALLOC") == "system":
         return None
-    how = ("start Python through `python -m vitscale.allocator python ...` (the vitscale Jupyter kernel and "
-           "`make` targets do)" if find_jemalloc() else
-           "install jemalloc (`apt-get install libjemalloc2` or `conda install -c conda-forge jemalloc`) and "
-           "start Python through `python -m vitscale.allocator python ...`")
-    return (f"this process uses the C library's malloc, which re-faults XLA's per-step buffers: training steps "
-            f"on a CPU run 1.2-1.7x slower than with jemalloc. To fix, {how}; VITSCALE_MALLOC=system silences this.")
+    how = (
+        "start Python through `python -m vitscale.allocator python ...` (the vitscale Jupyter kernel and "
+        "`make` targets do)"
+        if find_jemalloc()
+        else "install jemalloc (`apt-get install libjemalloc2` or `conda install -c conda-forge jemalloc`) and "
+        "start Python through `python -m vitscale.allocator python ...`"
+    )
+    return (
+        f"this process uses the C library's malloc, which re-faults XLA's per-step buffers: training steps "
+        f"on a CPU run 1.2-1.7x slower than with jemalloc. To fix, {how}; VITSCALE_MALLOC=system silences this."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

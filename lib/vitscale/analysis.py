@@ -10,20 +10,36 @@ error against `x`) with the saturating power law E = a (x + d)^-b + c of Zhai et
 with M4 (Alabdulmohsin et al., 2022), and checks how well each extrapolates (`scaling` holds the
 math). `findings` turns the paper's qualitative claims into numbers at this scale.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from vitscale import runs, scaling
 
-__all__ = ["metric_columns", "error_of", "analyze", "analyze_all", "write_summary", "findings", "findings_rows",
-           "constants_rows", "run_label", "data_label", "data_sort_key", "data_sizes", "variants_by_size", "by_group"]
+__all__ = [
+    "metric_columns",
+    "error_of",
+    "analyze",
+    "analyze_all",
+    "write_summary",
+    "findings",
+    "findings_rows",
+    "constants_rows",
+    "run_label",
+    "data_label",
+    "data_sort_key",
+    "data_sizes",
+    "variants_by_size",
+    "by_group",
+]
 
 _FEWSHOT = re.compile(r"^fewshot/[^/]+/\d+shot$")
 _FINETUNE = re.compile(r"^finetune/[^/]+$")
@@ -34,8 +50,10 @@ def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The y-axes present in `rows`: "test_error", then few-shot keys (by dataset, then shots),
     then fine-tuning keys. Spreads over seeds ("..._std") are not metrics."""
     keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    fewshot = sorted((k for k in keys if _FEWSHOT.match(k)),
-                     key=lambda k: (k.split("/")[1], int(k.split("/")[2].removesuffix("shot"))))
+    fewshot = sorted(
+        (k for k in keys if _FEWSHOT.match(k)),
+        key=lambda k: (k.split("/")[1], int(k.split("/")[2].removesuffix("shot"))),
+    )
     finetune = sorted(k for k in keys if _FINETUNE.match(k))
     return (["test_error"] if "test_error" in keys else []) + fewshot + finetune
 
@@ -50,8 +68,10 @@ def error_of(row: Mapping[str, Any], metric: str) -> float:
         return float(v)
     if metric.startswith(("fewshot/", "finetune/")):
         return 1.0 - float(v)
-    raise ValueError(f"metric {metric!r} is not an error or accuracy column; "
-                     f"accepted: 'test_error', 'test_loss', 'fewshot/<dataset>/<k>shot', 'finetune/<dataset>'")
+    raise ValueError(
+        f"metric {metric!r} is not an error or accuracy column; "
+        f"accepted: 'test_error', 'test_loss', 'fewshot/<dataset>/<k>shot', 'finetune/<dataset>'"
+    )
 
 
 def run_label(row: Mapping[str, Any]) -> str:
@@ -154,13 +174,16 @@ def analyze(
     es = np.array([error_of(r, metric) for r in rows], dtype=float)
     have = np.isfinite(xs) & np.isfinite(es)
     if not have.any():
-        raise ValueError(f"{where}: none of the {len(rows)} rows has both values "
-                         f"(metrics present: {metric_columns(rows) or 'none'})")
+        raise ValueError(
+            f"{where}: none of the {len(rows)} rows has both values (metrics present: {metric_columns(rows) or 'none'})"
+        )
     bad = have & ((xs <= 0) | (es <= 0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where}: {int(bad.sum())} run(s) have x <= 0 or error <= 0 (first: {run_label(rows[i])}, "
-                         f"x={xs[i]:g}, error={es[i]:g}); the fits work in log space and need both > 0")
+        raise ValueError(
+            f"{where}: {int(bad.sum())} run(s) have x <= 0 or error <= 0 (first: {run_label(rows[i])}, "
+            f"x={xs[i]:g}, error={es[i]:g}); the fits work in log space and need both > 0"
+        )
     idx = np.flatnonzero(have)
     x_used, e_used = xs[idx], es[idx]
     try:
@@ -181,15 +204,25 @@ def analyze(
 
     extrap = _extrapolate(x_used, e_used, xf, e0=e0, cut_fraction=cut_fraction, seed=seed, where=where)
 
-    result = {"metric": metric, "x": x, "e0": float(e0), "used": have, "frontier": frontier,
-              "x_values": np.where(have, xs, np.nan), "errors": np.where(have, es, np.nan),
-              "power_law": pl, "m4": m4, "extrapolation": extrap}
+    result = {
+        "metric": metric,
+        "x": x,
+        "e0": float(e0),
+        "used": have,
+        "frontier": frontier,
+        "x_values": np.where(have, xs, np.nan),
+        "errors": np.where(have, es, np.nan),
+        "power_law": pl,
+        "m4": m4,
+        "extrapolation": extrap,
+    }
     result["summary"] = _summary(rows, result)
     return result
 
 
-def _extrapolate(x: np.ndarray, e: np.ndarray, xf: np.ndarray, *, e0: float, cut_fraction: float, seed: int,
-                 where: str) -> dict[str, Any]:
+def _extrapolate(
+    x: np.ndarray, e: np.ndarray, xf: np.ndarray, *, e0: float, cut_fraction: float, seed: int, where: str
+) -> dict[str, Any]:
     cut, moved = _extrapolation_cut(xf, cut_fraction)
     try:
         out = scaling.extrapolation_check(x, e, cut, fitters=("power_law",), seed=seed)
@@ -213,17 +246,25 @@ def _summary(rows: Sequence[Mapping[str, Any]], res: Mapping[str, Any]) -> dict[
     extrap = res["extrapolation"]
     if "error" not in extrap:
         extrap = {k: v for k, v in extrap.items() if k != "results"} | {
-            "results": {name: {k: v for k, v in r.items() if k != "fit"} for name, r in extrap["results"].items()}}
-    return _clean({
-        "metric": res["metric"], "x": res["x"], "e0": res["e0"],
-        "n_rows": len(rows), "n_runs": int(used.sum()), "n_frontier": int(frontier.sum()),
-        "x_range": [float(np.nanmin(res["x_values"])), float(np.nanmax(res["x_values"]))],
-        "frontier_runs": [run_label(r) for r, f in zip(rows, frontier) if f],
-        "frontier_x": xf, "frontier_error": res["errors"][frontier],
-        "power_law": res["power_law"].as_dict(),
-        "m4": m4 if isinstance(m4, dict) else m4.as_dict(),
-        "extrapolation": extrap,
-    })
+            "results": {name: {k: v for k, v in r.items() if k != "fit"} for name, r in extrap["results"].items()}
+        }
+    return _clean(
+        {
+            "metric": res["metric"],
+            "x": res["x"],
+            "e0": res["e0"],
+            "n_rows": len(rows),
+            "n_runs": int(used.sum()),
+            "n_frontier": int(frontier.sum()),
+            "x_range": [float(np.nanmin(res["x_values"])), float(np.nanmax(res["x_values"]))],
+            "frontier_runs": [run_label(r) for r, f in zip(rows, frontier) if f],
+            "frontier_x": xf,
+            "frontier_error": res["errors"][frontier],
+            "power_law": res["power_law"].as_dict(),
+            "m4": m4 if isinstance(m4, dict) else m4.as_dict(),
+            "extrapolation": extrap,
+        }
+    )
 
 
 def analyze_all(
@@ -246,13 +287,15 @@ def analyze_all(
     return out
 
 
-def write_summary(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
-                  findings: Mapping[str, Any] | None = None) -> Path:
+def write_summary(
+    results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, findings: Mapping[str, Any] | None = None
+) -> Path:
     """Write `out_dir/summary.json`: per metric the fitted constants (power law a, b, c, d and M4
     with bootstrap intervals), the frontier and the extrapolation errors, or the metric's error
     message; plus `findings` if given. Returns the path."""
-    doc: dict[str, Any] = {"metrics": {m: (r["summary"] if "summary" in r else {"error": r.get("error")})
-                                       for m, r in results.items()}}
+    doc: dict[str, Any] = {
+        "metrics": {m: (r["summary"] if "summary" in r else {"error": r.get("error")}) for m, r in results.items()}
+    }
     if findings is not None:
         doc["findings"] = _clean(dict(findings))
     path = Path(out_dir) / "summary.json"
@@ -307,13 +350,16 @@ def _best(rows: Sequence[Mapping[str, Any]], metric: str, key) -> dict[Any, floa
 
 
 def _finding_saturation(rows, metric) -> dict[str, Any]:
-    claim = ("small models saturate with more data: from the middle to the largest data size the smallest "
-             "model's error improves less than the largest model's")
+    claim = (
+        "small models saturate with more data: from the middle to the largest data size the smallest "
+        "model's error improves less than the largest model's"
+    )
     variants, sizes = variants_by_size(rows), data_sizes(rows)
     out: dict[str, Any] = {"claim": claim, "holds": None}
     if len(variants) < 2 or len(sizes) < 2:
-        return out | {"verdict": f"not testable: needs 2+ model sizes and 2+ data sizes "
-                                 f"(have {len(variants)} and {len(sizes)})"}
+        return out | {
+            "verdict": f"not testable: needs 2+ model sizes and 2+ data sizes (have {len(variants)} and {len(sizes)})"
+        }
     best = _best(rows, metric, lambda r: (r["variant"], r.get("train_examples")))
     mid, top = sizes[(len(sizes) - 1) // 2], sizes[-1]
     small, large = variants[0], variants[-1]
@@ -323,16 +369,28 @@ def _finding_saturation(rows, metric) -> dict[str, Any]:
     d_small = best[small, mid] - best[small, top]
     d_large = best[large, mid] - best[large, top]
     holds = d_small < d_large
-    verdict = (f"{small}: {100 * d_small:+.2f} points of error from {data_label(mid)} to {data_label(top)} images, "
-               f"{large}: {100 * d_large:+.2f}; " + ("the small model gains less: consistent with the paper"
-                                                     if holds else "the small model gains as much or more: "
-                                                                   "not seen at this scale"))
-    return out | {"holds": holds, "verdict": verdict, "smallest_model": small, "largest_model": large,
-                  "middle_data": mid, "largest_data": top,
-                  "smallest_improvement": d_small, "largest_improvement": d_large,
-                  "smallest_relative_improvement": d_small / best[small, mid],
-                  "largest_relative_improvement": d_large / best[large, mid],
-                  "best_error": {f"{v} @ {data_label(d)}": best[v, d] for v in (small, large) for d in (mid, top)}}
+    verdict = (
+        f"{small}: {100 * d_small:+.2f} points of error from {data_label(mid)} to {data_label(top)} images, "
+        f"{large}: {100 * d_large:+.2f}; "
+        + (
+            "the small model gains less: consistent with the paper"
+            if holds
+            else "the small model gains as much or more: not seen at this scale"
+        )
+    )
+    return out | {
+        "holds": holds,
+        "verdict": verdict,
+        "smallest_model": small,
+        "largest_model": large,
+        "middle_data": mid,
+        "largest_data": top,
+        "smallest_improvement": d_small,
+        "largest_improvement": d_large,
+        "smallest_relative_improvement": d_small / best[small, mid],
+        "largest_relative_improvement": d_large / best[large, mid],
+        "best_error": {f"{v} @ {data_label(d)}": best[v, d] for v in (small, large) for d in (mid, top)},
+    }
 
 
 def _finding_sample_efficiency(rows, metric) -> dict[str, Any]:
@@ -349,23 +407,41 @@ def _finding_sample_efficiency(rows, metric) -> dict[str, Any]:
     for small, big in zip(variants, variants[1:]):
         seen = sorted({i for v, i in best if v == small} & {i for v, i in best if v == big})
         w = sum(best[big, i] < best[small, i] for i in seen)
-        pairs.append({"smaller": small, "bigger": big, "matched": len(seen), "bigger_better": w,
-                      "fraction": w / len(seen) if seen else None})
+        pairs.append(
+            {
+                "smaller": small,
+                "bigger": big,
+                "matched": len(seen),
+                "bigger_better": w,
+                "fraction": w / len(seen) if seen else None,
+            }
+        )
         wins, total = wins + w, total + len(seen)
     if total == 0:
         return out | {"verdict": "not testable: adjacent model sizes share no images-seen value", "pairs": pairs}
     frac = wins / total
     holds = frac > 0.5
     per_pair = ", ".join(f"{p['smaller']}→{p['bigger']} {p['bigger_better']}/{p['matched']}" for p in pairs)
-    verdict = (f"on {data_label(top)} images the bigger model had lower error at equal images seen in {wins}/{total} "
-               f"comparisons ({per_pair}): " + ("consistent with the paper" if holds else "not seen at this scale"))
-    return out | {"holds": holds, "verdict": verdict, "data": top, "fraction": frac, "matched": total,
-                  "bigger_better": wins, "pairs": pairs}
+    verdict = (
+        f"on {data_label(top)} images the bigger model had lower error at equal images seen in {wins}/{total} "
+        f"comparisons ({per_pair}): " + ("consistent with the paper" if holds else "not seen at this scale")
+    )
+    return out | {
+        "holds": holds,
+        "verdict": verdict,
+        "data": top,
+        "fraction": frac,
+        "matched": total,
+        "bigger_better": wins,
+        "pairs": pairs,
+    }
 
 
 def _finding_double_saturation(result: Mapping[str, Any]) -> dict[str, Any]:
-    claim = ("double saturation: the frontier fit has an error floor c > 0 and a low-compute bend d > 0 "
-             "(bootstrap intervals exclude 0)")
+    claim = (
+        "double saturation: the frontier fit has an error floor c > 0 and a low-compute bend d > 0 "
+        "(bootstrap intervals exclude 0)"
+    )
     out: dict[str, Any] = {"claim": claim, "holds": None}
     if "error" in result:
         return out | {"verdict": f"not testable: {result['error']}"}
@@ -376,8 +452,10 @@ def _finding_double_saturation(result: Mapping[str, Any]) -> dict[str, Any]:
     c_pos, d_pos = c_lo > 0, d_lo > 0
     x_min = float(np.min(result["x_values"][result["frontier"]]))
     how = "interval" if iv else "point estimate (no bootstrap)"
-    txt = (f"c = {_interval_text(pl.c, iv.get('c'))}, d = {_interval_text(pl.d, iv.get('d'))} "
-           f"({pl.d / x_min:.2g} x the smallest frontier {result['x']}); ")
+    txt = (
+        f"c = {_interval_text(pl.c, iv.get('c'))}, d = {_interval_text(pl.d, iv.get('d'))} "
+        f"({pl.d / x_min:.2g} x the smallest frontier {result['x']}); "
+    )
     if c_pos and d_pos:
         txt += f"both > 0 ({how}): both saturations visible"
     elif c_pos:
@@ -386,8 +464,16 @@ def _finding_double_saturation(result: Mapping[str, Any]) -> dict[str, Any]:
         txt += f"only the low-compute bend d > 0 ({how}): no error floor within reach"
     else:
         txt += f"neither > 0 ({how}): a plain power law fits"
-    return out | {"holds": bool(c_pos and d_pos), "verdict": txt, "c": pl.c, "c_interval": iv.get("c"),
-                  "d": pl.d, "d_interval": iv.get("d"), "d_over_min_x": pl.d / x_min, "x": result["x"]}
+    return out | {
+        "holds": bool(c_pos and d_pos),
+        "verdict": txt,
+        "c": pl.c,
+        "c_interval": iv.get("c"),
+        "d": pl.d,
+        "d_interval": iv.get("d"),
+        "d_over_min_x": pl.d / x_min,
+        "x": result["x"],
+    }
 
 
 def findings(
@@ -416,16 +502,22 @@ def findings(
         except ValueError as err:
             result = {"metric": metric, "error": str(err)}
     have = [r for r in rows if math.isfinite(error_of(r, metric))]
-    return _clean({"saturation": _finding_saturation(have, metric),
-                   "sample_efficiency": _finding_sample_efficiency(have, metric),
-                   "double_saturation": _finding_double_saturation(result)})
+    return _clean(
+        {
+            "saturation": _finding_saturation(have, metric),
+            "sample_efficiency": _finding_sample_efficiency(have, metric),
+            "double_saturation": _finding_double_saturation(result),
+        }
+    )
 
 
 def findings_rows(found: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The findings as table rows: claim, holds (yes/no/untestable) and verdict."""
     word = {True: "yes", False: "no", None: "not testable"}
-    return [{"finding": k, "claim": f["claim"], "holds": word[f["holds"]], "verdict": f["verdict"]}
-            for k, f in found.items()]
+    return [
+        {"finding": k, "claim": f["claim"], "holds": word[f["holds"]], "verdict": f["verdict"]}
+        for k, f in found.items()
+    ]
 
 
 def by_group(rows: Sequence[Mapping[str, Any]], metric: str, *keys: str) -> dict[tuple, list[Mapping[str, Any]]]:

@@ -1,13 +1,14 @@
 """`vitscale` command line: a thin layer over papermill and the library's own functions.
 
-  vitscale run parameters/pretrain/demo.yaml     execute notebooks/pretrain.ipynb into outputs/demo/
-  vitscale run parameters/transfer/demo.yaml     notebooks/transfer.ipynb into outputs/transfer/demo/
-  vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N]
-                                                 every run of a sweep, resumable, then the scaling report
-  vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
-  vitscale kernel                                register the `vitscale` Jupyter kernel
-  vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
+vitscale run parameters/pretrain/demo.yaml     execute notebooks/pretrain.ipynb into outputs/demo/
+vitscale run parameters/transfer/demo.yaml     notebooks/transfer.ipynb into outputs/transfer/demo/
+vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N]
+                                               every run of a sweep, resumable, then the scaling report
+vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
+vitscale kernel                                register the `vitscale` Jupyter kernel
+vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,17 @@ def kernel_argv() -> list[str]:
     """The `vitscale` kernel's command: this interpreter's ipykernel, started through
     vitscale.allocator (jemalloc when the system has it: XLA's per-step buffers then stop
     page-faulting; see that module)."""
-    return [sys.executable, "-m", "vitscale.allocator", sys.executable, "-Xfrozen_modules=off", "-m",
-            "ipykernel_launcher", "-f", "{connection_file}"]
+    return [
+        sys.executable,
+        "-m",
+        "vitscale.allocator",
+        sys.executable,
+        "-Xfrozen_modules=off",
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        "{connection_file}",
+    ]
 
 
 def ensure_kernel() -> None:
@@ -73,7 +83,9 @@ def export_html(notebook: Path, html: Path | None = None) -> Path:
 
     html = html or notebook.with_suffix(".html")
     nb = nbformat.read(notebook, as_version=4)
-    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+    body, _ = HTMLExporter(
+        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+    ).from_notebook_node(nb)
     runs.atomic_write_text(html, body)
     return html
 
@@ -100,8 +112,15 @@ def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", 
     run_nb = out / f"{name}.ipynb"
     streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
     try:
-        pm.execute_notebook(NOTEBOOKS / f"{kind}.ipynb", run_nb, parameters={"params": params, "out_dir": str(out)},
-                            kernel_name=KERNEL, cwd=str(NOTEBOOKS), progress_bar=False, **streams)
+        pm.execute_notebook(
+            NOTEBOOKS / f"{kind}.ipynb",
+            run_nb,
+            parameters={"params": params, "out_dir": str(out)},
+            kernel_name=KERNEL,
+            cwd=str(NOTEBOOKS),
+            progress_bar=False,
+            **streams,
+        )
     finally:
         if run_nb.exists():
             export_html(run_nb)
@@ -114,21 +133,26 @@ def prepare_run(params_file: Path, out: Path | None, kind: str | None, replace: 
 
     kind = kind or params_file.parent.name
     if kind not in KINDS:
-        raise config.ConfigError(f"cannot tell the notebook for {params_file}: put it under parameters/<kind>/ "
-                                 f"or pass --notebook, with kind one of {list(KINDS)}")
+        raise config.ConfigError(
+            f"cannot tell the notebook for {params_file}: put it under parameters/<kind>/ "
+            f"or pass --notebook, with kind one of {list(KINDS)}"
+        )
     cfg = config.validate(schema_for(kind), config.load_yaml(params_file))
     import jax
 
     cfg.check_devices(jax.device_count(), 1)
     default = OUTPUTS / params_file.stem if kind == "pretrain" else OUTPUTS / kind / params_file.stem
-    out = (out or default).resolve()  # the kernel runs in notebooks/: no relative paths  # the kernel runs in notebooks/: no relative paths
+    out = (
+        out or default
+    ).resolve()  # the kernel runs in notebooks/: no relative paths  # the kernel runs in notebooks/: no relative paths
     existing = out / "params.yaml"
     if existing.exists():
         same = config.resolved(type(cfg), config.load_yaml(existing)) == cfg.model_dump(mode="json")
         if not same and not replace:
             raise config.ConfigError(
                 f"{out} already holds a run with other parameters; nothing was changed. Pass --replace to move it "
-                f"aside (to {OUTPUTS / '.replaced'}) and start over, or --out to write elsewhere")
+                f"aside (to {OUTPUTS / '.replaced'}) and start over, or --out to write elsewhere"
+            )
         if not same:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             dest = OUTPUTS / ".replaced" / f"{out.name}-{stamp}"
@@ -146,8 +170,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vitscale import config
 
     try:
-        kind, cfg, out = prepare_run(Path(args.params), Path(args.out) if args.out else None, args.notebook,
-                                     args.replace)
+        kind, cfg, out = prepare_run(
+            Path(args.params), Path(args.out) if args.out else None, args.notebook, args.replace
+        )
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -156,8 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         execute(kind, cfg.model_dump(mode="json"), out)
     except pm.PapermillExecutionError as e:
-        print(f"error: the run failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-              f"see {out / 'run.html'}; run the same command again to resume", file=sys.stderr)
+        print(
+            f"error: the run failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+            f"see {out / 'run.html'}; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 1
     print(f"report: {out / 'run.html'}")
     return 0
@@ -192,8 +220,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         try:
             print(f"scaling report: {analyze(out)}")
         except pm.PapermillExecutionError as e:
-            print(f"error: the analysis failed: {e.ename}: {e.evalue}; see {out / 'scaling' / 'report.html'}",
-                  file=sys.stderr)
+            print(
+                f"error: the analysis failed: {e.ename}: {e.evalue}; see {out / 'scaling' / 'report.html'}",
+                file=sys.stderr,
+            )
             return 1
     elif pending and shard[1] == 1:
         return 1
@@ -216,8 +246,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vitscale", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="vitscale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="execute one parameter file's notebook into its run folder")
     p.add_argument("params", help="parameters/<kind>/<name>.yaml")

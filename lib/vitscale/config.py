@@ -4,6 +4,7 @@ Every check runs before any compute: unknown names, wrong types, unknown dataset
 optimizers or schedules, shapes that do not fit (patch vs image size, width vs heads), a batch
 that does not split over the devices. Errors name the field, the value and what is accepted.
 """
+
 from __future__ import annotations
 
 import re
@@ -162,11 +163,13 @@ class PretrainConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _shapes(self) -> "PretrainConfig":
+    def _shapes(self) -> PretrainConfig:
         v, problems = self.model_shape(), []
         if self.image_size % v["patch_size"]:
-            problems.append(f"image_size {self.image_size} is not divisible by the patch size {v['patch_size']} of "
-                            f"variant {self.variant!r}")
+            problems.append(
+                f"image_size {self.image_size} is not divisible by the patch size {v['patch_size']} of "
+                f"variant {self.variant!r}"
+            )
         if v["width"] % v["num_heads"]:
             problems.append(f"width {v['width']} is not divisible by num_heads {v['num_heads']}")
         if self.posemb == "sincos2d" and v["width"] % 4:
@@ -174,14 +177,18 @@ class PretrainConfig(_Strict):
         if self.warmup_steps > self.total_steps:
             problems.append(f"warmup_steps {self.warmup_steps} exceeds total_steps {self.total_steps}")
         if self.warmup_steps + self.cooldown_steps > self.total_steps:
-            problems.append(f"warmup_steps + cooldown_steps ({self.warmup_steps} + {self.cooldown_steps}) exceed "
-                            f"total_steps {self.total_steps}")
+            problems.append(
+                f"warmup_steps + cooldown_steps ({self.warmup_steps} + {self.cooldown_steps}) exceed "
+                f"total_steps {self.total_steps}"
+            )
         for b in self.cooldown_branches:
             if self.schedule != "rsqrt":
                 problems.append(f"cooldown_branches need schedule 'rsqrt', got {self.schedule!r}")
             if not self.warmup_steps <= b.start < self.total_steps:
-                problems.append(f"cooldown branch start {b.start} must lie in [warmup_steps {self.warmup_steps}, "
-                                f"total_steps {self.total_steps})")
+                problems.append(
+                    f"cooldown branch start {b.start} must lie in [warmup_steps {self.warmup_steps}, "
+                    f"total_steps {self.total_steps})"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -191,8 +198,13 @@ class PretrainConfig(_Strict):
         from vitscale.models.vit import decode_variant
 
         v = decode_variant(self.variant)
-        return dict(patch_size=v.patch_size, width=self.width or v.width, depth=self.depth or v.depth,
-                    mlp_dim=self.mlp_dim or v.mlp_dim, num_heads=self.num_heads or v.num_heads)
+        return dict(
+            patch_size=v.patch_size,
+            width=self.width or v.width,
+            depth=self.depth or v.depth,
+            mlp_dim=self.mlp_dim or v.mlp_dim,
+            num_heads=self.num_heads or v.num_heads,
+        )
 
     def check_devices(self, device_count: int, process_count: int = 1) -> None:
         """Batch sizes must split over the devices of the mesh (checked before any compute)."""
@@ -200,14 +212,18 @@ class PretrainConfig(_Strict):
 
         data, fsdp = mesh_shape(self.mesh, device_count)
         if self.batch_size % device_count:
-            raise ConfigError(f"batch_size {self.batch_size} is not divisible by the device count "
-                              f"{device_count}; use a multiple of {device_count}")
+            raise ConfigError(
+                f"batch_size {self.batch_size} is not divisible by the device count "
+                f"{device_count}; use a multiple of {device_count}"
+            )
         if self.batch_size % process_count:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by the process count {process_count}")
         per_device = self.batch_size // device_count
         if self.grad_chains != "auto" and per_device % self.grad_chains:
-            raise ConfigError(f"grad_chains {self.grad_chains} does not divide the batch per device ({self.batch_size} "
-                              f"/ {device_count} devices = {per_device}); use 'auto' or a divisor of {per_device}")
+            raise ConfigError(
+                f"grad_chains {self.grad_chains} does not divide the batch per device ({self.batch_size} "
+                f"/ {device_count} devices = {per_device}); use 'auto' or a divisor of {per_device}"
+            )
 
 
 def _format(e: ValidationError) -> str:
@@ -256,8 +272,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def describe(cfg: BaseModel) -> str:
     """The parameters that differ from the schema's defaults, as YAML (the notebook shows this;
     params.yaml in the run folder has them all)."""
-    changed = {k: v for k, v in cfg.model_dump(mode="json").items()
-               if v != type(cfg).model_fields[k].get_default(call_default_factory=True)}
+    changed = {
+        k: v
+        for k, v in cfg.model_dump(mode="json").items()
+        if v != type(cfg).model_fields[k].get_default(call_default_factory=True)
+    }
     return yaml.safe_dump(changed, sort_keys=False) or "(all defaults)\n"
 
 
@@ -326,21 +345,24 @@ class TransferConfig(_Strict):
         return PretrainConfig._mesh(v)
 
     @model_validator(mode="after")
-    def _references(self) -> "TransferConfig":
+    def _references(self) -> TransferConfig:
         import numpy as np
 
         from vitscale import data, fewshot
 
         pre = self.pretrain_config()  # raises naming the run folder or random_model
         if self.pretrained == "random" and self.compare_random:
-            raise ValueError("compare_random compares a pretrained run with a random init; with pretrained "
-                             "'random' set it to false")
+            raise ValueError(
+                "compare_random compares a pretrained run with a random init; with pretrained 'random' set it to false"
+            )
         problems = []
         shape = pre.model_shape()
         res = self.resolution()
         if res % shape["patch_size"]:
-            problems.append(f"finetune_resolution {res} is not divisible by the patch size {shape['patch_size']} of "
-                            f"the pretrained model (variant {pre.variant!r})")
+            problems.append(
+                f"finetune_resolution {res} is not divisible by the patch size {shape['patch_size']} of "
+                f"the pretrained model (variant {pre.variant!r})"
+            )
         if self.warmup_steps > self.finetune_steps:
             problems.append(f"warmup_steps {self.warmup_steps} exceeds finetune_steps {self.finetune_steps}")
         k = max(self.fewshot_shots)
@@ -354,8 +376,10 @@ class TransferConfig(_Strict):
             counts = np.bincount(pool.labels, minlength=pool.num_classes)
             short = {c: int(n) for c, n in enumerate(counts) if n < k}
             if short:
-                problems.append(f"fewshot_datasets: {name!r} has fewer than {k} images (the largest of fewshot_shots "
-                                f"{self.fewshot_shots}) in these classes of its {pool_split!r} split: {short}")
+                problems.append(
+                    f"fewshot_datasets: {name!r} has fewer than {k} images (the largest of fewshot_shots "
+                    f"{self.fewshot_shots}) in these classes of its {pool_split!r} split: {short}"
+                )
         for name in self.finetune_datasets:
             try:
                 n = data.num_examples(name, "train", self.data_dir)
@@ -363,8 +387,10 @@ class TransferConfig(_Strict):
                 problems.append(f"finetune_datasets: {name!r} has no readable 'train' split ({e})")
                 continue
             if round(n * self.holdout_fraction) < 1 or n - round(n * self.holdout_fraction) < 1:
-                problems.append(f"holdout_fraction {self.holdout_fraction} of the {n} training images of {name!r} "
-                                "leaves an empty held-out or training part")
+                problems.append(
+                    f"holdout_fraction {self.holdout_fraction} of the {n} training images of {name!r} "
+                    "leaves an empty held-out or training part"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -375,11 +401,12 @@ class TransferConfig(_Strict):
             try:
                 return PretrainConfig(**self.random_model)
             except ValidationError as e:
-                raise ValueError("random_model: " + _format(e).removeprefix("invalid parameters:\n").strip()
-                                 ) from None
+                raise ValueError("random_model: " + _format(e).removeprefix("invalid parameters:\n").strip()) from None
         if self.random_model:
-            raise ValueError(f"random_model {self.random_model} is only used with pretrained 'random'; the model of "
-                             f"run {self.pretrained!r} comes from its params.yaml")
+            raise ValueError(
+                f"random_model {self.random_model} is only used with pretrained 'random'; the model of "
+                f"run {self.pretrained!r} comes from its params.yaml"
+            )
         from vitscale import finetune
 
         return finetune.read_pretrain_config(finetune.find_run(self.pretrained))
@@ -394,11 +421,14 @@ class TransferConfig(_Strict):
 
         mesh_shape(self.mesh, device_count)
         if self.finetune_batch_size % device_count:
-            raise ConfigError(f"finetune_batch_size {self.finetune_batch_size} is not divisible by the device count "
-                              f"{device_count}; use a multiple of {device_count}")
+            raise ConfigError(
+                f"finetune_batch_size {self.finetune_batch_size} is not divisible by the device count "
+                f"{device_count}; use a multiple of {device_count}"
+            )
         if self.finetune_batch_size % process_count:
-            raise ConfigError(f"finetune_batch_size {self.finetune_batch_size} is not divisible by the process count "
-                              f"{process_count}")
+            raise ConfigError(
+                f"finetune_batch_size {self.finetune_batch_size} is not divisible by the process count {process_count}"
+            )
 
 
 class ScalingConfig(_Strict):
@@ -422,6 +452,7 @@ class ScalingConfig(_Strict):
         pattern = re.compile(r"test_error|test_loss|fewshot/[^/]+/\d+shot|finetune/[^/]+")
         bad = [m for m in v or [] if not pattern.fullmatch(m)]
         if bad:
-            raise ValueError(f"metrics {bad} are not test_error, test_loss, fewshot/<dataset>/<k>shot or "
-                             "finetune/<dataset>")
+            raise ValueError(
+                f"metrics {bad} are not test_error, test_loss, fewshot/<dataset>/<k>shot or finetune/<dataset>"
+            )
         return v

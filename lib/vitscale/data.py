@@ -18,14 +18,15 @@ Training batches are a pure function of (seed, step): example g = step * global_
 stateless RNGs seeded by (seed, step). So a resumed run sees exactly the batches it would have
 seen, and each host of a multi-host job takes its own slice of the same global batch.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import gzip
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -68,7 +69,8 @@ class _LocalDownloads:
         if missing:
             raise FileNotFoundError(
                 f"fashion_mnist: missing {missing}. Install the Debian package with "
-                "`sudo apt-get install dataset-fashion-mnist` (or set VITSCALE_FASHION_MNIST_DIR).")
+                "`sudo apt-get install dataset-fashion-mnist` (or set VITSCALE_FASHION_MNIST_DIR)."
+            )
         return self._dl.extract(local)
 
 
@@ -108,10 +110,12 @@ class _ArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.DESCRIPTION,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=self.IMAGE_SHAPE),
-                "label": tfds.features.ClassLabel(num_classes=10),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=self.IMAGE_SHAPE),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 
@@ -173,7 +177,8 @@ def check_dataset_name(name: str) -> None:
     if name.split("/")[0].split(":")[0] not in tfds.list_builders(with_community_datasets=False):
         raise ValueError(
             f"unknown dataset {name!r}; offline datasets: {sorted(OFFLINE_BUILDERS)}, "
-            "or any TFDS name (tfds.list_builders()) whose files are in data_dir")
+            "or any TFDS name (tfds.list_builders()) whose files are in data_dir"
+        )
 
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -192,7 +197,8 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
 def _not_prepared(name: str, builder) -> FileNotFoundError:
     return FileNotFoundError(
         f"dataset {name!r} is not prepared in {builder.data_dir}; vitscale never downloads at run time. "
-        f"Prepare it where it can be downloaded (`tfds build {name}`) and copy it into data_dir.")
+        f"Prepare it where it can be downloaded (`tfds build {name}`) and copy it into data_dir."
+    )
 
 
 # ----------------------------------------------------------------------------- in-memory splits
@@ -220,8 +226,9 @@ def load_split(dataset: str, split: str, data_dir: str | None = None) -> Split:
             raise _not_prepared(dataset, builder) from None
         raise
     except (ValueError, KeyError) as e:
-        raise ValueError(f"split {split!r} of {dataset!r} is not valid: {e}; splits: "
-                         f"{list(builder.info.splits.keys())}") from e
+        raise ValueError(
+            f"split {split!r} of {dataset!r} is not valid: {e}; splits: {list(builder.info.splits.keys())}"
+        ) from e
     # Batches of 8192 rather than batch_size=-1, which needs a known cardinality.
     chunks = list(tfds.as_numpy(ds.batch(8192)))
     data = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
@@ -231,9 +238,12 @@ def load_split(dataset: str, split: str, data_dir: str | None = None) -> Split:
     images = np.asarray(data[image_key])
     if images.ndim == 3:
         images = images[..., None]
-    return Split(name=f"{dataset}:{split}", images=images,
-                 labels=np.asarray(data[label_key]).astype(np.int32),
-                 num_classes=builder.info.features[label_key].num_classes)
+    return Split(
+        name=f"{dataset}:{split}",
+        images=images,
+        labels=np.asarray(data[label_key]).astype(np.int32),
+        num_classes=builder.info.features[label_key].num_classes,
+    )
 
 
 def num_examples(dataset: str, split: str, data_dir: str | None = None) -> int:
@@ -242,8 +252,9 @@ def num_examples(dataset: str, split: str, data_dir: str | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------- preprocessing
-def preprocess(images: tf.Tensor, image_size: int, channels: int,
-               value_range: tuple[float, float] = (-1.0, 1.0)) -> tf.Tensor:
+def preprocess(
+    images: tf.Tensor, image_size: int, channels: int, value_range: tuple[float, float] = (-1.0, 1.0)
+) -> tf.Tensor:
     """uint8 [B, H, W, C] → float32 [B, S, S, channels] in `value_range` (bilinear resize)."""
     x = tf.cast(images, tf.float32)
     if x.shape[1] != image_size or x.shape[2] != image_size:
@@ -261,8 +272,7 @@ def preprocess(images: tf.Tensor, image_size: int, channels: int,
 
 def augment_draws(seed: tf.Tensor, batch: int, crop_padding: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Per-image random crop offsets [batch, 2] and flip coins [batch] from a stateless seed."""
-    offs = tf.random.stateless_uniform([batch, 2], seed=seed, minval=0, maxval=2 * crop_padding + 1,
-                                       dtype=tf.int32)
+    offs = tf.random.stateless_uniform([batch, 2], seed=seed, minval=0, maxval=2 * crop_padding + 1, dtype=tf.int32)
     coin = tf.random.stateless_uniform([batch], seed=seed + 1) < 0.5
     return offs, coin
 
@@ -293,8 +303,16 @@ class Pipeline:
     flip: bool = False
 
 
-def train_batches(split: Split, pipe: Pipeline, *, global_batch: int, seed: int, start_step: int = 0,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+    split: Split,
+    pipe: Pipeline,
+    *,
+    global_batch: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches for steps start_step, start_step+1, ... (this host's slice)."""
     if global_batch % process_count:
         raise ValueError(f"batch_size {global_batch} is not divisible by the process count {process_count}")
@@ -306,9 +324,10 @@ def train_batches(split: Split, pipe: Pipeline, *, global_batch: int, seed: int,
         epoch, pos = g // n, g % n
         seeds = tf.stack([tf.fill(tf.shape(g), tf.cast(seed, tf.int64)), epoch, tf.zeros_like(g)], axis=1)
         # The raw op: tf.random.experimental.index_shuffle mis-pads a batched [n, 2] seed.
-        idx = tf.raw_ops.RandomIndexShuffle(index=pos, seed=seeds, max_index=tf.fill(tf.shape(g), tf.cast(n - 1, tf.int64)),
-                                            rounds=4)
-        idx = idx[process_index * local:(process_index + 1) * local]
+        idx = tf.raw_ops.RandomIndexShuffle(
+            index=pos, seed=seeds, max_index=tf.fill(tf.shape(g), tf.cast(n - 1, tf.int64)), rounds=4
+        )
+        idx = idx[process_index * local : (process_index + 1) * local]
         x = preprocess(tf.gather(images, idx), pipe.image_size, pipe.channels, pipe.value_range)
         if pipe.crop_padding or pipe.flip:
             # Draws for the whole global batch, then this host's slice: the same for any host count.
@@ -333,7 +352,12 @@ def eval_batches(split: Split, pipe: Pipeline, batch_size: int) -> Iterator[dict
     ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "mask": mask})
     ds = ds.batch(batch_size)
     eval_pipe = dataclasses.replace(pipe, crop_padding=0, flip=False)
-    ds = ds.map(lambda b: {**b, "image": preprocess(b["image"], eval_pipe.image_size, eval_pipe.channels,
-                                                     eval_pipe.value_range)},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda b: {
+            **b,
+            "image": preprocess(b["image"], eval_pipe.image_size, eval_pipe.channels, eval_pipe.value_range),
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return ds.prefetch(2).as_numpy_iterator()

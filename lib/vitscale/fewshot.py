@@ -83,9 +83,7 @@ def _check_features(x: np.ndarray, name: str) -> np.ndarray:
     if not finite.all():
         bad = np.argwhere(~finite)
         i, j = (int(v) for v in bad[0])
-        raise ValueError(
-            f"{name} contains {len(bad)} non-finite value(s); first is {arr[i, j]!r} at index ({i}, {j})"
-        )
+        raise ValueError(f"{name} contains {len(bad)} non-finite value(s); first is {arr[i, j]!r} at index ({i}, {j})")
     return arr
 
 
@@ -121,9 +119,7 @@ def _check_l2(l2: object) -> float:
 
 def _check_same_length(x: np.ndarray, y: np.ndarray, xname: str, yname: str) -> None:
     if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"{xname} has {x.shape[0]} rows but {yname} has {y.shape[0]} labels; they must match"
-        )
+        raise ValueError(f"{xname} has {x.shape[0]} rows but {yname} has {y.shape[0]} labels; they must match")
 
 
 def _check_int_tuple(values: object, name: str, minimum: int) -> tuple[int, ...]:
@@ -147,9 +143,7 @@ def _check_int_tuple(values: object, name: str, minimum: int) -> tuple[int, ...]
 # --------------------------------------------------------------------------- #
 # Sampling
 # --------------------------------------------------------------------------- #
-def sample_few_shot(
-    labels: np.ndarray, shots: int, seed: int, num_classes: int | None = None
-) -> np.ndarray:
+def sample_few_shot(labels: np.ndarray, shots: int, seed: int, num_classes: int | None = None) -> np.ndarray:
     """Indices of exactly ``shots`` examples of every class, deterministic in ``seed``.
 
     Classes are ``range(num_classes)`` if given, else the distinct labels
@@ -179,9 +173,7 @@ def sample_few_shot(
     if short:
         shown = ", ".join(f"class {c} has {n}" for c, n in short[:20])
         more = f" (and {len(short) - 20} more classes)" if len(short) > 20 else ""
-        raise ValueError(
-            f"cannot draw shots={shots} examples per class: {shown}{more}"
-        )
+        raise ValueError(f"cannot draw shots={shots} examples per class: {shown}{more}")
 
     rng = np.random.default_rng(int(seed))
     picked = [rng.permutation(np.flatnonzero(y == c))[:shots] for c in classes]
@@ -191,9 +183,7 @@ def sample_few_shot(
 # --------------------------------------------------------------------------- #
 # Feature preprocessing
 # --------------------------------------------------------------------------- #
-def standardize(
-    train_x: np.ndarray, test_x: np.ndarray, std_floor: float = STD_FLOOR
-) -> tuple[np.ndarray, np.ndarray]:
+def standardize(train_x: np.ndarray, test_x: np.ndarray, std_floor: float = STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
     """Z-score both arrays with ``train_x``'s per-feature mean and std (float64).
 
     The std is the population std (ddof=0) floored at ``std_floor`` so that
@@ -203,9 +193,7 @@ def standardize(
     tr = _check_features(train_x, "train_x")
     te = _check_features(test_x, "test_x")
     if tr.shape[1] != te.shape[1]:
-        raise ValueError(
-            f"train_x has {tr.shape[1]} features but test_x has {te.shape[1]}; they must match"
-        )
+        raise ValueError(f"train_x has {tr.shape[1]} features but test_x has {te.shape[1]}; they must match")
     if tr.shape[0] == 0:
         raise ValueError("train_x must have at least one row to compute statistics")
     mean = tr.mean(axis=0)
@@ -344,9 +332,7 @@ def evaluate_features(
     _check_same_length(tr_x, tr_y, "train_x", "train_y")
     _check_same_length(te_x, te_y, "test_x", "test_y")
     if tr_x.shape[1] != te_x.shape[1]:
-        raise ValueError(
-            f"train_x has {tr_x.shape[1]} features but test_x has {te_x.shape[1]}; they must match"
-        )
+        raise ValueError(f"train_x has {tr_x.shape[1]} features but test_x has {te_x.shape[1]}; they must match")
     if tr_y.size == 0 or te_y.size == 0:
         raise ValueError("train and test splits must both be non-empty")
     if num_classes is None:
@@ -360,8 +346,15 @@ def evaluate_features(
         for k in shots_t:
             idx = sample_few_shot(tr_y, k, seed, num_classes=num_classes)
             acc = fewshot_accuracy(
-                tr_x[idx], tr_y[idx], te_x, te_y, num_classes, l2,
-                form=form, bias_value=bias_value, std_floor=std_floor,
+                tr_x[idx],
+                tr_y[idx],
+                te_x,
+                te_y,
+                num_classes,
+                l2,
+                form=form,
+                bias_value=bias_value,
+                std_floor=std_floor,
             )
             per_shot[k].append(acc)
 
@@ -426,9 +419,17 @@ class FewShotEvaluator:
     Labels are loaded once; features are computed once per evaluation for each pool and test split.
     """
 
-    def __init__(self, datasets: Sequence[str], pipe, *, shots: Sequence[int] = DEFAULT_SHOTS,
-                 seeds: Sequence[int] = DEFAULT_SEEDS, l2: float = DEFAULT_L2, data_dir: str | None = None,
-                 batch_size: int = 512):
+    def __init__(
+        self,
+        datasets: Sequence[str],
+        pipe,
+        *,
+        shots: Sequence[int] = DEFAULT_SHOTS,
+        seeds: Sequence[int] = DEFAULT_SEEDS,
+        l2: float = DEFAULT_L2,
+        data_dir: str | None = None,
+        batch_size: int = 512,
+    ):
         from vitscale import data
 
         self.shots = _check_int_tuple(shots, "shots", minimum=1)
@@ -444,8 +445,10 @@ class FewShotEvaluator:
             counts = np.bincount(pool.labels, minlength=pool.num_classes)
             short = {c: int(n) for c, n in enumerate(counts) if n < max(self.shots)}
             if short:
-                raise ValueError(f"few-shot dataset {name!r}: shots {max(self.shots)} needs that many images per "
-                                 f"class in {pool_name!r}, but these classes have fewer: {short}")
+                raise ValueError(
+                    f"few-shot dataset {name!r}: shots {max(self.shots)} needs that many images per "
+                    f"class in {pool_name!r}, but these classes have fewer: {short}"
+                )
             self.splits[name] = (pool, test)
 
     def evaluate(self, feature_fn, mesh) -> dict[str, dict[str, dict[str, object]]]:
@@ -456,9 +459,15 @@ class FewShotEvaluator:
         results = {}
         for name, (pool, test) in self.splits.items():
             results[name] = evaluate_features(
-                extract_features(feature_fn, pool, self.pipe, batch, mesh), pool.labels,
-                extract_features(feature_fn, test, self.pipe, batch, mesh), test.labels,
-                shots=self.shots, seeds=self.seeds, l2=self.l2, num_classes=pool.num_classes)
+                extract_features(feature_fn, pool, self.pipe, batch, mesh),
+                pool.labels,
+                extract_features(feature_fn, test, self.pipe, batch, mesh),
+                test.labels,
+                shots=self.shots,
+                seeds=self.seeds,
+                l2=self.l2,
+                num_classes=pool.num_classes,
+            )
         return results
 
     def run(self, feature_fn, mesh) -> dict[str, float]:

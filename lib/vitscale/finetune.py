@@ -16,6 +16,7 @@ so it logs metrics.jsonl, checkpoints at its end and is skipped (resumed) when r
   <transfer run>/finetune/<dataset>/<model>/lr_<lr>/         grid runs: metrics.jsonl (val/...), ckpt/
   <transfer run>/finetune/<dataset>/<model>/final_lr_<lr>/   the retrained run: metrics.jsonl (test/...), ckpt/
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,16 +46,19 @@ def find_run(path: str | Path) -> Path:
     tried = [given] if given.is_absolute() else [Path.cwd() / given, ROOT / given]
     run = next((p for p in tried if p.is_dir()), None)
     if run is None:
-        raise config_lib.ConfigError(f"pretrained: run folder {str(path)!r} does not exist (looked at "
-                                     f"{', '.join(str(p) for p in dict.fromkeys(tried))}); give a pretraining run "
-                                     "folder holding params.yaml and ckpt/, or 'random'")
+        raise config_lib.ConfigError(
+            f"pretrained: run folder {str(path)!r} does not exist (looked at "
+            f"{', '.join(str(p) for p in dict.fromkeys(tried))}); give a pretraining run "
+            "folder holding params.yaml and ckpt/, or 'random'"
+        )
     run = run.resolve()
     if not (run / "params.yaml").is_file():
         raise config_lib.ConfigError(f"pretrained: {run} has no params.yaml, so it is not a pretraining run folder")
     ckpt = run / "ckpt"
     if not ckpt.is_dir() or not any(p.name.isdigit() for p in ckpt.iterdir()):
-        raise config_lib.ConfigError(f"pretrained: {run} has no checkpoint (no step folder in {ckpt}); run or resume "
-                                     "its pretraining first")
+        raise config_lib.ConfigError(
+            f"pretrained: {run} has no checkpoint (no step folder in {ckpt}); run or resume its pretraining first"
+        )
     return run
 
 
@@ -63,8 +67,9 @@ def read_pretrain_config(run_dir: Path) -> config_lib.PretrainConfig:
     try:
         return config_lib.validate(config_lib.PretrainConfig, config_lib.load_yaml(run_dir / "params.yaml"))
     except config_lib.ConfigError as e:
-        raise config_lib.ConfigError(f"pretrained: {run_dir / 'params.yaml'} is not a valid pretraining parameter "
-                                     f"file: {e}") from None
+        raise config_lib.ConfigError(
+            f"pretrained: {run_dir / 'params.yaml'} is not a valid pretraining parameter file: {e}"
+        ) from None
 
 
 @dataclasses.dataclass
@@ -94,9 +99,15 @@ def pretrain_trainer(cfg: config_lib.PretrainConfig, mesh, seed: int | None = No
     """The trainer of a pretraining run's shape: model, optimizer and shardings (its state is what the
     run's checkpoints hold)."""
     model = train.build_model(cfg, num_classes(cfg.dataset, cfg.data_dir))
-    return train.make_trainer(model, train.build_optimizer(cfg, train.build_schedule(cfg)), mesh,
-                              image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss,
-                              seed=cfg.seed if seed is None else seed, chains=train.chains_of(cfg))
+    return train.make_trainer(
+        model,
+        train.build_optimizer(cfg, train.build_schedule(cfg)),
+        mesh,
+        image_shape=(cfg.image_size, cfg.image_size, cfg.channels),
+        loss=cfg.loss,
+        seed=cfg.seed if seed is None else seed,
+        chains=train.chains_of(cfg),
+    )
 
 
 def load_pretrained(path: str | Path, mesh) -> Pretrained:
@@ -104,19 +115,25 @@ def load_pretrained(path: str | Path, mesh) -> Pretrained:
     run = find_run(path)
     cfg = read_pretrain_config(run)
     trainer = pretrain_trainer(cfg, mesh)
-    state, _ = train.restore_latest(train.checkpoint_manager(run / "ckpt", cfg), train.abstract_with_shardings(trainer),
-                                    move_aside=False)
+    state, _ = train.restore_latest(
+        train.checkpoint_manager(run / "ckpt", cfg), train.abstract_with_shardings(trainer), move_aside=False
+    )
     if state is None:
         raise config_lib.ConfigError(f"pretrained: no checkpoint in {run / 'ckpt'} could be read")
-    return Pretrained(name="pretrained", cfg=cfg, params=state["params"], step=int(jax.device_get(state["step"])),
-                      source=str(run), trainer=trainer)
+    return Pretrained(
+        name="pretrained",
+        cfg=cfg,
+        params=state["params"],
+        step=int(jax.device_get(state["step"])),
+        source=str(run),
+        trainer=trainer,
+    )
 
 
 def random_init(cfg: config_lib.PretrainConfig, mesh, seed: int = 0) -> Pretrained:
     """An untrained model of the shape `cfg` describes (the baseline a pretrained model must beat)."""
     trainer = pretrain_trainer(cfg, mesh, seed=seed)
-    return Pretrained(name=RANDOM, cfg=cfg, params=trainer.init_fn()["params"], step=0, source=RANDOM,
-                      trainer=trainer)
+    return Pretrained(name=RANDOM, cfg=cfg, params=trainer.init_fn()["params"], step=0, source=RANDOM, trainer=trainer)
 
 
 # ----------------------------------------------------------------------------- surgery and data
@@ -141,25 +158,54 @@ def holdout_split(split: data.Split, fraction: float = 0.02, seed: int = HOLDOUT
         raise ValueError(f"holdout fraction {fraction} of the {n} images of {split.name} leaves an empty part")
     perm = np.random.default_rng(seed).permutation(n)
     keep, hold = np.sort(perm[n_holdout:]), np.sort(perm[:n_holdout])
-    part = lambda idx, tag: data.Split(name=f"{split.name}({tag})", images=split.images[idx], labels=split.labels[idx],
-                                       num_classes=split.num_classes)
+    part = lambda idx, tag: data.Split(
+        name=f"{split.name}({tag})", images=split.images[idx], labels=split.labels[idx], num_classes=split.num_classes
+    )
     return part(keep, f"{1 - fraction:.0%}"), part(hold, f"held-out {fraction:.0%}")
 
 
-def finetune_config(pre: config_lib.PretrainConfig, cfg: config_lib.TransferConfig, dataset: str,
-                    lr: float) -> config_lib.PretrainConfig:
+def finetune_config(
+    pre: config_lib.PretrainConfig, cfg: config_lib.TransferConfig, dataset: str, lr: float
+) -> config_lib.PretrainConfig:
     """The fine-tuning run as a training config: the pretrained model's shape at the fine-tuning
     resolution, softmax cross-entropy, SGD at `lr` without weight decay, cosine with warmup, no
     augmentation, one checkpoint at the end."""
     updates = dict(
-        name=f"{cfg.name}:{dataset}:lr={lr:g}", dataset=dataset, data_dir=cfg.data_dir, train_split="train",
-        test_split="test", train_examples=None, image_size=cfg.resolution(), crop_padding=0, flip=False,
-        loss="softmax_xent", head_bias_init=0.0, optimizer="sgd", lr=lr, weight_decay=0.0, wd_rules=[],
-        grad_clip_norm=cfg.grad_clip_norm, schedule="cosine", warmup_steps=cfg.warmup_steps, cooldown_steps=0,
-        cooldown_branches=[], total_steps=cfg.finetune_steps, batch_size=cfg.finetune_batch_size, seed=cfg.seed,
-        eval_every=cfg.eval_every, eval_batch_size=cfg.eval_batch_size, log_every=cfg.log_every, fewshot_datasets=[],
-        checkpoint_every=cfg.finetune_steps, keep_checkpoints=1, keep_every=None, mesh=cfg.mesh,
-        coordinator_address=None, num_processes=None, process_id=None)
+        name=f"{cfg.name}:{dataset}:lr={lr:g}",
+        dataset=dataset,
+        data_dir=cfg.data_dir,
+        train_split="train",
+        test_split="test",
+        train_examples=None,
+        image_size=cfg.resolution(),
+        crop_padding=0,
+        flip=False,
+        loss="softmax_xent",
+        head_bias_init=0.0,
+        optimizer="sgd",
+        lr=lr,
+        weight_decay=0.0,
+        wd_rules=[],
+        grad_clip_norm=cfg.grad_clip_norm,
+        schedule="cosine",
+        warmup_steps=cfg.warmup_steps,
+        cooldown_steps=0,
+        cooldown_branches=[],
+        total_steps=cfg.finetune_steps,
+        batch_size=cfg.finetune_batch_size,
+        seed=cfg.seed,
+        eval_every=cfg.eval_every,
+        eval_batch_size=cfg.eval_batch_size,
+        log_every=cfg.log_every,
+        fewshot_datasets=[],
+        checkpoint_every=cfg.finetune_steps,
+        keep_checkpoints=1,
+        keep_every=None,
+        mesh=cfg.mesh,
+        coordinator_address=None,
+        num_processes=None,
+        process_id=None,
+    )
     return config_lib.validate(config_lib.PretrainConfig, {**pre.model_dump(), **updates})
 
 
@@ -174,21 +220,38 @@ class _Compiled:
     start_state: Any  # params -> a fresh training state (step 0, new optimizer state), sharded like the trainer's
 
 
-def _compile(pre: config_lib.PretrainConfig, cfg: config_lib.TransferConfig, dataset: str, classes: int, lr: float,
-             mesh) -> _Compiled:
+def _compile(
+    pre: config_lib.PretrainConfig, cfg: config_lib.TransferConfig, dataset: str, classes: int, lr: float, mesh
+) -> _Compiled:
     ft = finetune_config(pre, cfg, dataset, lr)
     schedule = train.build_schedule(ft)
-    tx = optim.make_optimizer("sgd", schedule, weight_decay=0.0, grad_clip_norm=cfg.grad_clip_norm,
-                              momentum=cfg.momentum)
-    trainer = train.make_trainer(train.build_model(ft, classes), tx, mesh,
-                                 image_shape=(ft.image_size, ft.image_size, ft.channels), loss=ft.loss, seed=ft.seed)
-    start = jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
-                    out_shardings=trainer.state_shardings)
+    tx = optim.make_optimizer(
+        "sgd", schedule, weight_decay=0.0, grad_clip_norm=cfg.grad_clip_norm, momentum=cfg.momentum
+    )
+    trainer = train.make_trainer(
+        train.build_model(ft, classes),
+        tx,
+        mesh,
+        image_shape=(ft.image_size, ft.image_size, ft.channels),
+        loss=ft.loss,
+        seed=ft.seed,
+    )
+    start = jax.jit(
+        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
+        out_shardings=trainer.state_shardings,
+    )
     return _Compiled(ft, trainer, schedule, start)
 
 
-def train_one(c: _Compiled, params: Any, train_split: data.Split, eval_split: data.Split, eval_prefix: str,
-              run_dir: Path, desc: str) -> tuple[dict[str, float], Any]:
+def train_one(
+    c: _Compiled,
+    params: Any,
+    train_split: data.Split,
+    eval_split: data.Split,
+    eval_prefix: str,
+    run_dir: Path,
+    desc: str,
+) -> tuple[dict[str, float], Any]:
     """Fine-tune from `params` on `train_split`, evaluating on `eval_split` as `<eval_prefix>/acc|loss`;
     a run folder that already holds the finished run is read back instead. Returns (final metrics and
     device_seconds, state)."""
@@ -203,21 +266,41 @@ def train_one(c: _Compiled, params: Any, train_split: data.Split, eval_split: da
     metrics.truncate_after(start)
 
     def evaluators(p, step: int, final: bool = False) -> dict[str, float]:
-        return {f"{eval_prefix}/{k}": v for k, v in train.evaluate(trainer, p, eval_split, pipe,
-                                                                    ft.eval_batch_size).items()}
+        return {
+            f"{eval_prefix}/{k}": v for k, v in train.evaluate(trainer, p, eval_split, pipe, ft.eval_batch_size).items()
+        }
 
-    batches = data.train_batches(train_split, pipe, global_batch=ft.batch_size, seed=ft.seed, start_step=start,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
-    state, meta = train.train_loop(trainer, state, schedule=c.schedule, batches=batches, end_step=ft.total_steps,
-                                   cfg=ft, metrics=metrics, mngr=mngr, evaluators=evaluators, desc=desc, meta=meta)
+    batches = data.train_batches(
+        train_split,
+        pipe,
+        global_batch=ft.batch_size,
+        seed=ft.seed,
+        start_step=start,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    state, meta = train.train_loop(
+        trainer,
+        state,
+        schedule=c.schedule,
+        batches=batches,
+        end_step=ft.total_steps,
+        cfg=ft,
+        metrics=metrics,
+        mngr=mngr,
+        evaluators=evaluators,
+        desc=desc,
+        meta=meta,
+    )
     final = {k: v for r in metrics.read() for k, v in r.items() if k.startswith((f"{eval_prefix}/", "train/"))}
     final["device_seconds"] = meta.get("device_seconds")
     return final, state
 
 
 # ----------------------------------------------------------------------------- lr selection, then the final run
-def finetune(models: list[Pretrained], dataset: str, cfg: config_lib.TransferConfig, out_dir: str | Path,
-             mesh) -> dict[str, dict[str, Any]]:
+def finetune(
+    models: list[Pretrained], dataset: str, cfg: config_lib.TransferConfig, out_dir: str | Path, mesh
+) -> dict[str, dict[str, Any]]:
     """Fine-tune each model on `dataset`: pick the lr on the held-out part, then retrain on the whole
     training split (or keep the best grid run) and score the test split. Returns {model name: result}."""
     out = Path(out_dir)
@@ -238,52 +321,89 @@ def finetune(models: list[Pretrained], dataset: str, cfg: config_lib.TransferCon
         for lr in cfg.lr_grid:
             c = setup(m.cfg, lr)
             if init_params is None:
-                init_params = transfer_params(m.params, c.trainer.model,
-                                              (c.cfg.image_size, c.cfg.image_size, c.cfg.channels))
+                init_params = transfer_params(
+                    m.params, c.trainer.model, (c.cfg.image_size, c.cfg.image_size, c.cfg.channels)
+                )
             row: dict[str, Any] = {"lr": lr}
             try:
-                final, state = train_one(c, init_params, train_part, holdout, "val", out / m.name / f"lr_{lr:g}",
-                                         desc=f"{dataset} {m.name} lr={lr:g}")
-                row.update({"val/acc": final["val/acc"], "val/loss": final["val/loss"],
-                            "train/loss": final.get("train/loss"), "device_seconds": final["device_seconds"],
-                            "diverged": False})
+                final, state = train_one(
+                    c,
+                    init_params,
+                    train_part,
+                    holdout,
+                    "val",
+                    out / m.name / f"lr_{lr:g}",
+                    desc=f"{dataset} {m.name} lr={lr:g}",
+                )
+                row.update(
+                    {
+                        "val/acc": final["val/acc"],
+                        "val/loss": final["val/loss"],
+                        "train/loss": final.get("train/loss"),
+                        "device_seconds": final["device_seconds"],
+                        "diverged": False,
+                    }
+                )
             except train.NonFiniteLoss as e:
                 row.update({"val/acc": None, "val/loss": None, "diverged": True, "error": str(e)})
                 state = None
             grid.append(row)
             # Best held-out accuracy; ties go to the lower held-out loss.
-            if not row["diverged"] and (best is None or (row["val/acc"], -row["val/loss"]) >
-                                        (best[0]["val/acc"], -best[0]["val/loss"])):
+            if not row["diverged"] and (
+                best is None or (row["val/acc"], -row["val/loss"]) > (best[0]["val/acc"], -best[0]["val/loss"])
+            ):
                 best = (row, state)
             del state
         if best is None:
-            raise RuntimeError(f"fine-tuning {m.name} on {dataset}: every lr in lr_grid {cfg.lr_grid} diverged; "
-                               "try smaller learning rates")
+            raise RuntimeError(
+                f"fine-tuning {m.name} on {dataset}: every lr in lr_grid {cfg.lr_grid} diverged; "
+                "try smaller learning rates"
+            )
         best_lr = best[0]["lr"]
         at_edge = len(cfg.lr_grid) > 1 and best_lr in (min(cfg.lr_grid), max(cfg.lr_grid))
         if at_edge:
-            print(f"note: {m.name} on {dataset}: the best lr {best_lr:g} is at the edge of lr_grid {cfg.lr_grid}; "
-                  "a wider grid may do better")
+            print(
+                f"note: {m.name} on {dataset}: the best lr {best_lr:g} is at the edge of lr_grid {cfg.lr_grid}; "
+                "a wider grid may do better"
+            )
         c = setup(m.cfg, best_lr)
         pipe = data.Pipeline(image_size=c.cfg.image_size, channels=c.cfg.channels)
         if cfg.retrain:
             best = None  # free the grid run's state before the final run
-            final, state = train_one(c, init_params, full, test, "test", out / m.name / f"final_lr_{best_lr:g}",
-                                     desc=f"{dataset} {m.name} final lr={best_lr:g}")
+            final, state = train_one(
+                c,
+                init_params,
+                full,
+                test,
+                "test",
+                out / m.name / f"final_lr_{best_lr:g}",
+                desc=f"{dataset} {m.name} final lr={best_lr:g}",
+            )
             test_metrics = {"test/acc": final["test/acc"], "test/loss": final["test/loss"]}
             seconds = [final["device_seconds"]]
         else:
             state, seconds = best[1], []
-            test_metrics = {f"test/{k}": v for k, v in train.evaluate(c.trainer, state["params"], test, pipe,
-                                                                       c.cfg.eval_batch_size).items()}
+            test_metrics = {
+                f"test/{k}": v
+                for k, v in train.evaluate(c.trainer, state["params"], test, pipe, c.cfg.eval_batch_size).items()
+            }
         seconds += [g.get("device_seconds") for g in grid]
         results[m.name] = {
-            "dataset": dataset, "model": m.name, "resolution": c.cfg.image_size, "steps": c.cfg.total_steps,
-            "batch_size": c.cfg.batch_size, "grid": grid, "best_lr": best_lr, "best_lr_at_grid_edge": at_edge,
+            "dataset": dataset,
+            "model": m.name,
+            "resolution": c.cfg.image_size,
+            "steps": c.cfg.total_steps,
+            "batch_size": c.cfg.batch_size,
+            "grid": grid,
+            "best_lr": best_lr,
+            "best_lr_at_grid_edge": at_edge,
             "retrained": cfg.retrain,
-            "train_images": len(full) if cfg.retrain else len(train_part), "holdout_images": len(holdout),
-            "test_images": len(test), **test_metrics,
+            "train_images": len(full) if cfg.retrain else len(train_part),
+            "holdout_images": len(holdout),
+            "test_images": len(test),
+            **test_metrics,
             # Training device-seconds of the grid runs and the final run (kept across resumes).
-            "device_seconds": sum(x for x in seconds if x is not None)}
+            "device_seconds": sum(x for x in seconds if x is not None),
+        }
         del state, init_params
     return results

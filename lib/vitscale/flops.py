@@ -17,6 +17,7 @@ Conventions (checked in tests/test_flops.py and tabulated by benchmarks/variant_
   backbone: matmuls plus element-wise ops (g/14: 533.1 in the paper, XLA's own count of our
   GAP backbone 533.10, matmuls alone 531.9). `paper_params` and `paper_flops` give exactly that.
 """
+
 from __future__ import annotations
 
 import jax
@@ -57,8 +58,9 @@ def count_params(model: vit.ViT, image_shape: tuple[int, int, int], *, include_h
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-def forward_flops(model: vit.ViT, image_shape: tuple[int, int, int], *, include_head: bool = True,
-                  elementwise: bool = False) -> int:
+def forward_flops(
+    model: vit.ViT, image_shape: tuple[int, int, int], *, include_head: bool = True, elementwise: bool = False
+) -> int:
     """FLOPs of one image's forward pass: every matmul and convolution (2 per multiply-add), the
     attention products QK^T and AV included; element-wise work (norms, softmax, GELU, adds) only
     with `elementwise=True` (an estimate of what XLA's cost analysis counts).

@@ -4,11 +4,13 @@
 mimetype, and the text/html part (with plotly.js embedded once by that call's output) is what
 nbconvert's HTML export keeps. The cell that calls it must keep its output.
 """
+
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -40,9 +42,19 @@ def training_curves(curves: dict[str, Sequence[dict[str, Any]]], x: str = "step"
         color = palette[i % len(palette)]
         for col, key in enumerate(("train/loss", "test/loss", "test/acc"), start=1):
             xs, ys = _series(records, key, x)
-            fig.add_trace(go.Scatter(x=xs, y=ys, name=name, legendgroup=name, showlegend=col == 1,
-                                     mode="lines+markers" if key.startswith("test") else "lines",
-                                     line=dict(color=color)), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    mode="lines+markers" if key.startswith("test") else "lines",
+                    line=dict(color=color),
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(title_text=x.replace("_", " "))
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(height=380, margin=dict(t=40, b=40))
@@ -58,8 +70,12 @@ def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Fig
     for k in keys:
         xs, ys = _series(records, k, x)
         fig.add_trace(go.Scatter(x=xs, y=ys, name=k.removeprefix("fewshot/"), mode="lines+markers"))
-    fig.update_layout(title="few-shot linear transfer during pretraining", xaxis_title=x.replace("_", " "),
-                      yaxis_title="top-1 accuracy", height=380)
+    fig.update_layout(
+        title="few-shot linear transfer during pretraining",
+        xaxis_title=x.replace("_", " "),
+        yaxis_title="top-1 accuracy",
+        height=380,
+    )
     return fig
 
 
@@ -68,11 +84,22 @@ def fewshot_by_shots(results: dict[str, dict[str, dict[str, Any]]]) -> go.Figure
     fig = go.Figure()
     for name, res in results.items():
         shots = sorted(res, key=lambda s: int(s.removesuffix("shot")))
-        fig.add_trace(go.Scatter(x=[int(s.removesuffix("shot")) for s in shots], y=[res[s]["mean"] for s in shots],
-                                 error_y=dict(type="data", array=[res[s]["std"] for s in shots]),
-                                 name=name, mode="lines+markers"))
-    fig.update_layout(title="few-shot linear transfer", xaxis_title="images per class (shots)",
-                      yaxis_title="top-1 accuracy", xaxis_type="log", height=380)
+        fig.add_trace(
+            go.Scatter(
+                x=[int(s.removesuffix("shot")) for s in shots],
+                y=[res[s]["mean"] for s in shots],
+                error_y=dict(type="data", array=[res[s]["std"] for s in shots]),
+                name=name,
+                mode="lines+markers",
+            )
+        )
+    fig.update_layout(
+        title="few-shot linear transfer",
+        xaxis_title="images per class (shots)",
+        yaxis_title="top-1 accuracy",
+        xaxis_type="log",
+        height=380,
+    )
     return fig
 
 
@@ -84,17 +111,32 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, 
     for r in rows:
         for c in columns:
             cells[c].append(fmt(r.get(c)))
-    fig = go.Figure(go.Table(header=dict(values=columns, align="left"),
-                             cells=dict(values=[cells[c] for c in columns], align="left")))
-    fig.update_layout(title=title or None, height=min(120 + 28 * len(rows), 900), margin=dict(t=40 if title else 10,
-                                                                                             b=10))
+    fig = go.Figure(
+        go.Table(
+            header=dict(values=columns, align="left"), cells=dict(values=[cells[c] for c in columns], align="left")
+        )
+    )
+    fig.update_layout(
+        title=title or None, height=min(120 + 28 * len(rows), 900), margin=dict(t=40 if title else 10, b=10)
+    )
     return fig
 
 
 def summary_table(summary: dict[str, Any]) -> go.Figure:
     """The run's headline numbers as a two-column table."""
-    keys = ["name", "variant", "dataset", "train_examples", "total_steps", "batch_size", "images_seen", "num_params",
-            "train_flops", "best_test_acc", "wall_seconds_this_session"]
+    keys = [
+        "name",
+        "variant",
+        "dataset",
+        "train_examples",
+        "total_steps",
+        "batch_size",
+        "images_seen",
+        "num_params",
+        "train_flops",
+        "best_test_acc",
+        "wall_seconds_this_session",
+    ]
     rows = [{"quantity": k, "value": summary.get(k)} for k in keys]
     rows += [{"quantity": k, "value": v} for k, v in sorted(summary.get("final", {}).items())]
     return table(rows, ["quantity", "value"])
@@ -120,17 +162,27 @@ def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]])
     for j, (model, by_dataset) in enumerate(fewshot.items()):
         for name, res in by_dataset.items():
             shots = sorted(res, key=lambda s: int(s.removesuffix("shot")))
-            fig.add_trace(go.Scatter(
-                x=[int(s.removesuffix("shot")) for s in shots], y=[res[s]["mean"] for s in shots],
-                error_y=dict(type="data", array=[res[s]["std"] for s in shots]), name=f"{name} ({model})",
-                mode="lines+markers", line=dict(color=palette[datasets.index(name) % len(palette)],
-                                                dash=_DASHES[j % len(_DASHES)])))
+            fig.add_trace(
+                go.Scatter(
+                    x=[int(s.removesuffix("shot")) for s in shots],
+                    y=[res[s]["mean"] for s in shots],
+                    error_y=dict(type="data", array=[res[s]["std"] for s in shots]),
+                    name=f"{name} ({model})",
+                    mode="lines+markers",
+                    line=dict(color=palette[datasets.index(name) % len(palette)], dash=_DASHES[j % len(_DASHES)]),
+                )
+            )
     if not fewshot:
         fig.add_annotation(text="no few-shot evaluation in this run (parameter fewshot_datasets)", showarrow=False)
     shots = sorted({int(s.removesuffix("shot")) for d in fewshot.values() for r in d.values() for s in r})
-    fig.update_layout(title="few-shot linear transfer (frozen features, closed-form ridge)",
-                      xaxis_title="images per class (shots)", yaxis_title="top-1 accuracy", xaxis_type="log",
-                      xaxis_tickvals=shots or None, height=420)
+    fig.update_layout(
+        title="few-shot linear transfer (frozen features, closed-form ridge)",
+        xaxis_title="images per class (shots)",
+        yaxis_title="top-1 accuracy",
+        xaxis_type="log",
+        xaxis_tickvals=shots or None,
+        height=420,
+    )
     return fig
 
 
@@ -169,8 +221,11 @@ def finetune_table(summary: dict[str, Any]) -> go.Figure:
         return table([{"fine-tuning": "none in this run (parameter finetune_datasets)"}])
     r0 = next(iter(next(iter(summary["finetune"].values())).values()))
     how = "retrained on the whole training split" if r0["retrained"] else "best grid run"
-    return table(rows, title=f"fine-tuning at {r0['resolution']} px, {r0['steps']} steps of batch {r0['batch_size']}; "
-                             f"lr picked on {r0['holdout_images']} held-out images, test: {how}")
+    return table(
+        rows,
+        title=f"fine-tuning at {r0['resolution']} px, {r0['steps']} steps of batch {r0['batch_size']}; "
+        f"lr picked on {r0['holdout_images']} held-out images, test: {how}",
+    )
 
 
 def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> go.Figure:
@@ -178,9 +233,16 @@ def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> g
     test accuracy of the final runs; one colour per model, one dash per lr of the grid, the final
     (retrained) runs solid and thick. `curves` is transfer.load_curves(out_dir)."""
     datasets = list(curves) or ["(none)"]
-    fig = make_subplots(rows=len(datasets), cols=3, vertical_spacing=0.12 / max(len(datasets), 1),
-                        subplot_titles=[f"{d}: {t}" for d in datasets
-                                        for t in ("train loss", "held-out accuracy (lr grid)", "test accuracy (final)")])
+    fig = make_subplots(
+        rows=len(datasets),
+        cols=3,
+        vertical_spacing=0.12 / max(len(datasets), 1),
+        subplot_titles=[
+            f"{d}: {t}"
+            for d in datasets
+            for t in ("train loss", "held-out accuracy (lr grid)", "test accuracy (final)")
+        ],
+    )
     palette = pio.templates["plotly"].layout.colorway
     models = list(dict.fromkeys(label.split(" ")[0] for runs in curves.values() for label in runs))
     lrs = sorted({label.rsplit("lr=", 1)[-1] for runs in curves.values() for label in runs}, key=float)
@@ -195,9 +257,19 @@ def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> g
                 xs, ys = _series(records, key)
                 if not xs:
                     continue
-                fig.add_trace(go.Scatter(x=xs, y=ys, name=label, legendgroup=label, showlegend=label not in shown,
-                                         mode="lines" if key == "train/loss" else "lines+markers",
-                                         line=dict(color=color, dash=dash, width=width)), row=i, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=ys,
+                        name=label,
+                        legendgroup=label,
+                        showlegend=label not in shown,
+                        mode="lines" if key == "train/loss" else "lines+markers",
+                        line=dict(color=color, dash=dash, width=width),
+                    ),
+                    row=i,
+                    col=col,
+                )
                 shown.add(label)
         fig.update_yaxes(type="log", row=i, col=1)
     if not curves:
@@ -211,12 +283,18 @@ def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> g
 # Rows are `runs.collect` rows, results come from `analysis.analyze` / `analyze_all`.
 
 
-
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
-_X_TITLES = {"train_flops": "training compute (FLOPs)", "images_seen": "images seen",
-             "device_seconds": "device-seconds", "num_params": "parameters", "train_examples": "training images"}
-_HOVER = ("%{customdata[0]}<br>%{customdata[1]}, %{customdata[2]} training images<br>"
-          "%{customdata[3]} steps, %{customdata[4]:,} images seen<br>x=%{x:.3g}, error=%{y:.4g}<extra></extra>")
+_X_TITLES = {
+    "train_flops": "training compute (FLOPs)",
+    "images_seen": "images seen",
+    "device_seconds": "device-seconds",
+    "num_params": "parameters",
+    "train_examples": "training images",
+}
+_HOVER = (
+    "%{customdata[0]}<br>%{customdata[1]}, %{customdata[2]} training images<br>"
+    "%{customdata[3]} steps, %{customdata[4]:,} images seen<br>x=%{x:.3g}, error=%{y:.4g}<extra></extra>"
+)
 
 
 def _x_title(x: str) -> str:
@@ -233,8 +311,16 @@ def _metric_title(metric: str) -> str:
 
 
 def _hover_data(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
-    return [[analysis.run_label(r), r.get("variant"), analysis.data_label(r.get("train_examples")),
-             r.get("total_steps"), r.get("images_seen")] for r in rows]
+    return [
+        [
+            analysis.run_label(r),
+            r.get("variant"),
+            analysis.data_label(r.get("train_examples")),
+            r.get("total_steps"),
+            r.get("images_seen"),
+        ]
+        for r in rows
+    ]
 
 
 def _message(fig: go.Figure, text: str) -> go.Figure:
@@ -248,12 +334,18 @@ def _colors(variants: Sequence[str]) -> dict[str, str]:
 
 
 def _with_x(rows: Sequence[dict[str, Any]], metric: str, x: str) -> list[dict[str, Any]]:
-    return [r for r in rows if math.isfinite(analysis.error_of(r, metric))
-            and isinstance(r.get(x), (int, float)) and r[x] > 0]
+    return [
+        r
+        for r in rows
+        if math.isfinite(analysis.error_of(r, metric)) and isinstance(r.get(x), (int, float)) and r[x] > 0
+    ]
 
 
-def scaling_error_vs_compute(rows: Sequence[dict[str, Any]], result: dict[str, Any], metric: str | None = None,
-                             ) -> go.Figure:
+def scaling_error_vs_compute(
+    rows: Sequence[dict[str, Any]],
+    result: dict[str, Any],
+    metric: str | None = None,
+) -> go.Figure:
     """Error against compute (log-log) for every trained model, one colour per model size and one
     marker per data size; the Pareto frontier ringed; the power law fitted to it with its bootstrap
     band, and the M4 fit. Traces: one per model size, then frontier, band, power law, M4 (each if
@@ -266,11 +358,21 @@ def scaling_error_vs_compute(rows: Sequence[dict[str, Any]], result: dict[str, A
     fig = go.Figure()
     for v in variants:
         rs = [r for r in have if r["variant"] == v]
-        fig.add_trace(go.Scatter(
-            x=[r[x] for r in rs], y=[analysis.error_of(r, metric) for r in rs], mode="markers", name=v,
-            marker=dict(color=colors[v], size=8, symbol=[_SYMBOLS[sizes.index(r.get("train_examples")) % len(_SYMBOLS)]
-                                                          for r in rs]),
-            customdata=_hover_data(rs), hovertemplate=_HOVER))
+        fig.add_trace(
+            go.Scatter(
+                x=[r[x] for r in rs],
+                y=[analysis.error_of(r, metric) for r in rs],
+                mode="markers",
+                name=v,
+                marker=dict(
+                    color=colors[v],
+                    size=8,
+                    symbol=[_SYMBOLS[sizes.index(r.get("train_examples")) % len(_SYMBOLS)] for r in rs],
+                ),
+                customdata=_hover_data(rs),
+                hovertemplate=_HOVER,
+            )
+        )
     marks = ", ".join(f"{_SYMBOLS[i % len(_SYMBOLS)]} {analysis.data_label(d)}" for i, d in enumerate(sizes))
     title = f"{_metric_title(metric)} against {_x_title(x)} (markers: training images, {marks})"
     if "error" in result:
@@ -278,28 +380,55 @@ def scaling_error_vs_compute(rows: Sequence[dict[str, Any]], result: dict[str, A
     else:
         front = [r for r, f in zip(rows, result["frontier"]) if f]
         front.sort(key=lambda r: r[x])
-        fig.add_trace(go.Scatter(
-            x=[r[x] for r in front], y=[analysis.error_of(r, metric) for r in front], mode="lines+markers",
-            name="Pareto frontier", line=dict(color="black", width=1, shape="hv"),
-            marker=dict(symbol="circle-open", size=14, color="black", line=dict(width=2)),
-            customdata=_hover_data(front), hovertemplate=_HOVER))
+        fig.add_trace(
+            go.Scatter(
+                x=[r[x] for r in front],
+                y=[analysis.error_of(r, metric) for r in front],
+                mode="lines+markers",
+                name="Pareto frontier",
+                line=dict(color="black", width=1, shape="hv"),
+                marker=dict(symbol="circle-open", size=14, color="black", line=dict(width=2)),
+                customdata=_hover_data(front),
+                hovertemplate=_HOVER,
+            )
+        )
         xs = result["x_values"][result["used"]]
         grid = np.geomspace(xs.min(), 2 * xs.max(), 200)
         pl = result["power_law"]
         if pl.bootstrap_params.shape[0]:
             lo, hi = pl.predict_band(grid)
-            fig.add_trace(go.Scatter(
-                x=np.r_[grid, grid[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", mode="lines",
-                line=dict(width=0), fillcolor="rgba(0,0,0,0.12)", hoverinfo="skip",
-                name=f"power law, {100 * pl.ci_level:.0f}% bootstrap band ({pl.n_bootstrap})"))
-        fig.add_trace(go.Scatter(
-            x=grid, y=pl.predict(grid), mode="lines", line=dict(color="black", width=2),
-            name=f"E = {pl.a:.3g} (C + {pl.d:.3g})^-{pl.b:.3g} + {pl.c:.3g}"))
+            fig.add_trace(
+                go.Scatter(
+                    x=np.r_[grid, grid[::-1]],
+                    y=np.r_[hi, lo[::-1]],
+                    fill="toself",
+                    mode="lines",
+                    line=dict(width=0),
+                    fillcolor="rgba(0,0,0,0.12)",
+                    hoverinfo="skip",
+                    name=f"power law, {100 * pl.ci_level:.0f}% bootstrap band ({pl.n_bootstrap})",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=grid,
+                y=pl.predict(grid),
+                mode="lines",
+                line=dict(color="black", width=2),
+                name=f"E = {pl.a:.3g} (C + {pl.d:.3g})^-{pl.b:.3g} + {pl.c:.3g}",
+            )
+        )
         m4 = result["m4"]
         if not isinstance(m4, dict):
-            fig.add_trace(go.Scatter(
-                x=grid, y=m4.predict(grid), mode="lines", line=dict(color="firebrick", width=2, dash="dash"),
-                name=f"M4: e_inf={m4.e_inf:.3g}, alpha={m4.alpha:.3g}, c={m4.c:.3g}"))
+            fig.add_trace(
+                go.Scatter(
+                    x=grid,
+                    y=m4.predict(grid),
+                    mode="lines",
+                    line=dict(color="firebrick", width=2, dash="dash"),
+                    name=f"M4: e_inf={m4.e_inf:.3g}, alpha={m4.alpha:.3g}, c={m4.c:.3g}",
+                )
+            )
     fig.update_xaxes(type="log", title_text=_x_title(x))
     fig.update_yaxes(type="log", title_text=_metric_title(metric))
     fig.update_layout(title=title, height=520, legend=dict(font=dict(size=11)))
@@ -314,9 +443,16 @@ def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = "test_err
     for d in sizes:
         best = [min(rs, key=lambda r: analysis.error_of(r, metric)) for (dd, _), rs in groups.items() if dd == d]
         best.sort(key=lambda r: r["num_params"])
-        fig.add_trace(go.Scatter(
-            x=[r["num_params"] for r in best], y=[analysis.error_of(r, metric) for r in best], mode="lines+markers",
-            name=f"{analysis.data_label(d)} images", customdata=_hover_data(best), hovertemplate=_HOVER))
+        fig.add_trace(
+            go.Scatter(
+                x=[r["num_params"] for r in best],
+                y=[analysis.error_of(r, metric) for r in best],
+                mode="lines+markers",
+                name=f"{analysis.data_label(d)} images",
+                customdata=_hover_data(best),
+                hovertemplate=_HOVER,
+            )
+        )
     if not groups:
         _message(fig, f"no run has {metric}")
     fig.update_xaxes(type="log", title_text="parameters")
@@ -332,8 +468,12 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = "test_
     sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key) or [None]
     variants = analysis.variants_by_size([r for rs in groups.values() for r in rs])
     colors = _colors(variants)
-    fig = make_subplots(rows=1, cols=len(sizes), shared_yaxes=True,
-                        subplot_titles=[f"{analysis.data_label(d)} training images" for d in sizes])
+    fig = make_subplots(
+        rows=1,
+        cols=len(sizes),
+        shared_yaxes=True,
+        subplot_titles=[f"{analysis.data_label(d)} training images" for d in sizes],
+    )
     shown = set()
     for col, d in enumerate(sizes, start=1):
         for v in variants:
@@ -345,10 +485,21 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = "test_
             if not best:
                 continue
             rs = [best[i] for i in sorted(best)]
-            fig.add_trace(go.Scatter(
-                x=[r["images_seen"] for r in rs], y=[analysis.error_of(r, metric) for r in rs], mode="lines+markers",
-                name=v, legendgroup=v, showlegend=v not in shown, line=dict(color=colors[v]),
-                customdata=_hover_data(rs), hovertemplate=_HOVER), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["images_seen"] for r in rs],
+                    y=[analysis.error_of(r, metric) for r in rs],
+                    mode="lines+markers",
+                    name=v,
+                    legendgroup=v,
+                    showlegend=v not in shown,
+                    line=dict(color=colors[v]),
+                    customdata=_hover_data(rs),
+                    hovertemplate=_HOVER,
+                ),
+                row=1,
+                col=col,
+            )
             shown.add(v)
     if not groups:
         _message(fig, f"no run has {metric}")
@@ -370,26 +521,57 @@ def scaling_extrapolation(result: dict[str, Any]) -> go.Figure:
         _message(fig, f"no extrapolation check: {result.get('error') or ex['error']}")
         fig.update_layout(title=f"extrapolation, {_metric_title(metric)}", height=300)
         return fig
-    fig.add_trace(go.Scatter(x=ex["train_x"], y=ex["train_e"], mode="markers", name=f"fitted ({ex['n_train']} runs)",
-                             marker=dict(color="black", size=9)))
-    fig.add_trace(go.Scatter(x=ex["test_x"], y=ex["test_e"], mode="markers", name=f"held out ({ex['n_test']} runs)",
-                             marker=dict(color="white", size=11, symbol="diamond", line=dict(color="black", width=2))))
+    fig.add_trace(
+        go.Scatter(
+            x=ex["train_x"],
+            y=ex["train_e"],
+            mode="markers",
+            name=f"fitted ({ex['n_train']} runs)",
+            marker=dict(color="black", size=9),
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=ex["test_x"],
+            y=ex["test_e"],
+            mode="markers",
+            name=f"held out ({ex['n_test']} runs)",
+            marker=dict(color="white", size=11, symbol="diamond", line=dict(color="black", width=2)),
+        )
+    )
     all_e = ex["train_e"] + ex["test_e"]
-    fig.add_trace(go.Scatter(x=[ex["cut"]] * 2, y=[min(all_e), max(all_e)], mode="lines", hoverinfo="skip",
-                             name=f"cut {ex['cut']:.3g}", line=dict(color="grey", dash="dot")))
+    fig.add_trace(
+        go.Scatter(
+            x=[ex["cut"]] * 2,
+            y=[min(all_e), max(all_e)],
+            mode="lines",
+            hoverinfo="skip",
+            name=f"cut {ex['cut']:.3g}",
+            line=dict(color="grey", dash="dot"),
+        )
+    )
     grid = np.geomspace(min(ex["train_x"]), max(ex["test_x"]), 200)
-    for name, label, style in (("power_law", "power law", dict(color="black")),
-                               ("m4", "M4", dict(color="firebrick", dash="dash"))):
+    for name, label, style in (
+        ("power_law", "power law", dict(color="black")),
+        ("m4", "M4", dict(color="firebrick", dash="dash")),
+    ):
         r = ex["results"].get(name, {})
         if "fit" not in r:
             continue
-        fig.add_trace(go.Scatter(
-            x=grid, y=r["fit"].predict(grid), mode="lines", line=style,
-            name=f"{label}: held-out RMSE log {r['rmse_log']:.3f}, mean |rel. error| {100 * r['mare']:.1f}%"))
+        fig.add_trace(
+            go.Scatter(
+                x=grid,
+                y=r["fit"].predict(grid),
+                mode="lines",
+                line=style,
+                name=f"{label}: held-out RMSE log {r['rmse_log']:.3f}, mean |rel. error| {100 * r['mare']:.1f}%",
+            )
+        )
     fig.update_xaxes(type="log", title_text=_x_title(x))
     fig.update_yaxes(type="log", title_text=_metric_title(metric))
-    fig.update_layout(title=f"extrapolation, {_metric_title(metric)}: fit below {ex['cut']:.3g}, predict above",
-                      height=440)
+    fig.update_layout(
+        title=f"extrapolation, {_metric_title(metric)}: fit below {ex['cut']:.3g}, predict above", height=440
+    )
     return fig
 
 
@@ -400,8 +582,10 @@ def _fit_table(fig: go.Figure, widths: Sequence[float], chars: int = 150) -> go.
     t.columnwidth = list(widths)
     share = [w / sum(widths) for w in widths]
     cols = [list(c) for c in t.cells.values]
-    lines = [max(math.ceil(len(str(col[i])) / max(chars * f, 1.0)) or 1 for col, f in zip(cols, share))
-             for i in range(len(cols[0]) if cols else 0)]
+    lines = [
+        max(math.ceil(len(str(col[i])) / max(chars * f, 1.0)) or 1 for col, f in zip(cols, share))
+        for i in range(len(cols[0]) if cols else 0)
+    ]
     head = max(math.ceil(len(str(h)) / max(chars * f, 1.0)) or 1 for h, f in zip(t.header.values, share))
     fig.update_layout(height=min(80 + 20 * head + sum(20 * n + 10 for n in lines), 1400))
     return fig
@@ -415,8 +599,11 @@ def scaling_constants_table(results: dict[str, dict[str, Any]]) -> go.Figure:
         return table([{"scaling fits": "no metric to fit"}])
     quantities = list(dict.fromkeys(k for r in per_metric for k in r if k != "metric"))
     rows = [{"quantity": q, **{r["metric"]: r.get(q, "") for r in per_metric}} for q in quantities]
-    fig = table(rows, ["quantity"] + [r["metric"] for r in per_metric],
-                title="frontier fits: E = a (x + d)^-b + c and M4 [bootstrap intervals]")
+    fig = table(
+        rows,
+        ["quantity"] + [r["metric"] for r in per_metric],
+        title="frontier fits: E = a (x + d)^-b + c and M4 [bootstrap intervals]",
+    )
     return _fit_table(fig, [1.2] + [2.0] * len(per_metric))
 
 
@@ -433,12 +620,28 @@ def _finite_or_none(v: float) -> float | None:
 def scaling_runs_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None) -> go.Figure:
     """Every trained model of the sweep with its size, data, length, compute and errors."""
     metrics = list(metrics or analysis.metric_columns(rows))
-    rows = sorted(rows, key=lambda r: (r.get("num_params") or 0, analysis.data_sort_key(r.get("train_examples")),
-                                       r.get("images_seen") or 0, analysis.run_label(r)))
-    out = [{"model": analysis.run_label(r), "variant": r.get("variant"), "params": r.get("num_params"),
-            "train images": analysis.data_label(r.get("train_examples")), "steps": r.get("total_steps"),
-            "images seen": r.get("images_seen"), "train FLOPs": r.get("train_flops"),
-            **{_metric_title(m): _finite_or_none(analysis.error_of(r, m)) for m in metrics}} for r in rows]
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            r.get("num_params") or 0,
+            analysis.data_sort_key(r.get("train_examples")),
+            r.get("images_seen") or 0,
+            analysis.run_label(r),
+        ),
+    )
+    out = [
+        {
+            "model": analysis.run_label(r),
+            "variant": r.get("variant"),
+            "params": r.get("num_params"),
+            "train images": analysis.data_label(r.get("train_examples")),
+            "steps": r.get("total_steps"),
+            "images seen": r.get("images_seen"),
+            "train FLOPs": r.get("train_flops"),
+            **{_metric_title(m): _finite_or_none(analysis.error_of(r, m)) for m in metrics},
+        }
+        for r in rows
+    ]
     if not out:
         return table([{"runs": "no finished run in this sweep"}])
     fig = table(out, title=f"{len(out)} trained models (runs and cooldown branches)")
@@ -450,8 +653,12 @@ def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, di
     against model size, and error against images seen."""
     figs = []
     for metric, result in results.items():
-        figs += [scaling_error_vs_compute(rows, result, metric), scaling_extrapolation(result),
-                 scaling_best_vs_size(rows, metric), scaling_error_vs_images(rows, metric)]
+        figs += [
+            scaling_error_vs_compute(rows, result, metric),
+            scaling_extrapolation(result),
+            scaling_best_vs_size(rows, metric),
+            scaling_error_vs_images(rows, metric),
+        ]
     return figs
 
 

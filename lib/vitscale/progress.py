@@ -4,6 +4,7 @@ Interactively a tqdm widget; in batch runs (papermill, scripts, tests) a text ba
 are whole lines every `mininterval` seconds, so the saved notebook and its HTML show a short log
 instead of one line rewritten with carriage returns (which widgets and HTML export both lose).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,14 +42,36 @@ class _Lines:
         self._stream.flush()
 
 
-def bar(total: int | None = None, *, initial: int = 0, desc: str = "", unit: str = "it",
-        mininterval: float | None = None, **kw: Any):
+def bar(
+    total: int | None = None,
+    *,
+    initial: int = 0,
+    desc: str = "",
+    unit: str = "it",
+    mininterval: float | None = None,
+    **kw: Any,
+):
     """A tqdm bar: a widget in an interactive kernel, whole text lines in batch runs."""
     if batch_mode():
-        return tqdm_std.tqdm(total=total, initial=initial, desc=desc, unit=unit, file=_Lines(sys.stdout),
-                             mininterval=10.0 if mininterval is None else mininterval, ascii=True,
-                             dynamic_ncols=False, ncols=100, **kw)
+        return tqdm_std.tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit=unit,
+            file=_Lines(sys.stdout),
+            mininterval=10.0 if mininterval is None else mininterval,
+            ascii=True,
+            dynamic_ncols=False,
+            ncols=100,
+            **kw,
+        )
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit,
-                mininterval=0.5 if mininterval is None else mininterval, **kw)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        mininterval=0.5 if mininterval is None else mininterval,
+        **kw,
+    )

@@ -7,6 +7,7 @@ outputs/<sweep>/<run>/
   ckpt/           orbax checkpoints
   run.ipynb, run.html   the executed notebook and its rendered report (batch runs)
 """
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,23 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-PACKAGES = ("vitscale", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu",
-            "tensorflow-datasets", "papermill", "numpy")
+PACKAGES = (
+    "vitscale",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "tensorflow-cpu",
+    "tensorflow-datasets",
+    "papermill",
+    "numpy",
+)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -104,10 +116,16 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     """The commit of the code that ran (with '+dirty' if the tree had changes)."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (commit + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -123,8 +141,13 @@ def environment() -> dict[str, Any]:
             pass
     from vitscale import allocator
 
-    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-            "git_commit": git_commit(), "allocator": allocator.current()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_commit": git_commit(),
+        "allocator": allocator.current(),
+    }
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -159,15 +182,31 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         s = read_json(run_dir / "summary.json")
         if s.get("kind") != "pretrain":  # transfer runs and the like are not points of a scaling study
             continue
-        base = {"run_id": run_dir.name, "branch": None, "variant": s["variant"], "num_params": s["num_params"],
-                "train_examples": s.get("train_examples"),
-                "batch_size": s["batch_size"], "total_steps": s["total_steps"], "images_seen": s["images_seen"],
-                "train_flops": s["train_flops"], "device_seconds": s.get("device_seconds")}
+        base = {
+            "run_id": run_dir.name,
+            "branch": None,
+            "variant": s["variant"],
+            "num_params": s["num_params"],
+            "train_examples": s.get("train_examples"),
+            "batch_size": s["batch_size"],
+            "total_steps": s["total_steps"],
+            "images_seen": s["images_seen"],
+            "train_flops": s["train_flops"],
+            "device_seconds": s.get("device_seconds"),
+        }
         rows.append({**base, **_metric_columns(s.get("final", {}))})
         for b in s.get("branches", []):
-            rows.append({**base, "branch": b["name"], "total_steps": b["total_steps"], "images_seen": b["images_seen"],
-                         "train_flops": b.get("train_flops"), "device_seconds": b.get("device_seconds"),
-                         **_metric_columns(b.get("metrics", {}))})
+            rows.append(
+                {
+                    **base,
+                    "branch": b["name"],
+                    "total_steps": b["total_steps"],
+                    "images_seen": b["images_seen"],
+                    "train_flops": b.get("train_flops"),
+                    "device_seconds": b.get("device_seconds"),
+                    **_metric_columns(b.get("metrics", {})),
+                }
+            )
     return rows
 
 

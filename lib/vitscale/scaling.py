@@ -48,8 +48,9 @@ of ``log(error)``, as in the M4 paper, plus the mean absolute relative error.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from scipy import optimize
@@ -95,10 +96,7 @@ def _validate(
     x = _as_1d(x, x_name)
     e = _as_1d(e, e_name)
     if x.shape[0] != e.shape[0]:
-        raise ValueError(
-            f"{x_name} and {e_name} have mismatched lengths "
-            f"({x.shape[0]} vs {e.shape[0]})"
-        )
+        raise ValueError(f"{x_name} and {e_name} have mismatched lengths ({x.shape[0]} vs {e.shape[0]})")
     for arr, name in ((x, x_name), (e, e_name)):
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -111,13 +109,10 @@ def _validate(
             bad = arr <= 0
             if bad.any():
                 raise ValueError(
-                    f"{name} must be strictly positive; got {int(bad.sum())} "
-                    f"non-positive value(s) (min {arr.min():g})"
+                    f"{name} must be strictly positive; got {int(bad.sum())} non-positive value(s) (min {arr.min():g})"
                 )
     if min_points is not None and x.shape[0] < min_points:
-        raise ValueError(
-            f"too few points for {what}: got {x.shape[0]}, need at least {min_points}"
-        )
+        raise ValueError(f"too few points for {what}: got {x.shape[0]}, need at least {min_points}")
     return x, e
 
 
@@ -194,9 +189,7 @@ class PowerLawFit:
     c_ref: float = 1.0
     a_n: float = float("nan")
     d_n: float = float("nan")
-    bootstrap_params: np.ndarray = field(
-        default_factory=lambda: np.zeros((0, 4)), repr=False
-    )
+    bootstrap_params: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)), repr=False)
 
     def predict(self, C: Any) -> np.ndarray:
         """Predicted error at compute ``C`` (array or scalar)."""
@@ -290,8 +283,16 @@ def _pl_solve(Cn, E, starts, lo, hi, keep: int = 1):
         p0 = np.clip(p0, lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo))
         try:
             r = optimize.least_squares(
-                fun, p0, jac=jac, bounds=(lo, hi), method="trf",
-                x_scale="jac", ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=2000,
+                fun,
+                p0,
+                jac=jac,
+                bounds=(lo, hi),
+                method="trf",
+                x_scale="jac",
+                ftol=1e-12,
+                xtol=1e-12,
+                gtol=1e-12,
+                max_nfev=2000,
             )
         except (ValueError, FloatingPointError):  # pragma: no cover - defensive
             continue
@@ -358,21 +359,32 @@ def fit_power_law(
     intervals: dict[str, tuple[float, float]] = {}
     if boot_arr.shape[0]:
         with np.errstate(over="ignore"):
-            orig = np.column_stack([
-                boot_arr[:, 0] * np.power(c_ref, boot_arr[:, 1]),
-                boot_arr[:, 1],
-                boot_arr[:, 2],
-                boot_arr[:, 3] * c_ref,
-            ])
+            orig = np.column_stack(
+                [
+                    boot_arr[:, 0] * np.power(c_ref, boot_arr[:, 1]),
+                    boot_arr[:, 1],
+                    boot_arr[:, 2],
+                    boot_arr[:, 3] * c_ref,
+                ]
+            )
         intervals = {k: _interval(orig[:, i], ci_level) for i, k in enumerate(_PL_NAMES)}
 
     with np.errstate(over="ignore"):
         a = a_n * c_ref**b
     return PowerLawFit(
-        a=float(a), b=b, c=c, d=d_n * c_ref, n=int(C.shape[0]),
-        rmse_log=math.sqrt(cost / C.shape[0]), ci_level=ci_level,
-        intervals=intervals, n_bootstrap=int(boot_arr.shape[0]),
-        c_ref=c_ref, a_n=a_n, d_n=d_n, bootstrap_params=boot_arr,
+        a=float(a),
+        b=b,
+        c=c,
+        d=d_n * c_ref,
+        n=int(C.shape[0]),
+        rmse_log=math.sqrt(cost / C.shape[0]),
+        ci_level=ci_level,
+        intervals=intervals,
+        n_bootstrap=int(boot_arr.shape[0]),
+        c_ref=c_ref,
+        a_n=a_n,
+        d_n=d_n,
+        bootstrap_params=boot_arr,
     )
 
 
@@ -458,8 +470,7 @@ class M4Fit:
 
     def predict(self, x: Any) -> np.ndarray:
         x = np.asarray(x, dtype=float)
-        return m4_solve(x / self.x_ref, e_inf=self.e_inf, beta=self.beta_n,
-                        c=self.c, alpha=self.alpha, e0=self.e0)
+        return m4_solve(x / self.x_ref, e_inf=self.e_inf, beta=self.beta_n, c=self.c, alpha=self.alpha, e0=self.e0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -483,8 +494,11 @@ def _m4_profile(logx: np.ndarray, e: np.ndarray, e0: float, e_inf: float):
     A = np.column_stack([np.ones_like(logx), logx, np.log(e0 - e)])
     y = np.log(e - e_inf)
     r = optimize.lsq_linear(
-        A, y, bounds=([-np.inf, -np.inf, 0.0], [np.inf, 0.0, np.inf]),
-        method="bvls", tol=1e-14,
+        A,
+        y,
+        bounds=([-np.inf, -np.inf, 0.0], [np.inf, 0.0, np.inf]),
+        method="bvls",
+        tol=1e-14,
     )
     res = A @ r.x - y
     return float(res @ res), r.x
@@ -492,6 +506,7 @@ def _m4_profile(logx: np.ndarray, e: np.ndarray, e0: float, e_inf: float):
 
 def _m4_core(logx: np.ndarray, e: np.ndarray, e0: float):
     emin = float(e.min())
+
     # e_inf = emin * (1 - s), s in (0, 1]; search over log10 s
     def obj(ls):
         return _m4_profile(logx, e, e0, emin * (1.0 - 10.0**ls))[0]
@@ -502,8 +517,7 @@ def _m4_core(logx: np.ndarray, e: np.ndarray, e0: float):
     best_ls, best_v = grid[k], vals[k]
     a, b = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
     if b > a:
-        r = optimize.minimize_scalar(obj, bounds=(a, b), method="bounded",
-                                     options={"xatol": 1e-10})
+        r = optimize.minimize_scalar(obj, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
         if r.fun < best_v:
             best_ls, best_v = float(r.x), float(r.fun)
     e_inf = emin * (1.0 - 10.0**best_ls)
@@ -538,8 +552,7 @@ def fit_m4(
         )
     if np.unique(x).shape[0] < MIN_POINTS:
         raise ValueError(
-            f"too few distinct x values for the M4 fit: got {np.unique(x).shape[0]}, "
-            f"need at least {MIN_POINTS}"
+            f"too few distinct x values for the M4 fit: got {np.unique(x).shape[0]}, need at least {MIN_POINTS}"
         )
     x_ref = float(np.exp(np.mean(np.log(x))))
     logx = np.log(x / x_ref)
@@ -555,17 +568,22 @@ def fit_m4(
         ei, lbb, cb, ab, _ = _m4_core(logx[idx], e[idx], e0)
         boot.append([ei, math.exp(lbb - cb * math.log(x_ref)), cb, ab])
     boot_arr = np.array(boot, dtype=float).reshape(-1, 4)
-    intervals = (
-        {k: _interval(boot_arr[:, i], ci_level) for i, k in enumerate(_M4_NAMES)}
-        if boot_arr.shape[0] else {}
-    )
+    intervals = {k: _interval(boot_arr[:, i], ci_level) for i, k in enumerate(_M4_NAMES)} if boot_arr.shape[0] else {}
 
     fit = M4Fit(
-        e_inf=float(e_inf), beta=float(math.exp(lb - c * math.log(x_ref))), c=c,
-        alpha=alpha, e0=e0, n=int(x.shape[0]), rmse_log=float("nan"),
-        rmse_log_objective=math.sqrt(cost / x.shape[0]), ci_level=ci_level,
-        intervals=intervals, n_bootstrap=int(boot_arr.shape[0]),
-        x_ref=x_ref, beta_n=beta_n,
+        e_inf=float(e_inf),
+        beta=float(math.exp(lb - c * math.log(x_ref))),
+        c=c,
+        alpha=alpha,
+        e0=e0,
+        n=int(x.shape[0]),
+        rmse_log=float("nan"),
+        rmse_log_objective=math.sqrt(cost / x.shape[0]),
+        ci_level=ci_level,
+        intervals=intervals,
+        n_bootstrap=int(boot_arr.shape[0]),
+        x_ref=x_ref,
+        beta_n=beta_n,
     )
     fit.rmse_log = float(np.sqrt(np.mean((np.log(fit.predict(x)) - np.log(e)) ** 2)))
     return fit
@@ -616,8 +634,7 @@ def extrapolation_check(
     test = keep & (x >= cut)
     if train.sum() < MIN_POINTS:
         raise ValueError(
-            f"too few training points below cut={cut:g}: got {int(train.sum())}, "
-            f"need at least {MIN_POINTS}"
+            f"too few training points below cut={cut:g}: got {int(train.sum())}, need at least {MIN_POINTS}"
         )
     if test.sum() == 0:
         raise ValueError(f"no evaluation points at or above cut={cut:g}")

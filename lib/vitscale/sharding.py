@@ -6,23 +6,30 @@ divisible by the fsdp size is split, and arrays with no such dimension are repli
 code runs on 1 CPU, 8 fake CPU devices, a GPU or a multi-host TPU/GPU job: nothing here bakes in a
 device count.
 """
+
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp")
 BATCH_SPEC = P(AXES)
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, **kwargs: Any) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    **kwargs: Any,
+) -> None:
     """Join a multi-host JAX job when asked to (by parameters or by JAX's environment variables).
 
     Call it before anything touches a JAX backend. Further keyword arguments go to
@@ -37,8 +44,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         return
     if jax.distributed.is_initialized():
         return
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, **kwargs)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **kwargs
+    )
 
 
 def mesh_shape(mesh: Sequence[int], device_count: int) -> tuple[int, int]:
@@ -49,8 +57,9 @@ def mesh_shape(mesh: Sequence[int], device_count: int) -> tuple[int, int]:
     if fsdp == -1:
         fsdp = device_count // data if data > 0 and device_count % data == 0 else 0
     if data * fsdp != device_count:
-        raise ValueError(f"mesh {list(mesh)} does not fit {device_count} devices: data x fsdp must equal "
-                         f"{device_count}")
+        raise ValueError(
+            f"mesh {list(mesh)} does not fit {device_count} devices: data x fsdp must equal {device_count}"
+        )
     return data, fsdp
 
 

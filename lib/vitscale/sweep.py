@@ -15,6 +15,7 @@ Each run's folder is outputs/<sweep>/<run id>, the id derived from its resolved 
 re-running a sweep finds its runs again: finished runs are skipped, interrupted ones resume from
 their checkpoints, failed ones are tried again (their executed notebook keeps the error).
 """
+
 from __future__ import annotations
 
 import concurrent.futures as futures
@@ -70,8 +71,9 @@ def load(path: str | Path) -> Sweep:
         spec = {**parent, **spec}
     unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis"}
     if unknown:
-        raise config.ConfigError(f"sweep {path}: unknown keys {sorted(unknown)}; accepted: name, notebook, base, "
-                                 "fixed, grid, runs, analysis")
+        raise config.ConfigError(
+            f"sweep {path}: unknown keys {sorted(unknown)}; accepted: name, notebook, base, fixed, grid, runs, analysis"
+        )
     notebook = spec.get("notebook", "pretrain")
     if notebook not in KINDS:
         raise config.ConfigError(f"sweep {path}: notebook {notebook!r} is not one of {list(KINDS)}")
@@ -99,17 +101,24 @@ def load(path: str | Path) -> Sweep:
         rid = run_id(resolved, keys)
         expanded.append(Run(rid, {**resolved, "name": rid}))
     if errors:
-        raise config.ConfigError(f"sweep {path}: {len(errors)} of {len(combos)} runs are invalid:\n" + "\n".join(errors))
+        raise config.ConfigError(
+            f"sweep {path}: {len(errors)} of {len(combos)} runs are invalid:\n" + "\n".join(errors)
+        )
     ids = [r.run_id for r in expanded]
     if len(set(ids)) != len(ids):
-        raise config.ConfigError(f"sweep {path}: some runs are identical after resolving: "
-                                 f"{sorted({i for i in ids if ids.count(i) > 1})}")
-    return Sweep(spec.get("name", path.stem), notebook, tuple(sorted(expanded, key=lambda r: r.run_id)),
-                 bool(spec.get("analysis", True)))
+        raise config.ConfigError(
+            f"sweep {path}: some runs are identical after resolving: {sorted({i for i in ids if ids.count(i) > 1})}"
+        )
+    return Sweep(
+        spec.get("name", path.stem),
+        notebook,
+        tuple(sorted(expanded, key=lambda r: r.run_id)),
+        bool(spec.get("analysis", True)),
+    )
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """"i/N" → (i, N) with 0 <= i < N."""
+    """ "i/N" → (i, N) with 0 <= i < N."""
     if not text:
         return 0, 1
     m = re.fullmatch(r"(\d+)/(\d+)", text)
@@ -120,8 +129,11 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def status_of(folder: Path) -> str:
     """done | failed | interrupted (started, not finished: resumes) | pending."""
-    if (folder / "summary.json").exists() and (folder / STATUS).exists() and \
-            runs.read_json(folder / STATUS).get("status") == "done":
+    if (
+        (folder / "summary.json").exists()
+        and (folder / STATUS).exists()
+        and runs.read_json(folder / STATUS).get("status") == "done"
+    ):
         return "done"
     if (folder / STATUS).exists():
         s = runs.read_json(folder / STATUS).get("status")
@@ -132,8 +144,9 @@ def status_of(folder: Path) -> str:
 def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
     """outputs/<sweep>/index.json: every run's status, recomputed from the run folders."""
     index = {r.run_id: status_of(out / r.run_id) for r in sweep.runs}
-    runs.write_json(out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index,
-                                         "updated": time.time()})
+    runs.write_json(
+        out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
+    )
     return index
 
 
@@ -158,26 +171,43 @@ def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
     try:
         cli.execute(sweep.notebook, run.params, folder, quiet=True)
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
-        runs.write_json(folder / STATUS, {"status": "failed", "ended": time.time(), "error": f"{type(e).__name__}: {e}",
-                                          "traceback": traceback.format_exc()[-4000:]})
+        runs.write_json(
+            folder / STATUS,
+            {
+                "status": "failed",
+                "ended": time.time(),
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()[-4000:],
+            },
+        )
         return "failed"
     runs.write_json(folder / STATUS, {"status": "done", "ended": time.time()})
     return "done"
 
 
-def execute(sweep: Sweep, out: Path, *, workers: int = 1, shard: tuple[int, int] = (0, 1),
-            retry_failed: bool = True) -> dict[str, str]:
+def execute(
+    sweep: Sweep, out: Path, *, workers: int = 1, shard: tuple[int, int] = (0, 1), retry_failed: bool = True
+) -> dict[str, str]:
     """Run this shard's unfinished runs, `workers` at a time (threads, each with its own kernel)."""
     out.mkdir(parents=True, exist_ok=True)
     mine = [r for i, r in enumerate(sweep.runs) if i % shard[1] == shard[0]]
-    todo = [r for r in mine if status_of(out / r.run_id) != "done"
-            and (retry_failed or status_of(out / r.run_id) != "failed")]
+    todo = [
+        r
+        for r in mine
+        if status_of(out / r.run_id) != "done" and (retry_failed or status_of(out / r.run_id) != "failed")
+    ]
     os.environ.update(thread_env(workers))
-    print(f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "
-          f"{len(mine) - len(todo)} already done, {len(todo)} to run with {workers} worker(s)")
+    print(
+        f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "
+        f"{len(mine) - len(todo)} already done, {len(todo)} to run with {workers} worker(s)"
+    )
     results = {}
-    with progress.bar(total=len(mine), initial=len(mine) - len(todo), desc=sweep.name, unit="run",
-                      mininterval=0) as pbar, futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    with (
+        progress.bar(
+            total=len(mine), initial=len(mine) - len(todo), desc=sweep.name, unit="run", mininterval=0
+        ) as pbar,
+        futures.ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
         jobs = {pool.submit(_execute_one, sweep, r, out): r for r in todo}
         for job in futures.as_completed(jobs):
             r = jobs[job]

@@ -5,6 +5,7 @@ batch run both call it. A run folder that already holds checkpoints is resumed f
 readable one; the data pipeline is a pure function of the step, so the resumed run sees exactly
 the batches it would have seen.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,17 +14,17 @@ import math
 import signal
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from vitscale import config as config_lib
 from vitscale import allocator, data, flops, optim, progress, runs, sharding
+from vitscale import config as config_lib
 from vitscale.models import vit
 
 log = logging.getLogger("vitscale")
@@ -47,35 +48,57 @@ def sigmoid_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent}
+    "softmax_xent": softmax_xent,
+    "sigmoid_xent": sigmoid_xent,
+}
 
 
 # ----------------------------------------------------------------------------- building blocks
 def build_model(cfg: config_lib.PretrainConfig, num_classes: int) -> vit.ViT:
     shape = cfg.model_shape()
-    head_bias = cfg.head_bias_init if cfg.head_bias_init is not None else (
-        -10.0 if cfg.loss == "sigmoid_xent" else 0.0)
-    return vit.ViT(num_classes=num_classes, patch_size=shape["patch_size"], width=shape["width"],
-                   depth=shape["depth"], mlp_dim=shape["mlp_dim"], num_heads=shape["num_heads"],
-                   pool_type=cfg.pool_type, posemb=cfg.posemb, dropout=cfg.dropout, head_bias_init=head_bias,
-                   remat=cfg.remat, scan=cfg.scan,
-                   dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)
+    head_bias = cfg.head_bias_init if cfg.head_bias_init is not None else (-10.0 if cfg.loss == "sigmoid_xent" else 0.0)
+    return vit.ViT(
+        num_classes=num_classes,
+        patch_size=shape["patch_size"],
+        width=shape["width"],
+        depth=shape["depth"],
+        mlp_dim=shape["mlp_dim"],
+        num_heads=shape["num_heads"],
+        pool_type=cfg.pool_type,
+        posemb=cfg.posemb,
+        dropout=cfg.dropout,
+        head_bias_init=head_bias,
+        remat=cfg.remat,
+        scan=cfg.scan,
+        dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
+    )
 
 
 def build_schedule(cfg: config_lib.PretrainConfig) -> optax.Schedule:
-    return optim.make_schedule(cfg.schedule, cfg.lr, cfg.total_steps, warmup_steps=cfg.warmup_steps,
-                               timescale=cfg.timescale, cooldown_steps=cfg.cooldown_steps)
+    return optim.make_schedule(
+        cfg.schedule,
+        cfg.lr,
+        cfg.total_steps,
+        warmup_steps=cfg.warmup_steps,
+        timescale=cfg.timescale,
+        cooldown_steps=cfg.cooldown_steps,
+    )
 
 
 def build_optimizer(cfg: config_lib.PretrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
     rules = optim.DEFAULT_WD_RULES if cfg.wd_rules is None else tuple(tuple(r) for r in cfg.wd_rules)
-    return optim.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, wd_rules=rules,
-                                grad_clip_norm=cfg.grad_clip_norm, b2=cfg.b2)
+    return optim.make_optimizer(
+        cfg.optimizer,
+        schedule,
+        weight_decay=cfg.weight_decay,
+        wd_rules=rules,
+        grad_clip_norm=cfg.grad_clip_norm,
+        b2=cfg.b2,
+    )
 
 
 def input_pipeline(cfg: config_lib.PretrainConfig) -> data.Pipeline:
-    return data.Pipeline(image_size=cfg.image_size, channels=cfg.channels, crop_padding=cfg.crop_padding,
-                         flip=cfg.flip)
+    return data.Pipeline(image_size=cfg.image_size, channels=cfg.channels, crop_padding=cfg.crop_padding, flip=cfg.flip)
 
 
 def train_split_name(cfg: config_lib.PretrainConfig) -> str:
@@ -124,8 +147,16 @@ def chains_of(cfg: config_lib.PretrainConfig) -> int | None:
     return None if cfg.grad_chains == "auto" else cfg.grad_chains
 
 
-def make_trainer(model: vit.ViT, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, *, image_shape,
-                 loss: str = "softmax_xent", seed: int = 0, chains: int | None = None) -> Trainer:
+def make_trainer(
+    model: vit.ViT,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    *,
+    image_shape,
+    loss: str = "softmax_xent",
+    seed: int = 0,
+    chains: int | None = None,
+) -> Trainer:
     """Initialise sharded state and jit the steps with explicit in/out shardings.
 
     `chains` > 1 splits each device's share of the batch into that many independent forward and
@@ -161,8 +192,10 @@ def make_trainer(model: vit.ViT, tx: optax.GradientTransformation, mesh: jax.sha
             # [B, ...] -> [chains, B / chains, ...] with every device's rows split among the chains,
             # so each chain stays sharded over the data axis like the batch.
             parts = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(-1, n, *x.shape[1:]), 1, 0), batch)
-            outs = [value_and_grad(state["params"], parts["image"][i], parts["label"][i], jax.random.fold_in(rng, i))
-                    for i in range(n)]
+            outs = [
+                value_and_grad(state["params"], parts["image"][i], parts["label"][i], jax.random.fold_in(rng, i))
+                for i in range(n)
+            ]
             value = sum(v for v, _ in outs) / n
             grads = jax.tree.map(lambda *g: sum(g) / n, *(g for _, g in outs))
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -173,18 +206,24 @@ def make_trainer(model: vit.ViT, tx: optax.GradientTransformation, mesh: jax.sha
     def eval_step(params, batch):
         logits, _ = model.apply({"params": params}, batch["image"], train=False)
         mask = batch["mask"].astype(jnp.float32)
-        return {"loss_sum": jnp.sum(loss_fn(logits, batch["label"]) * mask),
-                "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-                "count": jnp.sum(mask)}
+        return {
+            "loss_sum": jnp.sum(loss_fn(logits, batch["label"]) * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            "count": jnp.sum(mask),
+        }
 
     def features(params, images):
         return model.apply({"params": params}, images, train=False)[1]["pre_logits"]
 
     return Trainer(
-        model=model, tx=tx, mesh=mesh, state_shardings=shardings,
+        model=model,
+        tx=tx,
+        mesh=mesh,
+        state_shardings=shardings,
         init_fn=jax.jit(init, out_shardings=shardings),
-        train_step=jax.jit(train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, repl),
-                           donate_argnums=0),
+        train_step=jax.jit(
+            train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, repl), donate_argnums=0
+        ),
         eval_step=jax.jit(eval_step, in_shardings=(shardings["params"], batch_sh), out_shardings=repl),
         features=jax.jit(features, in_shardings=(shardings["params"], batch_sh), out_shardings=batch_sh),
     )
@@ -202,7 +241,9 @@ def evaluate(trainer: Trainer, params, split: data.Split, pipe: data.Pipeline, b
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def checkpoint_manager(path: Path, cfg: config_lib.PretrainConfig, protect: Iterable[int] = ()) -> ocp.CheckpointManager:
+def checkpoint_manager(
+    path: Path, cfg: config_lib.PretrainConfig, protect: Iterable[int] = ()
+) -> ocp.CheckpointManager:
     """Orbax manager keeping the last `keep_checkpoints`, every `keep_every`-th step, and `protect`
     (the steps cooldown branches start from)."""
     from orbax.checkpoint import checkpoint_managers as cm
@@ -212,8 +253,9 @@ def checkpoint_manager(path: Path, cfg: config_lib.PretrainConfig, protect: Iter
         policies.append(cm.EveryNSteps(cfg.keep_every))
     if protect:
         policies.append(cm.CustomSteps(sorted(protect)))
-    options = ocp.CheckpointManagerOptions(preservation_policy=cm.AnyPreservationPolicy(policies), create=True,
-                                           enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=cm.AnyPreservationPolicy(policies), create=True, enable_async_checkpointing=False
+    )
     return ocp.CheckpointManager(path.absolute(), options=options)
 
 
@@ -221,13 +263,13 @@ def save_checkpoint(mngr: ocp.CheckpointManager, state, meta: dict) -> None:
     step = int(jax.device_get(state["step"]))
     if step in mngr.all_steps():
         return
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-              force=True)
+    mngr.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
+    )
     mngr.wait_until_finished()
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | None = None,
-                   move_aside: bool = True):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | None = None, move_aside: bool = True):
     """The newest readable checkpoint (at or before max_step) as (state, meta), or (None, None).
     A partial or corrupt newest checkpoint is skipped with a warning in favour of the previous one,
     and (for a run's own folder, `move_aside`) moved to `<step>.unreadable-<time>`: kept for
@@ -236,14 +278,19 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | 
         if max_step is not None and step > max_step:
             continue
         try:
-            out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                             meta=ocp.args.JsonRestore()))
+            out = mngr.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+            )
             return out["state"], out["meta"]
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
             bad = Path(mngr.directory) / str(step)
             aside = bad.with_name(f"{step}.unreadable-{int(time.time())}")
-            warnings.warn(f"checkpoint at step {step} in {mngr.directory} is unreadable ({type(e).__name__}: "
-                          f"{str(e)[:200]}); moved to {aside.name}, trying the previous one", stacklevel=2)
+            warnings.warn(
+                f"checkpoint at step {step} in {mngr.directory} is unreadable ({type(e).__name__}: "
+                f"{str(e)[:200]}); moved to {aside.name}, trying the previous one",
+                stacklevel=2,
+            )
             if move_aside and jax.process_index() == 0 and bad.exists():
                 bad.rename(aside)
                 mngr.reload()
@@ -252,8 +299,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, max_step: int | 
 
 def abstract_with_shardings(trainer: Trainer):
     abstract = jax.eval_shape(trainer.init_fn)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                        trainer.state_shardings)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, trainer.state_shardings
+    )
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -279,10 +327,21 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: Iterator[dict], end_step: int,
-               cfg: config_lib.PretrainConfig, metrics: runs.MetricsLog, mngr: ocp.CheckpointManager,
-               evaluators: Callable[[Any, int, bool], dict], desc: str, checkpoint_at: set[int] = frozenset(),
-               meta: dict | None = None):
+def train_loop(
+    trainer: Trainer,
+    state,
+    *,
+    schedule: optax.Schedule,
+    batches: Iterator[dict],
+    end_step: int,
+    cfg: config_lib.PretrainConfig,
+    metrics: runs.MetricsLog,
+    mngr: ocp.CheckpointManager,
+    evaluators: Callable[[Any, int, bool], dict],
+    desc: str,
+    checkpoint_at: set[int] = frozenset(),
+    meta: dict | None = None,
+):
     """Run steps until `end_step`: log, evaluate, checkpoint; returns (final state, meta). `meta`
     (saved with every checkpoint) carries the data position and the device-seconds spent so far."""
     step = int(jax.device_get(state["step"]))
@@ -300,11 +359,13 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
 
     def check_losses():
         nonlocal last_good_step
-        for s, l in pending:
-            if not math.isfinite(float(l)):
-                raise NonFiniteLoss(f"loss is {float(l)} at step {s}; the run stopped there. The last good "
-                                    f"checkpoint is at step {max([0, *[c for c in mngr.all_steps() if c < s]])}. "
-                                    "Lower lr or raise warmup_steps.")
+        for s, loss in pending:
+            if not math.isfinite(float(loss)):
+                raise NonFiniteLoss(
+                    f"loss is {float(loss)} at step {s}; the run stopped there. The last good "
+                    f"checkpoint is at step {max([0, *[c for c in mngr.all_steps() if c < s]])}. "
+                    "Lower lr or raise warmup_steps."
+                )
             last_good_step = s
         pending.clear()
 
@@ -320,9 +381,17 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
                 loss = float(out["loss"])
                 rate = (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
-                metrics.append({"step": step, "images_seen": step * cfg.batch_size, "train/loss": loss,
-                                "train/grad_norm": float(out["grad_norm"]), "lr": float(schedule(step - 1)),
-                                "images_per_s": rate, "time": time.time()})
+                metrics.append(
+                    {
+                        "step": step,
+                        "images_seen": step * cfg.batch_size,
+                        "train/loss": loss,
+                        "train/grad_norm": float(out["grad_norm"]),
+                        "lr": float(schedule(step - 1)),
+                        "images_per_s": rate,
+                        "time": time.time(),
+                    }
+                )
                 pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
             if step % cfg.eval_every == 0 or step == end_step:
                 check_losses()
@@ -330,9 +399,14 @@ def train_loop(trainer: Trainer, state, *, schedule: optax.Schedule, batches: It
                 record = evaluators(state["params"], step, step == end_step)
                 meta["eval_seconds"] += time.perf_counter() - t_eval
                 metrics.append({"step": step, "images_seen": step * cfg.batch_size, **record})
-                pbar.set_postfix(**{k.replace("/", "_"): f"{v:.4f}" for k, v in record.items()
-                                    if k.endswith(("/acc", "/loss")) and not k.startswith("fewshot/")},
-                                 refresh=False)
+                pbar.set_postfix(
+                    **{
+                        k.replace("/", "_"): f"{v:.4f}"
+                        for k, v in record.items()
+                        if k.endswith(("/acc", "/loss")) and not k.startswith("fewshot/")
+                    },
+                    refresh=False,
+                )
             if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or interrupt.requested:
                 check_losses()
                 now = time.perf_counter()
@@ -361,8 +435,9 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     # Data (validated before any compute: split sizes, subset size).
     n_train = data.num_examples(cfg.dataset, cfg.train_split, cfg.data_dir)
     if cfg.train_examples and cfg.train_examples > n_train:
-        raise config_lib.ConfigError(f"train_examples {cfg.train_examples} exceeds the {n_train} examples of "
-                                     f"{cfg.dataset}:{cfg.train_split}")
+        raise config_lib.ConfigError(
+            f"train_examples {cfg.train_examples} exceeds the {n_train} examples of {cfg.dataset}:{cfg.train_split}"
+        )
     train = data.load_split(cfg.dataset, train_split_name(cfg), cfg.data_dir)
     test = data.load_split(cfg.dataset, cfg.test_split, cfg.data_dir)
     pipe = input_pipeline(cfg)
@@ -373,9 +448,15 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
         warnings.warn(advice, stacklevel=2)
     model = build_model(cfg, train.num_classes)
     schedule = build_schedule(cfg)
-    trainer = make_trainer(model, build_optimizer(cfg, schedule), mesh,
-                           image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss, seed=cfg.seed,
-                           chains=chains_of(cfg))
+    trainer = make_trainer(
+        model,
+        build_optimizer(cfg, schedule),
+        mesh,
+        image_shape=(cfg.image_size, cfg.image_size, cfg.channels),
+        loss=cfg.loss,
+        seed=cfg.seed,
+        chains=chains_of(cfg),
+    )
     branch_starts = {b.start for b in cfg.cooldown_branches}
     mngr = checkpoint_manager(out / "ckpt", cfg, protect=branch_starts)
     metrics = runs.MetricsLog(out / "metrics.jsonl")
@@ -388,11 +469,29 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
         print(f"resuming {out} from step {start}")
 
     evaluators = make_evaluators(cfg, trainer, test, pipe)
-    batches = data.train_batches(train, pipe, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
-    state, meta = train_loop(trainer, state, schedule=schedule, batches=batches, end_step=cfg.total_steps, cfg=cfg,
-                             metrics=metrics, mngr=mngr, evaluators=evaluators, desc=cfg.name,
-                             checkpoint_at=branch_starts, meta=meta)
+    batches = data.train_batches(
+        train,
+        pipe,
+        global_batch=cfg.batch_size,
+        seed=cfg.seed,
+        start_step=start,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    state, meta = train_loop(
+        trainer,
+        state,
+        schedule=schedule,
+        batches=batches,
+        end_step=cfg.total_steps,
+        cfg=cfg,
+        metrics=metrics,
+        mngr=mngr,
+        evaluators=evaluators,
+        desc=cfg.name,
+        checkpoint_at=branch_starts,
+        meta=meta,
+    )
     branches = [run_branch(cfg, b, trainer, out, train, pipe, evaluators) for b in cfg.cooldown_branches]
 
     summary = make_summary(cfg, model, metrics.read(), t0, mesh, branches, meta)
@@ -401,16 +500,34 @@ def run(cfg: config_lib.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def run_branch(cfg, branch: config_lib.CooldownBranch, trainer: Trainer, out: Path, train: data.Split,
-               pipe: data.Pipeline, evaluators) -> dict[str, Any]:
+def run_branch(
+    cfg,
+    branch: config_lib.CooldownBranch,
+    trainer: Trainer,
+    out: Path,
+    train: data.Split,
+    pipe: data.Pipeline,
+    evaluators,
+) -> dict[str, Any]:
     """A cooldown branch: from the main run's checkpoint at `start`, cool down linearly over `steps`."""
     name = f"cooldown_{branch.start}+{branch.steps}"
     bdir = out / "branches" / name
-    schedule = optim.cooldown_branch_schedule(cfg.lr, branch_start=branch.start, cooldown_steps=branch.steps,
-                                              warmup_steps=cfg.warmup_steps, timescale=cfg.timescale)
-    btrainer = make_trainer(trainer.model, build_optimizer(cfg, schedule), trainer.mesh,
-                            image_shape=(cfg.image_size, cfg.image_size, cfg.channels), loss=cfg.loss, seed=cfg.seed,
-                            chains=chains_of(cfg))
+    schedule = optim.cooldown_branch_schedule(
+        cfg.lr,
+        branch_start=branch.start,
+        cooldown_steps=branch.steps,
+        warmup_steps=cfg.warmup_steps,
+        timescale=cfg.timescale,
+    )
+    btrainer = make_trainer(
+        trainer.model,
+        build_optimizer(cfg, schedule),
+        trainer.mesh,
+        image_shape=(cfg.image_size, cfg.image_size, cfg.channels),
+        loss=cfg.loss,
+        seed=cfg.seed,
+        chains=chains_of(cfg),
+    )
     abstract = abstract_with_shardings(btrainer)
     bmngr = checkpoint_manager(bdir / "ckpt", cfg)
     state, meta = restore_latest(bmngr, abstract)
@@ -422,16 +539,39 @@ def run_branch(cfg, branch: config_lib.CooldownBranch, trainer: Trainer, out: Pa
     start = int(jax.device_get(state["step"]))
     metrics = runs.MetricsLog(bdir / "metrics.jsonl")
     metrics.truncate_after(start)
-    batches = data.train_batches(train, pipe, global_batch=cfg.batch_size, seed=cfg.seed, start_step=start,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
-    _, meta = train_loop(btrainer, state, schedule=schedule, batches=batches, end_step=branch.start + branch.steps,
-                         cfg=cfg, metrics=metrics, mngr=bmngr, evaluators=evaluators, desc=name, meta=meta)
+    batches = data.train_batches(
+        train,
+        pipe,
+        global_batch=cfg.batch_size,
+        seed=cfg.seed,
+        start_step=start,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    _, meta = train_loop(
+        btrainer,
+        state,
+        schedule=schedule,
+        batches=batches,
+        end_step=branch.start + branch.steps,
+        cfg=cfg,
+        metrics=metrics,
+        mngr=bmngr,
+        evaluators=evaluators,
+        desc=name,
+        meta=meta,
+    )
     final = {k: v for r in metrics.read() for k, v in r.items()}
-    return {"name": name, "start": branch.start, "steps": branch.steps, "total_steps": branch.start + branch.steps,
-            "images_seen": (branch.start + branch.steps) * cfg.batch_size,
-            # Device-seconds of the main run up to the branch point plus the branch's own.
-            "device_seconds": meta.get("device_seconds"),
-            "metrics": {k: v for k, v in final.items() if k.startswith(("test/", "fewshot/", "train/"))}}
+    return {
+        "name": name,
+        "start": branch.start,
+        "steps": branch.steps,
+        "total_steps": branch.start + branch.steps,
+        "images_seen": (branch.start + branch.steps) * cfg.batch_size,
+        # Device-seconds of the main run up to the branch point plus the branch's own.
+        "device_seconds": meta.get("device_seconds"),
+        "metrics": {k: v for k, v in final.items() if k.startswith(("test/", "fewshot/", "train/"))},
+    }
 
 
 def make_evaluators(cfg, trainer: Trainer, test: data.Split, pipe: data.Pipeline) -> Callable[[Any, int, bool], dict]:
@@ -441,8 +581,13 @@ def make_evaluators(cfg, trainer: Trainer, test: data.Split, pipe: data.Pipeline
     if cfg.fewshot_datasets:
         from vitscale import fewshot
 
-        fewshot_eval = fewshot.FewShotEvaluator(cfg.fewshot_datasets, pipe, shots=tuple(cfg.fewshot_shots),
-                                                seeds=tuple(range(cfg.fewshot_seeds)), data_dir=cfg.data_dir)
+        fewshot_eval = fewshot.FewShotEvaluator(
+            cfg.fewshot_datasets,
+            pipe,
+            shots=tuple(cfg.fewshot_shots),
+            seeds=tuple(range(cfg.fewshot_seeds)),
+            data_dir=cfg.data_dir,
+        )
     every = cfg.fewshot_every or cfg.eval_every
 
     def evaluators(params, step: int, final: bool = False) -> dict[str, float]:
@@ -465,18 +610,29 @@ def make_summary(cfg, model: vit.ViT, records: list[dict], t0: float, mesh, bran
     for b in branches:
         b["train_flops"] = 3 * fwd * b["images_seen"]
     return {
-        "kind": "pretrain", "name": cfg.name, "variant": cfg.variant, "dataset": cfg.dataset, "train_examples": cfg.train_examples,
-        "total_steps": cfg.total_steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "images_seen": images_seen, "num_params": flops.count_params(model, image_shape),
-        "forward_flops_per_image": fwd, "train_flops": 3 * fwd * images_seen,
+        "kind": "pretrain",
+        "name": cfg.name,
+        "variant": cfg.variant,
+        "dataset": cfg.dataset,
+        "train_examples": cfg.train_examples,
+        "total_steps": cfg.total_steps,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "images_seen": images_seen,
+        "num_params": flops.count_params(model, image_shape),
+        "forward_flops_per_image": fwd,
+        "train_flops": 3 * fwd * images_seen,
         "final": {k: v for k, v in final.items() if k.startswith(("test/", "train/", "fewshot/"))},
         "best_test_acc": max((r["test/acc"] for r in records if "test/acc" in r), default=None),
-        "device_seconds": meta.get("device_seconds"), "device_count": jax.device_count(),
+        "device_seconds": meta.get("device_seconds"),
+        "device_count": jax.device_count(),
         # Wall seconds of the main run spent evaluating and checkpointing, and their share of it.
-        "eval_seconds": meta.get("eval_seconds"), "checkpoint_seconds": meta.get("checkpoint_seconds"),
+        "eval_seconds": meta.get("eval_seconds"),
+        "checkpoint_seconds": meta.get("checkpoint_seconds"),
         "eval_share": meta["eval_seconds"] / meta["wall_seconds"] if meta.get("wall_seconds") else None,
         "wall_seconds_this_session": time.time() - t0,
-        "branches": branches, "environment": runs.environment(),
+        "branches": branches,
+        "environment": runs.environment(),
     }
 
 
@@ -491,6 +647,7 @@ def claim_run_dir(out: Path, cfg: config_lib.PretrainConfig) -> None:
         if diff:
             raise config_lib.ConfigError(
                 f"{out} holds a run with other parameters (differing: {', '.join(diff)}); choose another "
-                "output folder, or delete that one to start over")
+                "output folder, or delete that one to start over"
+            )
         return
     runs.atomic_write_text(params, text)

@@ -12,6 +12,7 @@ the same shape:
 The run folder gets params.yaml first, metrics.jsonl and ckpt/ of every fine-tuning run under
 finetune/, and summary.json at the end. Running again skips fine-tuning runs that finished.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,16 +35,23 @@ def load_models(cfg: config_lib.TransferConfig, mesh) -> list[finetune.Pretraine
     return models
 
 
-def fewshot_eval(models: list[finetune.Pretrained], cfg: config_lib.TransferConfig,
-                 mesh) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+def fewshot_eval(
+    models: list[finetune.Pretrained], cfg: config_lib.TransferConfig, mesh
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """{model: {dataset: {"<k>shot": {mean, std, per_seed}}}} from frozen features at the pretraining resolution."""
     if not cfg.fewshot_datasets:
         return {}
     pre = models[0].cfg
     pipe = data.Pipeline(image_size=pre.image_size, channels=pre.channels)
-    evaluator = fewshot.FewShotEvaluator(cfg.fewshot_datasets, pipe, shots=tuple(cfg.fewshot_shots),
-                                         seeds=tuple(range(cfg.fewshot_seeds)), l2=cfg.fewshot_l2,
-                                         data_dir=cfg.data_dir, batch_size=cfg.eval_batch_size)
+    evaluator = fewshot.FewShotEvaluator(
+        cfg.fewshot_datasets,
+        pipe,
+        shots=tuple(cfg.fewshot_shots),
+        seeds=tuple(range(cfg.fewshot_seeds)),
+        l2=cfg.fewshot_l2,
+        data_dir=cfg.data_dir,
+        batch_size=cfg.eval_batch_size,
+    )
     results = {}
     for m in models:
         t0 = time.perf_counter()
@@ -65,16 +73,16 @@ def run(cfg: config_lib.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     models = load_models(cfg, mesh)
     print("models: " + "; ".join(f"{m.name} ({m.source}, step {m.step})" for m in models))
     few = fewshot_eval(models, cfg, mesh)
-    fine = {name: finetune.finetune(models, name, cfg, out / "finetune" / name, mesh)
-            for name in cfg.finetune_datasets}
+    fine = {name: finetune.finetune(models, name, cfg, out / "finetune" / name, mesh) for name in cfg.finetune_datasets}
 
     summary = make_summary(cfg, models, few, fine, t0, mesh)
     runs.write_json(out / "summary.json", summary)
     return summary
 
 
-def make_summary(cfg: config_lib.TransferConfig, models: list[finetune.Pretrained], few: dict, fine: dict, t0: float,
-                 mesh) -> dict[str, Any]:
+def make_summary(
+    cfg: config_lib.TransferConfig, models: list[finetune.Pretrained], few: dict, fine: dict, t0: float, mesh
+) -> dict[str, Any]:
     """Everything a reader needs: the source model, few-shot and fine-tuning results per model, and
     flat `final` metrics (the model `pretrained` names unprefixed, the random baseline under random/)."""
     pre, primary = models[0].cfg, models[0].name
@@ -87,21 +95,34 @@ def make_summary(cfg: config_lib.TransferConfig, models: list[finetune.Pretraine
             final.update({prefix + k: v for k, v in fewshot.flatten(name, result).items()})
         for name, by_model in fine.items():
             r = by_model[m.name]
-            final.update({f"{prefix}finetune/{name}/test_acc": r["test/acc"],
-                          f"{prefix}finetune/{name}/best_lr": r["best_lr"]})
+            final.update(
+                {f"{prefix}finetune/{name}/test_acc": r["test/acc"], f"{prefix}finetune/{name}/best_lr": r["best_lr"]}
+            )
     wall = time.time() - t0
     devices = int(mesh.devices.size)
     source = Path(models[0].source) / "summary.json"  # the pretraining run's compute, for plots against it
     pre_summary = runs.read_json(source) if source.is_file() else {}
     return {
-        "kind": "transfer", "name": cfg.name, "pretrained": cfg.pretrained, "pretrained_dir": models[0].source,
-        "pretrained_step": models[0].step, "pretrain_images_seen": pre_summary.get("images_seen"),
-        "pretrain_train_flops": pre_summary.get("train_flops"), "variant": pre.variant, "pretrain_dataset": pre.dataset,
-        "pretrain_image_size": pre.image_size, "finetune_resolution": res, "models": [m.name for m in models],
+        "kind": "transfer",
+        "name": cfg.name,
+        "pretrained": cfg.pretrained,
+        "pretrained_dir": models[0].source,
+        "pretrained_step": models[0].step,
+        "pretrain_images_seen": pre_summary.get("images_seen"),
+        "pretrain_train_flops": pre_summary.get("train_flops"),
+        "variant": pre.variant,
+        "pretrain_dataset": pre.dataset,
+        "pretrain_image_size": pre.image_size,
+        "finetune_resolution": res,
+        "models": [m.name for m in models],
         "num_params": flops.count_params(model, (pre.image_size, pre.image_size, pre.channels)),
-        "fewshot": few, "finetune": fine, "final": final,
+        "fewshot": few,
+        "finetune": fine,
+        "final": final,
         "finetune_device_seconds": sum(r["device_seconds"] for by_model in fine.values() for r in by_model.values()),
-        "wall_seconds_this_session": wall, "device_count": devices, "device_seconds_this_session": wall * devices,
+        "wall_seconds_this_session": wall,
+        "device_count": devices,
+        "device_seconds_this_session": wall * devices,
         "environment": runs.environment(),
     }
 

@@ -14,6 +14,7 @@ Parameter layout (the paths optimizer rules and sharding rules match against):
   MAPHead/{probe, Attention/..., LayerNorm, MlpBlock/...}                 (pool_type "map")
   head/{kernel,bias}                      [D, classes], kernel zero-initialised
 """
+
 from __future__ import annotations
 
 import re
@@ -28,11 +29,11 @@ import numpy as np
 # name: (width, depth, mlp_dim, heads). Paper Table 2 and big_vision; the CPU ladder is ours.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
     # CPU-scale ladder for 28-32 px images (params at 28 px, patch 4, 10 classes, GAP head):
-    "Atto": (32, 2, 128, 2),      # ~27k
-    "Femto": (48, 3, 192, 3),     # ~87k
-    "Pico": (64, 4, 256, 4),      # ~0.20M
-    "Nano": (96, 6, 384, 4),      # ~0.67M
-    "Micro": (128, 8, 512, 4),    # ~1.6M
+    "Atto": (32, 2, 128, 2),  # ~27k
+    "Femto": (48, 3, 192, 3),  # ~87k
+    "Pico": (64, 4, 256, 4),  # ~0.20M
+    "Nano": (96, 6, 384, 4),  # ~0.67M
+    "Micro": (128, 8, 512, 4),  # ~1.6M
     # The paper's family (Table 2) and the usual sizes:
     "s": (256, 6, 1024, 8),
     "Ti": (192, 12, 768, 3),
@@ -62,11 +63,10 @@ class Variant:
 
 
 def decode_variant(variant: str) -> Variant:
-    """"B/16" → Variant(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16)."""
+    """ "B/16" → Variant(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16)."""
     m = re.fullmatch(r"([A-Za-z0-9]+)/(\d+)", variant or "")
     if not m or m.group(1) not in VARIANTS:
-        raise ValueError(f"variant {variant!r} is not NAME/PATCH with NAME in {list(VARIANTS)} "
-                         "(e.g. 'B/16', 'Pico/4')")
+        raise ValueError(f"variant {variant!r} is not NAME/PATCH with NAME in {list(VARIANTS)} (e.g. 'B/16', 'Pico/4')")
     width, depth, mlp, heads = VARIANTS[m.group(1)]
     return Variant(m.group(1), int(m.group(2)), width, depth, mlp, heads)
 
@@ -172,8 +172,9 @@ class Attention(nn.Module):
         b, n, d = x.shape
         h = self.num_heads
         if q_input is not None:  # MAP head: one probe query, a tiny share of the compute
-            dense = lambda f, name: nn.Dense(f, dtype=self.dtype, name=name,
-                                             kernel_init=nn.initializers.xavier_uniform())
+            dense = lambda f, name: nn.Dense(
+                f, dtype=self.dtype, name=name, kernel_init=nn.initializers.xavier_uniform()
+            )
             q = dense(d, "q")(q_input).reshape(b, q_input.shape[1], h, d // h)
             k, v = jnp.split(dense(2 * d, "kv")(x).reshape(b, n, 2, h, d // h), 2, axis=2)
             out = jax.nn.dot_product_attention(q, k[:, :, 0], v[:, :, 0])  # [b, nq, h, d/h]
@@ -232,8 +233,13 @@ class Encoder(nn.Module):
             block = _ScanBlock
             if self.remat:
                 block = nn.remat(block, prevent_cse=False, static_argnums=(2,))
-            x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                           in_axes=nn.broadcast, length=self.depth)(name="encoderblock", **kw)(x, deterministic)
+            x, _ = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=self.depth,
+            )(name="encoderblock", **kw)(x, deterministic)
         else:
             block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
             for i in range(self.depth):
@@ -279,13 +285,15 @@ class ViT(nn.Module):
     def __call__(self, images, train: bool = False):
         out = {}
         p = self.patch_size
-        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="embedding",
-                    dtype=self.dtype)(images.astype(self.dtype))
+        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="embedding", dtype=self.dtype)(
+            images.astype(self.dtype)
+        )
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         if self.posemb == "learn":
-            pe = self.param("pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(d)), (1, gh * gw, d),
-                            jnp.float32)
+            pe = self.param(
+                "pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(d)), (1, gh * gw, d), jnp.float32
+            )
         elif self.posemb == "sincos2d":
             pe = sincos2d_posemb(gh, gw, d)
         else:
@@ -295,8 +303,16 @@ class ViT(nn.Module):
             cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
             x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)).astype(x.dtype), x], axis=1)
         x = nn.Dropout(rate=self.dropout)(x, not train)
-        x = Encoder(self.depth, self.mlp_dim, self.num_heads, self.dropout, self.remat, self.scan,
-                    dtype=self.dtype, name="Transformer")(x, not train)
+        x = Encoder(
+            self.depth,
+            self.mlp_dim,
+            self.num_heads,
+            self.dropout,
+            self.remat,
+            self.scan,
+            dtype=self.dtype,
+            name="Transformer",
+        )(x, not train)
         out["encoded"] = x
         if self.pool_type == "gap":
             x = jnp.mean(x, axis=1)
@@ -307,8 +323,12 @@ class ViT(nn.Module):
         elif self.pool_type != "none":
             raise ValueError(f"pool_type {self.pool_type!r} not in {POOL_TYPES}")
         out["pre_logits"] = x.astype(jnp.float32)
-        logits = nn.Dense(self.num_classes, name="head", kernel_init=nn.initializers.zeros,
-                          bias_init=nn.initializers.constant(self.head_bias_init))(x.astype(jnp.float32))
+        logits = nn.Dense(
+            self.num_classes,
+            name="head",
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.constant(self.head_bias_init),
+        )(x.astype(jnp.float32))
         return logits, out
 
 
@@ -321,8 +341,15 @@ def make_model(variant: str, num_classes: int, **kw) -> ViT:
         kw["dtype"] = jnp.bfloat16
     elif kw.get("dtype") in ("float32", "f32", None):
         kw["dtype"] = jnp.float32
-    return ViT(num_classes=num_classes, patch_size=v.patch_size, width=v.width, depth=v.depth,
-               mlp_dim=v.mlp_dim, num_heads=v.num_heads, **kw)
+    return ViT(
+        num_classes=num_classes,
+        patch_size=v.patch_size,
+        width=v.width,
+        depth=v.depth,
+        mlp_dim=v.mlp_dim,
+        num_heads=v.num_heads,
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------- posemb resizing
@@ -372,6 +399,8 @@ def adapt_params(params: Any, target: Any) -> Any:
             s = int(round(np.sqrt(want.shape[1])))
             out[path] = resize_posemb(np.asarray(have), (s, s))
         else:
-            raise ValueError(f"parameter {path}: checkpoint shape {have.shape} does not fit the model's "
-                             f"{want.shape} (only pos_embedding is resized)")
+            raise ValueError(
+                f"parameter {path}: checkpoint shape {have.shape} does not fit the model's "
+                f"{want.shape} (only pos_embedding is resized)"
+            )
     return traverse_util.unflatten_dict(out, sep="/")
