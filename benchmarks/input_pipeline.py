@@ -29,7 +29,7 @@ import time
 import jax
 
 from vitscale import config as config_lib
-from vitscale import data, sharding, train
+from vitscale import data, loop, sharding, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ def make_case(case: Case, split: data.Split, steps: int):
         },
     )
     mesh = sharding.make_mesh(cfg.mesh)
-    trainer = train.make_trainer(
+    trainer = loop.make_trainer(
         train.build_model(cfg, split.num_classes),
         train.build_optimizer(cfg, train.build_schedule(cfg)),
         mesh,

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitscale import optim, sharding, train
+from vitscale import loop, optim, sharding
 from vitscale.models import vit
 
 MiB = 2**20
@@ -42,7 +42,7 @@ def measure(
     model = vit.make_model(variant, classes, pool_type="gap", remat=remat, scan=scan, dtype=dtype)
     tx = optim.make_optimizer(optimizer, 1e-3)
     shape = (image_size, image_size, channels)
-    trainer = train.make_trainer(model, tx, mesh, image_shape=shape)
+    trainer = loop.make_trainer(model, tx, mesh, image_shape=shape)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         jax.eval_shape(trainer.init_fn),

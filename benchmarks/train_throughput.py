@@ -4,10 +4,10 @@ One full training step each (forward, backward, AdamW update; float32; the batch
 memory; 10 classes, GAP head, learned position embedding, no class token, no dropout, no gradient
 clipping) for three shapes, measured in one process:
 
-  vitscale  vitscale.train.make_trainer(ViT(...), optim.make_optimizer("adamw", mu_dtype="float32"))
+  vitscale  vitscale.loop.make_trainer(ViT(...), optim.make_optimizer("adamw", mu_dtype="float32"))
             on the library's default mesh: data-parallel over all JAX devices, which on a CPU host
             are the cores split into devices by `import vitscale` (VITSCALE_CPU_DEVICES; the
-            library's jitted step: explicit shardings, donated state, `train.default_chains`
+            library's jitted step: explicit shardings, donated state, `backend.default_chains`
             gradient chains per device)
   timm      timm's VisionTransformer in eager PyTorch (global_pool="avg", class_token=False,
             fc_norm=False, torch.optim.AdamW, torch.set_num_threads(2))
@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitscale import allocator, flops, optim, sharding, train
+from vitscale import allocator, flops, loop, optim, sharding
 from vitscale.models import vit
 
 NUM_CLASSES = 10
@@ -143,7 +143,7 @@ def make_vitscale(
     jitted step with other XLA options, or use the first `devices` devices only.
     `run.hlo()` gives the compiled step's HLO text (written by --hlo)."""
     mesh = sharding.make_mesh([-1, 1], devices=jax.devices()[:devices] if devices else None)
-    trainer = train.make_trainer(
+    trainer = loop.make_trainer(
         model if model is not None else shape.vit(),
         tx or vitscale_optimizer(),
         mesh,

@@ -20,7 +20,7 @@ T_START = time.time()
 import jax  # noqa: E402 - after T_START: the import's time counts
 import numpy as np  # noqa: E402
 
-from vitscale import data, optim, sharding, train  # noqa: E402
+from vitscale import data, loop, optim, sharding  # noqa: E402
 from vitscale.models import vit  # noqa: E402
 
 IMAGE_SHAPE = (16, 16, 1)
@@ -57,7 +57,7 @@ def build(mesh: jax.sharding.Mesh):
     """(trainer, compiled train step, initial state) for a tiny ViT with dims divisible by 8."""
     model = vit.ViT(num_classes=8, patch_size=4, width=32, depth=2, mlp_dim=128, num_heads=2, pool_type="gap")
     tx = optim.make_optimizer("adamw", LR, weight_decay=0.1)
-    trainer = train.make_trainer(model, tx, mesh, image_shape=IMAGE_SHAPE)
+    trainer = loop.make_trainer(model, tx, mesh, image_shape=IMAGE_SHAPE)
     state = trainer.init_fn.lower().compile(compiler_options=COMPILER_OPTIONS)()
     abstract_batch = {
         "image": jax.ShapeDtypeStruct((GLOBAL_BATCH, *IMAGE_SHAPE), np.float32, sharding=sharding.batch_sharding(mesh)),
@@ -96,8 +96,8 @@ def run(mesh: jax.sharding.Mesh, process_index: int, process_count: int) -> tupl
     for _ in range(STEPS):
         state, out = step(state, sharding.put_batch(next(it), mesh))
         losses.append(np.asarray(multihost_utils.process_allgather(out["loss"], tiled=True)).reshape(-1)[0])
-    params = multihost_utils.process_allgather(state["params"], tiled=True)
-    nu = multihost_utils.process_allgather(state["opt_state"][1].nu, tiled=True)
+    params = multihost_utils.process_allgather(state.params, tiled=True)
+    nu = multihost_utils.process_allgather(state.opt_state[1].nu, tiled=True)
     return np.array(losses), jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, nu)
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vitscale import allocator
+from vitscale import allocator, notebooks
 
 JEMALLOC = allocator.find_jemalloc()
 needs_jemalloc = pytest.mark.skipif(JEMALLOC is None, reason="libjemalloc2 is not installed (make setup installs it)")
@@ -62,10 +62,10 @@ def test_wrapper_system_choice_runs_unchanged():
 # A training step (Femto/7, batch 256, one device), counted after warm-up, as in a run's steady state.
 STEP = """
 import resource, numpy as np, jax
-from vitscale import allocator, config, sharding, train
+from vitscale import allocator, config, loop, sharding, train
 cfg = config.validate(config.PretrainConfig, dict(variant="Femto/7", batch_size=256))
 mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
-t = train.make_trainer(train.build_model(cfg, 10), train.build_optimizer(cfg, train.build_schedule(cfg)), mesh,
+t = loop.make_trainer(train.build_model(cfg, 10), train.build_optimizer(cfg, train.build_schedule(cfg)), mesh,
                        image_shape=(28, 28, 1))
 b = sharding.put_batch({"image": np.ones((256, 28, 28, 1), np.float32), "label": np.zeros(256, np.int32)}, mesh)
 s = t.init_fn()
@@ -98,7 +98,5 @@ def test_jemalloc_stops_the_per_step_page_faults():
 
 
 def test_vitscale_kernel_starts_through_the_wrapper():
-    from vitscale import cli
-
-    argv = cli.kernel_argv()
+    argv = notebooks.kernel_argv()
     assert argv[1:3] == ["-m", "vitscale.allocator"] and "ipykernel_launcher" in argv

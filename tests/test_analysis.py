@@ -50,8 +50,8 @@ def make_row(variant, n, data, steps, error, *, branch=None, **extra):
         "images_seen": images,
         "train_flops": 6.0 * n * images,
         "device_seconds": 1e-9 * n * images,
-        "test_error": float(error),
-        "test_loss": 2.0 * float(error),
+        "test/acc": 1.0 - float(error),
+        "test/loss": 2.0 * float(error),
         **extra,
     }
 
@@ -68,7 +68,7 @@ def frontier_sweep(noise: float = 0.0, seed: int = 0) -> tuple[list[dict], list[
         expected.append(on)
     # the sweep premise: the designated runs are exactly the Pareto frontier
     x = [r["train_flops"] for r in rows]
-    y = [r["test_error"] for r in rows]
+    y = [analysis.error_of(r, "test/acc") for r in rows]
     assert brute_force_frontier(x, y) == expected
     return rows, expected
 
@@ -88,30 +88,29 @@ def fitted(sweep):
 def test_metric_columns_and_error_of():
     rows = [
         {
-            "test_error": 0.2,
-            "test_loss": 0.5,
+            "test/acc": 0.8,
+            "test/loss": 0.5,
             "fewshot/mnist_5k/10shot": 0.7,
             "fewshot/mnist_5k/5shot": 0.6,
             "fewshot/mnist_5k/10shot_std": 0.01,
             "fewshot/digits/1shot": 0.3,
-            "finetune/digits": 0.95,
             "variant": "Pico/7",
             "num_params": 3,
         },
-        {"test_error": 0.25, "branch": None},
+        {"test/acc": 0.75, "branch": None},
     ]
+    # Accuracies only (test/loss is analysable when asked for), test first, few-shot by dataset and shots.
     assert analysis.metric_columns(rows) == [
-        "test_error",
+        "test/acc",
         "fewshot/digits/1shot",
         "fewshot/mnist_5k/5shot",
         "fewshot/mnist_5k/10shot",
-        "finetune/digits",
     ]
-    assert analysis.error_of(rows[0], "test_error") == 0.2
+    assert analysis.error_of(rows[0], "test/acc") == pytest.approx(0.2)
+    assert analysis.error_of(rows[0], "test/loss") == 0.5
     assert analysis.error_of(rows[0], "fewshot/mnist_5k/10shot") == pytest.approx(0.3)
-    assert analysis.error_of(rows[0], "finetune/digits") == pytest.approx(0.05)
-    assert math.isnan(analysis.error_of(rows[1], "finetune/digits"))
-    with pytest.raises(ValueError, match="'num_params' is not an error or accuracy column"):
+    assert math.isnan(analysis.error_of(rows[1], "fewshot/digits/1shot"))
+    with pytest.raises(ValueError, match="'num_params' is not analysable"):
         analysis.error_of(rows[0], "num_params")
     assert analysis.run_label({"run_id": "r1", "branch": "cooldown_800+200"}) == "r1/cooldown_800+200"
     assert analysis.data_label(None) == "all" and analysis.data_label(60000) == "60,000"
@@ -141,7 +140,7 @@ def test_analyze_recovers_law_and_frontier(sweep, fitted):
 def test_analyze_summary_is_json_and_complete(sweep, fitted):
     rows, expected = sweep
     s = json.loads(json.dumps(fitted["summary"], allow_nan=False))
-    assert s["metric"] == "test_error" and s["x"] == "train_flops"
+    assert s["metric"] == "test/acc" and s["x"] == "train_flops"
     assert s["n_runs"] == len(rows) and s["n_frontier"] == sum(expected)
     assert s["frontier_runs"] == [analysis.run_label(r) for r, on in zip(rows, expected) if on]
     assert set(s["power_law"]["intervals"]) == set("abcd")
@@ -182,14 +181,14 @@ def test_analyze_errors_name_metric_and_counts(sweep):
     few = rows[:3]
     with pytest.raises(
         ValueError,
-        match=r"test_error against train_flops \(3 runs with this metric\): "
+        match=r"test/acc against train_flops \(3 runs with this metric\): "
         r"too few frontier points .*got 2 \(of 3 runs\), need at least 4",
     ):
         analysis.analyze(few, n_bootstrap=0)
-    with pytest.raises(ValueError, match=r"finetune/digits against train_flops: none of the 72 rows"):
-        analysis.analyze(rows, metric="finetune/digits")
+    with pytest.raises(ValueError, match=r"fewshot/digits/5shot against train_flops: none of the 72 rows"):
+        analysis.analyze(rows, metric="fewshot/digits/5shot")
     zero = [dict(r) for r in rows]
-    zero[4]["test_error"] = 0.0
+    zero[4]["test/acc"] = 1.0
     with pytest.raises(ValueError, match=r"1 run\(s\) have x <= 0 or error <= 0 \(first: pico_d6000_s4000"):
         analysis.analyze(zero)
 
@@ -216,31 +215,31 @@ def test_analyze_all_reports_unfittable_metric(sweep):
     for r in rows[3:]:
         r.pop("fewshot/mnist_5k/10shot")
     out = analysis.analyze_all(rows, n_bootstrap=0)
-    assert set(out) == {"test_error", "fewshot/mnist_5k/10shot"}
-    assert "power_law" in out["test_error"]
+    assert set(out) == {"test/acc", "fewshot/mnist_5k/10shot"}
+    assert "power_law" in out["test/acc"]
     err = out["fewshot/mnist_5k/10shot"]["error"]
     assert "fewshot/mnist_5k/10shot" in err and "3 runs" in err
-    assert analysis.analyze_all(rows, metrics=["test_error"], n_bootstrap=0).keys() == {"test_error"}
+    assert analysis.analyze_all(rows, ["test/acc"], n_bootstrap=0).keys() == {"test/acc"}
 
 
 def test_write_summary(tmp_path, sweep, fitted):
     rows, _ = sweep
-    results = {"test_error": fitted, "fewshot/x/1shot": {"metric": "fewshot/x/1shot", "error": "too few"}}
+    results = {"test/acc": fitted, "fewshot/x/1shot": {"metric": "fewshot/x/1shot", "error": "too few"}}
     found = analysis.findings(rows, result=fitted)
     path = analysis.write_summary(results, tmp_path / "scaling", findings=found)
     doc = json.loads(path.read_text())
-    pl = doc["metrics"]["test_error"]["power_law"]
+    pl = doc["metrics"]["test/acc"]["power_law"]
     for k, v in TRUTH.items():
         assert pl[k] == pytest.approx(v, rel=1e-3)
         assert len(pl["intervals"][k]) == 2
-    assert "e_inf" in doc["metrics"]["test_error"]["m4"]
-    assert doc["metrics"]["test_error"]["extrapolation"]["results"]["power_law"]["rmse_log"] < 1e-4
+    assert "e_inf" in doc["metrics"]["test/acc"]["m4"]
+    assert doc["metrics"]["test/acc"]["extrapolation"]["results"]["power_law"]["rmse_log"] < 1e-4
     assert doc["metrics"]["fewshot/x/1shot"] == {"error": "too few"}
     assert doc["findings"]["double_saturation"]["holds"] is True
 
 
 # ----------------------------------------------------------------------------- findings
-NOT_FITTED = {"metric": "test_error", "error": "not fitted in this test"}
+NOT_FITTED = {"metric": "test/acc", "error": "not fitted in this test"}
 
 
 def toy_sweep(error_fn, variants=VARIANTS, data=DATA, steps=STEPS):
@@ -298,7 +297,7 @@ def test_findings_double_saturation(fitted, sweep):
     assert "both saturations visible" in yes["verdict"]
     # a plain power law (c = 0, d = 0) on the frontier: no saturation either way
     plain = [
-        dict(r, test_error=float(law(r["train_flops"], a=5e3, b=0.35, c=0.0, d=0.0)) * (1.0 if on else 1.5))
+        dict(r, **{"test/acc": 1 - float(law(r["train_flops"], a=5e3, b=0.35, c=0.0, d=0.0)) * (1.0 if on else 1.5)})
         for r, on in zip(*sweep)
     ]
     no = analysis.findings(plain, n_bootstrap=20)["double_saturation"]
@@ -317,15 +316,15 @@ def test_figures_have_expected_traces(sweep, fitted):
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
     assert "%{customdata[0]}" in fig.data[0].hovertemplate and fig.data[0].customdata[0][0] == rows[0]["run_id"]
     assert len(fig.data[4].x) == sum(fitted["frontier"])
-    assert len(plots.scaling_best_vs_size(rows, "test_error").data) == len(DATA)
-    assert len(plots.scaling_error_vs_images(rows, "test_error").data) == len(DATA) * len(VARIANTS)
+    assert len(plots.scaling_best_vs_size(rows, "test/acc").data) == len(DATA)
+    assert len(plots.scaling_error_vs_images(rows, "test/acc").data) == len(DATA) * len(VARIANTS)
     assert len(plots.scaling_extrapolation(fitted).data) == 5  # fitted, held out, cut, power law, M4
     failed = {"metric": "fewshot/x/1shot", "error": "too few"}
-    results = {"test_error": fitted, "fewshot/x/1shot": failed}
+    results = {"test/acc": fitted, "fewshot/x/1shot": failed}
     assert len(plots.scaling_error_vs_compute(rows, failed).data) == 0  # nobody has that metric
     assert len(plots.scaling_extrapolation(failed).data) == 0
     table = plots.scaling_constants_table(results)
-    assert list(table.data[0].header.values) == ["quantity", "test_error", "fewshot/x/1shot"]
+    assert list(table.data[0].header.values) == ["quantity", "test/acc", "fewshot/x/1shot"]
     assert "too few" in table.data[0].cells.values[2]  # the unfittable metric says why
     found = analysis.findings(rows, result=fitted)
     assert len(plots.scaling_findings_table(found).data[0].cells.values[0]) == 3
@@ -360,8 +359,8 @@ def test_notebook_through_papermill(root, tmp_path):
         run.mkdir(parents=True)
         (run / "params.yaml").write_text(f"name: {r['run_id']}\n")
         final = {
-            "test/acc": 1.0 - r["test_error"],
-            "test/loss": r["test_loss"],
+            "test/acc": r["test/acc"],
+            "test/loss": r["test/loss"],
             "fewshot/mnist_5k/10shot": r["fewshot/mnist_5k/10shot"],
         }
         summary = {
@@ -391,7 +390,7 @@ def test_notebook_through_papermill(root, tmp_path):
         },
     )
     doc = json.loads((out / "summary.json").read_text())
-    assert set(doc["metrics"]) == {"test_error", "fewshot/mnist_5k/10shot"}
-    assert doc["metrics"]["test_error"]["n_runs"] == len(rows)
-    assert doc["metrics"]["test_error"]["power_law"]["c"] == pytest.approx(TRUTH["c"], rel=0.3)
+    assert set(doc["metrics"]) == {"test/acc", "fewshot/mnist_5k/10shot"}
+    assert doc["metrics"]["test/acc"]["n_runs"] == len(rows)
+    assert doc["metrics"]["test/acc"]["power_law"]["c"] == pytest.approx(TRUTH["c"], rel=0.3)
     assert set(doc["findings"]) == {"saturation", "sample_efficiency", "double_saturation"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vitscale import cli
+from vitscale import cli, notebooks, runs
 
 GOOD = dict(
     name="t", dataset="fashion_mnist", variant="Atto/7", total_steps=4, warmup_steps=1, batch_size=16, eval_every=2
@@ -35,9 +35,9 @@ CASES = [
     (dict(total_steps="many"), ["total_steps", "integer", "many"]),
     (dict(dataset="imagenet_typo"), ["dataset", "imagenet_typo", "fashion_mnist"]),
     (dict(variant="Huge/16"), ["variant", "Huge/16", "Ti", "B"]),
-    (dict(variant="Atto/5"), ["image_size 28", "patch size 5"]),
+    (dict(variant="Atto/5"), ["image_size: 28", "patch size 5"]),
     (dict(width=33), ["width 33", "num_heads 2"]),
-    (dict(batch_size=12), ["batch_size 12", "device count 8"]),
+    (dict(batch_size=12), ["batch_size: 12", "8 devices", "multiple of 8"]),
     (dict(optimizer="adamax"), ["optimizer", "adamax", "adafactor"]),
     (dict(pool_type="max"), ["pool_type", "gap", "map"]),
 ]
@@ -64,7 +64,7 @@ def test_existing_run_with_other_parameters_is_refused(tmp_path, existing_run, c
     before = snapshot(existing_run)
     assert cli.main(["run", str(params), "--notebook", "pretrain", "--out", str(existing_run)]) == 2
     err = capsys.readouterr().err
-    assert "already holds a run with other parameters" in err and "--replace" in err
+    assert "holds a run with other parameters (differing: total_steps)" in err and "--replace" in err
     assert snapshot(existing_run) == before
 
 
@@ -103,8 +103,8 @@ def test_console_script_exits_nonzero(tmp_path, existing_run):
 def test_compile_cache_defaults_to_outputs_unless_set(monkeypatch, tmp_path):
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
-    cli.use_compile_cache()
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(cli.OUTPUTS / ".jax_cache")
+    notebooks.use_compile_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(runs.OUTPUTS / ".jax_cache")
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # the user's choice (here: off) is kept
-    cli.use_compile_cache(tmp_path)
+    notebooks.use_compile_cache(tmp_path)
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == ""

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
-from vitscale import config, runs, train
+from vitscale import config, loop, runs, train
 
 BASE = dict(
     name="resume",
@@ -69,7 +69,7 @@ def wait_for_checkpoint(out: Path, proc: subprocess.Popen, at_least: int, timeou
 def final_params(out: Path):
     mngr = ocp.CheckpointManager(out.absolute() / "ckpt")
     restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored["state"]["params"]
+    return restored["state"]["params"]  # restored without a target: the saved tree as a dict
 
 
 def comparable(records):
@@ -131,7 +131,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_pa
         },
     )
     out = tmp_path / "nan"
-    with pytest.raises(train.NonFiniteLoss, match=r"at step (\d+)") as e:
+    with pytest.raises(loop.NonFiniteLoss, match=r"at step (\d+)") as e:
         train.run(cfg, out)
     bad = int(__import__("re").search(r"at step (\d+)", str(e.value)).group(1))
     saved = [int(p.name) for p in (out / "ckpt").iterdir() if p.name.isdigit()]

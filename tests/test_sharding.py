@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from vitscale import optim, sharding, train
+from vitscale import loop, optim, sharding
 from vitscale.models import vit
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,8 +79,8 @@ def batch() -> dict[str, np.ndarray]:
     }
 
 
-def make_trainer(mesh) -> train.Trainer:
-    return train.make_trainer(
+def make_trainer(mesh) -> loop.Trainer:
+    return loop.make_trainer(
         model(), optim.make_optimizer("adamw", LR, weight_decay=0.1), mesh, image_shape=IMAGE_SHAPE
     )
 
@@ -91,8 +91,8 @@ def initial_state():
     head would stop every gradient below it). Every mesh starts from exactly these values."""
     trainer = make_trainer(sharding.make_mesh([1, 1], devices=jax.devices()[:1]))
     state = jax.device_get(trainer.init_fn.lower().compile(compiler_options=COMPILER_OPTIONS)())
-    state["params"]["head"]["kernel"] = (
-        np.random.default_rng(1).normal(0, 0.5, state["params"]["head"]["kernel"].shape).astype(np.float32)
+    state.params["head"]["kernel"] = (
+        np.random.default_rng(1).normal(0, 0.5, state.params["head"]["kernel"].shape).astype(np.float32)
     )
     return state
 
@@ -125,34 +125,34 @@ def test_train_step_matches_single_device(initial_state, reference, mesh_shape):
     np.testing.assert_allclose(out["grad_norm"], ref_out["grad_norm"], rtol=1e-5)
     assert ref_out["grad_norm"] > 0.1  # gradients reach the body
     # Same gradients, seen through Adam's second moment nu = (1 - b2) g^2 after one step.
-    nu, ref_nu = state["opt_state"][1].nu, ref_state["opt_state"][1].nu
+    nu, ref_nu = state.opt_state[1].nu, ref_state.opt_state[1].nu
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(nu), jax.tree.leaves(ref_nu)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-14, err_msg=jax.tree_util.keystr(path))
     assert float(get(ref_nu, QKV).max()) > 0  # the body's gradient is not zero
     # Same updated parameters (to 1% of lr; the key bias, whose gradient is rounding noise that
     # Adam scales up to ~lr, only within Adam's bound: see assert_params_match).
-    assert_params_match(state["params"], ref_state["params"], ref_nu, LR, steps=1)
-    assert int(state["step"]) == 1
+    assert_params_match(state.params, ref_state.params, ref_nu, LR, steps=1)
+    assert int(state.step) == 1
 
     # Parameters and optimizer state are really split over "fsdp", and the batch over all devices.
-    kernel = get(live["params"], QKV)
+    kernel = get(live.params, QKV)
     shards = kernel.addressable_shards
     assert len(shards) == 8
     assert {s.data.shape for s in shards} == {(32, 96 // fsdp)}
     assert (
         len({tuple((i.start, i.stop) for i in s.index) for s in shards}) == fsdp
     )  # fsdp distinct pieces, each on `data` devices
-    assert {s.data.shape for s in get(live["opt_state"][1].nu, QKV).addressable_shards} == {(32, 96 // fsdp)}
-    mlp = live["params"]["Transformer"]["encoderblock_1"]["MlpBlock"]["Dense_0"]["kernel"]  # [32, 128]
+    assert {s.data.shape for s in get(live.opt_state[1].nu, QKV).addressable_shards} == {(32, 96 // fsdp)}
+    mlp = live.params["Transformer"]["encoderblock_1"]["MlpBlock"]["Dense_0"]["kernel"]  # [32, 128]
     assert {s.data.shape for s in mlp.addressable_shards} == {(32, 128 // fsdp)}
-    ln = live["params"]["Transformer"]["encoder_norm"]["scale"]  # 32 elements: replicated
+    ln = live.params["Transformer"]["encoder_norm"]["scale"]  # 32 elements: replicated
     assert {s.data.shape for s in ln.addressable_shards} == {(32,)}
-    emb = live["params"]["embedding"]["kernel"]  # 512 elements: replicated
+    emb = live.params["embedding"]["kernel"]  # 512 elements: replicated
     assert {s.data.shape for s in emb.addressable_shards} == {(4, 4, 1, 32)}
     assert {s.data.shape for s in placed["image"].addressable_shards} == {(BATCH // 8, *IMAGE_SHAPE)}
 
 
 def test_single_device_reference_is_replicated(reference):
     _, _, live, _ = reference
-    kernel = get(live["params"], QKV)
+    kernel = get(live.params, QKV)
     assert len(kernel.addressable_shards) == 1 and kernel.addressable_shards[0].data.shape == (32, 96)

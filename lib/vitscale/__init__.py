@@ -7,16 +7,11 @@ def _split_cpu_into_devices() -> None:
     """Expose the host's cores to JAX as VITSCALE_CPU_DEVICES CPU devices (default 1), before JAX
     starts its CPU backend.
 
-    On a CPU, XLA runs one device's program with little parallelism outside the matrix products,
-    so one device leaves cores idle. The default answer to that is the gradient chains of
-    `train.default_chains` (no communication between devices). Sharding the batch over several CPU
-    devices is another: on 2 cores, VITSCALE_CPU_DEVICES=4 made a step 1.27x (shape A), 1.14x (B)
-    and 1.11x (C) faster than one device, measured before jemalloc and the chains
-    (benchmarks/README.md). It is not the default because XLA:CPU's in-process collectives can
-    stall when the cores are oversubscribed: twice here, with another heavy job on the 2 cores, a
-    gradient all-reduce waited past XLA's 40 s rendezvous timeout
-    (--xla_cpu_collective_call_terminate_timeout_seconds) and the process
-    aborted. Use it on a machine the run has to itself. Nothing changes if XLA_FLAGS already sets a
+    On a CPU, XLA runs one device's program with little parallelism outside the matrix products.
+    The default answer is `backend.default_chains` (no communication between devices); several CPU
+    devices are another (benchmarks/README.md). Not the default: XLA:CPU's in-process collectives
+    can stall past XLA's rendezvous timeout when the cores are oversubscribed, aborting the process.
+    Use it on a machine the run has to itself. Nothing changes if XLA_FLAGS already sets a
     host device count, or on GPU/TPU (JAX's default devices are then the accelerators).
     """
     flags = _os.environ.get("XLA_FLAGS", "")

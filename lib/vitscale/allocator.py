@@ -1,15 +1,10 @@
 """Start a process with jemalloc, set to keep the pages it frees, in place of the C library's malloc.
 
 Why: on a CPU, XLA allocates each training step's temporary buffers (hundreds of MB) with malloc and
-frees them when the step ends. glibc serves allocations above 32 MB with a fresh mmap and unmaps them
-on free, so every step the kernel faults in and zeroes all of that memory again: 479 MB a step at
-shape A, 1.8 GB at shape B (benchmarks/train_throughput.py), where a third of the two cores' time went
-to the kernel (`sys` 0.67 of wall time on A). jemalloc with `dirty_decay_ms:-1,muzzy_decay_ms:-1`
-keeps freed pages for the next step: no page faults, and the step ran 1.7x (A), 1.2x (B), 1.2x (C)
-faster here. The process's resident memory then stays at its peak, which is what a training run
-holds anyway. Not every process gets all of it: about one in four here (more often after the same
-process ran other shapes) kept re-faulting part of a step's memory (up to ~120,000 faults a step
-at shape B, with no madvise or munmap from the process in that window); the cause is not found.
+frees them when the step ends; glibc returns allocations above 32 MB to the kernel on free, so every
+step faults in and zeroes that memory again. jemalloc with `dirty_decay_ms:-1,muzzy_decay_ms:-1`
+keeps freed pages for the next step (the process's resident memory stays at its peak, which a
+training run holds anyway). Speed-ups and the page-fault counts are in benchmarks/README.md.
 
 A preloaded allocator has to be there when the process starts, so this module wraps a command:
 
@@ -108,7 +103,7 @@ def check(platform: str) -> str | None:
     )
     return (
         f"this process uses the C library's malloc, which re-faults XLA's per-step buffers: training steps "
-        f"on a CPU run 1.2-1.7x slower than with jemalloc. To fix, {how}; VITSCALE_MALLOC=system silences this."
+        f"on a CPU run slower than with jemalloc. To fix, {how}; VITSCALE_MALLOC=system silences this."
     )
 
 

@@ -2,19 +2,19 @@
 
 Input: rows as `runs.collect(sweep_dir)` returns them, one per trained model (a run, and each of
 its cooldown branches), with `run_id`, `branch`, `variant`, `num_params`, `train_examples`,
-`total_steps`, `images_seen`, `train_flops` and the metrics `test_error`,
-`fewshot/<dataset>/<k>shot` and `finetune/<dataset>` (accuracies; analysed as errors).
+`total_steps`, `images_seen`, `train_flops` and the final metrics under their own names
+(`vitscale.metrics`: test/acc, test/loss, fewshot/<dataset>/<k>shot), analysed as errors.
 
 Per metric, `analyze` fits the best error reachable at a given compute (the Pareto frontier of
 error against `x`) with the saturating power law E = a (x + d)^-b + c of Zhai et al. (2022) and
 with M4 (Alabdulmohsin et al., 2022), and checks how well each extrapolates (`scaling` holds the
-math). `findings` turns the paper's qualitative claims into numbers at this scale.
+math). `findings` turns the paper's qualitative claims into numbers at this scale. `run(cfg,
+out_dir)` is the program the scaling notebook calls: all of it for one sweep folder.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale import runs, scaling
+from vitscale import checks, config, metrics, runs, scaling
 
 __all__ = [
     "metric_columns",
@@ -39,39 +39,24 @@ __all__ = [
     "data_sizes",
     "variants_by_size",
     "by_group",
+    "check",
+    "run",
 ]
-
-_FEWSHOT = re.compile(r"^fewshot/[^/]+/\d+shot$")
-_FINETUNE = re.compile(r"^finetune/[^/]+$")
 
 
 # ----------------------------------------------------------------------------- rows
 def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The y-axes present in `rows`: "test_error", then few-shot keys (by dataset, then shots),
-    then fine-tuning keys. Spreads over seeds ("..._std") are not metrics."""
-    keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    fewshot = sorted(
-        (k for k in keys if _FEWSHOT.match(k)),
-        key=lambda k: (k.split("/")[1], int(k.split("/")[2].removesuffix("shot"))),
-    )
-    finetune = sorted(k for k in keys if _FINETUNE.match(k))
-    return (["test_error"] if "test_error" in keys else []) + fewshot + finetune
+    """The accuracy metrics present in `rows`, in report order (test accuracy, then few-shot by
+    dataset and shots); a loss is analysed only when asked for by name."""
+    keys = {k for r in rows for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return sorted((k for k in keys if metrics.ANALYSABLE.fullmatch(k) and metrics.is_accuracy(k)), key=metrics.sort_key)
 
 
 def error_of(row: Mapping[str, Any], metric: str) -> float:
-    """The row's error for `metric`: test_error (and test_loss) as is, 1 - accuracy for few-shot
-    and fine-tuning keys; NaN when the row lacks the metric."""
-    v = row.get(metric)
-    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
-        return math.nan
-    if metric in ("test_error", "test_loss"):
-        return float(v)
-    if metric.startswith(("fewshot/", "finetune/")):
-        return 1.0 - float(v)
-    raise ValueError(
-        f"metric {metric!r} is not an error or accuracy column; "
-        f"accepted: 'test_error', 'test_loss', 'fewshot/<dataset>/<k>shot', 'finetune/<dataset>'"
-    )
+    """The row's error for `metric` (1 - accuracy, or the loss); NaN when the row lacks it."""
+    if not metrics.ANALYSABLE.fullmatch(metric):
+        raise ValueError(f"metric {metric!r} is not analysable; accepted: {metrics.ANALYSABLE_TEXT}")
+    return metrics.error(metric, row.get(metric))
 
 
 def run_label(row: Mapping[str, Any]) -> str:
@@ -107,21 +92,6 @@ def _x_of(row: Mapping[str, Any], x: str) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars and arrays to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
 # ----------------------------------------------------------------------------- one metric
 def _extrapolation_cut(x_frontier: np.ndarray, cut_fraction: float) -> tuple[float, bool]:
     """The compute cut: the point `cut_fraction` of the way across the frontier's log-x range
@@ -140,7 +110,7 @@ def _extrapolation_cut(x_frontier: np.ndarray, cut_fraction: float) -> tuple[flo
 def analyze(
     rows: Sequence[Mapping[str, Any]],
     *,
-    metric: str = "test_error",
+    metric: str = metrics.TEST_ACC,
     x: str = "train_flops",
     n_bootstrap: int = 200,
     cut_fraction: float = 0.5,
@@ -248,7 +218,7 @@ def _summary(rows: Sequence[Mapping[str, Any]], res: Mapping[str, Any]) -> dict[
         extrap = {k: v for k, v in extrap.items() if k != "results"} | {
             "results": {name: {k: v for k, v in r.items() if k != "fit"} for name, r in extrap["results"].items()}
         }
-    return _clean(
+    return runs.to_jsonable(
         {
             "metric": res["metric"],
             "x": res["x"],
@@ -269,7 +239,7 @@ def _summary(rows: Sequence[Mapping[str, Any]], res: Mapping[str, Any]) -> dict[
 
 def analyze_all(
     rows: Sequence[Mapping[str, Any]],
-    metrics: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
     *,
     e0: float | Mapping[str, float] = 0.9,
     **kw: Any,
@@ -278,7 +248,7 @@ def analyze_all(
     maps to {"error": message} instead of raising, so a report still shows the others. `e0` may be
     one value or a {metric: e0} mapping (metrics it omits get 0.9: 10 classes)."""
     out: dict[str, dict[str, Any]] = {}
-    for m in metrics or metric_columns(rows):
+    for m in names or metric_columns(rows):
         m_e0 = e0.get(m, 0.9) if isinstance(e0, Mapping) else e0
         try:
             out[m] = analyze(rows, metric=m, e0=m_e0, **kw)
@@ -297,7 +267,7 @@ def write_summary(
         "metrics": {m: (r["summary"] if "summary" in r else {"error": r.get("error")}) for m, r in results.items()}
     }
     if findings is not None:
-        doc["findings"] = _clean(dict(findings))
+        doc["findings"] = runs.to_jsonable(dict(findings))
     path = Path(out_dir) / "summary.json"
     runs.write_json(path, doc)
     return path
@@ -478,7 +448,7 @@ def _finding_double_saturation(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def findings(
     rows: Sequence[Mapping[str, Any]],
-    metric: str = "test_error",
+    metric: str = metrics.TEST_ACC,
     *,
     result: Mapping[str, Any] | None = None,
     **analyze_kw: Any,
@@ -502,7 +472,7 @@ def findings(
         except ValueError as err:
             result = {"metric": metric, "error": str(err)}
     have = [r for r in rows if math.isfinite(error_of(r, metric))]
-    return _clean(
+    return runs.to_jsonable(
         {
             "saturation": _finding_saturation(have, metric),
             "sample_efficiency": _finding_sample_efficiency(have, metric),
@@ -527,3 +497,28 @@ def by_group(rows: Sequence[Mapping[str, Any]], metric: str, *keys: str) -> dict
         if math.isfinite(error_of(r, metric)):
             groups[tuple(r.get(k) for k in keys)].append(r)
     return groups
+
+
+# ----------------------------------------------------------------------------- the program
+def check(cfg: config.ScalingConfig) -> None:
+    """The sweep folder exists and holds finished pretraining runs."""
+    problems: list[config.Problem] = []
+    if not Path(cfg.sweep_dir).is_dir():
+        problems.append(
+            config.Problem(
+                "sweep_dir",
+                f"{cfg.sweep_dir!r} is not a folder (accepted: a sweep's output folder, e.g. outputs/cpu_scaling)",
+            )
+        )
+    checks.raise_problems(problems)
+
+
+def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
+    """The whole analysis of a sweep folder: rows, fits per metric, findings on test error; writes
+    out_dir/summary.json and returns {"rows", "results", "findings"}."""
+    check(cfg)
+    rows = runs.collect(cfg.sweep_dir)
+    results = analyze_all(rows, cfg.metrics, x=cfg.x, n_bootstrap=cfg.n_bootstrap)
+    found = findings(rows, result=results.get(metrics.TEST_ACC), x=cfg.x, n_bootstrap=cfg.n_bootstrap)
+    write_summary(results, out_dir, findings=found)
+    return {"rows": rows, "results": results, "findings": found}

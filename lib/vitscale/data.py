@@ -165,11 +165,6 @@ class _SklearnDigits(_ArrayBuilder, skip_registration=True):
 OFFLINE_BUILDERS = {b.name: b for b in (_OfflineFashionMNIST, _Mnist5k, _SklearnDigits)}
 
 
-def available_datasets() -> list[str]:
-    """Names accepted for a dataset: the offline ones plus every registered TFDS builder."""
-    return sorted(set(OFFLINE_BUILDERS) | set(tfds.list_builders(with_community_datasets=False)))
-
-
 def check_dataset_name(name: str) -> None:
     """Raise a ValueError naming the accepted datasets if `name` is unknown."""
     if name in OFFLINE_BUILDERS:
@@ -194,11 +189,25 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
     return tfds.builder(name, data_dir=data_dir)
 
 
-def _not_prepared(name: str, builder) -> FileNotFoundError:
+def not_prepared(name: str, builder) -> FileNotFoundError:
     return FileNotFoundError(
         f"dataset {name!r} is not prepared in {builder.data_dir}; vitscale never downloads at run time. "
         f"Prepare it where it can be downloaded (`tfds build {name}`) and copy it into data_dir."
     )
+
+
+# Splits of each downstream dataset: the pool few-shot images are drawn from, and the test split.
+# Fashion-MNIST's pool is capped so that a periodic evaluation stays cheap.
+DOWNSTREAM_SPLITS: dict[str, tuple[str, str]] = {
+    "mnist_5k": ("train", "test"),
+    "sklearn_digits": ("train", "test"),
+    "fashion_mnist": ("train[:10000]", "test"),
+}
+
+
+def downstream_splits(name: str) -> tuple[str, str]:
+    """(pool split, test split) for a downstream dataset; ("train", "test") unless listed."""
+    return DOWNSTREAM_SPLITS.get(name, ("train", "test"))
 
 
 # ----------------------------------------------------------------------------- in-memory splits
@@ -223,7 +232,7 @@ def load_split(dataset: str, split: str, data_dir: str | None = None) -> Split:
         ds = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError as e:
         if "could not find data" in str(e).lower():
-            raise _not_prepared(dataset, builder) from None
+            raise not_prepared(dataset, builder) from None
         raise
     except (ValueError, KeyError) as e:
         raise ValueError(

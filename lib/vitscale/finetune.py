@@ -7,11 +7,8 @@ cosine schedule after a linear warmup, no augmentation. The learning rate is pic
 grid by accuracy on a held-out 2% of the training split; then the model is trained again, from the
 same start, on the whole training split with that rate and scored on the test split
 (`retrain: false` keeps the best grid run instead, trained on the other 98%). The test split plays
-no part in the choice.
-
-A fine-tuning run is a pretraining run in everything but its start: it is described by a
-`PretrainConfig` (`finetune_config`) and goes through `train.make_trainer` and `train.train_loop`,
-so it logs metrics.jsonl, checkpoints at its end and is skipped (resumed) when run again.
+no part in the choice. Every run goes through `loop.fit`, so it logs metrics.jsonl, checkpoints at
+its end and is skipped (read back) when run again:
 
   <transfer run>/finetune/<dataset>/<model>/lr_<lr>/         grid runs: metrics.jsonl (val/...), ckpt/
   <transfer run>/finetune/<dataset>/<model>/final_lr_<lr>/   the retrained run: metrics.jsonl (test/...), ckpt/
@@ -26,12 +23,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from vitscale import config as config_lib
-from vitscale import data, optim, runs, train
+from vitscale import checkpoints, config, data, loop, metrics, optim, runs, train
 from vitscale.models import vit
 
-RANDOM = "random"  # the value of `pretrained` that asks for an untrained model
+RANDOM = config.RANDOM
 HOLDOUT_SEED = 0  # the held-out part is a property of the dataset: the same for every model, lr and seed
 
 
@@ -40,35 +37,32 @@ def find_run(path: str | Path) -> Path:
     """The pretraining run folder `path` names: absolute, or relative to the working directory or to
     the repository root (so `outputs/demo` works from the repository and from notebooks/ alike).
     Raises ConfigError naming the folder if it is missing, has no params.yaml or no checkpoint."""
-    from vitscale.cli import ROOT
-
     given = Path(path).expanduser()
-    tried = [given] if given.is_absolute() else [Path.cwd() / given, ROOT / given]
+    tried = [given] if given.is_absolute() else [Path.cwd() / given, runs.ROOT / given]
     run = next((p for p in tried if p.is_dir()), None)
+    problem = lambda msg: config.ConfigError([config.Problem("pretrained", msg)])
     if run is None:
-        raise config_lib.ConfigError(
-            f"pretrained: run folder {str(path)!r} does not exist (looked at "
-            f"{', '.join(str(p) for p in dict.fromkeys(tried))}); give a pretraining run "
-            "folder holding params.yaml and ckpt/, or 'random'"
+        looked = ", ".join(str(p) for p in dict.fromkeys(tried))
+        raise problem(
+            f"run folder {str(path)!r} does not exist (looked at {looked}); accepted: a pretraining run folder "
+            "holding params.yaml and ckpt/, or 'random'"
         )
     run = run.resolve()
     if not (run / "params.yaml").is_file():
-        raise config_lib.ConfigError(f"pretrained: {run} has no params.yaml, so it is not a pretraining run folder")
+        raise problem(f"{run} has no params.yaml, so it is not a pretraining run folder")
     ckpt = run / "ckpt"
     if not ckpt.is_dir() or not any(p.name.isdigit() for p in ckpt.iterdir()):
-        raise config_lib.ConfigError(
-            f"pretrained: {run} has no checkpoint (no step folder in {ckpt}); run or resume its pretraining first"
-        )
+        raise problem(f"{run} has no checkpoint (no step folder in {ckpt}); run or resume its pretraining first")
     return run
 
 
-def read_pretrain_config(run_dir: Path) -> config_lib.PretrainConfig:
+def read_pretrain_config(run_dir: Path) -> config.PretrainConfig:
     """The PretrainConfig a run folder was made with (its params.yaml)."""
     try:
-        return config_lib.validate(config_lib.PretrainConfig, config_lib.load_yaml(run_dir / "params.yaml"))
-    except config_lib.ConfigError as e:
-        raise config_lib.ConfigError(
-            f"pretrained: {run_dir / 'params.yaml'} is not a valid pretraining parameter file: {e}"
+        return config.validate(config.PretrainConfig, config.load_yaml(run_dir / "params.yaml"))
+    except config.ConfigError as e:
+        raise config.ConfigError(
+            [config.Problem("pretrained", f"{run_dir / 'params.yaml'} is not a valid pretraining parameter file: {e}")]
         ) from None
 
 
@@ -78,11 +72,11 @@ class Pretrained:
     (whose `features` gives the frozen pre_logits for few-shot evaluation)."""
 
     name: str  # "pretrained" or "random": how reports label it
-    cfg: config_lib.PretrainConfig
+    cfg: config.PretrainConfig
     params: Any
     step: int  # pretraining steps behind the weights (0: a random init)
     source: str  # the run folder, or "random"
-    trainer: train.Trainer
+    trainer: loop.Trainer
 
     def features(self, images: jax.Array) -> jax.Array:
         return self.trainer.features(self.params, images)
@@ -95,19 +89,9 @@ def num_classes(dataset: str, data_dir: str | None = None) -> int:
     return builder.info.features[label_key].num_classes
 
 
-def pretrain_trainer(cfg: config_lib.PretrainConfig, mesh, seed: int | None = None) -> train.Trainer:
-    """The trainer of a pretraining run's shape: model, optimizer and shardings (its state is what the
-    run's checkpoints hold)."""
-    model = train.build_model(cfg, num_classes(cfg.dataset, cfg.data_dir))
-    return train.make_trainer(
-        model,
-        train.build_optimizer(cfg, train.build_schedule(cfg)),
-        mesh,
-        image_shape=(cfg.image_size, cfg.image_size, cfg.channels),
-        loss=cfg.loss,
-        seed=cfg.seed if seed is None else seed,
-        chains=train.chains_of(cfg),
-    )
+def pretrain_trainer(cfg: config.PretrainConfig, mesh, seed: int | None = None) -> loop.Trainer:
+    """The trainer of a pretraining run's shape (its state is what the run's checkpoints hold)."""
+    return train.make_trainer(cfg, mesh, num_classes(cfg.dataset, cfg.data_dir), seed=seed)
 
 
 def load_pretrained(path: str | Path, mesh) -> Pretrained:
@@ -115,25 +99,19 @@ def load_pretrained(path: str | Path, mesh) -> Pretrained:
     run = find_run(path)
     cfg = read_pretrain_config(run)
     trainer = pretrain_trainer(cfg, mesh)
-    state, _ = train.restore_latest(
-        train.checkpoint_manager(run / "ckpt", cfg), train.abstract_with_shardings(trainer), move_aside=False
-    )
+    mngr = checkpoints.manager(run / "ckpt", keep=cfg.keep_checkpoints)
+    state, _ = checkpoints.restore_latest(mngr, trainer.abstract_state(), move_aside=False)
     if state is None:
-        raise config_lib.ConfigError(f"pretrained: no checkpoint in {run / 'ckpt'} could be read")
-    return Pretrained(
-        name="pretrained",
-        cfg=cfg,
-        params=state["params"],
-        step=int(jax.device_get(state["step"])),
-        source=str(run),
-        trainer=trainer,
-    )
+        raise config.ConfigError([config.Problem("pretrained", f"no checkpoint in {run / 'ckpt'} could be read")])
+    step = int(jax.device_get(state.step))
+    return Pretrained(name="pretrained", cfg=cfg, params=state.params, step=step, source=str(run), trainer=trainer)
 
 
-def random_init(cfg: config_lib.PretrainConfig, mesh, seed: int = 0) -> Pretrained:
+def random_init(cfg: config.PretrainConfig, mesh, seed: int = 0) -> Pretrained:
     """An untrained model of the shape `cfg` describes (the baseline a pretrained model must beat)."""
     trainer = pretrain_trainer(cfg, mesh, seed=seed)
-    return Pretrained(name=RANDOM, cfg=cfg, params=trainer.init_fn()["params"], step=0, source=RANDOM, trainer=trainer)
+    params = trainer.init_fn().params
+    return Pretrained(name=RANDOM, cfg=cfg, params=params, step=0, source=RANDOM, trainer=trainer)
 
 
 # ----------------------------------------------------------------------------- surgery and data
@@ -164,49 +142,9 @@ def holdout_split(split: data.Split, fraction: float = 0.02, seed: int = HOLDOUT
     return part(keep, f"{1 - fraction:.0%}"), part(hold, f"held-out {fraction:.0%}")
 
 
-def finetune_config(
-    pre: config_lib.PretrainConfig, cfg: config_lib.TransferConfig, dataset: str, lr: float
-) -> config_lib.PretrainConfig:
-    """The fine-tuning run as a training config: the pretrained model's shape at the fine-tuning
-    resolution, softmax cross-entropy, SGD at `lr` without weight decay, cosine with warmup, no
-    augmentation, one checkpoint at the end."""
-    updates = dict(
-        name=f"{cfg.name}:{dataset}:lr={lr:g}",
-        dataset=dataset,
-        data_dir=cfg.data_dir,
-        train_split="train",
-        test_split="test",
-        train_examples=None,
-        image_size=cfg.resolution(),
-        crop_padding=0,
-        flip=False,
-        loss="softmax_xent",
-        head_bias_init=0.0,
-        optimizer="sgd",
-        lr=lr,
-        weight_decay=0.0,
-        wd_rules=[],
-        grad_clip_norm=cfg.grad_clip_norm,
-        schedule="cosine",
-        warmup_steps=cfg.warmup_steps,
-        cooldown_steps=0,
-        cooldown_branches=[],
-        total_steps=cfg.finetune_steps,
-        batch_size=cfg.finetune_batch_size,
-        seed=cfg.seed,
-        eval_every=cfg.eval_every,
-        eval_batch_size=cfg.eval_batch_size,
-        log_every=cfg.log_every,
-        fewshot_datasets=[],
-        checkpoint_every=cfg.finetune_steps,
-        keep_checkpoints=1,
-        keep_every=None,
-        mesh=cfg.mesh,
-        coordinator_address=None,
-        num_processes=None,
-        process_id=None,
-    )
-    return config_lib.validate(config_lib.PretrainConfig, {**pre.model_dump(), **updates})
+def resolution(cfg: config.TransferConfig, pre: config.PretrainConfig) -> int:
+    """The fine-tuning resolution: finetune_resolution, or the pretraining one."""
+    return cfg.finetune_resolution or pre.image_size
 
 
 # ----------------------------------------------------------------------------- one run
@@ -214,92 +152,81 @@ def finetune_config(
 class _Compiled:
     """One compiled fine-tuning setup (per class count and lr), shared by every start point."""
 
-    cfg: config_lib.PretrainConfig
-    trainer: train.Trainer
-    schedule: Any
-    start_state: Any  # params -> a fresh training state (step 0, new optimizer state), sharded like the trainer's
+    trainer: loop.Trainer
+    schedule: optax.Schedule
+    spec: loop.LoopSpec
+    pipe: data.Pipeline
+    image_shape: tuple[int, int, int]
 
 
-def _compile(
-    pre: config_lib.PretrainConfig, cfg: config_lib.TransferConfig, dataset: str, classes: int, lr: float, mesh
-) -> _Compiled:
-    ft = finetune_config(pre, cfg, dataset, lr)
-    schedule = train.build_schedule(ft)
+def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: int, lr: float, mesh) -> _Compiled:
+    """The pretrained shape at the fine-tuning resolution with a zero-bias head, SGD with momentum
+    at `lr` (no weight decay, clipping), cosine after warmup, softmax cross-entropy."""
+    res = resolution(cfg, pre)
+    schedule = optim.make_schedule("cosine", lr, cfg.finetune_steps, warmup_steps=cfg.warmup_steps)
     tx = optim.make_optimizer(
         "sgd", schedule, weight_decay=0.0, grad_clip_norm=cfg.grad_clip_norm, momentum=cfg.momentum
     )
-    trainer = train.make_trainer(
-        train.build_model(ft, classes),
-        tx,
-        mesh,
-        image_shape=(ft.image_size, ft.image_size, ft.channels),
-        loss=ft.loss,
-        seed=ft.seed,
+    model = train.build_model(pre, classes).clone(head_bias_init=0.0)
+    shape = (res, res, pre.channels)
+    trainer = loop.make_trainer(model, tx, mesh, image_shape=shape, loss="softmax_xent", seed=cfg.seed)
+    spec = loop.LoopSpec(
+        total_steps=cfg.finetune_steps,
+        batch_size=cfg.finetune_batch_size,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every,
+        checkpoint_every=cfg.finetune_steps,
+        keep_checkpoints=1,
     )
-    start = jax.jit(
-        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
-        out_shardings=trainer.state_shardings,
-    )
-    return _Compiled(ft, trainer, schedule, start)
+    return _Compiled(trainer, schedule, spec, data.Pipeline(image_size=res, channels=pre.channels), shape)
 
 
 def train_one(
     c: _Compiled,
+    cfg: config.TransferConfig,
     params: Any,
     train_split: data.Split,
     eval_split: data.Split,
     eval_prefix: str,
     run_dir: Path,
     desc: str,
-) -> tuple[dict[str, float], Any]:
+) -> tuple[dict[str, float], loop.TrainState]:
     """Fine-tune from `params` on `train_split`, evaluating on `eval_split` as `<eval_prefix>/acc|loss`;
     a run folder that already holds the finished run is read back instead. Returns (final metrics and
     device_seconds, state)."""
-    ft, trainer = c.cfg, c.trainer
-    pipe = data.Pipeline(image_size=ft.image_size, channels=ft.channels)
-    mngr = train.checkpoint_manager(run_dir / "ckpt", ft)
-    metrics = runs.MetricsLog(run_dir / "metrics.jsonl")
-    state, meta = train.restore_latest(mngr, train.abstract_with_shardings(trainer), max_step=ft.total_steps)
-    if state is None:
-        state = c.start_state(params)
-    start = int(jax.device_get(state["step"]))
-    metrics.truncate_after(start)
 
-    def evaluators(p, step: int, final: bool = False) -> dict[str, float]:
-        return {
-            f"{eval_prefix}/{k}": v for k, v in train.evaluate(trainer, p, eval_split, pipe, ft.eval_batch_size).items()
-        }
+    def evaluate(p, step: int, final: bool = False) -> dict[str, float]:
+        result = loop.evaluate(c.trainer, p, eval_split, c.pipe, cfg.eval_batch_size)
+        return {metrics.on_split(eval_prefix, k): v for k, v in result.items()}
 
-    batches = data.train_batches(
+    batches = lambda step: data.train_batches(
         train_split,
-        pipe,
-        global_batch=ft.batch_size,
-        seed=ft.seed,
-        start_step=start,
+        c.pipe,
+        global_batch=c.spec.batch_size,
+        seed=cfg.seed,
+        start_step=step,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    state, meta = train.train_loop(
-        trainer,
-        state,
+    state, meta = loop.fit(
+        c.trainer,
+        c.spec,
+        run_dir,
         schedule=c.schedule,
         batches=batches,
-        end_step=ft.total_steps,
-        cfg=ft,
-        metrics=metrics,
-        mngr=mngr,
-        evaluators=evaluators,
+        evaluators=evaluate,
         desc=desc,
-        meta=meta,
+        start=lambda: (c.trainer.start_from(params), None),
     )
-    final = {k: v for r in metrics.read() for k, v in r.items() if k.startswith((f"{eval_prefix}/", "train/"))}
+    final = runs.final_metrics(runs.read_metrics(run_dir / "metrics.jsonl"))
+    final = {k: v for k, v in final.items() if k.startswith((f"{eval_prefix}/", "train/"))}
     final["device_seconds"] = meta.get("device_seconds")
     return final, state
 
 
 # ----------------------------------------------------------------------------- lr selection, then the final run
 def finetune(
-    models: list[Pretrained], dataset: str, cfg: config_lib.TransferConfig, out_dir: str | Path, mesh
+    models: list[Pretrained], dataset: str, cfg: config.TransferConfig, out_dir: str | Path, mesh
 ) -> dict[str, dict[str, Any]]:
     """Fine-tune each model on `dataset`: pick the lr on the held-out part, then retrain on the whole
     training split (or keep the best grid run) and score the test split. Returns {model name: result}."""
@@ -309,9 +236,9 @@ def finetune(
     train_part, holdout = holdout_split(full, cfg.holdout_fraction)
     compiled: dict[float, _Compiled] = {}
 
-    def setup(pre: config_lib.PretrainConfig, lr: float) -> _Compiled:
+    def setup(pre: config.PretrainConfig, lr: float) -> _Compiled:
         if lr not in compiled:
-            compiled[lr] = _compile(pre, cfg, dataset, full.num_classes, lr, mesh)
+            compiled[lr] = _compile(pre, cfg, full.num_classes, lr, mesh)
         return compiled[lr]
 
     results = {}
@@ -321,13 +248,12 @@ def finetune(
         for lr in cfg.lr_grid:
             c = setup(m.cfg, lr)
             if init_params is None:
-                init_params = transfer_params(
-                    m.params, c.trainer.model, (c.cfg.image_size, c.cfg.image_size, c.cfg.channels)
-                )
+                init_params = transfer_params(m.params, c.trainer.model, c.image_shape)
             row: dict[str, Any] = {"lr": lr}
             try:
                 final, state = train_one(
                     c,
+                    cfg,
                     init_params,
                     train_part,
                     holdout,
@@ -344,7 +270,7 @@ def finetune(
                         "diverged": False,
                     }
                 )
-            except train.NonFiniteLoss as e:
+            except loop.NonFiniteLoss as e:
                 row.update({"val/acc": None, "val/loss": None, "diverged": True, "error": str(e)})
                 state = None
             grid.append(row)
@@ -367,11 +293,11 @@ def finetune(
                 "a wider grid may do better"
             )
         c = setup(m.cfg, best_lr)
-        pipe = data.Pipeline(image_size=c.cfg.image_size, channels=c.cfg.channels)
         if cfg.retrain:
             best = None  # free the grid run's state before the final run
             final, state = train_one(
                 c,
+                cfg,
                 init_params,
                 full,
                 test,
@@ -385,15 +311,15 @@ def finetune(
             state, seconds = best[1], []
             test_metrics = {
                 f"test/{k}": v
-                for k, v in train.evaluate(c.trainer, state["params"], test, pipe, c.cfg.eval_batch_size).items()
+                for k, v in loop.evaluate(c.trainer, state.params, test, c.pipe, cfg.eval_batch_size).items()
             }
         seconds += [g.get("device_seconds") for g in grid]
         results[m.name] = {
             "dataset": dataset,
             "model": m.name,
-            "resolution": c.cfg.image_size,
-            "steps": c.cfg.total_steps,
-            "batch_size": c.cfg.batch_size,
+            "resolution": c.image_shape[0],
+            "steps": c.spec.total_steps,
+            "batch_size": c.spec.batch_size,
             "grid": grid,
             "best_lr": best_lr,
             "best_lr_at_grid_edge": at_edge,

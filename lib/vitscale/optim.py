@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from vitscale import config
 
 __all__ = [
     "DEFAULT_WD_RULES",
@@ -42,8 +44,8 @@ __all__ = [
     "wd_multipliers",
 ]
 
-SCHEDULES: tuple[str, ...] = ("rsqrt", "cosine", "linear", "constant")
-OPTIMIZERS: tuple[str, ...] = ("adafactor", "adam", "adamw", "sgd")
+SCHEDULES: tuple[str, ...] = get_args(config.Schedule)  # the names the parameter schemas accept
+OPTIMIZERS: tuple[str, ...] = get_args(config.Optimizer)
 FACTOR_RULES: tuple[str, ...] = ("trailing", "largest")
 
 # (regex, multiplier): the first regex that `re.search`es the '/'-joined path

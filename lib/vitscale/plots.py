@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from vitscale import analysis
+from vitscale import analysis, metrics
 
 RENDERER = "plotly_mimetype+notebook"
 
@@ -79,30 +79,6 @@ def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Fig
     return fig
 
 
-def fewshot_by_shots(results: dict[str, dict[str, dict[str, Any]]]) -> go.Figure:
-    """Accuracy against shots per downstream dataset, with the spread over seeds as error bars."""
-    fig = go.Figure()
-    for name, res in results.items():
-        shots = sorted(res, key=lambda s: int(s.removesuffix("shot")))
-        fig.add_trace(
-            go.Scatter(
-                x=[int(s.removesuffix("shot")) for s in shots],
-                y=[res[s]["mean"] for s in shots],
-                error_y=dict(type="data", array=[res[s]["std"] for s in shots]),
-                name=name,
-                mode="lines+markers",
-            )
-        )
-    fig.update_layout(
-        title="few-shot linear transfer",
-        xaxis_title="images per class (shots)",
-        yaxis_title="top-1 accuracy",
-        xaxis_type="log",
-        height=380,
-    )
-    return fig
-
-
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = "") -> go.Figure:
     """A plain table figure (renders in the HTML report like the plots)."""
     columns = list(columns or (rows[0].keys() if rows else []))
@@ -134,10 +110,10 @@ def summary_table(summary: dict[str, Any]) -> go.Figure:
         "images_seen",
         "num_params",
         "train_flops",
-        "best_test_acc",
         "wall_seconds_this_session",
     ]
     rows = [{"quantity": k, "value": summary.get(k)} for k in keys]
+    rows += [{"quantity": f"best {k}", "value": v} for k, v in summary.get("best", {}).items()]
     rows += [{"quantity": k, "value": v} for k, v in sorted(summary.get("final", {}).items())]
     return table(rows, ["quantity", "value"])
 
@@ -228,11 +204,11 @@ def finetune_table(summary: dict[str, Any]) -> go.Figure:
     )
 
 
-def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> go.Figure:
+def finetune_curves(curves: Sequence[dict[str, Any]]) -> go.Figure:
     """Fine-tuning curves, one row per dataset: train loss, held-out accuracy of the lr grid runs,
     test accuracy of the final runs; one colour per model, one dash per lr of the grid, the final
     (retrained) runs solid and thick. `curves` is transfer.load_curves(out_dir)."""
-    datasets = list(curves) or ["(none)"]
+    datasets = list(dict.fromkeys(c["dataset"] for c in curves)) or ["(none)"]
     fig = make_subplots(
         rows=len(datasets),
         cols=3,
@@ -244,34 +220,33 @@ def finetune_curves(curves: dict[str, dict[str, Sequence[dict[str, Any]]]]) -> g
         ],
     )
     palette = pio.templates["plotly"].layout.colorway
-    models = list(dict.fromkeys(label.split(" ")[0] for runs in curves.values() for label in runs))
-    lrs = sorted({label.rsplit("lr=", 1)[-1] for runs in curves.values() for label in runs}, key=float)
+    models = list(dict.fromkeys(c["model"] for c in curves))
+    lrs = sorted({c["lr"] for c in curves})
     shown = set()
-    for i, name in enumerate(curves, start=1):
-        for label, records in curves[name].items():
-            color = palette[models.index(label.split(" ")[0]) % len(palette)]
-            final = " final " in label  # the retrained run: solid and thick; grid runs: one dash per lr
-            dash = "solid" if final else _GRID_DASHES[lrs.index(label.rsplit("lr=", 1)[-1]) % len(_GRID_DASHES)]
-            width = 3 if final else 1.5
-            for col, key in enumerate(("train/loss", "val/acc", "test/acc"), start=1):
-                xs, ys = _series(records, key)
-                if not xs:
-                    continue
-                fig.add_trace(
-                    go.Scatter(
-                        x=xs,
-                        y=ys,
-                        name=label,
-                        legendgroup=label,
-                        showlegend=label not in shown,
-                        mode="lines" if key == "train/loss" else "lines+markers",
-                        line=dict(color=color, dash=dash, width=width),
-                    ),
-                    row=i,
-                    col=col,
-                )
-                shown.add(label)
-        fig.update_yaxes(type="log", row=i, col=1)
+    for c in curves:
+        label = f"{c['model']} {'final ' if c['final'] else ''}lr={c['lr']:g}"
+        color = palette[models.index(c["model"]) % len(palette)]
+        dash = "solid" if c["final"] else _GRID_DASHES[lrs.index(c["lr"]) % len(_GRID_DASHES)]
+        row = datasets.index(c["dataset"]) + 1
+        for col, key in enumerate((metrics.TRAIN_LOSS, "val/acc", metrics.TEST_ACC), start=1):
+            xs, ys = _series(c["records"], key)
+            if not xs:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    name=label,
+                    legendgroup=label,
+                    showlegend=label not in shown,
+                    mode="lines" if key == metrics.TRAIN_LOSS else "lines+markers",
+                    line=dict(color=color, dash=dash, width=3 if c["final"] else 1.5),
+                ),
+                row=row,
+                col=col,
+            )
+            shown.add(label)
+        fig.update_yaxes(type="log", row=row, col=1)
     if not curves:
         fig.add_annotation(text="no fine-tuning in this run (parameter finetune_datasets)", showarrow=False)
     fig.update_xaxes(title_text="step", row=len(datasets))
@@ -302,12 +277,7 @@ def _x_title(x: str) -> str:
 
 
 def _metric_title(metric: str) -> str:
-    parts = metric.split("/")
-    if metric.startswith("fewshot/") and len(parts) == 3:
-        return f"few-shot error, {parts[1]} {parts[2].removesuffix('shot')}-shot"
-    if metric.startswith("finetune/"):
-        return f"fine-tuning error, {metric.removeprefix('finetune/')}"
-    return metric.replace("_", " ")
+    return metrics.title(metric)
 
 
 def _hover_data(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -435,7 +405,7 @@ def scaling_error_vs_compute(
     return fig
 
 
-def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = "test_error") -> go.Figure:
+def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure:
     """Best error (over training lengths) against parameters, one line per data size (log-log)."""
     groups = analysis.by_group(rows, metric, "train_examples", "variant")
     sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key)
@@ -461,7 +431,7 @@ def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = "test_err
     return fig
 
 
-def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = "test_error") -> go.Figure:
+def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure:
     """Error against images seen, one facet per data size and one line per model size (the best
     run or cooldown branch at each images-seen value); log-log."""
     groups = analysis.by_group(rows, metric, "train_examples", "variant")
@@ -617,9 +587,9 @@ def _finite_or_none(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def scaling_runs_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None) -> go.Figure:
+def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> go.Figure:
     """Every trained model of the sweep with its size, data, length, compute and errors."""
-    metrics = list(metrics or analysis.metric_columns(rows))
+    names = list(names or analysis.metric_columns(rows))
     rows = sorted(
         rows,
         key=lambda r: (
@@ -638,14 +608,14 @@ def scaling_runs_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | 
             "steps": r.get("total_steps"),
             "images seen": r.get("images_seen"),
             "train FLOPs": r.get("train_flops"),
-            **{_metric_title(m): _finite_or_none(analysis.error_of(r, m)) for m in metrics},
+            **{_metric_title(m): _finite_or_none(analysis.error_of(r, m)) for m in names},
         }
         for r in rows
     ]
     if not out:
         return table([{"runs": "no finished run in this sweep"}])
     fig = table(out, title=f"{len(out)} trained models (runs and cooldown branches)")
-    return _fit_table(fig, [3.0, 1.0, 1.0, 1.0, 0.8, 1.1, 1.1] + [1.6] * len(metrics), chars=170)
+    return _fit_table(fig, [3.0, 1.0, 1.0, 1.0, 0.8, 1.1, 1.1] + [1.6] * len(names), chars=170)
 
 
 def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[go.Figure]:

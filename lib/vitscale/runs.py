@@ -10,6 +10,7 @@ outputs/<sweep>/<run>/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,14 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from vitscale import allocator, metrics
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository (src layout: lib/vitscale)
+NOTEBOOKS = ROOT / "notebooks"
+OUTPUTS = ROOT / "outputs"
 
 PACKAGES = (
     "vitscale",
@@ -54,20 +63,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def _jsonable(x: Any) -> Any:
+def to_jsonable(x: Any) -> Any:
+    """A JSON-safe copy: numpy scalars and arrays to Python, non-finite floats to None (JSON has no
+    NaN; a reader sees "no value", as for a metric never computed)."""
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [to_jsonable(v) for v in x]
     if hasattr(x, "item") and getattr(x, "shape", None) == ():
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return None
     return x
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    """The one JSON writer of run folders: atomic, through to_jsonable."""
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -83,7 +95,7 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
+            f.write(json.dumps(to_jsonable(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -112,47 +124,49 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The commit of the code that ran (with '+dirty' if the tree had changes)."""
-    cwd = cwd or Path(__file__).resolve().parent
+def _git(args: list[str], cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout
+
+
+def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
+    """The commit of the code that ran, whether the tracked tree had uncommitted changes, and a hash
+    of that diff (two dirty runs with the same hash ran the same code)."""
+    cwd = Path(cwd or Path(__file__).resolve().parent)
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return (commit + ("+dirty" if dirty else "")) or None
+        commit = _git(["rev-parse", "HEAD"], cwd).strip() or None
+        diff = _git(["diff", "HEAD", "--binary"], cwd) if commit else ""
     except (OSError, subprocess.SubprocessError):
-        return None
+        return {"git_commit": None, "git_dirty": None, "git_diff_sha1": None}
+    return {
+        "git_commit": commit,
+        "git_dirty": bool(diff),
+        "git_diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None,
+    }
 
 
 def environment() -> dict[str, Any]:
-    """Package versions, Python, platform and git commit: what reproduces a run."""
+    """Package versions, Python, platform, git state and allocator: what reproduces a run."""
     versions = {}
     for p in PACKAGES:
         try:
             versions[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             pass
-    from vitscale import allocator
-
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
-        "git_commit": git_commit(),
+        **git_state(),
         "allocator": allocator.current(),
     }
 
 
-def is_run_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / "params.yaml").exists() or (path / "summary.json").exists()
+def final_metrics(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The last value of every train/, test/, val/ and fewshot/ metric over a run's records."""
+    final: dict[str, Any] = {}
+    for r in records:
+        final.update({k: v for k, v in r.items() if k.startswith(("train/", "test/", "val/", "fewshot/"))})
+    return final
 
 
 def find_runs(root: str | Path) -> Iterable[Path]:
@@ -211,9 +225,5 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _metric_columns(final: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in final.items() if k.startswith(("fewshot/", "finetune/")) and not k.endswith("_std")}
-    if "test/acc" in final:
-        out["test_error"] = 1.0 - final["test/acc"]
-    if "test/loss" in final:
-        out["test_loss"] = final["test/loss"]
-    return out
+    """The analysable metrics of a run's final record, under their own names."""
+    return {k: v for k, v in final.items() if metrics.ANALYSABLE.fullmatch(k)}

@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, progress, runs
+from vitscale import checks, config, notebooks, progress, runs
 
 STATUS = "status.json"
 
@@ -59,8 +59,6 @@ def run_id(params: dict[str, Any], keys: list[str]) -> str:
 
 def load(path: str | Path) -> Sweep:
     """Expand and validate a sweep file; every run is checked before anything runs."""
-    from vitscale.cli import KINDS, schema_for
-
     path = Path(path)
     spec = config.load_yaml(path)
     if "extends" in spec:  # another sweep file whose keys this one overrides (e.g. a smaller grid)
@@ -71,44 +69,44 @@ def load(path: str | Path) -> Sweep:
         spec = {**parent, **spec}
     unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis"}
     if unknown:
+        accepted = "name, notebook, base, fixed, grid, runs, analysis"
         raise config.ConfigError(
-            f"sweep {path}: unknown keys {sorted(unknown)}; accepted: name, notebook, base, fixed, grid, runs, analysis"
+            [config.Problem(k, f"unknown sweep key; accepted: {accepted}") for k in sorted(unknown)], path
         )
     notebook = spec.get("notebook", "pretrain")
-    if notebook not in KINDS:
-        raise config.ConfigError(f"sweep {path}: notebook {notebook!r} is not one of {list(KINDS)}")
+    if notebook not in config.RUN_KINDS:
+        problem = config.Problem(
+            "notebook", f"{notebook!r} is not a notebook kind (accepted: {list(config.RUN_KINDS)})"
+        )
+        raise config.ConfigError([problem], path)
     base = spec.get("base") or {}
     if isinstance(base, str):
         base = config.load_yaml(path.parent / base)
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
-        raise config.ConfigError(f"sweep {path}: grid must map parameter names to non-empty lists")
+        raise config.ConfigError([config.Problem("grid", "must map parameter names to non-empty lists")], path)
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     combos += list(spec.get("runs") or [])
     if not combos:
         combos = [{}]
-    schema = schema_for(notebook)
     keys = list(grid) + sorted({k for c in spec.get("runs") or [] for k in c} - set(grid))
     expanded, errors = [], []
     for i, overrides in enumerate(combos):
         params = {**base, **(spec.get("fixed") or {}), **overrides}
         try:
-            cfg = config.validate(schema, params)
+            cfg = notebooks.check(notebook, params)
         except config.ConfigError as e:
-            errors.append(f"run {i} ({overrides}): {e}")
+            errors += [config.Problem(f"run {i} {overrides}: {p.field}", p.message) for p in e.problems]
             continue
         resolved = cfg.model_dump(mode="json")
         rid = run_id(resolved, keys)
         expanded.append(Run(rid, {**resolved, "name": rid}))
     if errors:
-        raise config.ConfigError(
-            f"sweep {path}: {len(errors)} of {len(combos)} runs are invalid:\n" + "\n".join(errors)
-        )
+        raise config.ConfigError(errors, path)
     ids = [r.run_id for r in expanded]
     if len(set(ids)) != len(ids):
-        raise config.ConfigError(
-            f"sweep {path}: some runs are identical after resolving: {sorted({i for i in ids if ids.count(i) > 1})}"
-        )
+        same = sorted({i for i in ids if ids.count(i) > 1})
+        raise config.ConfigError([config.Problem("grid", f"some runs are identical after resolving: {same}")], path)
     return Sweep(
         spec.get("name", path.stem),
         notebook,
@@ -123,8 +121,13 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         return 0, 1
     m = re.fullmatch(r"(\d+)/(\d+)", text)
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise config.ConfigError(f"--shard {text!r} must be i/N with 0 <= i < N, e.g. 0/4")
+        raise config.ConfigError([config.Problem("--shard", f"{text!r} must be i/N with 0 <= i < N, e.g. 0/4")])
     return int(m.group(1)), int(m.group(2))
+
+
+def shard_of(sweep: Sweep, shard: tuple[int, int]) -> list[Run]:
+    """The runs shard (i, N) takes: every N-th run of the sorted list, starting at i."""
+    return [r for k, r in enumerate(sweep.runs) if k % shard[1] == shard[0]]
 
 
 def status_of(folder: Path) -> str:
@@ -160,16 +163,11 @@ def thread_env(workers: int) -> dict[str, str]:
 
 
 def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
-    from vitscale import cli
-
     folder = out / run.run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    params_file = folder / "params.yaml"
-    if not params_file.exists():
-        runs.atomic_write_text(params_file, config.yaml.safe_dump(run.params, sort_keys=False))
+    checks.claim_run_dir(folder, config.validate(config.KINDS[sweep.notebook], run.params))
     runs.write_json(folder / STATUS, {"status": "running", "started": time.time(), "host": socket.gethostname()})
     try:
-        cli.execute(sweep.notebook, run.params, folder, quiet=True)
+        notebooks.execute(sweep.notebook, run.params, folder, quiet=True)
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         runs.write_json(
             folder / STATUS,
@@ -190,7 +188,7 @@ def execute(
 ) -> dict[str, str]:
     """Run this shard's unfinished runs, `workers` at a time (threads, each with its own kernel)."""
     out.mkdir(parents=True, exist_ok=True)
-    mine = [r for i, r in enumerate(sweep.runs) if i % shard[1] == shard[0]]
+    mine = shard_of(sweep, shard)
     todo = [
         r
         for r in mine

@@ -1,12 +1,13 @@
 """Transfer: how good are a pretrained model's representations downstream?
 
-`run(cfg, out_dir)` is the one entry point (notebooks/transfer.ipynb and `vitscale run
-parameters/transfer/<name>.yaml` both call it). For the model `pretrained` names (a pretraining run
-folder's newest checkpoint, or a random init), and with `compare_random` also for a random init of
-the same shape:
+`check(cfg)` reads what the parameters refer to (the run folder, the datasets, the devices);
+`run(cfg, out_dir)` (notebooks/transfer.ipynb, `vitscale run parameters/transfer/<name>.yaml`)
+then, for the model `pretrained` names (a pretraining run's newest checkpoint, or a random init),
+and with `compare_random` also for a random init of the same shape:
 
-1. few-shot linear evaluation (vitscale.fewshot, the paper's protocol) on each of `fewshot_datasets`,
-   for every shot count and seed, from the frozen pre_logits at the pretraining resolution;
+1. few-shot linear evaluation (vitscale.evaluators, the paper's protocol) on each of
+   `fewshot_datasets`, for every shot count and seed, from frozen pre_logits at the pretraining
+   resolution;
 2. fine-tuning (vitscale.finetune) on each of `finetune_datasets` at `finetune_resolution`.
 
 The run folder gets params.yaml first, metrics.jsonl and ckpt/ of every fine-tuning run under
@@ -19,16 +20,58 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
-
-from vitscale import config as config_lib
-from vitscale import data, fewshot, finetune, flops, runs, sharding, train
+from vitscale import checks, config, data, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train
 
 
-def load_models(cfg: config_lib.TransferConfig, mesh) -> list[finetune.Pretrained]:
+def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
+    """The pretrained model's parameters: the run folder's params.yaml, or `random_model`."""
+    if cfg.pretrained == config.RANDOM:
+        return config.PretrainConfig(**cfg.random_model)
+    return finetune.read_pretrain_config(finetune.find_run(cfg.pretrained))
+
+
+def check(cfg: config.TransferConfig) -> config.PretrainConfig:
+    """Everything that needs disk, datasets or devices, before any compute: the pretraining run
+    folder, the fine-tuning resolution against its patch size, few-shot pools against the shot
+    counts, the fine-tuning splits against holdout_fraction, the batch against the devices.
+    Returns the pretrained model's parameters; raises one ConfigError listing every problem."""
+    problems: list[config.Problem] = []
+    try:
+        pre = pretrain_config(cfg)
+    except config.ConfigError as e:
+        problems += e.problems
+        pre = None
+    if pre is not None:
+        patch, res = pre.model_shape()["patch_size"], finetune.resolution(cfg, pre)
+        if res % patch:
+            problems.append(
+                config.Problem(
+                    "finetune_resolution",
+                    f"{res} is not divisible by the patch size {patch} of the pretrained model (variant "
+                    f"{pre.variant!r}); accepted: a multiple of {patch}",
+                )
+            )
+    checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir)
+    for name in cfg.finetune_datasets:
+        n = checks.split_size(problems, "finetune_datasets", name, "train", cfg.data_dir)
+        checks.split_size(problems, "finetune_datasets", name, "test", cfg.data_dir)
+        if n is not None and not 0 < round(n * cfg.holdout_fraction) < n:
+            problems.append(
+                config.Problem(
+                    "holdout_fraction",
+                    f"{cfg.holdout_fraction} of the {n} training images of {name!r} leaves an empty held-out or "
+                    "training part",
+                )
+            )
+    checks.devices(problems, cfg.mesh, {"finetune_batch_size": cfg.finetune_batch_size})
+    checks.raise_problems(problems)
+    return pre
+
+
+def load_models(cfg: config.TransferConfig, mesh) -> list[finetune.Pretrained]:
     """The model `pretrained` names, then (compare_random) a random init of the same shape."""
-    if cfg.pretrained == finetune.RANDOM:
-        return [finetune.random_init(cfg.pretrain_config(), mesh, seed=cfg.seed)]
+    if cfg.pretrained == config.RANDOM:
+        return [finetune.random_init(pretrain_config(cfg), mesh, seed=cfg.seed)]
     models = [finetune.load_pretrained(cfg.pretrained, mesh)]
     if cfg.compare_random:
         models.append(finetune.random_init(models[0].cfg, mesh, seed=cfg.seed))
@@ -36,16 +79,15 @@ def load_models(cfg: config_lib.TransferConfig, mesh) -> list[finetune.Pretraine
 
 
 def fewshot_eval(
-    models: list[finetune.Pretrained], cfg: config_lib.TransferConfig, mesh
+    models: list[finetune.Pretrained], cfg: config.TransferConfig, mesh
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """{model: {dataset: {"<k>shot": {mean, std, per_seed}}}} from frozen features at the pretraining resolution."""
     if not cfg.fewshot_datasets:
         return {}
     pre = models[0].cfg
-    pipe = data.Pipeline(image_size=pre.image_size, channels=pre.channels)
-    evaluator = fewshot.FewShotEvaluator(
+    evaluator = evaluators.FewShotEvaluator(
         cfg.fewshot_datasets,
-        pipe,
+        data.Pipeline(image_size=pre.image_size, channels=pre.channels),
         shots=tuple(cfg.fewshot_shots),
         seeds=tuple(range(cfg.fewshot_seeds)),
         l2=cfg.fewshot_l2,
@@ -60,48 +102,24 @@ def fewshot_eval(
     return results
 
 
-def run(cfg: config_lib.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
-    if isinstance(cfg, dict):
-        cfg = config_lib.validate(config_lib.TransferConfig, cfg)
-    out = Path(out_dir)
-    cfg.check_devices(jax.device_count(), jax.process_count())
-    train.claim_run_dir(out, cfg)
-    t0 = time.time()
-
-    mesh = sharding.make_mesh(cfg.mesh)
-    models = load_models(cfg, mesh)
-    print("models: " + "; ".join(f"{m.name} ({m.source}, step {m.step})" for m in models))
-    few = fewshot_eval(models, cfg, mesh)
-    fine = {name: finetune.finetune(models, name, cfg, out / "finetune" / name, mesh) for name in cfg.finetune_datasets}
-
-    summary = make_summary(cfg, models, few, fine, t0, mesh)
-    runs.write_json(out / "summary.json", summary)
-    return summary
-
-
 def make_summary(
-    cfg: config_lib.TransferConfig, models: list[finetune.Pretrained], few: dict, fine: dict, t0: float, mesh
+    cfg: config.TransferConfig, models: list[finetune.Pretrained], few: dict, fine: dict, t0: float, mesh
 ) -> dict[str, Any]:
     """Everything a reader needs: the source model, few-shot and fine-tuning results per model, and
     flat `final` metrics (the model `pretrained` names unprefixed, the random baseline under random/)."""
     pre, primary = models[0].cfg, models[0].name
-    res = cfg.resolution()
-    model = train.build_model(pre, finetune.num_classes(pre.dataset, pre.data_dir))
     final: dict[str, float] = {}
     for m in models:
         prefix = "" if m.name == primary else f"{m.name}/"
         for name, result in few.get(m.name, {}).items():
             final.update({prefix + k: v for k, v in fewshot.flatten(name, result).items()})
         for name, by_model in fine.items():
-            r = by_model[m.name]
-            final.update(
-                {f"{prefix}finetune/{name}/test_acc": r["test/acc"], f"{prefix}finetune/{name}/best_lr": r["best_lr"]}
-            )
+            final[prefix + metrics.finetune(name)] = by_model[m.name][metrics.TEST_ACC]
     wall = time.time() - t0
     devices = int(mesh.devices.size)
     source = Path(models[0].source) / "summary.json"  # the pretraining run's compute, for plots against it
     pre_summary = runs.read_json(source) if source.is_file() else {}
+    model = train.build_model(pre, finetune.num_classes(pre.dataset, pre.data_dir))
     return {
         "kind": "transfer",
         "name": cfg.name,
@@ -113,9 +131,9 @@ def make_summary(
         "variant": pre.variant,
         "pretrain_dataset": pre.dataset,
         "pretrain_image_size": pre.image_size,
-        "finetune_resolution": res,
+        "finetune_resolution": finetune.resolution(cfg, pre),
         "models": [m.name for m in models],
-        "num_params": flops.count_params(model, (pre.image_size, pre.image_size, pre.channels)),
+        "num_params": flops.count_params(model, train.image_shape(pre)),
         "fewshot": few,
         "finetune": fine,
         "final": final,
@@ -127,13 +145,33 @@ def make_summary(
     }
 
 
-def load_curves(out_dir: str | Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Fine-tuning metrics of a transfer run: {dataset: {"<model> lr=<lr>" or "<model> final lr=<lr>": records}}."""
-    root = Path(out_dir) / "finetune"
-    curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for path in sorted(root.glob("*/*/*/metrics.jsonl")):
+def load_curves(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Every fine-tuning run of a transfer run folder, as records:
+    {dataset, model, lr, final (the retrained run, else a grid run), records (its metrics.jsonl)}."""
+    curves = []
+    for path in sorted(Path(out_dir, "finetune").glob("*/*/*/metrics.jsonl")):
         dataset, model, run = path.parts[-4:-1]
         final = run.startswith("final_lr_")
-        lr = run.removeprefix("final_lr_" if final else "lr_")
-        curves.setdefault(dataset, {})[f"{model} {'final ' if final else ''}lr={lr}"] = runs.read_metrics(path)
+        lr = float(run.removeprefix("final_lr_" if final else "lr_"))
+        curves.append(
+            {"dataset": dataset, "model": model, "lr": lr, "final": final, "records": runs.read_metrics(path)}
+        )
     return curves
+
+
+def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
+    out = Path(out_dir)
+    check(cfg)
+    checks.claim_run_dir(out, cfg)
+    t0 = time.time()
+
+    mesh = sharding.make_mesh(cfg.mesh)
+    models = load_models(cfg, mesh)
+    print("models: " + "; ".join(f"{m.name} ({m.source}, step {m.step})" for m in models))
+    few = fewshot_eval(models, cfg, mesh)
+    fine = {name: finetune.finetune(models, name, cfg, out / "finetune" / name, mesh) for name in cfg.finetune_datasets}
+
+    summary = make_summary(cfg, models, few, fine, t0, mesh)
+    runs.write_json(out / "summary.json", summary)
+    return summary

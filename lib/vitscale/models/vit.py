@@ -1,9 +1,11 @@
 """The ViT family of "Scaling Vision Transformers" (Zhai et al., 2022) as one Flax module.
 
-A variant string "NAME/PATCH" (e.g. "B/16", "G/14", "Pico/4") decodes from the table below into
-width, depth, MLP size and heads; nothing else in the code spells those numbers.
+The model as the paper describes it: patch embedding, position embedding, pre-LayerNorm encoder
+blocks, a pooling head (gap, tok, map or none) and a linear classifier. Variants ("B/16") decode
+from `vitscale.models.variants`. Two products can be computed another way by a backend
+(`Kernels`: the MLP's dense layers and self-attention); `vitscale.backend` holds the CPU ones and
+is the one place they are switched on. The parameters are the same either way:
 
-Parameter layout (the paths optimizer rules and sharding rules match against):
   embedding/{kernel,bias}                 patch embedding, kernel [p, p, C, D]
   cls                                     class token [1, 1, D]           (pool_type "tok")
   pos_embedding                           [1, N, D]                        (posemb "learn")
@@ -11,13 +13,13 @@ Parameter layout (the paths optimizer rules and sharding rules match against):
   Transformer/encoderblock/...            all layers stacked on a leading axis (scan=True)
       LayerNorm_0, Attention/{qkv,out}/{kernel,bias}, LayerNorm_1, MlpBlock/Dense_{0,1}/{kernel,bias}
   Transformer/encoder_norm/{scale,bias}
-  MAPHead/{probe, Attention/..., LayerNorm, MlpBlock/...}                 (pool_type "map")
+  MAPHead/{probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0}   (pool_type "map")
   head/{kernel,bias}                      [D, classes], kernel zero-initialised
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,50 +27,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
-# name: (width, depth, mlp_dim, heads). Paper Table 2 and big_vision; the CPU ladder is ours.
-VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    # CPU-scale ladder for 28-32 px images (params at 28 px, patch 4, 10 classes, GAP head):
-    "Atto": (32, 2, 128, 2),  # ~27k
-    "Femto": (48, 3, 192, 3),  # ~87k
-    "Pico": (64, 4, 256, 4),  # ~0.20M
-    "Nano": (96, 6, 384, 4),  # ~0.67M
-    "Micro": (128, 8, 512, 4),  # ~1.6M
-    # The paper's family (Table 2) and the usual sizes:
-    "s": (256, 6, 1024, 8),
-    "Ti": (192, 12, 768, 3),
-    "S": (384, 12, 1536, 6),
-    "M": (512, 12, 2048, 8),
-    "B": (768, 12, 3072, 12),
-    "L": (1024, 24, 4096, 16),
-    "So400m": (1152, 27, 4304, 16),  # SoViT-400m (Alabdulmohsin et al., 2023)
-    "H": (1280, 32, 5120, 16),
-    "g": (1408, 40, 6144, 16),
-    "G": (1664, 48, 8192, 16),
-}
-POOL_TYPES = ("gap", "tok", "map", "none")
-POSEMB_TYPES = ("learn", "sincos2d")
+from vitscale.models.variants import POOL_TYPES, POSEMB_TYPES, VARIANTS, Variant, decode_variant
 
-
-@dataclass(frozen=True)
-class Variant:
-    """A decoded variant string."""
-
-    name: str
-    patch_size: int
-    width: int
-    depth: int
-    mlp_dim: int
-    num_heads: int
-
-
-def decode_variant(variant: str) -> Variant:
-    """ "B/16" → Variant(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16)."""
-    m = re.fullmatch(r"([A-Za-z0-9]+)/(\d+)", variant or "")
-    if not m or m.group(1) not in VARIANTS:
-        raise ValueError(f"variant {variant!r} is not NAME/PATCH with NAME in {list(VARIANTS)} (e.g. 'B/16', 'Pico/4')")
-    width, depth, mlp, heads = VARIANTS[m.group(1)]
-    return Variant(m.group(1), int(m.group(2)), width, depth, mlp, heads)
+__all__ = ["POOL_TYPES", "POSEMB_TYPES", "VARIANTS", "Variant", "decode_variant", "Kernels", "PLAIN", "ViT"]
 
 
 def sincos2d_posemb(h: int, w: int, width: int, temperature: float = 10_000.0) -> jnp.ndarray:
@@ -82,50 +45,29 @@ def sincos2d_posemb(h: int, w: int, width: int, temperature: float = 10_000.0) -
     return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None]
 
 
-def _transpose_weight_grads() -> bool:
-    """Whether `matmul` computes its weight gradient from an explicitly transposed operand (XLA:CPU)."""
-    return jax.default_backend() == "cpu"
+def self_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int) -> jax.Array:
+    """Multi-head self-attention from a fused [D, 3D] QKV projection: softmax(q k^T / sqrt(d)) v."""
+    b, n, d = x.shape
+    qkv = (x @ qkv_kernel + qkv_bias).reshape(b, n, 3, num_heads, d // num_heads)
+    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # [b, n, heads, d / heads]
+    return out.reshape(b, n, d) @ out_kernel + out_bias
 
 
-@jax.custom_vjp
-def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """x [..., in] @ kernel [in, out], with a weight gradient XLA:CPU runs at its matmul peak.
+@dataclass(frozen=True)
+class Kernels:
+    """How the two hot products are computed: the dense layers' `dot_general` (nn.Dense's argument)
+    and `self_attention` (same signature as the function above)."""
 
-    Autodiff writes the kernel's gradient as a dot contracting x's token axis, its major one. XLA:CPU
-    hands a dot to YNNPACK, its fast matmul library, only when the left operand contracts its minor
-    axis, so this one ran on Eigen at about half the rate (profile of an S/4 step: ~2 core-seconds for
-    the 116 GFLOP of MLP weight gradients, ~1.05 through YNNPACK). The backward here transposes the
-    smaller of x and the output gradient into a buffer of its own (an optimization barrier keeps XLA
-    from folding the transpose back into the dot), so every product is one YNNPACK takes: training
-    step 1.05-1.06x on the benchmark's shapes A, B, C (benchmarks/README.md). Other backends get the
-    plain products: their BLAS reads transposed operands for free.
-    """
-    return x @ kernel
+    dot_general: Callable = jax.lax.dot_general
+    self_attention: Callable = self_attention
 
 
-def _matmul_fwd(x, kernel):
-    return x @ kernel, (x, kernel)
-
-
-def _matmul_bwd(res, g):
-    x, kernel = res
-    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    if not _transpose_weight_grads():
-        dk = x2.T @ g2
-    elif x2.shape[1] <= g2.shape[1]:  # dK = (x^T) g, x^T its own buffer
-        dk = jax.lax.optimization_barrier(x2.T) @ g2
-    else:  # dK = ((g^T) x)^T: transpose the narrower g, and the small [out, in] product after it
-        dk = jax.lax.optimization_barrier(jax.lax.optimization_barrier(g2.T) @ x2).T
-    return g @ kernel.T, dk.astype(kernel.dtype)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
+PLAIN = Kernels()
 
 
 class DenseParams(nn.Module):
-    """The kernel [in, out] and bias [out] of a `nn.Dense` (same names and shapes; xavier-uniform
-    kernel and zero bias unless given), returned instead of applied, so the caller can contract them
-    in the layout it wants."""
+    """The kernel [in, out] and bias [out] of an `nn.Dense` (same names, shapes and init), returned
+    instead of applied, for products that a `Kernels` computes its own way."""
 
     features: int
     dtype: Any = jnp.float32
@@ -139,56 +81,44 @@ class DenseParams(nn.Module):
 
 
 class MlpBlock(nn.Module):
+    """Dense -> GELU -> dropout -> Dense, back to the input width."""
+
     mlp_dim: int
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, x, deterministic=True):
-        def dense(x, features, name):  # nn.Dense's parameters (names Dense_0, Dense_1), through `matmul`
-            w, b = DenseParams(features, self.dtype, nn.initializers.normal(stddev=1e-6), name=name)(x.shape[-1])
-            return matmul(x.astype(self.dtype), w) + b
-
+        dense = lambda features, name: nn.Dense(
+            features,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6),
+            dot_general=self.kernels.dot_general,
+            name=name,
+        )
         d = x.shape[-1]
-        x = nn.gelu(dense(x, self.mlp_dim, "Dense_0"))
+        x = nn.gelu(dense(self.mlp_dim, "Dense_0")(x))
         x = nn.Dropout(rate=self.dropout)(x, deterministic)
-        return dense(x, d, "Dense_1")
+        return dense(d, "Dense_1")(x)
 
 
 class Attention(nn.Module):
-    """Multi-head attention: one fused [D, 3D] QKV projection (or a separate query for MAP pooling).
-
-    Self-attention contracts the QKV kernel straight into [3, B, H, N, D/H] and the output kernel
-    from [B, H, N, D/H], so no transposes sit between the matrix products (measured 1.02-1.12x a
-    training step over `jax.nn.dot_product_attention` on [B, N, H, D/H], benchmarks/README.md).
-    The parameter tree is that of `nn.Dense` layers named qkv and out (checkpoints are unchanged).
-    """
+    """Multi-head self-attention with a fused QKV projection (parameters qkv and out, as nn.Dense)."""
 
     num_heads: int
     dtype: Any = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
-    def __call__(self, x, q_input=None):
-        b, n, d = x.shape
-        h = self.num_heads
-        if q_input is not None:  # MAP head: one probe query, a tiny share of the compute
-            dense = lambda f, name: nn.Dense(
-                f, dtype=self.dtype, name=name, kernel_init=nn.initializers.xavier_uniform()
-            )
-            q = dense(d, "q")(q_input).reshape(b, q_input.shape[1], h, d // h)
-            k, v = jnp.split(dense(2 * d, "kv")(x).reshape(b, n, 2, h, d // h), 2, axis=2)
-            out = jax.nn.dot_product_attention(q, k[:, :, 0], v[:, :, 0])  # [b, nq, h, d/h]
-            return dense(d, "out")(out.reshape(b, -1, d))
-
-        x = x.astype(self.dtype)
-        w, bias = DenseParams(3 * d, dtype=self.dtype, name="qkv")(d)
-        qkv = jnp.einsum("bnd,dthk->tbhnk", x, w.reshape(d, 3, h, d // h)) + bias.reshape(3, 1, h, 1, d // h)
-        q, k, v = qkv[0] * jnp.asarray((d // h) ** -0.5, self.dtype), qkv[1], qkv[2]
-        logits = jnp.einsum("bhqk,bhsk->bhqs", q, k)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqs,bhsk->bhqk", weights, v)
-        w, bias = DenseParams(d, dtype=self.dtype, name="out")(d)
-        return jnp.einsum("bhqk,hkd->bqd", out, w.reshape(h, d // h, d)) + bias
+    def __call__(self, x):
+        d = x.shape[-1]
+        qkv_kernel, qkv_bias = DenseParams(3 * d, dtype=self.dtype, name="qkv")(d)
+        out_kernel, out_bias = DenseParams(d, dtype=self.dtype, name="out")(d)
+        return self.kernels.self_attention(
+            x.astype(self.dtype), qkv_kernel, qkv_bias, out_kernel, out_bias, self.num_heads
+        )
 
 
 class Encoder1DBlock(nn.Module):
@@ -198,14 +128,17 @@ class Encoder1DBlock(nn.Module):
     num_heads: int
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, x, deterministic=True):
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        y = Attention(self.num_heads, dtype=self.dtype, name="Attention")(y)
+        y = Attention(self.num_heads, dtype=self.dtype, kernels=self.kernels, name="Attention")(y)
         x = x + nn.Dropout(rate=self.dropout)(y, deterministic)
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, name="MlpBlock")(y, deterministic)
+        y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, kernels=self.kernels, name="MlpBlock")(
+            y, deterministic
+        )
         return x + nn.Dropout(rate=self.dropout)(y, deterministic)
 
 
@@ -225,10 +158,13 @@ class Encoder(nn.Module):
     remat: bool = False
     scan: bool = False
     dtype: Any = jnp.float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, x, deterministic=True):
-        kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout, dtype=self.dtype)
+        kw = dict(
+            mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout, dtype=self.dtype, kernels=self.kernels
+        )
         if self.scan:
             block = _ScanBlock
             if self.remat:
@@ -258,14 +194,16 @@ class MAPHead(nn.Module):
     def __call__(self, x):
         probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]), jnp.float32)
         probe = jnp.tile(probe, (x.shape[0], 1, 1)).astype(x.dtype)
-        x = Attention(self.num_heads, dtype=self.dtype, name="Attention")(x, q_input=probe)
-        y = nn.LayerNorm(name="LayerNorm", dtype=self.dtype)(x)
-        x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="MlpBlock")(y)
+        x = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform()
+        )(probe, x)
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y)
         return x[:, 0]
 
 
 class ViT(nn.Module):
-    """Vision Transformer. Returns (logits, {"pre_logits": features, ...})."""
+    """Vision Transformer. Returns (logits, {"encoded": tokens, "pre_logits": features})."""
 
     num_classes: int
     patch_size: int
@@ -280,6 +218,7 @@ class ViT(nn.Module):
     remat: bool = False
     scan: bool = False
     dtype: Any = jnp.float32  # activations; parameters stay float32
+    kernels: Kernels = PLAIN
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -291,9 +230,8 @@ class ViT(nn.Module):
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         if self.posemb == "learn":
-            pe = self.param(
-                "pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(d)), (1, gh * gw, d), jnp.float32
-            )
+            init = nn.initializers.normal(stddev=1 / np.sqrt(d))
+            pe = self.param("pos_embedding", init, (1, gh * gw, d), jnp.float32)
         elif self.posemb == "sincos2d":
             pe = sincos2d_posemb(gh, gw, d)
         else:
@@ -311,6 +249,7 @@ class ViT(nn.Module):
             self.remat,
             self.scan,
             dtype=self.dtype,
+            kernels=self.kernels,
             name="Transformer",
         )(x, not train)
         out["encoded"] = x
@@ -384,8 +323,6 @@ def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], old_grid: tuple
 def adapt_params(params: Any, target: Any) -> Any:
     """Fit loaded `params` to a model's freshly initialised `target`: resize pos_embedding, keep the
     rest; any other shape mismatch is an error naming the path and both shapes."""
-    from flax import traverse_util
-
     src, dst = traverse_util.flatten_dict(params, sep="/"), traverse_util.flatten_dict(target, sep="/")
     missing = sorted(set(dst) - set(src))
     if missing:

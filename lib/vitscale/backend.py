@@ -1,0 +1,121 @@
+"""Backend-specific speed work, in one place: what makes a ViT training step fast on XLA:CPU.
+
+`specialise` is the one switch (loop.make_trainer calls it): on a CPU it gives the model the
+kernels below and splits each device's batch into independent gradient chains; elsewhere the
+model keeps `vit.PLAIN` and one chain. VITSCALE_KERNELS=plain turns the CPU kernels off.
+tests/test_backend.py checks both paths give the same outputs and gradients; the speed-ups are
+measured in benchmarks/README.md (benchmarks/train_throughput.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from vitscale.models import vit
+
+
+# ----------------------------------------------------------------------------- MLP products
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [..., in] @ kernel [in, out], with a weight gradient that XLA:CPU gives to YNNPACK.
+
+    XLA:CPU uses YNNPACK only for dots whose left operand contracts its minor axis; autodiff's
+    weight gradient contracts x's token (major) axis and so ran on Eigen at about half the rate.
+    The backward transposes the narrower operand into a buffer of its own (an optimization barrier
+    keeps XLA from folding the transpose back into the dot)."""
+    return x @ kernel
+
+
+def _matmul_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_bwd(res, g):
+    x, kernel = res
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    if x2.shape[1] <= g2.shape[1]:  # dK = (x^T) g, x^T its own buffer
+        dk = jax.lax.optimization_barrier(x2.T) @ g2
+    else:  # dK = ((g^T) x)^T: transpose the narrower g, and the small [out, in] product after it
+        dk = jax.lax.optimization_barrier(jax.lax.optimization_barrier(g2.T) @ x2).T
+    return g @ kernel.T, dk.astype(kernel.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's product through `matmul` (it asks for x [..., in] . kernel [in, out] only)."""
+    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())):
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+    return matmul(lhs, rhs)
+
+
+# ----------------------------------------------------------------------------- attention
+def self_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int) -> jax.Array:
+    """vit.self_attention computed in [B, H, N, D/H] straight out of one QKV einsum and back, so no
+    transposes sit between the matrix products."""
+    b, n, d = x.shape
+    h, dh = num_heads, d // num_heads
+    qkv = jnp.einsum("bnd,dthk->tbhnk", x, qkv_kernel.reshape(d, 3, h, dh)) + qkv_bias.reshape(3, 1, h, 1, dh)
+    q, k, v = qkv[0] * jnp.asarray(dh**-0.5, x.dtype), qkv[1], qkv[2]
+    logits = jnp.einsum("bhqk,bhsk->bhqs", q, k)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
+    out = jnp.einsum("bhqs,bhsk->bhqk", weights, v)
+    return jnp.einsum("bhqk,hkd->bqd", out, out_kernel.reshape(h, dh, d)) + out_bias
+
+
+CPU = vit.Kernels(dot_general=dot_general, self_attention=self_attention)
+
+
+# ----------------------------------------------------------------------------- gradient chains
+# Each chain keeps at least this many images: below it the chains' extra per-op overhead wins.
+MIN_CHAIN_BATCH = 16
+
+
+def default_chains(per_device_batch: int, platform: str) -> int:
+    """Gradient chains per device: on a CPU 4 (else 2) when the batch splits into chains of at least
+    MIN_CHAIN_BATCH images, else 1; always 1 on GPU/TPU, where one pass fills the device.
+
+    XLA:CPU runs much of a step (layer norms, softmax, small products, reductions) on one core at a
+    time; independent chains give its thread pool work to run side by side, with no all-reduce."""
+    if platform != "cpu":
+        return 1
+    for n in (4, 2):
+        if per_device_batch % n == 0 and per_device_batch // n >= MIN_CHAIN_BATCH:
+            return n
+    return 1
+
+
+def chained(value_and_grad: Callable, chains: int) -> Callable:
+    """value_and_grad(params, images, labels, rng) averaged over `chains` equal parts of the batch:
+    the same value and gradient, as independent chains of operations."""
+    if chains == 1:
+        return value_and_grad
+
+    def fn(params, images, labels, rng):
+        # [B, ...] -> [chains, B / chains, ...] with every device's rows split among the chains,
+        # so each chain stays sharded over the data axis like the batch.
+        split = lambda x: jnp.moveaxis(x.reshape(-1, chains, *x.shape[1:]), 1, 0)
+        images, labels = split(images), split(labels)
+        outs = [value_and_grad(params, images[i], labels[i], jax.random.fold_in(rng, i)) for i in range(chains)]
+        value = sum(v for v, _ in outs) / chains
+        return value, jax.tree.map(lambda *g: sum(g) / chains, *(g for _, g in outs))
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- the switch
+def kernels_for(platform: str) -> vit.Kernels:
+    if platform == "cpu" and os.environ.get("VITSCALE_KERNELS", "cpu") != "plain":
+        return CPU
+    return vit.PLAIN
+
+
+def specialise(model: vit.ViT, platform: str, per_device_batch: int, chains: int | None = None) -> tuple[vit.ViT, int]:
+    """The model with this platform's kernels, and the gradient chains per device (`chains`, or the
+    default for the batch)."""
+    return model.clone(kernels=kernels_for(platform)), chains or default_chains(per_device_batch, platform)

@@ -1,0 +1,127 @@
+"""The checks that read disk, datasets or devices: the building blocks of each program's `check(cfg)`.
+
+Each adds `config.Problem`s to a list rather than raising, so one check reports every problem at
+once; `raise_problems` ends it. `claim_run_dir` is the one writer of a run folder's params.yaml.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from pydantic import BaseModel
+
+from vitscale import config, data, runs, sharding
+from vitscale.config import Problem
+
+
+def raise_problems(problems: list[Problem]) -> None:
+    if problems:
+        raise config.ConfigError(problems)
+
+
+def split_size(problems: list[Problem], field: str, dataset: str, split: str, data_dir: str | None) -> int | None:
+    """The number of examples of `dataset:split` from its metadata, or a problem saying why not."""
+    try:
+        data.check_dataset_name(dataset)
+        builder = data.get_builder(dataset, data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        problems.append(Problem(field, str(e)))
+        return None
+    if not builder.info.splits:
+        problems.append(Problem(field, str(data.not_prepared(dataset, builder))))
+        return None
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, AssertionError) as e:
+        splits = list(builder.info.splits.keys())
+        problems.append(Problem(field, f"split {split!r} of {dataset!r} is not valid ({e}); accepted: {splits}"))
+        return None
+
+
+def fewshot_pools(
+    problems: list[Problem], field: str, datasets: Sequence[str], shots: Sequence[int], data_dir: str | None
+) -> None:
+    """Every few-shot dataset is readable and has at least max(shots) images in each class of its pool."""
+    k = max(shots)
+    for name in datasets:
+        pool_split, test_split = data.downstream_splits(name)
+        if split_size(problems, field, name, pool_split, data_dir) is None:
+            continue
+        if split_size(problems, field, name, test_split, data_dir) is None:
+            continue
+        pool = data.load_split(name, pool_split, data_dir)
+        counts = np.bincount(pool.labels, minlength=pool.num_classes)
+        short = {c: int(n) for c, n in enumerate(counts) if n < k}
+        if short:
+            problems.append(
+                Problem(
+                    field,
+                    f"{name!r} has fewer than {k} images (the largest of fewshot_shots {list(shots)}) in these "
+                    f"classes of its {pool_split!r} split: {short} (accepted: shot counts up to {int(counts.min())})",
+                )
+            )
+
+
+def devices(
+    problems: list[Problem], mesh: Sequence[int], batches: dict[str, int], grad_chains: int | str = "auto"
+) -> None:
+    """The mesh fits the devices and every global batch splits over the devices and processes."""
+    n, hosts = jax.device_count(), jax.process_count()
+    try:
+        sharding.mesh_shape(mesh, n)
+    except ValueError as e:
+        problems.append(Problem("mesh", f"{e} (got {list(mesh)}; accepted: [-1, 1], or sizes whose product is {n})"))
+    for field, batch in batches.items():
+        if batch % n or batch % hosts:
+            problems.append(
+                Problem(
+                    field,
+                    f"{batch} does not split over {n} devices and {hosts} processes (accepted: a "
+                    f"multiple of {np.lcm(n, hosts)})",
+                )
+            )
+        elif grad_chains != "auto" and (batch // n) % grad_chains:
+            problems.append(
+                Problem(
+                    "grad_chains",
+                    f"{grad_chains} does not divide the batch per device ({batch} / {n} = "
+                    f"{batch // n}); accepted: 'auto' or a divisor of {batch // n}",
+                )
+            )
+
+
+def claim_run_dir(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
+    """Write params.yaml into `out`, or check that the run already there has the same parameters.
+    With `replace`, a run with other parameters is moved to outputs/.replaced/ first; nothing is
+    ever overwritten."""
+    params = out / "params.yaml"
+    if params.exists():
+        old = config.resolved(type(cfg), config.load_yaml(params))
+        new = cfg.model_dump(mode="json")
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if not diff:
+            return
+        if not replace:
+            raise config.ConfigError(
+                [
+                    Problem(
+                        "out",
+                        f"{out} holds a run with other parameters (differing: {', '.join(diff)}); nothing was "
+                        f"changed. Pass --replace to move it to {runs.OUTPUTS / '.replaced'}, or choose another "
+                        "output folder",
+                    )
+                ]
+            )
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        dest = runs.OUTPUTS / ".replaced" / f"{out.name}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(out), dest)
+        print(f"moved the previous run to {dest}")
+    elif out.exists() and any(out.iterdir()) and not replace:
+        raise config.ConfigError([Problem("out", f"{out} exists and is not a run folder; choose another folder")])
+    runs.atomic_write_text(params, config.dump(cfg))

@@ -1,0 +1,71 @@
+"""Few-shot linear transfer of a frozen model during and after training (the paper's protocol).
+
+The numpy core is `vitscale.fewshot`; this module feeds it: downstream splits through the input
+pipeline, the model's frozen pre_logits over the mesh, flat metrics for metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from vitscale import data, fewshot, sharding
+
+
+def extract_features(feature_fn: Callable, split: data.Split, pipe: data.Pipeline, batch_size: int, mesh) -> np.ndarray:
+    """Features (pre_logits) of a whole split, in order, as float64 numpy."""
+    feats = []
+    for batch in data.eval_batches(split, pipe, batch_size):
+        out = feature_fn(sharding.put_batch({"image": batch["image"]}, mesh)["image"])
+        feats.append(np.asarray(jax.device_get(out))[batch["mask"]])
+    return np.concatenate(feats).astype(np.float64)
+
+
+class FewShotEvaluator:
+    """Few-shot linear transfer to downstream datasets; labels are loaded once, features computed
+    once per evaluation for each pool and test split. Shot counts are checked against the pools'
+    classes beforehand (the programs' check step), so here a short class is a plain error."""
+
+    def __init__(
+        self,
+        datasets: Sequence[str],
+        pipe: data.Pipeline,
+        *,
+        shots: Sequence[int] = fewshot.DEFAULT_SHOTS,
+        seeds: Sequence[int] = fewshot.DEFAULT_SEEDS,
+        l2: float = fewshot.DEFAULT_L2,
+        data_dir: str | None = None,
+        batch_size: int = 512,
+    ):
+        self.shots, self.seeds, self.l2 = tuple(shots), tuple(seeds), l2
+        self.pipe, self.batch_size = pipe, batch_size
+        self.splits = {}
+        for name in datasets:
+            pool_name, test_name = data.downstream_splits(name)
+            self.splits[name] = (data.load_split(name, pool_name, data_dir), data.load_split(name, test_name, data_dir))
+
+    def evaluate(self, feature_fn: Callable, mesh) -> dict[str, dict[str, dict[str, object]]]:
+        """{dataset: fewshot.evaluate_features(...) result}."""
+        batch = -(-self.batch_size // jax.device_count()) * jax.device_count()
+        results = {}
+        for name, (pool, test) in self.splits.items():
+            results[name] = fewshot.evaluate_features(
+                extract_features(feature_fn, pool, self.pipe, batch, mesh),
+                pool.labels,
+                extract_features(feature_fn, test, self.pipe, batch, mesh),
+                test.labels,
+                shots=self.shots,
+                seeds=self.seeds,
+                l2=self.l2,
+                num_classes=pool.num_classes,
+            )
+        return results
+
+    def run(self, feature_fn: Callable, mesh) -> dict[str, float]:
+        """Flat metrics for metrics.jsonl: fewshot/<dataset>/<k>shot (mean) and ..._std."""
+        out: dict[str, float] = {}
+        for name, result in self.evaluate(feature_fn, mesh).items():
+            out.update(fewshot.flatten(name, result))
+        return out

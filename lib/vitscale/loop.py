@@ -1,0 +1,320 @@
+"""One training loop for every run: pretraining, its cooldown branches and fine-tuning.
+
+`make_trainer` compiles a model, an optimizer and a loss into sharded steps; `fit` is the one
+resume-or-init -> batches -> loop path, writing `metrics.jsonl` and `ckpt/` into a run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from vitscale import backend, checkpoints, data, metrics, progress, runs, sharding
+from vitscale.models import vit
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged; the message names the first step with a non-finite loss."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+    """How long a loop runs and how often it logs, evaluates and checkpoints."""
+
+    total_steps: int
+    batch_size: int  # global
+    log_every: int = 25
+    eval_every: int = 500
+    checkpoint_every: int | None = None  # None: at eval_every
+    keep_checkpoints: int = 2
+    keep_every: int | None = None
+
+
+# ----------------------------------------------------------------------------- losses
+def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def sigmoid_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example sigmoid cross-entropy against one-hot targets, summed over classes (the paper's
+    upstream loss)."""
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), onehot).sum(-1)
+
+
+LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "softmax_xent": softmax_xent,
+    "sigmoid_xent": sigmoid_xent,
+}
+
+
+# ----------------------------------------------------------------------------- compiled steps
+@dataclasses.dataclass
+class Trainer:
+    """The compiled pieces of a run: model, optimizer, shardings, and the jitted steps."""
+
+    model: vit.ViT
+    tx: optax.GradientTransformation
+    mesh: jax.sharding.Mesh
+    state_shardings: Any
+    init_fn: Callable[[], TrainState]
+    start_from: Callable[[Any], TrainState]  # params -> step 0 with a fresh optimizer state
+    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    eval_step: Callable[[Any, dict], dict]
+    features: Callable[[Any, jax.Array], jax.Array]
+
+    def abstract_state(self) -> TrainState:
+        """The state's shapes, dtypes and shardings (what a checkpoint restores into)."""
+        abstract = jax.eval_shape(self.init_fn)
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_shardings
+        )
+
+
+def make_trainer(
+    model: vit.ViT,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    *,
+    image_shape: tuple[int, int, int],
+    loss: str = "softmax_xent",
+    seed: int = 0,
+    chains: int | None = None,
+) -> Trainer:
+    """Initialise sharded state and jit the steps with explicit in/out shardings. The backend's
+    speed work is switched on here: its kernels, and `chains` gradient chains per device (None:
+    backend.default_chains for the batch)."""
+    platform = mesh.devices.flat[0].platform
+    model = model.clone(kernels=backend.kernels_for(platform))
+    loss_fn = LOSSES[loss]
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+
+    def start_from(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    def init():
+        return start_from(model.init(init_key, dummy)["params"])
+
+    shardings = sharding.tree_shardings(jax.eval_shape(init), mesh)
+    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+
+    def objective(params, images, labels, rng):
+        logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+        return jnp.mean(loss_fn(logits, labels))
+
+    # Jitted on its own so that several chains trace the model once (XLA inlines the call).
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(dropout_key, state.step)
+        n = chains or backend.default_chains(batch["image"].shape[0] // mesh.size, platform)
+        value, grads = backend.chained(value_and_grad, n)(state.params, batch["image"], batch["label"], rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        return new, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+
+    def eval_step(params, batch):
+        logits, _ = model.apply({"params": params}, batch["image"], train=False)
+        mask = batch["mask"].astype(jnp.float32)
+        return {
+            "loss_sum": jnp.sum(loss_fn(logits, batch["label"]) * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            "count": jnp.sum(mask),
+        }
+
+    def features(params, images):
+        return model.apply({"params": params}, images, train=False)[1]["pre_logits"]
+
+    return Trainer(
+        model=model,
+        tx=tx,
+        mesh=mesh,
+        state_shardings=shardings,
+        init_fn=jax.jit(init, out_shardings=shardings),
+        start_from=jax.jit(start_from, out_shardings=shardings),
+        train_step=jax.jit(
+            train_step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, repl), donate_argnums=0
+        ),
+        eval_step=jax.jit(eval_step, in_shardings=(shardings.params, batch_sh), out_shardings=repl),
+        features=jax.jit(features, in_shardings=(shardings.params, batch_sh), out_shardings=batch_sh),
+    )
+
+
+def evaluate(trainer: Trainer, params, split: data.Split, pipe: data.Pipeline, batch_size: int) -> dict[str, float]:
+    """Loss and top-1 accuracy over a whole split: {"loss": ..., "acc": ...}."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    batch_size = -(-batch_size // jax.device_count()) * jax.device_count()  # padded batches split evenly
+    for batch in data.eval_batches(split, pipe, batch_size):
+        out = trainer.eval_step(params, sharding.put_batch(batch, trainer.mesh))
+        totals = {k: totals[k] + out[k] for k in totals}
+    totals = jax.device_get(totals)
+    return {"loss": float(totals["loss_sum"] / totals["count"]), "acc": float(totals["correct"] / totals["count"])}
+
+
+# ----------------------------------------------------------------------------- the loop
+class _Interrupt:
+    """Turns Ctrl-C into a flag the loop checks between steps, so the state stays whole to save."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+Evaluators = Callable[[Any, int, bool], dict[str, float]]  # (params, step, final) -> metrics
+
+
+def train_loop(
+    trainer: Trainer,
+    state: TrainState,
+    spec: LoopSpec,
+    *,
+    schedule: optax.Schedule,
+    batches: Iterator[dict],
+    end_step: int,
+    log: runs.MetricsLog,
+    mngr,
+    evaluators: Evaluators,
+    desc: str,
+    checkpoint_at: Iterable[int] = (),
+    meta: dict | None = None,
+) -> tuple[TrainState, dict]:
+    """Steps until `end_step`: log, evaluate, checkpoint. `meta` (saved with every checkpoint)
+    carries the data position and the seconds spent so far, over every session of the run."""
+    step = int(jax.device_get(state.step))
+    ckpt_every = spec.checkpoint_every or spec.eval_every
+    checkpoint_at = set(checkpoint_at)
+    pending: list[tuple[int, Any]] = []  # (step, device loss) not yet fetched
+    t_last, step_last = time.perf_counter(), step
+    meta = {"device_seconds": 0.0, "wall_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0, **(meta or {})}
+    devices = jax.device_count()
+    t_meta = time.perf_counter()
+
+    def check_losses():
+        for s, loss in pending:
+            if not math.isfinite(float(loss)):
+                good = max([0, *[c for c in mngr.all_steps() if c < s]])
+                raise NonFiniteLoss(
+                    f"loss is {float(loss)} at step {s}; the run stopped there. The last good checkpoint is at "
+                    f"step {good}. Lower lr or raise warmup_steps."
+                )
+        pending.clear()
+
+    with progress.bar(total=end_step, initial=step, desc=desc, unit="step") as pbar, _Interrupt() as interrupt:
+        while step < end_step:
+            state, out = trainer.train_step(state, sharding.put_batch(next(batches), trainer.mesh))
+            step += 1
+            pending.append((step, out["loss"]))
+            images_seen = step * spec.batch_size
+            if step % spec.log_every == 0 or step == end_step:
+                check_losses()
+                now = time.perf_counter()
+                loss, rate = float(out["loss"]), (step - step_last) * spec.batch_size / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+                log.append(
+                    {
+                        "step": step,
+                        "images_seen": images_seen,
+                        metrics.TRAIN_LOSS: loss,
+                        metrics.GRAD_NORM: float(out["grad_norm"]),
+                        metrics.LR: float(schedule(step - 1)),
+                        metrics.IMAGES_PER_S: rate,
+                        "time": time.time(),
+                    }
+                )
+                pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            if step % spec.eval_every == 0 or step == end_step:
+                check_losses()
+                t_eval = time.perf_counter()
+                record = evaluators(state.params, step, step == end_step)
+                meta["eval_seconds"] += time.perf_counter() - t_eval
+                log.append({"step": step, "images_seen": images_seen, **record})
+            if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or interrupt.requested:
+                check_losses()
+                now = time.perf_counter()
+                meta["device_seconds"] += (now - t_meta) * devices
+                meta["wall_seconds"] += now - t_meta
+                t_meta = now
+                meta["data_position"] = {"step": step, "images_seen": images_seen}
+                checkpoints.save(mngr, step, state, meta)
+                meta["checkpoint_seconds"] += time.perf_counter() - now
+            pbar.update(1)
+            if interrupt.requested:
+                raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, run again to resume")
+    return state, meta
+
+
+def fit(
+    trainer: Trainer,
+    spec: LoopSpec,
+    run_dir: Path,
+    *,
+    schedule: optax.Schedule,
+    batches: Callable[[int], Iterator[dict]],
+    evaluators: Evaluators,
+    desc: str,
+    start: Callable[[], tuple[TrainState, dict | None]] | None = None,
+    end_step: int | None = None,
+    protect: Iterable[int] = (),
+) -> tuple[TrainState, dict]:
+    """Resume run_dir from its newest readable checkpoint, or begin at `start()` (default: a fresh
+    init), then run the loop to `end_step` (default spec.total_steps). `batches(step)` gives the
+    batches from `step` on; `protect`ed steps are checkpointed and kept (branch points)."""
+    end_step = spec.total_steps if end_step is None else end_step
+    mngr = checkpoints.manager(
+        run_dir / "ckpt", keep=spec.keep_checkpoints, keep_every=spec.keep_every, protect=protect
+    )
+    log = runs.MetricsLog(run_dir / "metrics.jsonl")
+    state, meta = checkpoints.restore_latest(mngr, trainer.abstract_state(), max_step=end_step)
+    if state is None:
+        state, meta = start() if start else (trainer.init_fn(), None)
+    step = int(jax.device_get(state.step))
+    log.truncate_after(step)
+    if step and step < end_step:
+        print(f"resuming {run_dir} from step {step}")
+    return train_loop(
+        trainer,
+        state,
+        spec,
+        schedule=schedule,
+        batches=batches(step),
+        end_step=end_step,
+        log=log,
+        mngr=mngr,
+        evaluators=evaluators,
+        desc=desc,
+        checkpoint_at=protect,
+        meta=meta,
+    )

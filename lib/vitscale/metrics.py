@@ -1,0 +1,66 @@
+"""One vocabulary of metric names, shared by metrics.jsonl, summary.json, the analysis and the plots.
+
+A metric is `<split>/<quantity>` (train/loss, test/acc, val/acc), `fewshot/<dataset>/<k>shot`
+(mean few-shot accuracy over seeds; `..._std` its spread), or `finetune/<dataset>/test/acc`.
+The scaling analysis works on errors: an accuracy's error is 1 - accuracy, a loss is its own error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+TRAIN_LOSS = "train/loss"
+GRAD_NORM = "train/grad_norm"
+TEST_LOSS = "test/loss"
+TEST_ACC = "test/acc"
+LR = "lr"
+IMAGES_PER_S = "images_per_s"
+
+_FEWSHOT = re.compile(r"fewshot/(?P<dataset>[^/]+)/(?P<shots>\d+)shot")
+_FINETUNE = re.compile(r"finetune/(?P<dataset>[^/]+)/test/acc")
+# The metrics a scaling analysis can fit (`ScalingConfig.metrics`), as a pattern and in words.
+ANALYSABLE = re.compile(rf"{TEST_ACC}|{TEST_LOSS}|{_FEWSHOT.pattern}")
+ANALYSABLE_TEXT = f"{TEST_ACC}, {TEST_LOSS} or fewshot/<dataset>/<k>shot"
+
+
+def on_split(split: str, quantity: str) -> str:
+    """ "test", "acc" -> "test/acc"."""
+    return f"{split}/{quantity}"
+
+
+def fewshot(dataset: str, shots: int) -> str:
+    return f"fewshot/{dataset}/{shots}shot"
+
+
+def finetune(dataset: str) -> str:
+    return f"finetune/{dataset}/test/acc"
+
+
+def is_accuracy(name: str) -> bool:
+    return name.endswith("/acc") or bool(_FEWSHOT.fullmatch(name))
+
+
+def error(name: str, value: float | None) -> float:
+    """The error a metric's value stands for (NaN when missing): 1 - accuracy, or the loss itself."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return 1.0 - float(value) if is_accuracy(name) else float(value)
+
+
+def sort_key(name: str) -> tuple:
+    """Analysable metrics in report order: test accuracy, test loss, then few-shot by dataset and shots."""
+    m = _FEWSHOT.fullmatch(name)
+    if m:
+        return (2, m["dataset"], int(m["shots"]))
+    return (0 if name == TEST_ACC else 1, name, 0)
+
+
+def title(name: str) -> str:
+    """How reports name the error of a metric: "test error", "10-shot error, mnist_5k", ..."""
+    if m := _FEWSHOT.fullmatch(name):
+        return f"{m['shots']}-shot error, {m['dataset']}"
+    if m := _FINETUNE.fullmatch(name):
+        return f"fine-tuning error, {m['dataset']}"
+    split, _, quantity = name.partition("/")
+    return f"{split} error" if quantity == "acc" else name.replace("/", " ")

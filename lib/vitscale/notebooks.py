@@ -1,0 +1,149 @@
+"""Running notebooks in batch: the kind -> program table, the `vitscale` kernel, papermill
+execution with the compilation cache, and HTML export of executed notebooks.
+
+`prepare_run` is every check before any compute (schema, then the program's `check`), then the
+claim of the run folder; `execute` runs notebooks/<kind>.ipynb into it and renders the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from vitscale import analysis, checks, config, runs, train, transfer
+
+KERNEL = "vitscale"
+# The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
+PROGRAMS: dict[str, ModuleType] = {"pretrain": train, "transfer": transfer, "scaling_analysis": analysis}
+ANALYSIS_DEFAULTS = {"metrics": None, "x": "train_flops", "n_bootstrap": 200}
+
+
+def check(kind: str, params: dict[str, Any], source: str | Path | None = None) -> Any:
+    """The validated config of `params` for notebook `kind`, after the program's own checks."""
+    if kind not in PROGRAMS:
+        raise config.ConfigError([config.Problem("notebook", f"{kind!r} is not one of {sorted(PROGRAMS)}")], source)
+    try:
+        cfg = config.validate(config.KINDS[kind], params)
+        PROGRAMS[kind].check(cfg)
+    except config.ConfigError as e:
+        raise e.with_source(source) if source else e from None
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the kernel
+def kernel_argv() -> list[str]:
+    """The `vitscale` kernel's command: this interpreter's ipykernel, started through
+    vitscale.allocator (jemalloc when the system has it)."""
+    return [
+        sys.executable,
+        "-m",
+        "vitscale.allocator",
+        sys.executable,
+        "-Xfrozen_modules=off",
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        "{connection_file}",
+    ]
+
+
+def ensure_kernel() -> None:
+    """Register this interpreter as the `vitscale` kernel (in sys.prefix) unless it already is."""
+    from ipykernel.kernelspec import install  # Jupyter's packages load only for batch runs
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().find_kernel_specs().get(KERNEL)
+    if spec and json.loads(Path(spec, "kernel.json").read_text()).get("argv") == kernel_argv():
+        return
+    path = Path(install(kernel_name=KERNEL, display_name="vitscale (Python 3.11)", prefix=sys.prefix))
+    spec_json = json.loads((path / "kernel.json").read_text())
+    spec_json["argv"] = kernel_argv()
+    runs.atomic_write_text(path / "kernel.json", json.dumps(spec_json, indent=1))
+
+
+def use_compile_cache(path: Path | None = None) -> None:
+    """Point JAX's persistent compilation cache at outputs/.jax_cache for the kernels we start, unless
+    JAX_COMPILATION_CACHE_DIR is set ("" switches it off): runs sharing a model shape compile once."""
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(path or runs.OUTPUTS / ".jax_cache"))
+    # JAX caches only programs that took >= 1 s to compile; the evaluation step takes less.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+# ----------------------------------------------------------------------------- executing and exporting
+def export_html(notebook: Path, html: Path | None = None) -> Path:
+    """Render an executed notebook to a self-contained HTML report (code cells hidden)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    html = html or notebook.with_suffix(".html")
+    nb = nbformat.read(notebook, as_version=4)
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    runs.atomic_write_text(html, body)
+    return html
+
+
+def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False) -> Path:
+    """Execute notebooks/<kind>.ipynb with `params` into out/<name>.ipynb, then render <name>.html.
+    Raises papermill's PapermillExecutionError after saving both if a cell failed. `quiet` does not
+    stream the kernel's output here (parallel sweep workers)."""
+    import papermill as pm
+
+    ensure_kernel()
+    os.environ["VITSCALE_BATCH"] = "1"  # the kernel inherits it: text progress bars
+    use_compile_cache()
+    out.mkdir(parents=True, exist_ok=True)
+    run_nb = out / f"{name}.ipynb"
+    streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
+    try:
+        pm.execute_notebook(
+            runs.NOTEBOOKS / f"{kind}.ipynb",
+            run_nb,
+            parameters={"params": params, "out_dir": str(out)},
+            kernel_name=KERNEL,
+            cwd=str(runs.NOTEBOOKS),
+            progress_bar=False,
+            **streams,
+        )
+    finally:
+        if run_nb.exists():
+            export_html(run_nb)
+    return out
+
+
+def default_out(kind: str, params_file: Path) -> Path:
+    """outputs/<name> for pretraining, outputs/<kind>/<name> otherwise."""
+    return runs.OUTPUTS / params_file.stem if kind == "pretrain" else runs.OUTPUTS / kind / params_file.stem
+
+
+def prepare_run(
+    params_file: Path, out: Path | None = None, kind: str | None = None, replace: bool = False
+) -> tuple[str, Any, Path]:
+    """Every check before any compute, then claim (or check) the run folder: (kind, cfg, folder)."""
+    kind = kind or params_file.parent.name
+    if kind not in config.RUN_KINDS:
+        raise config.ConfigError(
+            [
+                config.Problem(
+                    "notebook",
+                    f"cannot tell the notebook from the folder {params_file.parent.name!r}: put the file under "
+                    f"parameters/<kind>/ or pass --notebook (accepted kinds: {list(config.RUN_KINDS)})",
+                )
+            ],
+            params_file,
+        )
+    cfg = check(kind, config.load_yaml(params_file), params_file)
+    out = (out or default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
+    checks.claim_run_dir(out, cfg, replace=replace)
+    return kind, cfg, out
+
+
+def analyze(sweep_dir: Path, quiet: bool = False) -> Path:
+    """Execute notebooks/scaling_analysis.ipynb over a sweep's runs into <sweep>/scaling/report.html."""
+    out = sweep_dir / "scaling"
+    execute("scaling_analysis", {"sweep_dir": str(sweep_dir), **ANALYSIS_DEFAULTS}, out, name="report", quiet=quiet)
+    return out / "report.html"

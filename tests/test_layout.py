@@ -1,0 +1,159 @@
+"""The package's architecture, read from its source: imports point down the layers, no cycles, no
+function-level import of a vitscale module; schemas are values (no framework, no file)."""
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
+
+# Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
+# its own layer or below, never above.
+LAYERS = [
+    {"allocator", "metrics", "progress", "runs", "scaling", "fewshot", "models.variants"},  # leaves
+    {"config"},  # pure schemas
+    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks"},  # building blocks
+    {"loop", "evaluators"},  # the one training loop
+    {"train", "finetune", "transfer", "analysis"},  # programs: check(cfg), run(cfg, out_dir)
+    {"plots", "notebooks", "sweep"},  # presentation and orchestration
+    {"cli"},  # argparse only
+]
+LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in PACKAGE.rglob("*.py"):
+        name = ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+        if name != "__init__" and not name.endswith(".__init__"):
+            out[name] = p
+    return out
+
+
+def imports(path: Path) -> list[tuple[str, bool, int]]:
+    """(vitscale module imported, inside a function?, line) for every import in a file."""
+    tree = ast.parse(path.read_text())
+    in_function = {
+        id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(f)
+    }
+    out = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("vitscale.")]
+            names = [n.removeprefix("vitscale.") for n in names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vitscale":
+            base = node.module.removeprefix("vitscale").lstrip(".")
+            names = [f"{base}.{a.name}".lstrip(".") for a in node.names]
+        for n in names:
+            out.append((n, id(node) in in_function, node.lineno))
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    edges = {}
+    for m, p in mods.items():
+        targets = set()
+        for name, _, _ in imports(p):
+            # `from vitscale.models.variants import X` names a module; `from vitscale import data` too.
+            while name and name not in mods:
+                name = name.rpartition(".")[0]
+            if name and name != m:
+                targets.add(name)
+        edges[m] = targets
+    return edges
+
+
+def test_every_module_has_a_layer():
+    assert set(modules()) == set(LAYER), set(modules()) ^ set(LAYER)
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """An import cycle as a path of modules, or None (depth-first search for a back edge)."""
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for t in sorted(edges.get(m, ())):
+            if state.get(t) == 1:
+                return [*path, m, t]
+            if t not in state and (cycle := visit(t, [*path, m])):
+                return cycle
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (cycle := visit(m, [])):
+            return cycle
+    return None
+
+
+def test_imports_point_down_and_form_no_cycle():
+    edges = graph()
+    upward = [f"{m} ({LAYER[m]}) -> {t} ({LAYER[t]})" for m, ts in edges.items() for t in ts if LAYER[t] > LAYER[m]]
+    assert upward == []
+    assert find_cycle(edges) is None
+
+
+def test_no_function_level_import_of_a_vitscale_module():
+    inner = [f"{m}:{line} imports {n}" for m, p in modules().items() for n, inside, line in imports(p) if inside]
+    assert inner == []
+
+
+def test_the_checks_catch_what_they_promise(tmp_path):
+    """The graph readers themselves, on a planted cycle and a planted function-level import."""
+    (tmp_path / "a.py").write_text("from vitscale import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from vitscale import a\n")
+    assert imports(tmp_path / "b.py") == [("a", True, 2)]
+    assert imports(tmp_path / "a.py") == [("b", False, 1)]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}}) is None
+
+
+PURE = textwrap.dedent(
+    """
+    import builtins, io, os, sys
+    opened = []
+    real_open, real_io_open = builtins.open, io.open
+    def spy(file, *a, **k):
+        opened.append(str(file))
+        return real_open(file, *a, **k)
+    from vitscale import config  # importing may read the package's own source files
+    builtins.open = io.open = spy
+    stats = []
+    real_stat = os.stat
+    os.stat = lambda p, *a, **k: (stats.append(str(p)), real_stat(p, *a, **k))[1]
+    cfgs = [
+        config.PretrainConfig(variant="B/16", image_size=224, fewshot_datasets=["mnist_5k"]),
+        config.TransferConfig(pretrained="outputs/nowhere", finetune_resolution=42),
+        config.TransferConfig(pretrained="random", random_model={"variant": "Atto/7"}),
+        config.ScalingConfig(sweep_dir="/nonexistent", metrics=["test/acc"]),
+    ]
+    config.validate(config.PretrainConfig, {"variant": "Pico/4"})
+    os.stat, builtins.open, io.open = real_stat, real_open, real_io_open
+    frameworks = ("jax", "tensorflow", "flax", "optax", "orbax", "tensorflow_datasets")
+    heavy = sorted(m for m in frameworks if m in sys.modules)
+    print(repr((heavy, opened, [s for s in stats if "nowhere" in s or "nonexistent" in s])))
+    """
+)
+
+
+def test_building_a_schema_imports_no_framework_and_touches_no_file():
+    r = subprocess.run([sys.executable, "-c", PURE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    heavy, opened, stats = eval(r.stdout.strip().splitlines()[-1])
+    assert heavy == [] and opened == [] and stats == []
+
+
+@pytest.mark.parametrize("bad", [{"variant": "Q/4"}, {"lr": float("nan")}, {"wd_rules": [["(", 1.0]]}])
+def test_static_problems_are_found_by_the_schema_alone(bad):
+    from vitscale import config
+
+    with pytest.raises(config.ConfigError) as e:
+        config.validate(config.PretrainConfig, bad)
+    assert [p.field for p in e.value.problems] == list(bad)
