@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -429,3 +432,51 @@ def test_resolved_intervals():
     fit = fit_power_law(C, power_law(C, **TRUE_PL) * np.exp(0.02 * rng.standard_normal(C.size)), n_bootstrap=60)
     assert fit.unresolved == [k for k, v in fit.intervals.items() if not resolved(v)]
     assert "b" not in fit.unresolved
+
+
+# --------------------------------------------------------------------------- benchmark (M4 paper's curves)
+# RMSE(log loss) on the Training=0 rows of tests/data/scaling_benchmark_vision.csv (a subset of the
+# public benchmark.vision.csv; see tests/data/README.md), fitted on its Training=1 rows.
+BENCH_M4 = {
+    "IC/bird_5/MiX/B/16": 0.016676988550957107,
+    "IC/bird_10/MiX/B/16": 0.032170934989239744,
+    "IC/bird_25/MiX/B/16": 0.01388631926961034,
+    "IC/c_5/MiX/B/16": 0.0345854334474368,
+}
+# the authors' M4 (their code, run as their README calls it, on the same rows): measured, not recomputed here
+AUTHORS_M4_MEAN = 0.02549
+
+
+def _load_bench():
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "scaling_laws.py"
+    spec = importlib.util.spec_from_file_location("scaling_laws_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_m4_per_curve_and_against_the_authors(capsys):
+    bench = _load_bench()
+    res = bench.run(bench.read_curves(bench.DEFAULT_CSV))
+    got = {r["curve"]: r["M4"] for r in res["curves"]}
+    assert got.keys() == BENCH_M4.keys()
+    for k, v in BENCH_M4.items():
+        assert got[k] == pytest.approx(v, rel=1e-3), k
+    assert res["mean"]["M4"] < AUTHORS_M4_MEAN  # the target: at most 1.1x theirs; it beats it
+    # M4 as published is the best law on average; holding e0 fixed is worse (why it is not the default)
+    assert res["mean"]["M4"] == min(res["mean"].values())
+    assert res["mean"]["M4_fixed_e0"] > 2 * res["mean"]["M4"]
+    bench.main([])
+    out = capsys.readouterr().out
+    assert "IC/bird_25/MiX/B/16" in out and "mean" in out
+
+
+def test_benchmark_reader_errors(tmp_path):
+    bench = _load_bench()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Domain,Task,Model,Loss,Training\nIC,a,b,0.5,1\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['Seen Examples'\]"):
+        bench.read_curves(bad)
+    with pytest.raises(ValueError, match="no curves in domain 'LM'"):
+        bench.read_curves(bench.DEFAULT_CSV, domain="LM")
