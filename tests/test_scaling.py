@@ -282,8 +282,8 @@ def test_extrapolation_check_power_law_data():
     C_bad = rng.uniform(10, 3e4, size=20)
     E_bad = power_law(C_bad, **TRUE_PL) * 1.1
     x, e = np.r_[C, C_bad], np.r_[E, E_bad]
-    # score="frontier": the old default (changed in issue 19), dominated runs are not targets
-    out = extrapolation_check(x, e, cut=3e3, e0=0.999, fitters=("power_law", "m4"), score="frontier")
+    # the default score="frontier": dominated runs are not targets
+    out = extrapolation_check(x, e, cut=3e3, e0=0.999, fitters=("power_law", "m4"))
     assert out["n_train"] >= 10 and out["n_test"] >= 3
     assert max(out["train_x"]) < 3e3 <= min(out["test_x"])
     assert not set(out["test_x"]) & set(C_bad.tolist())
@@ -312,14 +312,15 @@ def test_extrapolation_check_m4_data_and_errors():
         extrapolation_check(x, e, cut=1e9, fitters=("power_law",))
 
 
-def test_extrapolation_check_scores_all_held_out_points_by_default():
+def test_extrapolation_check_can_score_all_held_out_points():
     rng = np.random.default_rng(11)
     C = np.logspace(0.5, 4.5, 30)
     E = power_law(C, **TRUE_PL) * np.exp(0.01 * rng.standard_normal(C.size))
     C_bad = rng.uniform(10, 3e4, size=20)
     E_bad = power_law(C_bad, **TRUE_PL) * 1.1
     x, e = np.r_[C, C_bad], np.r_[E, E_bad]
-    out = extrapolation_check(x, e, cut=3e3, fitters=("power_law", "M1"))
+    assert extrapolation_check(x, e, cut=3e3, fitters=("M1",))["score"] == "frontier"
+    out = extrapolation_check(x, e, cut=3e3, fitters=("power_law", "M1"), score="all")
     assert out["score"] == "all"
     assert out["n_test"] == int(np.sum(x >= 3e3))  # every run at or above the cut
     assert not set(out["train_x"]) & set(C_bad.tolist())  # the fit still uses the frontier only
