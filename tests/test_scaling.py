@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import pathlib
+import sys
 
 import numpy as np
 import pytest
 
 from vitscale.scaling import (
+    LAWS,
     extrapolation_check,
+    fit_law,
+    fit_m1,
+    fit_m2,
+    fit_m3,
     fit_m4,
     fit_power_law,
     frontier_fit,
     m4_solve,
     pareto_frontier,
+    resolved,
+    rmse_log,
 )
 
 # ground truth: E = a (C + d)^-b + c, 4 decades of compute, both saturations visible
@@ -186,10 +196,11 @@ def test_m4_solver_matches_reference_bisection():
 def test_m4_recovers_parameters_noiseless():
     x = np.logspace(2, 7, 25)
     e = m4_truth(x, **TRUE_M4)
-    fit = fit_m4(x, e, e0=TRUE_M4["e0"])
-    for k in ("e_inf", "beta", "c", "alpha"):
+    fit = fit_m4(x, e, e0=0.999)  # e0 is learned: start from a wrong random-guess error
+    for k in ("e_inf", "beta", "c", "alpha", "e0"):
         assert getattr(fit, k) == pytest.approx(TRUE_M4[k], rel=1e-5), k
     assert fit.rmse_log < 1e-8
+    assert fit.at_bound == []
     x_new = np.logspace(7, 9, 5)
     np.testing.assert_allclose(fit.predict(x_new), m4_truth(x_new, **TRUE_M4), rtol=1e-6)
     json.dumps(fit.as_dict())
@@ -201,8 +212,12 @@ def test_m4_recovers_parameters_noiseless_second_setting():
     x = np.logspace(8, 12, 20)
     e = m4_truth(x, **truth)
     fit = fit_m4(x, e, e0=truth["e0"])
-    for k in ("e_inf", "beta", "c", "alpha"):
+    for k in ("e_inf", "beta", "c", "alpha", "e0"):
         assert getattr(fit, k) == pytest.approx(truth[k], rel=1e-4), k
+    fixed = fit_m4(x, e, e0=truth["e0"], learn_e0=False)  # the fixed-e0 ablation, at the true e0
+    for k in ("e_inf", "beta", "c", "alpha"):
+        assert getattr(fixed, k) == pytest.approx(truth[k], rel=1e-4), k
+    assert fixed.e0 == truth["e0"]
 
 
 def test_m4_with_noise_tracks_true_curve():
@@ -217,7 +232,7 @@ def test_m4_with_noise_tracks_true_curve():
     # M4 parameters are weakly identified under noise (the log-excess objective
     # pulls e_inf down), so only check the bootstrap machinery here
     assert fit.n_bootstrap == 50
-    assert set(fit.intervals) == {"e_inf", "beta", "c", "alpha"}
+    assert set(fit.intervals) == {"e_inf", "beta", "c", "alpha", "e0"}  # e0 is learned (changed in issue 19)
     assert all(lo <= hi for lo, hi in fit.intervals.values())
 
 
@@ -267,10 +282,12 @@ def test_extrapolation_check_power_law_data():
     C_bad = rng.uniform(10, 3e4, size=20)
     E_bad = power_law(C_bad, **TRUE_PL) * 1.1
     x, e = np.r_[C, C_bad], np.r_[E, E_bad]
+    # the default score="frontier": dominated runs are not targets
     out = extrapolation_check(x, e, cut=3e3, e0=0.999, fitters=("power_law", "m4"))
     assert out["n_train"] >= 10 and out["n_test"] >= 3
     assert max(out["train_x"]) < 3e3 <= min(out["test_x"])
     assert not set(out["test_x"]) & set(C_bad.tolist())
+    assert not set(out["train_x"]) & set(C_bad.tolist())
     pl = out["results"]["power_law"]
     true_test = power_law(np.array(out["test_x"]), **TRUE_PL)
     # 1% noise, extrapolating ~1.2 decades: a few percent error at most
@@ -293,3 +310,174 @@ def test_extrapolation_check_m4_data_and_errors():
         extrapolation_check(x, e, cut=300.0, fitters=("power_law",))
     with pytest.raises(ValueError, match="no evaluation points"):
         extrapolation_check(x, e, cut=1e9, fitters=("power_law",))
+
+
+def test_extrapolation_check_can_score_all_held_out_points():
+    rng = np.random.default_rng(11)
+    C = np.logspace(0.5, 4.5, 30)
+    E = power_law(C, **TRUE_PL) * np.exp(0.01 * rng.standard_normal(C.size))
+    C_bad = rng.uniform(10, 3e4, size=20)
+    E_bad = power_law(C_bad, **TRUE_PL) * 1.1
+    x, e = np.r_[C, C_bad], np.r_[E, E_bad]
+    assert extrapolation_check(x, e, cut=3e3, fitters=("M1",))["score"] == "frontier"
+    out = extrapolation_check(x, e, cut=3e3, fitters=("power_law", "M1"), score="all")
+    assert out["score"] == "all"
+    assert out["n_test"] == int(np.sum(x >= 3e3))  # every run at or above the cut
+    assert not set(out["train_x"]) & set(C_bad.tolist())  # the fit still uses the frontier only
+    pl = out["results"]["power_law"]
+    assert pl["rmse_log"] == pytest.approx(rmse_log(pl["pred"], out["test_e"]))
+    with pytest.raises(ValueError, match="score must be 'all' or 'frontier', got 'best'"):
+        extrapolation_check(x, e, cut=3e3, fitters=("power_law",), score="best")
+    with pytest.raises(ValueError, match="unknown fitter 'M5'"):
+        extrapolation_check(x, e, cut=3e3, fitters=("M5",))
+
+
+# --------------------------------------------------------------------------- M1, M2, M3
+def m3_truth(x, beta, c, gamma):
+    return beta * (1.0 / x + gamma) ** c
+
+
+def test_m1_m2_m3_recover_parameters_noiseless():
+    x = np.logspace(6, 9, 30)
+    f1 = fit_m1(x, 40.0 * x**-0.25)
+    assert f1.params["beta"] == pytest.approx(40.0, rel=1e-9)
+    assert f1.params["c"] == pytest.approx(-0.25, rel=1e-9)
+    f2 = fit_m2(x, 0.2 + 40.0 * x**-0.25)
+    for k, v in {"e_inf": 0.2, "beta": 40.0, "c": -0.25}.items():
+        assert f2.params[k] == pytest.approx(v, rel=1e-5), k
+    assert f2.at_bound == []
+    truth = dict(beta=300.0, c=0.35, gamma=2e-8)
+    f3 = fit_m3(x, m3_truth(x, **truth))
+    for k, v in truth.items():
+        assert f3.params[k] == pytest.approx(v, rel=1e-5), k
+    x_new = np.logspace(9, 10, 4)
+    np.testing.assert_allclose(f3.predict(x_new), m3_truth(x_new, **truth), rtol=1e-6)
+    np.testing.assert_allclose(f2.predict(x_new), 0.2 + 40.0 * x_new**-0.25, rtol=1e-6)
+    for f in (f1, f2, f3):
+        assert f.rmse_log < 1e-7
+        json.dumps(f.as_dict())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_m1_m2_m3_recover_parameters_with_noise(seed):
+    rng = np.random.default_rng(seed)
+    x = np.logspace(6, 9, 40)
+    noise = np.exp(0.01 * rng.standard_normal(x.size))
+    f1 = fit_m1(x, 40.0 * x**-0.25 * noise)
+    assert f1.params["c"] == pytest.approx(-0.25, abs=0.01)
+    true2 = 0.2 + 40.0 * x**-0.25
+    f2 = fit_m2(x, true2 * noise)
+    assert f2.params["e_inf"] == pytest.approx(0.2, abs=0.03)
+    assert f2.params["c"] == pytest.approx(-0.25, rel=0.3)
+    np.testing.assert_allclose(f2.predict(x), true2, rtol=0.01)
+    truth = dict(beta=300.0, c=0.35, gamma=2e-8)
+    f3 = fit_m3(x, m3_truth(x, **truth) * noise)
+    assert f3.params["c"] == pytest.approx(0.35, rel=0.15)
+    np.testing.assert_allclose(f3.predict(x), m3_truth(x, **truth), rtol=0.01)
+
+
+def test_m4_recovers_curve_with_noise_and_learned_e0():
+    rng = np.random.default_rng(5)
+    x = np.logspace(2, 7, 40)
+    e_true = m4_truth(x, **TRUE_M4)
+    fit = fit_m4(x, e_true * np.exp(0.005 * rng.standard_normal(x.size)), e0=0.999)
+    np.testing.assert_allclose(fit.predict(x), e_true, rtol=0.02)
+    assert fit.c == pytest.approx(TRUE_M4["c"], rel=0.3)
+    assert fit.e0 == pytest.approx(TRUE_M4["e0"], abs=0.05)
+
+
+def test_m4_reports_e_inf_on_its_bound():
+    # a pure power law in excess error with e_inf = 0 and alpha = 0: both sit on their bounds
+    x = np.logspace(3, 7, 20)
+    fit = fit_m4(x, 5.0 * x**-0.3, e0=0.999)
+    assert "e_inf" in fit.at_bound and fit.e_inf == 0.0
+
+
+def test_fit_law_common_interface():
+    x = np.logspace(2, 7, 25)
+    e = m4_truth(x, **TRUE_M4)
+    for name in LAWS:
+        f = fit_law(name, x, e, e0=0.999)
+        assert isinstance(f.params, dict) and f.params
+        assert isinstance(f.at_bound, list)
+        assert f.rmse_log_on(x, e) == pytest.approx(f.rmse_log, rel=1e-9)
+        assert np.all(np.isfinite(f.predict(x)))
+    assert fit_law("m4", x, e, e0=0.999).rmse_log < 1e-8  # alias, and M4 fits its own law exactly
+    with pytest.raises(ValueError, match="unknown law 'M9'; choose from power_law, M1, M2, M3, M4"):
+        fit_law("M9", x, e)
+
+
+# --------------------------------------------------------------------------- honest fits
+def test_power_law_on_short_curve_reports_bound_not_huge_coefficient():
+    # 16 points of an exponential decay: no power law fits it; before issue 19 this gave
+    # b = 10 (an unreported bound) and a = 2.7e15
+    C = np.linspace(1.0, 16.0, 16)
+    fit = fit_power_law(C, 0.1 + 0.5 * np.exp(-C / 4.0), n_bootstrap=0)
+    assert "b" in fit.at_bound and fit.b == pytest.approx(2.0)
+    assert fit.a < 1e3
+    assert fit.as_dict()["at_bound"] == fit.at_bound
+    clean = fit_power_law(np.logspace(0, 4, 25), power_law(np.logspace(0, 4, 25), **TRUE_PL), n_bootstrap=0)
+    assert clean.at_bound == []
+
+
+def test_resolved_intervals():
+    assert resolved((0.3, 0.5))
+    assert resolved((-0.5, -0.3))
+    assert not resolved((1e3, 1e113))  # spans orders of magnitude
+    assert not resolved((0.0, 0.05))  # reaches zero
+    assert not resolved((-0.1, 0.2))
+    assert not resolved((1.0, float("inf")))
+    assert resolved((1.0, 20.0), max_ratio=30.0) and not resolved((1.0, 20.0))
+    rng = np.random.default_rng(7)
+    C = np.logspace(0, 4, 25)
+    fit = fit_power_law(C, power_law(C, **TRUE_PL) * np.exp(0.02 * rng.standard_normal(C.size)), n_bootstrap=60)
+    assert fit.unresolved == [k for k, v in fit.intervals.items() if not resolved(v)]
+    assert "b" not in fit.unresolved
+
+
+# --------------------------------------------------------------------------- benchmark (M4 paper's curves)
+# RMSE(log loss) on the Training=0 rows of tests/data/scaling_benchmark_vision.csv (a subset of the
+# public benchmark.vision.csv; see tests/data/README.md), fitted on its Training=1 rows.
+BENCH_M4 = {
+    "IC/bird_5/MiX/B/16": 0.016676988550957107,
+    "IC/bird_10/MiX/B/16": 0.032170934989239744,
+    "IC/bird_25/MiX/B/16": 0.01388631926961034,
+    "IC/c_5/MiX/B/16": 0.0345854334474368,
+}
+# the authors' M4 (their code, run as their README calls it, on the same rows): measured, not recomputed here
+AUTHORS_M4_MEAN = 0.02549
+
+
+def _load_bench():
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "scaling_laws.py"
+    spec = importlib.util.spec_from_file_location("scaling_laws_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_m4_per_curve_and_against_the_authors(capsys):
+    bench = _load_bench()
+    res = bench.run(bench.read_curves(bench.DEFAULT_CSV))
+    got = {r["curve"]: r["M4"] for r in res["curves"]}
+    assert got.keys() == BENCH_M4.keys()
+    for k, v in BENCH_M4.items():
+        assert got[k] == pytest.approx(v, rel=1e-3), k
+    assert res["mean"]["M4"] < AUTHORS_M4_MEAN  # the target: at most 1.1x theirs; it beats it
+    # M4 as published is the best law on average; holding e0 fixed is worse (why it is not the default)
+    assert res["mean"]["M4"] == min(res["mean"].values())
+    assert res["mean"]["M4_fixed_e0"] > 2 * res["mean"]["M4"]
+    bench.main([])
+    out = capsys.readouterr().out
+    assert "IC/bird_25/MiX/B/16" in out and "mean" in out
+
+
+def test_benchmark_reader_errors(tmp_path):
+    bench = _load_bench()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Domain,Task,Model,Loss,Training\nIC,a,b,0.5,1\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['Seen Examples'\]"):
+        bench.read_curves(bad)
+    with pytest.raises(ValueError, match="no curves in domain 'LM'"):
+        bench.read_curves(bench.DEFAULT_CSV, domain="LM")
