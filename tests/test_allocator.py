@@ -9,6 +9,8 @@ import pytest
 
 from vitscale import allocator, notebooks
 
+pytestmark = pytest.mark.slow  # starts processes through the allocator wrapper
+
 JEMALLOC = allocator.find_jemalloc()
 needs_jemalloc = pytest.mark.skipif(JEMALLOC is None, reason="libjemalloc2 is not installed (make setup installs it)")
 

@@ -27,7 +27,7 @@ def test_matmul_gradients_match_float64_closed_form(d_in, d_out):
 
 @pytest.mark.parametrize("pool", ["gap", "tok", "map"])
 def test_cpu_kernels_give_the_plain_models_outputs_and_gradients(pool):
-    plain = vit.make_model("Femto/4", 10, pool_type=pool)
+    plain = vit.make_model("Atto/4", 10, pool_type=pool)
     fast = plain.clone(kernels=backend.CPU)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(4, 16, 16, 3)), jnp.float32)

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the benchmarks as processes
+
 
 def load(root, name):
     spec = importlib.util.spec_from_file_location(name, root / "benchmarks" / f"{name}.py")

@@ -77,6 +77,7 @@ def test_missing_parameter_file_and_unknown_kind(tmp_path, capsys):
     assert "cannot tell the notebook" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_exits_nonzero(tmp_path, existing_run):
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump({**GOOD, "lr": -1}))

@@ -143,6 +143,7 @@ PURE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_building_a_schema_imports_no_framework_and_touches_no_file():
     r = subprocess.run([sys.executable, "-c", PURE], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -24,6 +24,8 @@ from vitscale import sharding
 sys.path.insert(0, str(Path(__file__).parent))
 import multihost_worker as worker  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts worker processes
+
 TIMEOUT_S = 300  # both children share two busy CPU cores with this process; normally ~30 s
 
 

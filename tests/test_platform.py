@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts Python processes
+
 CODE = "import vitscale, jax; print(jax.device_count(), jax.devices()[0].platform)"
 
 

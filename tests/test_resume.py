@@ -101,6 +101,7 @@ def test_sigkill_then_restart_equals_uninterrupted_run(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_unreadable_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
     cfg = config.validate(config.PretrainConfig, {**BASE, "total_steps": 40})
     out = tmp_path / "run"
@@ -117,6 +118,7 @@ def test_unreadable_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
     assert (out / "ckpt" / "40").exists()  # re-trained from 20 and saved again
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path):
     cfg = config.validate(
         config.PretrainConfig,

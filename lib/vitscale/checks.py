@@ -32,6 +32,11 @@ def split_size(problems: list[Problem], field: str, dataset: str, split: str, da
     except (ValueError, FileNotFoundError) as e:
         problems.append(Problem(field, str(e)))
         return None
+    except Exception as e:  # noqa: BLE001 - any failure to open a dataset is a problem with the parameters
+        problems.append(
+            Problem(field, f"{dataset!r} cannot be opened in data_dir {data_dir!r}: {type(e).__name__}: {e}")
+        )
+        return None
     if not builder.info.splits:
         problems.append(Problem(field, str(data.not_prepared(dataset, builder))))
         return None

@@ -50,6 +50,10 @@ class ConfigError(ValueError):
     def with_source(self, source: str | Path) -> ConfigError:
         return ConfigError(self.problems, source)
 
+    def _render_traceback_(self) -> list[str]:
+        """How IPython shows it in a notebook: the problems, no traceback (bad input, not a bug)."""
+        return [f"ConfigError: {len(self.problems)} problem(s) with the parameters", *self.lines()]
+
 
 def _problems_text(problems: list[Problem]) -> str:
     """Cross-field problems as the text of one pydantic ValueError (one `field: message` per line)."""
@@ -287,7 +291,9 @@ class TransferConfig(_Schema):
             try:
                 PretrainConfig(**self.random_model)
             except ValidationError as e:
-                problems += [dataclasses.replace(p, field=f"random_model.{p.field}") for p in _problems(e)]
+                problems += [
+                    dataclasses.replace(p, field=f"random_model.{p.field}") for p in _problems(e, PretrainConfig)
+                ]
             if self.compare_random:
                 problems.append(
                     Problem(
@@ -339,13 +345,14 @@ RUN_KINDS = ("pretrain", "transfer")  # those `vitscale run parameters/<kind>/<n
 
 
 # ----------------------------------------------------------------------------- building and showing
-def _problems(e: ValidationError) -> list[Problem]:
+def _problems(e: ValidationError, schema: type[BaseModel]) -> list[Problem]:
+    accepted = ", ".join(sorted(schema.model_fields))
     out = []
     for err in e.errors():
         field = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            out.append(Problem(field, f"unknown parameter (got {err.get('input')!r})"))
+            out.append(Problem(field, f"unknown parameter (got {err.get('input')!r}; accepted: {accepted})"))
         elif not field and err["type"] == "value_error":  # a model validator's `field: message` lines
             for line in msg.splitlines():
                 name, _, text = line.partition(": ")
@@ -364,10 +371,7 @@ def validate(schema: type[BaseModel], params: dict[str, Any], source: str | Path
     try:
         return schema(**params)
     except ValidationError as e:
-        problems = _problems(e)
-        if any(p.message.startswith("unknown parameter") for p in problems):
-            problems.append(Problem("parameters", f"accepted: {', '.join(sorted(schema.model_fields))}"))
-        raise ConfigError(problems, source) from None
+        raise ConfigError(_problems(e, schema), source) from None
 
 
 def resolved(schema: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:

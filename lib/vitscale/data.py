@@ -176,6 +176,7 @@ def check_dataset_name(name: str) -> None:
         )
 
 
+@functools.lru_cache(maxsize=64)
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """The TFDS builder for `name`, preparing an offline dataset into `data_dir` on first use."""
     check_dataset_name(name)
