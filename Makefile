@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data malloc browser demo sweep test test-fast lint lab bench bench-throughput bench-run-costs clean-venv
+.PHONY: setup data malloc browser demo sweep test test-fast lint lab tensorboard bench bench-throughput bench-run-costs clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,13 @@ test-fast: setup lint
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
+
+# TensorBoard over run folders (each run writes event files beside metrics.jsonl): LOGDIR=outputs/<sweep>.
+LOGDIR ?= outputs
+HOST ?= 127.0.0.1
+TB_PORT ?= 6006
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host $(HOST) --port $(TB_PORT)
 
 bench: setup
 	$(RUN) benchmarks/optimizer_memory.py

@@ -217,6 +217,7 @@ def train_one(
         evaluators=evaluate,
         desc=desc,
         start=lambda: (c.trainer.start_from(params), None),
+        params_text=config.dump(cfg) + f"run: {desc}\n",
     )
     final = runs.final_metrics(runs.read_metrics(run_dir / "metrics.jsonl"))
     final = {k: v for k, v in final.items() if k.startswith((f"{eval_prefix}/", "train/"))}

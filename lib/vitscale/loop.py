@@ -288,15 +288,17 @@ def fit(
     start: Callable[[], tuple[TrainState, dict | None]] | None = None,
     end_step: int | None = None,
     protect: Iterable[int] = (),
+    params_text: str | None = None,
 ) -> tuple[TrainState, dict]:
     """Resume run_dir from its newest readable checkpoint, or begin at `start()` (default: a fresh
     init), then run the loop to `end_step` (default spec.total_steps). `batches(step)` gives the
-    batches from `step` on; `protect`ed steps are checkpointed and kept (branch points)."""
+    batches from `step` on; `protect`ed steps are checkpointed and kept (branch points). Metrics go
+    to metrics.jsonl and, from process 0, to TensorBoard event files beside it, with `params_text`."""
     end_step = spec.total_steps if end_step is None else end_step
     mngr = checkpoints.manager(
         run_dir / "ckpt", keep=spec.keep_checkpoints, keep_every=spec.keep_every, protect=protect
     )
-    log = runs.MetricsLog(run_dir / "metrics.jsonl")
+    log = runs.MetricsLog(run_dir / "metrics.jsonl", events=jax.process_index() == 0)
     state, meta = checkpoints.restore_latest(mngr, trainer.abstract_state(), max_step=end_step)
     if state is None:
         state, meta = start() if start else (trainer.init_fn(), None)
@@ -304,6 +306,8 @@ def fit(
     log.truncate_after(step)
     if step and step < end_step:
         print(f"resuming {run_dir} from step {step}")
+    if params_text and step < end_step:
+        log.text("parameters", f"```\n{params_text}```", step=step)
     return train_loop(
         trainer,
         state,

@@ -195,6 +195,7 @@ def run_branch(
         desc=name,
         start=from_main_run,
         end_step=end,
+        params_text=config.dump(cfg) + f"branch: {name}\n",
     )
     final = runs.final_metrics(runs.read_metrics(out / "branches" / name / "metrics.jsonl"))
     return {
@@ -298,6 +299,7 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
         evaluators=make_evals(trainer),
         desc=cfg.name,
         protect=starts,
+        params_text=config.dump(cfg),
     )
 
     # 4. Cooldown branches, each from its start checkpoint.
