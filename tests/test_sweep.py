@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from browser import rendered_dom
 from vitscale import config, flops, runs, sweep, train
 
 
@@ -109,3 +110,11 @@ def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(root, tm
         assert (out / i / "summary.json").exists() and (out / i / "run.html").exists()
     rows = runs.collect(out)
     assert len(rows) == 4 and {r["branch"] for r in rows} == {None, "cooldown_6+3"}
+    # The sweep's index page, as headless Chromium renders it: every run, done, linked to its report.
+    dom = rendered_dom(out / "index.html", tmp_path)
+    for i in ids:
+        assert f'<a href="{i}/run.html">{i}</a></td><td>done</td>' in dom
+    summary = runs.read_json(out / ids[0] / "summary.json")
+    assert f"<td>{summary['final']['test/acc']:.4g}</td>" in dom  # the run's final test accuracy
+    status = subprocess.run([cmd[0], "status", str(out)], capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0 and status.stdout.strip().splitlines()[-1] == "2 done", status.stdout

@@ -4,6 +4,7 @@
   vitscale run parameters/transfer/demo.yaml     notebooks/transfer.ipynb into outputs/transfer/demo/
   vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N]
                                                  every run of a sweep, resumable, then the scaling report
+  vitscale status outputs/cpu_scaling            each run's state (and its scheduler job)
   vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
   vitscale kernel                                register the `vitscale` Jupyter kernel
   vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
@@ -61,8 +62,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     pending = sorted(k for k, v in index.items() if v != "done")
     print(f"index: {out / 'index.json'}" + (f"; failed: {failed}" if failed else ""))
     if not pending and spec.analysis and not args.no_analysis:
-        return cmd_analyze(argparse.Namespace(sweep_dir=str(out)))
+        code = cmd_analyze(argparse.Namespace(sweep_dir=str(out)))
+        sweep.write_index(out, spec)  # now with the link to the scaling report
+        print(f"sweep report: {out / 'index.html'}")
+        return code
+    print(f"sweep report: {out / 'index.html'}")
     return 1 if pending and shard[1] == 1 else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    sweep_dir = Path(args.sweep_dir).resolve()
+    if not sweep_dir.is_dir():
+        return _bad_input(config.ConfigError([config.Problem("sweep_dir", f"{sweep_dir} is not a folder")]))
+    rows = sweep.statuses(sweep_dir)
+    width = max((len(r["run"]) for r in rows), default=3)
+    for r in rows:
+        print(f"{r['run']:<{width}}  {r['status']:<11}  {r.get('job') or ''}")
+    counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no runs")
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -99,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-retry", action="store_true", help="leave failed runs failed")
     p.add_argument("--no-analysis", action="store_true", help="skip the scaling analysis at the end")
     p.set_defaults(fn=cmd_sweep)
+    p = sub.add_parser("status", help="each run of a sweep folder: done, failed, interrupted, pending (and its job)")
+    p.add_argument("sweep_dir")
+    p.set_defaults(fn=cmd_status)
     p = sub.add_parser("analyze", help="execute the scaling-analysis notebook over a sweep folder")
     p.add_argument("sweep_dir")
     p.set_defaults(fn=cmd_analyze)

@@ -232,7 +232,10 @@ def train_loop(
                 )
         pending.clear()
 
-    with progress.bar(total=end_step, initial=step, desc=desc, unit="step") as pbar, _Interrupt() as interrupt:
+    batch = progress.batch_mode()  # a batch report gets a line per evaluation instead of a progress bar
+    t_start, step_start = time.perf_counter(), step
+    bar = progress.bar(total=end_step, initial=step, desc=desc, unit="step", disable=batch)
+    with bar as pbar, _Interrupt() as interrupt:
         while step < end_step:
             state, out = trainer.train_step(state, sharding.put_batch(next(batches), trainer.mesh))
             step += 1
@@ -261,6 +264,13 @@ def train_loop(
                 record = evaluators(state.params, step, step == end_step)
                 meta["eval_seconds"] += time.perf_counter() - t_eval
                 log.append({"step": step, "images_seen": images_seen, **record})
+                if batch:
+                    rate = (step - step_start) / max(time.perf_counter() - t_start, 1e-9)
+                    shown = {k: v for k, v in record.items() if not k.endswith("_std")}
+                    print(
+                        f"{desc} step {step}/{end_step} ({rate:.1f} steps/s): loss {float(out['loss']):.4f}, "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                    )
             if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or interrupt.requested:
                 check_losses()
                 now = time.perf_counter()

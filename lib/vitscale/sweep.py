@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import dataclasses
 import hashlib
+import html
 import itertools
 import json
 import os
@@ -31,7 +32,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from vitscale import checks, config, notebooks, progress, runs
+from vitscale import checks, config, metrics, notebooks, progress, runs
 
 STATUS = "status.json"
 
@@ -144,13 +145,73 @@ def status_of(folder: Path) -> str:
     return "pending"
 
 
+def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every run folder of a sweep folder: its status and, for a scheduled run, the job that ran it."""
+    out = []
+    for folder in sorted(p.parent for p in sweep_dir.glob("*/params.yaml")):
+        status = runs.read_json(folder / STATUS) if (folder / STATUS).is_file() else {}
+        out.append({"run": folder.name, "status": status_of(folder), "job": status.get("job")})
+    return out
+
+
 def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
     """outputs/<sweep>/index.json: every run's status, recomputed from the run folders."""
     index = {r.run_id: status_of(out / r.run_id) for r in sweep.runs}
     runs.write_json(
         out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
     )
+    runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
     return index
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape("" if value is None else str(value))
+
+
+def index_html(out: Path, sweep: Sweep, index: dict[str, str]) -> str:
+    """outputs/<sweep>/index.html: every run with its status, key metrics and compute, linked to its
+    report, and a link to the scaling report. Plain HTML: it opens offline anywhere."""
+    summaries = {
+        r.run_id: runs.read_json(out / r.run_id / "summary.json") if (out / r.run_id / "summary.json").is_file() else {}
+        for r in sweep.runs
+    }
+    finals = {k: s.get("final", {}) for k, s in summaries.items()}
+    names = sorted({m for f in finals.values() for m in f if metrics.ANALYSABLE.fullmatch(m)}, key=metrics.sort_key)
+    head = ["run", "status", "variant", "train images", "steps", *names, "train FLOPs", "device-seconds", "branches"]
+    rows = []
+    for r in sweep.runs:
+        s, report = summaries[r.run_id], out / r.run_id / "run.html"
+        link = (
+            f'<a href="{html.escape(r.run_id)}/run.html">{html.escape(r.run_id)}</a>'
+            if report.is_file()
+            else (html.escape(r.run_id))
+        )
+        cells = [r.params.get("variant"), s.get("train_examples", r.params.get("train_examples")), s.get("total_steps")]
+        cells += [finals[r.run_id].get(m) for m in names]
+        cells += [s.get("train_flops"), s.get("device_seconds"), len(s.get("branches", []))]
+        status = index[r.run_id]
+        rows.append(
+            f'<tr class="{status}"><td>{link}</td><td>{status}</td>'
+            + "".join(f"<td>{_cell(c)}</td>" for c in cells)
+            + "</tr>"
+        )
+    scaling = out / "scaling" / "report.html"
+    done = sum(v == "done" for v in index.values())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(sweep.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:2px 6px;text-align:right}}td:first-child{{text-align:left}}tr.failed{{background:#fdd}}
+tr.interrupted,tr.pending{{color:#777}}</style></head><body>
+<h1>Sweep {html.escape(sweep.name)}</h1>
+<p>{done} of {len(index)} runs done (notebook {html.escape(sweep.notebook)}).
+{'<a id="scaling" href="scaling/report.html">Scaling report</a>' if scaling.is_file() else "No scaling report yet."}</p>
+<table id="runs"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table></body></html>
+"""
 
 
 def thread_env(workers: int) -> dict[str, str]:
