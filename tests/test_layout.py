@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "metrics", "progress", "runs", "scaling", "fewshot", "models.variants"},  # leaves
+    {"allocator", "logs", "metrics", "progress", "runs", "scaling", "fewshot", "models.variants"},  # leaves
     {"config"},  # pure schemas
     {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks"},  # building blocks
     {"loop", "evaluators"},  # the one training loop
