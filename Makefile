@@ -61,8 +61,11 @@ test: setup browser lint
 test-fast: setup lint
 	$(RUN) -m pytest -q -m "not slow"
 
+# JupyterLab on notebooks/ with the vitscale kernel; as root it says so and passes --allow-root.
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/vitscale lab --ip $(LAB_IP) --port $(LAB_PORT)
 
 # TensorBoard over run folders (each run writes event files beside metrics.jsonl): LOGDIR=outputs/<sweep>.
 LOGDIR ?= outputs

@@ -6,6 +6,7 @@
                                                  every run of a sweep, resumable, then the scaling report
   vitscale status outputs/cpu_scaling            each run's state (and its scheduler job)
   vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
+  vitscale lab [--ip 0.0.0.0] [--port 8888]      JupyterLab on notebooks/ with the vitscale kernel (as root too)
   vitscale kernel                                register the `vitscale` Jupyter kernel
   vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
 
@@ -15,6 +16,7 @@ Bad parameters print one `error: <file>: <field>: <problem>` line per problem an
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,6 +100,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    notebooks.ensure_kernel()
+    argv = notebooks.lab_argv(args.ip, args.port, open_browser=not args.no_browser)
+    if "--ServerApp.allow_root=True" in argv:
+        print("note: running as root, so JupyterLab starts with --allow-root", file=sys.stderr)
+    print(f"JupyterLab on {runs.NOTEBOOKS} at http://{args.ip}:{args.port}/lab (kernel: {notebooks.KERNEL})")
+    return subprocess.call(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vitscale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -123,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("analyze", help="execute the scaling-analysis notebook over a sweep folder")
     p.add_argument("sweep_dir")
     p.set_defaults(fn=cmd_analyze)
+    p = sub.add_parser("lab", help="JupyterLab on notebooks/ with the vitscale kernel (as root too)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(fn=cmd_lab)
     p = sub.add_parser("kernel", help="register the vitscale Jupyter kernel")
     p.set_defaults(fn=lambda a: notebooks.ensure_kernel() or 0)
     p = sub.add_parser("export", help="render an executed notebook to HTML")
