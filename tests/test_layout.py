@@ -19,7 +19,7 @@ LAYERS = [
     {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks"},  # building blocks
     {"loop", "evaluators"},  # the one training loop
     {"train", "finetune", "transfer", "analysis"},  # programs: check(cfg), run(cfg, out_dir)
-    {"plots", "notebooks", "sweep"},  # presentation and orchestration
+    {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
     {"cli"},  # argparse only
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}

@@ -2,7 +2,7 @@
 
   vitscale run parameters/pretrain/demo.yaml     execute notebooks/pretrain.ipynb into outputs/demo/
   vitscale run parameters/transfer/demo.yaml     notebooks/transfer.ipynb into outputs/transfer/demo/
-  vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N]
+  vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N] [--launcher slurm]
                                                  every run of a sweep, resumable, then the scaling report
   vitscale status outputs/cpu_scaling            each run's state (and its scheduler job)
   vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from vitscale import config, notebooks, runs, sweep
+from vitscale import cluster, config, notebooks, runs, sweep
 
 
 def _bad_input(e: config.ConfigError) -> int:
@@ -59,7 +59,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         return _bad_input(e)
     out = (Path(args.out) if args.out else runs.OUTPUTS / spec.name).resolve()
-    index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+    if args.launcher == "local":
+        index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+    else:
+        wait = args.wait or args.launcher == "submitit-local"
+        index = cluster.submit(
+            spec, out, launcher=args.launcher, shard=shard, retry_failed=not args.no_retry, wait=wait
+        )
+        if not wait:
+            print(f"submitted; `vitscale status {out}` shows the runs, `vitscale analyze {out}` the report when done")
+            return 0
     failed = sorted(k for k, v in index.items() if v == "failed")
     pending = sorted(k for k, v in index.items() if v != "done")
     print(f"index: {out / 'index.json'}" + (f"; failed: {failed}" if failed else ""))
@@ -76,10 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir).resolve()
     if not sweep_dir.is_dir():
         return _bad_input(config.ConfigError([config.Problem("sweep_dir", f"{sweep_dir} is not a folder")]))
-    rows = sweep.statuses(sweep_dir)
+    rows = cluster.statuses(sweep_dir)
     width = max((len(r["run"]) for r in rows), default=3)
     for r in rows:
-        print(f"{r['run']:<{width}}  {r['status']:<11}  {r.get('job') or ''}")
+        job = f"job {r['job']} ({r['scheduler']})" if r.get("job") else ""
+        print(f"{r['run']:<{width}}  {r['status']:<11}  {job}".rstrip())
     counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no runs")
     return 0
@@ -127,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="sweep folder (default: outputs/<name>)")
     p.add_argument("--no-retry", action="store_true", help="leave failed runs failed")
     p.add_argument("--no-analysis", action="store_true", help="skip the scaling analysis at the end")
+    p.add_argument(
+        "--launcher",
+        choices=cluster.LAUNCHERS,
+        default="local",
+        help="local: threads here (default); slurm: one job per run (the file's slurm: resources); "
+        "submitit-local: the same jobs as local processes",
+    )
+    p.add_argument("--wait", action="store_true", help="with --launcher slurm: block until the jobs end")
     p.set_defaults(fn=cmd_sweep)
     p = sub.add_parser("status", help="each run of a sweep folder: done, failed, interrupted, pending (and its job)")
     p.add_argument("sweep_dir")

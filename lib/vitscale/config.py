@@ -335,6 +335,22 @@ class ScalingConfig(_Schema):
         return v
 
 
+class SlurmResources(_Schema):
+    """What each run of a sweep asks SLURM for (the sweep file's `slurm:` mapping): one job per run,
+    one process per node; a run on several nodes joins one JAX job from SLURM's environment."""
+
+    partition: str | None = None
+    time_min: int = Field(default=60, gt=0)  # wall-clock limit of one run's job, minutes
+    nodes: int = Field(default=1, gt=0)  # nodes per run (multi-host runs: one JAX process per node)
+    gpus_per_node: int = Field(default=0, ge=0)
+    cpus_per_task: int | None = Field(default=None, gt=0)
+    mem_gb: float | None = Field(default=None, gt=0)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = []  # shell lines before the run, e.g. ["module load cuda", "source .venv/bin/activate"]
+
+
 # The notebook kinds: notebooks/<kind>.ipynb is parametrised by schema KINDS[kind].
 KINDS: dict[str, type[_Schema]] = {
     "pretrain": PretrainConfig,

@@ -49,6 +49,7 @@ class Sweep:
     notebook: str
     runs: tuple[Run, ...]
     analysis: bool = True
+    slurm: config.SlurmResources = config.SlurmResources()  # what each run asks a cluster for
 
 
 def run_id(params: dict[str, Any], keys: list[str]) -> str:
@@ -68,12 +69,16 @@ def load(path: str | Path) -> Sweep:
         if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
             parent["base"] = str((parent_path.parent / parent["base"]).resolve())
         spec = {**parent, **spec}
-    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis"}
+    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis", "slurm"}
     if unknown:
-        accepted = "name, notebook, base, fixed, grid, runs, analysis"
+        accepted = "name, notebook, base, fixed, grid, runs, analysis, slurm"
         raise config.ConfigError(
             [config.Problem(k, f"unknown sweep key; accepted: {accepted}") for k in sorted(unknown)], path
         )
+    try:
+        slurm = config.validate(config.SlurmResources, spec.get("slurm") or {})
+    except config.ConfigError as e:
+        raise config.ConfigError([config.Problem(f"slurm.{p.field}", p.message) for p in e.problems], path) from None
     notebook = spec.get("notebook", "pretrain")
     if notebook not in config.RUN_KINDS:
         problem = config.Problem(
@@ -113,6 +118,7 @@ def load(path: str | Path) -> Sweep:
         notebook,
         tuple(sorted(expanded, key=lambda r: r.run_id)),
         bool(spec.get("analysis", True)),
+        slurm,
     )
 
 
@@ -132,7 +138,8 @@ def shard_of(sweep: Sweep, shard: tuple[int, int]) -> list[Run]:
 
 
 def status_of(folder: Path) -> str:
-    """done | failed | interrupted (started, not finished: resumes) | pending."""
+    """done | failed | submitted (to a scheduler, not started) | interrupted (started, not finished:
+    resumes) | pending."""
     if (
         (folder / "summary.json").exists()
         and (folder / STATUS).exists()
@@ -141,7 +148,7 @@ def status_of(folder: Path) -> str:
         return "done"
     if (folder / STATUS).exists():
         s = runs.read_json(folder / STATUS).get("status")
-        return "failed" if s == "failed" else "interrupted"
+        return s if s in ("failed", "submitted") else "interrupted"
     return "pending"
 
 
