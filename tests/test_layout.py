@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 LAYERS = [
     {"allocator", "metrics", "progress", "runs", "scaling", "fewshot", "models.variants"},  # leaves
     {"config"},  # pure schemas
-    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks"},  # building blocks
+    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
     {"loop", "evaluators"},  # the one training loop
     {"train", "finetune", "transfer", "analysis"},  # programs: check(cfg), run(cfg, out_dir)
     {"plots", "notebooks", "sweep"},  # presentation and orchestration
