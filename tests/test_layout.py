@@ -18,7 +18,7 @@ LAYERS = [
     {"config"},  # pure schemas
     {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
     {"loop", "evaluators"},  # the one training loop
-    {"train", "finetune", "transfer", "analysis"},  # programs: check(cfg), run(cfg, out_dir)
+    {"train", "finetune", "transfer", "analysis", "export"},  # programs: check(cfg), run(cfg, out_dir)
     {"plots", "notebooks", "sweep"},  # presentation and orchestration
     {"cli"},  # argparse only
 ]
