@@ -132,6 +132,8 @@ PURE = textwrap.dedent(
         config.PretrainConfig(variant="B/16", image_size=224, fewshot_datasets=["mnist_5k"]),
         config.TransferConfig(pretrained="outputs/nowhere", finetune_resolution=42),
         config.TransferConfig(pretrained="random", random_model={"variant": "Atto/7"}),
+        config.TransferConfig(pretrained="nowhere.npz", pretrained_model={"variant": "B/16", "image_size": 224}),
+        config.PretrainConfig(init_from="outputs/nowhere.npz"),
         config.ScalingConfig(sweep_dir="/nonexistent", metrics=["test/acc"]),
     ]
     config.validate(config.PretrainConfig, {"variant": "Pico/4"})
