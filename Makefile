@@ -59,8 +59,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check --quiet .
 	$(VENV)/bin/ruff check --quiet .
 
-# The whole suite (what CI runs).
+# The whole suite (what CI runs). It installs the bench extra (torch, timm: wheels on local disk) for the
+# tests that load vitscale's .npz files with timm (tests/test_weights.py); without it they skip, saying so.
 test: setup browser slurm lint
+	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
 	$(RUN) -m pytest -q
 
 # The edit loop: every module's unit tests, no notebooks, no spawned processes, no long training.

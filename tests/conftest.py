@@ -8,6 +8,10 @@ import sys
 import tempfile
 import time
 
+# torch's CUDA wheel pulls in triton, whose bundled LLVM segfaults on import once XLA's is loaded;
+# the timm comparisons run torch on the CPU and never need it (torch treats it as absent).
+sys.modules.setdefault("triton", None)
+
 _USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -16,9 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 LAYERS = [
     {"allocator", "logs", "metrics", "progress", "runs", "scaling", "fewshot", "models.variants"},  # leaves
     {"config"},  # pure schemas
-    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks"},  # building blocks
+    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
     {"loop", "evaluators"},  # the one training loop
-    {"train", "finetune", "transfer", "analysis"},  # programs: check(cfg), run(cfg, out_dir)
+    {"train", "finetune", "transfer", "analysis", "export"},  # programs: check(cfg), run(cfg, out_dir)
     {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
     {"cli"},  # argparse only
 ]
@@ -132,6 +132,8 @@ PURE = textwrap.dedent(
         config.PretrainConfig(variant="B/16", image_size=224, fewshot_datasets=["mnist_5k"]),
         config.TransferConfig(pretrained="outputs/nowhere", finetune_resolution=42),
         config.TransferConfig(pretrained="random", random_model={"variant": "Atto/7"}),
+        config.TransferConfig(pretrained="nowhere.npz", pretrained_model={"variant": "B/16", "image_size": 224}),
+        config.PretrainConfig(init_from="outputs/nowhere.npz"),
         config.ScalingConfig(sweep_dir="/nonexistent", metrics=["test/acc"]),
     ]
     config.validate(config.PretrainConfig, {"variant": "Pico/4"})

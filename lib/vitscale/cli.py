@@ -9,6 +9,8 @@
   vitscale lab [--ip 0.0.0.0] [--port 8888]      JupyterLab on notebooks/ with the vitscale kernel (as root too)
   vitscale kernel                                register the `vitscale` Jupyter kernel
   vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
+  vitscale export outputs/demo [--format big_vision|vision_transformer] [--out FILE.npz]
+                                                 a run's newest checkpoint as a .npz that big_vision and timm read
 
 Bad parameters print one `error: <file>: <field>: <problem>` line per problem and exit 2.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from vitscale import cluster, config, notebooks, runs, sweep
+from vitscale import cluster, config, export, notebooks, runs, sweep
 
 
 def _bad_input(e: config.ConfigError) -> int:
@@ -119,6 +121,18 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return subprocess.call(argv)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.target.endswith(".ipynb"):
+        print(notebooks.export_html(Path(args.target)))
+        return 0
+    try:
+        path = export.run(args.target, args.out, args.format)
+    except config.ConfigError as e:
+        return _bad_input(e)
+    print(f"weights: {path}\nparameters to read them back: {path.with_suffix('.yaml')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vitscale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_lab)
     p = sub.add_parser("kernel", help="register the vitscale Jupyter kernel")
     p.set_defaults(fn=lambda a: notebooks.ensure_kernel() or 0)
-    p = sub.add_parser("export", help="render an executed notebook to HTML")
-    p.add_argument("notebook")
-    p.set_defaults(fn=lambda a: print(notebooks.export_html(Path(a.notebook))) or 0)
+    p = sub.add_parser("export", help="a run's weights as a big_vision .npz, or an executed notebook as HTML")
+    p.add_argument("target", help="a pretraining run folder (outputs/<run>), or an executed notebook (.ipynb)")
+    p.add_argument("--format", default="big_vision", help="big_vision (default) or vision_transformer")
+    p.add_argument("--out", help="the .npz to write (default: <run>/export/<format>_step<N>.npz)")
+    p.set_defaults(fn=cmd_export)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -199,7 +199,10 @@ def fewshot_table(summary: dict[str, Any]) -> go.Figure | Sentence:
                 row["gain (points)"] = f"{100 * (res[shot]['mean'] - few['random'][name][shot]['mean']):+.1f}"
             rows.append(row)
     seeds = len(next(iter(next(iter(first.values())).values()))["per_seed"]) if first else 0
-    return table(rows, title=f"few-shot top-1 accuracy (%), mean ± std over {seeds} seeds")
+    title = f"few-shot top-1 accuracy (%), mean ± std over {seeds} seeds"
+    if w := summary.get("weights"):  # where the pretrained weights came from
+        title += f"<br>weights: {w.get('file')} ({w.get('layout')}, variant {w.get('variant')})"
+    return table(rows, title=title)
 
 
 def finetune_table(summary: dict[str, Any]) -> go.Figure | Sentence:
