@@ -311,6 +311,13 @@ def folder_path(name: str) -> Path | None:
     return Path(name[len(FOLDER) :]).expanduser() if name.startswith(FOLDER) else None
 
 
+def metric_name(name: str) -> str:
+    """The dataset's name inside metric names (no '/'): `folder:/x/My Photos` -> `folder_my_photos`."""
+    if (folder := folder_path(name)) is None:
+        return name
+    return "folder_" + (re.sub(r"[^a-z0-9]+", "_", folder.resolve().name.lower()).strip("_") or "images")
+
+
 def skipped_files(name: str, data_dir: str | None = None) -> dict[str, str]:
     """{file: why} of the images a folder dataset skipped when it was prepared ({} for other datasets)."""
     if folder_path(name) is None:

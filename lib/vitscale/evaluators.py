@@ -77,5 +77,5 @@ class FewShotEvaluator:
         """Flat metrics for metrics.jsonl: fewshot/<dataset>/<k>shot (mean) and ..._std."""
         out: dict[str, float] = {}
         for name, result in self.evaluate(feature_fn, mesh).items():
-            out.update(fewshot.flatten(name, result))
+            out.update(fewshot.flatten(data.metric_name(name), result))
         return out

@@ -116,9 +116,9 @@ def make_summary(
     for m in models:
         prefix = "" if m.name == primary else f"{m.name}/"
         for name, result in few.get(m.name, {}).items():
-            final.update({prefix + k: v for k, v in fewshot.flatten(name, result).items()})
+            final.update({prefix + k: v for k, v in fewshot.flatten(data.metric_name(name), result).items()})
         for name, by_model in fine.items():
-            final[prefix + metrics.finetune(name)] = by_model[m.name][metrics.TEST_ACC]
+            final[prefix + metrics.finetune(data.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
     wall = time.time() - t0
     devices = int(mesh.devices.size)
     source = Path(models[0].source) / "summary.json"  # the pretraining run's compute, for plots against it
