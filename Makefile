@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data malloc browser demo sweep test test-fast lint lab bench bench-throughput bench-run-costs clean-venv
+.PHONY: setup data malloc browser slurm demo sweep test test-fast lint lab tensorboard bench bench-throughput bench-run-costs clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ malloc:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then apt-get update -qq && apt-get install -y -qq libjemalloc2; \
 	else echo "note: jemalloc is missing ('sudo apt-get install libjemalloc2' or 'conda install -c conda-forge jemalloc'); CPU training steps run 1.2-1.7x slower without it"; fi
 
+# SLURM's sbatch (no controller) for the test that checks the generated job scripts.
+slurm:
+	@if command -v sbatch > /dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq slurm-client; \
+	else echo "sbatch is missing: run 'sudo apt-get install slurm-client'"; exit 1; fi
+
 # Headless Chromium for the report-rendering test.
 browser:
 	@if command -v chromium > /dev/null; then :; \
@@ -53,16 +59,28 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check --quiet .
 	$(VENV)/bin/ruff check --quiet .
 
-# The whole suite (what CI runs).
-test: setup browser lint
+# The whole suite (what CI runs). It installs the bench extra (torch, timm: wheels on local disk) for the
+# tests that load vitscale's .npz files with timm (tests/test_weights.py); without it they skip, saying so.
+test: setup browser slurm lint
+	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
 	$(RUN) -m pytest -q
 
 # The edit loop: every module's unit tests, no notebooks, no spawned processes, no long training.
 test-fast: setup lint
 	$(RUN) -m pytest -q -m "not slow"
 
+# JupyterLab on notebooks/ with the vitscale kernel; as root it says so and passes --allow-root.
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/vitscale lab --ip $(LAB_IP) --port $(LAB_PORT)
+
+# TensorBoard over run folders (each run writes event files beside metrics.jsonl): LOGDIR=outputs/<sweep>.
+LOGDIR ?= outputs
+HOST ?= 127.0.0.1
+TB_PORT ?= 6006
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host $(HOST) --port $(TB_PORT)
 
 bench: setup
 	$(RUN) benchmarks/optimizer_memory.py

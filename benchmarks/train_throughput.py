@@ -31,15 +31,14 @@ the JAX ones, which other jobs on the machine disturb far less than wall time), 
   element-wise work is not counted), peak = the best pass's rate of a jitted f32 2048x2048 jnp.dot
   (the faster of XLA's YNNPACK and Eigen dots).
 
-`--candidates` adds variants of the vitscale step (a model switch in CandViT below, XLA compile
-options, or '+'-joined combinations), timed in the same round-robin and reported as their per-pass
-speed-up over the library's step and their ratio to timm and flax.
+The variants of the vitscale step that were tried here and rejected (model switches, XLA compile
+options, device and chain counts, bf16) are recorded in benchmarks/README.md; their code is in git
+history before commit d3c4afe.
 
 Usage:
   .venv/bin/python benchmarks/train_throughput.py                 # A, B, C; vitscale, timm, flax
   .venv/bin/python benchmarks/train_throughput.py --quick         # shape A, 3 short passes
-  .venv/bin/python benchmarks/train_throughput.py --shapes B --impls vitscale,flax \
-      --candidates attn_dpa,ynn_off,attn_dpa+ynn_off
+  .venv/bin/python benchmarks/train_throughput.py --shapes B --impls vitscale,flax --passes 9
   .venv/bin/python benchmarks/train_throughput.py --json out.json # also write every timing
 """
 
@@ -47,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -89,8 +87,8 @@ class Shape:
     mlp: int
     batch: int
 
-    def vit(self, cls=vit.ViT, **kw) -> vit.ViT:
-        return cls(
+    def vit(self) -> vit.ViT:
+        return vit.ViT(
             num_classes=NUM_CLASSES,
             patch_size=self.patch,
             width=self.width,
@@ -100,7 +98,6 @@ class Shape:
             pool_type="gap",
             posemb="learn",
             dropout=0.0,
-            **kw,
         )
 
     def forward_flops(self) -> int:
@@ -130,43 +127,27 @@ def vitscale_optimizer() -> optax.GradientTransformation:
     return optim.make_optimizer("adamw", LR, weight_decay=WEIGHT_DECAY, grad_clip_norm=None, mu_dtype="float32")
 
 
-def make_vitscale(
-    shape: Shape,
-    model: nn.Module | None = None,
-    tx: optax.GradientTransformation | None = None,
-    compiler_options: dict[str, Any] | None = None,
-    devices: int | None = None,
-    chains: int | None = None,
-) -> Runner:
-    """The library's own step: make_trainer (explicit shardings, donated state) on the library's
-    default mesh (all devices, data-parallel). Candidates swap in another model, compile the same
-    jitted step with other XLA options, or use the first `devices` devices only.
-    `run.hlo()` gives the compiled step's HLO text (written by --hlo)."""
-    mesh = sharding.make_mesh([-1, 1], devices=jax.devices()[:devices] if devices else None)
+def make_vitscale(shape: Shape) -> Runner:
+    """The library's own step, nothing swapped: loop.make_trainer (the backend's CPU kernels, its
+    default gradient chains, explicit shardings, donated state) on the library's default mesh (all
+    devices, data-parallel). `run.trainer` is the trainer, `run.state()` the current state."""
+    mesh = sharding.make_mesh([-1, 1])
     trainer = loop.make_trainer(
-        model if model is not None else shape.vit(),
-        tx or vitscale_optimizer(),
-        mesh,
-        image_shape=shape.image,
-        loss="softmax_xent",
-        seed=0,
-        chains=chains,
+        shape.vit(), vitscale_optimizer(), mesh, image_shape=shape.image, loss="softmax_xent", seed=0
     )
     images, labels = _batch(shape)
     batch = sharding.put_batch({"image": images, "label": labels}, mesh)
     state = trainer.init_fn()
-    step = trainer.train_step
-    if compiler_options is not None:
-        step = step.lower(state, batch).compile(compiler_options=compiler_options)
 
     def run(k: int) -> None:
         nonlocal state
         out = None
         for _ in range(k):
-            state, out = step(state, batch)
+            state, out = trainer.train_step(state, batch)
         jax.block_until_ready((state, out))
 
-    run.hlo = lambda: (step if compiler_options is not None else step.lower(state, batch).compile()).as_text()
+    run.trainer = trainer
+    run.state = lambda: state
     return run
 
 
@@ -290,6 +271,8 @@ def make_timm(shape: Shape) -> Runner:
 
 # ----------------------------------------------------------------------------- the matmul peak
 MATMUL_N = 2048
+# XLA:CPU hands dots to YNNPACK by default; this per-jit option turns that off (Eigen dots).
+YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def make_matmul(n: int = MATMUL_N, compiler_options: dict[str, Any] | None = None) -> tuple[Runner, float]:
@@ -306,272 +289,6 @@ def make_matmul(n: int = MATMUL_N, compiler_options: dict[str, Any] | None = Non
 
     return run, 2.0 * n**3
 
-
-# ----------------------------------------------------------------------------- candidates
-# A copy of vitscale.models.vit.ViT (GAP head; no dropout, no scan/remat; the same parameter names,
-# shapes and initialisers, so a change here maps line for line onto lib/vitscale/models/vit.py; the
-# "copy" candidate times as the library's step) with switches:
-#   patch="conv"   nn.Conv with stride p (the library's)
-#         "dense"  the same [p, p, C, D] kernel as one matmul over reshaped patches
-#   attn="bhnd"    q, k, v made straight in [3, B, H, N, Dh] by one einsum with the [D, 3, H, Dh] view of
-#                  the qkv kernel; scores and weighted values as einsums over [B, H, ...]; the output
-#                  projection contracts (H, Dh) with the [H, Dh, D] view of the out kernel (the library's
-#                  since it won 1.02-1.12x here)
-#        "dpa"     fused qkv Dense, split, jax.nn.dot_product_attention on [B, N, H, Dh] (the library's before)
-#        "bhnd3"   as "bhnd" with three einsums, one per third of the qkv kernel
-#        "dpa3"    three projections from the kernel's thirds, then jax.nn.dot_product_attention
-#   mlp="matmul"   vit.MlpBlock: its Dense layers through vit.matmul, whose backward makes the weight
-#                  gradients products YNNPACK takes (the library's since it won 1.05-1.06x here)
-#       "dense"    nn.Dense layers: autodiff's own backward (the library's before)
-def _params(
-    module: nn.Module,
-    shape: tuple[int, ...],
-    name_init=nn.initializers.xavier_uniform(),  # noqa: B008 - a pure initializer, built once
-    bias_init=nn.initializers.zeros,
-) -> tuple[jax.Array, jax.Array]:
-    return (
-        module.param("kernel", name_init, shape, jnp.float32),
-        module.param("bias", bias_init, (shape[-1],), jnp.float32),
-    )
-
-
-class PatchDense(nn.Module):
-    """nn.Conv(D, (p, p), strides=p)'s parameters ([p, p, C, D] kernel, init lecun_normal), applied
-    as reshape + one [B*N, p*p*C] x [p*p*C, D] matmul."""
-
-    features: int
-    patch: int
-
-    @nn.compact
-    def __call__(self, images):
-        b, h, w, c = images.shape
-        p = self.patch
-        kernel, bias = _params(self, (p, p, c, self.features), nn.initializers.lecun_normal())
-        x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        x = x.reshape(b, (h // p) * (w // p), p * p * c)
-        return x @ kernel.reshape(p * p * c, self.features) + bias
-
-
-class CandAttention(nn.Module):
-    num_heads: int
-    attn: str = "bhnd"
-
-    @nn.compact
-    def __call__(self, x):
-        b, n, d = x.shape
-        h = self.num_heads
-        dh = d // h
-        if self.attn == "dpa":
-            dense = lambda f, name: nn.Dense(f, name=name, kernel_init=nn.initializers.xavier_uniform())
-            q, k, v = jnp.split(dense(3 * d, "qkv")(x).reshape(b, n, 3, h, dh), 3, axis=2)
-            out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
-            return dense(d, "out")(out.reshape(b, n, d))
-        wqkv, bqkv = vit.DenseParams(3 * d, name="qkv")(d)
-        wout, bout = vit.DenseParams(d, name="out")(d)
-        if self.attn == "dpa3":  # three projections from the kernel's thirds, then the library's attention
-            wqkv, bqkv = wqkv.reshape(d, 3, h, dh), bqkv.reshape(3, h, dh)
-            q, k, v = (jnp.einsum("bnd,dhk->bnhk", x, wqkv[:, i]) + bqkv[i] for i in range(3))
-            out = jax.nn.dot_product_attention(q, k, v)
-            return out.reshape(b, n, d) @ wout + bout
-        if self.attn in ("bnhk", "bnhk2"):  # row-major projections through vit.matmul, explicit head transposes
-            qkv = vit.matmul(x, wqkv) + bqkv
-            qkv = qkv.reshape(b, n, 3, h, dh).transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
-            scores = jnp.einsum("bhqk,bhsk->bhqs", q * (dh**-0.5), k)
-            probs = jax.nn.softmax(scores, axis=-1)
-            out = jnp.einsum("bhqs,bhsk->bhqk", probs, v)
-            if self.attn == "bnhk2":
-                return jnp.einsum("bhqk,hkd->bqd", out, wout.reshape(h, dh, d)) + bout
-            return vit.matmul(out.transpose(0, 2, 1, 3).reshape(b, n, d), wout) + bout
-        if self.attn == "bhnd3":  # three projections from the kernel's thirds, straight to [B, H, N, Dh]
-            wqkv, bqkv = wqkv.reshape(d, 3, h, dh), bqkv.reshape(3, h, 1, dh)
-            q, k, v = (jnp.einsum("bnd,dhk->bhnk", x, wqkv[:, i]) + bqkv[i] for i in range(3))
-        else:
-            qkv = jnp.einsum("bnd,dthk->tbhnk", x, wqkv.reshape(d, 3, h, dh)) + bqkv.reshape(3, 1, h, 1, dh)
-            q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = jnp.einsum("bhqk,bhsk->bhqs", q * (dh**-0.5), k)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bhqs,bhsk->bhqk", probs, v)
-        return jnp.einsum("bhqk,hkd->bqd", out, wout.reshape(h, dh, d)) + bout
-
-
-class DenseMlp(nn.Module):
-    """vit.MlpBlock with nn.Dense layers (the same parameters and init)."""
-
-    mlp_dim: int
-
-    @nn.compact
-    def __call__(self, x):
-        dense = lambda n: nn.Dense(
-            n, kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(stddev=1e-6)
-        )
-        h = nn.gelu(dense(self.mlp_dim)(x))  # Dense_0
-        return dense(x.shape[-1])(h)
-
-
-class CandBlock(nn.Module):
-    mlp_dim: int
-    num_heads: int
-    attn: str = "bhnd"
-    mlp: str = "matmul"
-
-    @nn.compact
-    def __call__(self, x):
-        y = nn.LayerNorm()(x)
-        x = x + CandAttention(self.num_heads, self.attn, name="Attention")(y)
-        y = nn.LayerNorm()(x)
-        mlp = vit.MlpBlock if self.mlp == "matmul" else DenseMlp
-        return x + mlp(self.mlp_dim, name="MlpBlock")(y)
-
-
-class CandEncoder(nn.Module):
-    depth: int
-    mlp_dim: int
-    num_heads: int
-    attn: str = "bhnd"
-    mlp: str = "matmul"
-
-    @nn.compact
-    def __call__(self, x):
-        for i in range(self.depth):
-            x = CandBlock(self.mlp_dim, self.num_heads, self.attn, self.mlp, name=f"encoderblock_{i}")(x)
-        return nn.LayerNorm(name="encoder_norm")(x)
-
-
-class CandViT(nn.Module):
-    """vit.ViT(pool_type="gap", posemb="learn", dropout=0) with the switches above."""
-
-    num_classes: int
-    patch_size: int
-    width: int
-    depth: int
-    mlp_dim: int
-    num_heads: int
-    patch: str = "conv"
-    attn: str = "bhnd"
-    mlp: str = "matmul"
-
-    @nn.compact
-    def __call__(self, images, train: bool = False):
-        p, d = self.patch_size, self.width
-        if self.patch == "conv":
-            x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", name="embedding")(images)
-            x = x.reshape(x.shape[0], -1, d)
-        else:
-            x = PatchDense(d, p, name="embedding")(images)
-        x = x + self.param(
-            "pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(d)), (1, x.shape[1], d), jnp.float32
-        )
-        x = CandEncoder(self.depth, self.mlp_dim, self.num_heads, self.attn, self.mlp, name="Transformer")(x)
-        pre = jnp.mean(x, axis=1)
-        logits = nn.Dense(self.num_classes, name="head", kernel_init=nn.initializers.zeros)(pre)
-        return logits, {"pre_logits": pre}
-
-
-def make_candidate(
-    shape: Shape,
-    compiler_options: dict[str, Any] | None = None,
-    devices: int | None = None,
-    chains: int | None = None,
-    **switches,
-) -> Runner:
-    model = CandViT(
-        num_classes=NUM_CLASSES,
-        patch_size=shape.patch,
-        width=shape.width,
-        depth=shape.depth,
-        mlp_dim=shape.mlp,
-        num_heads=shape.heads,
-        **switches,
-    )
-    return make_vitscale(shape, model=model, compiler_options=compiler_options, devices=devices, chains=chains)
-
-
-# Compile-option switches (per-jit XLA options: `jax.jit(..., compiler_options=...)`).
-# XLA:CPU hands some ops to YNNPACK ("__ynn_fusion" in the compiled HLO): by default its dots,
-# convolutions and reductions.
-_YNN = "xla_cpu_experimental_ynn_fusion_type"
-OPTIONS: dict[str, dict[str, Any]] = {
-    "ynn_dots": {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},  # YNNPACK for dots only
-    "ynn_dots_convs": {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
-    "ynn_off": {_YNN: ""},  # no YNNPACK: Eigen dots, XLA's own fusions for the rest
-    # XLA:CPU's tree_reduction_rewriter splits reductions longer than 32 into reduce-window + reduce.
-    "notree": {"xla_disable_hlo_passes": "tree_reduction_rewriter"},
-    "fastmath": {"xla_cpu_enable_fast_math": True},
-    "vec512": {"xla_cpu_prefer_vector_width": 512},
-    "xnn_greedy": {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
-    # An HLO schedule that favours running independent operations (e.g. the gradient chains) together.
-    "conc_sched": {"xla_cpu_enable_concurrency_optimized_scheduler": True},
-}
-YNN_OFF = OPTIONS["ynn_off"]
-# Model switches (CandViT above).
-MODEL_SWITCHES: dict[str, dict[str, str]] = {
-    "copy": {},  # the copy with the library's choices: should time as vitscale
-    "patch_dense": {"patch": "dense"},
-    "attn_dpa": {"attn": "dpa"},  # the library's attention before attn_bhnd won
-    "attn_bhnd3": {"attn": "bhnd3"},
-    "attn_dpa3": {"attn": "dpa3"},
-    "attn_bnhk": {"attn": "bnhk"},
-    "attn_bnhk2": {"attn": "bnhk2"},  # as attn_bnhk, the output projection as the library's einsum
-    "mlp_dense": {"mlp": "dense"},  # the library's MLP before vit.matmul won
-}
-
-
-# Device switches: how many of the JAX devices the step's mesh spans (default: all).
-DEVICE_SWITCHES: dict[str, int] = {"1dev": 1, "2dev": 2, "4dev": 4}
-# Gradient chains per device (train.make_trainer's `chains`).
-CHAIN_SWITCHES: dict[str, int] = {"chains1": 1, "chains2": 2, "chains4": 4}
-# Library options: vit.ViT arguments a user sets in the parameter file (the library's model, not CandViT).
-LIBRARY_SWITCHES: dict[str, dict[str, Any]] = {"bf16": {"dtype": jnp.bfloat16}}  # mixed precision: bf16 activations
-
-
-def make_candidate_by_name(name: str) -> Callable[[Shape], Runner]:
-    """ "attn_dpa+ynn_off+1dev" -> factory: '+'-joined model switches, compile options, device count."""
-    switches: dict[str, str] = {}
-    options: dict[str, Any] = {}
-    devices = None
-    chains = None
-    model = False
-    library: dict[str, Any] = {}
-    for token in name.split("+"):
-        if token in LIBRARY_SWITCHES:
-            library.update(LIBRARY_SWITCHES[token])
-        elif token in MODEL_SWITCHES:
-            switches.update(MODEL_SWITCHES[token])
-            model = True
-        elif token in OPTIONS:
-            options.update(OPTIONS[token])
-        elif token in DEVICE_SWITCHES:
-            devices = DEVICE_SWITCHES[token]
-        elif token in CHAIN_SWITCHES:
-            chains = CHAIN_SWITCHES[token]
-        else:
-            raise KeyError(token)
-    if model and library:
-        raise KeyError(f"{name}: library options ({', '.join(LIBRARY_SWITCHES)}) do not combine with model switches")
-    step = {"compiler_options": options or None, "devices": devices, "chains": chains}
-    if model:
-        return functools.partial(make_candidate, **step, **switches)
-    if library:
-        return lambda shape: make_vitscale(shape, model=shape.vit(**library), **step)
-    return functools.partial(make_vitscale, **step)
-
-
-# The candidates `--candidates all` runs; any '+'-joined combination of the tokens above is accepted.
-CANDIDATE_NAMES = [
-    "chains1",
-    "chains2",
-    "bf16",
-    "1dev",
-    "ynn_dots",
-    "ynn_off",
-    "patch_dense",
-    "attn_dpa",
-    "attn_bhnd3",
-    "attn_dpa3",
-    "mlp_dense",
-]
-CANDIDATES: dict[str, Callable[[Shape], Runner]] = {n: make_candidate_by_name(n) for n in CANDIDATE_NAMES}
 
 BASELINES: dict[str, Callable[[Shape], Runner]] = {"vitscale": make_vitscale, "timm": make_timm, "flax": make_flax}
 
@@ -593,20 +310,14 @@ def measure_shape(
     steps: int,
     warmup: int,
     log=print,
-    hlo_dir: str | None = None,
     matmul_n: int = MATMUL_N,
 ) -> dict[str, Any]:
     """Round-robin: each pass times every implementation for `steps` steps; returns all timings."""
-    factories = {**BASELINES, **CANDIDATES}
     runners: dict[str, Runner] = {}
     for impl in impls:
         t0 = time.perf_counter()
-        runners[impl] = factories[impl](shape)
+        runners[impl] = BASELINES[impl](shape)
         runners[impl](warmup)  # compile + warm caches
-        if hlo_dir and hasattr(runners[impl], "hlo"):
-            os.makedirs(hlo_dir, exist_ok=True)
-            with open(os.path.join(hlo_dir, f"{name}_{impl}.hlo.txt"), "w") as f:
-                f.write(runners[impl].hlo())
         log(f"  [{name}] {impl}: built and warmed up in {time.perf_counter() - t0:.1f} s")
     # The peak: XLA's default dot (YNNPACK) and its Eigen dot, the faster of the two in each pass.
     mms = [make_matmul(matmul_n, compiler_options=o) for o in (None, YNN_OFF)]
@@ -644,9 +355,8 @@ def _spread(xs: list[float]) -> dict[str, float]:
 
 
 def summarize(name: str, r: dict[str, Any], reference: str = "vitscale") -> dict[str, Any]:
-    """Per implementation: median images/s (and min-max over passes), MFU; for a baseline the per-pass
-    ratio reference/impl ("vitscale/timm"), for a candidate impl/reference (its speed-up), by wall
-    time and by process CPU time."""
+    """Per implementation: median images/s (and min-max over passes), MFU, and the per-pass ratio
+    reference/impl ("vitscale/timm") by wall time and (not for timm) by process CPU time."""
     batch, steps = r["shape"]["batch"], r["steps"]
     ips = {impl: [steps * batch / s for s in ss] for impl, ss in r["seconds"].items()}
     cpu = r.get("cpu_seconds", {})
@@ -662,18 +372,10 @@ def summarize(name: str, r: dict[str, Any], reference: str = "vitscale") -> dict
             "mfu": med * r["train_flops_per_image"] / 1e9 / peak,
         }
         if reference in ips and impl != reference:
-            if impl in BASELINES:
-                row["ref_over_impl"] = _spread([a / b for a, b in zip(ips[reference], xs)])
-                # Not for timm: torch's OpenMP threads spin while they wait, so its CPU time overstates work.
-                if impl != "timm" and impl in cpu and reference in cpu:
-                    row["ref_over_impl_cpu"] = _spread([b / a for a, b in zip(cpu[reference], cpu[impl])])
-            else:
-                row["speedup"] = _spread([b / a for a, b in zip(ips[reference], xs)])
-                if impl in cpu and reference in cpu:
-                    row["cpu_speedup"] = _spread([a / b for a, b in zip(cpu[reference], cpu[impl])])
-                for base in ("timm", "flax"):  # the candidate against the baselines, per pass
-                    if base in ips:
-                        row[f"over_{base}"] = _spread([a / b for a, b in zip(xs, ips[base])])
+            row["ref_over_impl"] = _spread([a / b for a, b in zip(ips[reference], xs)])
+            # Not for timm: torch's OpenMP threads spin while they wait, so its CPU time overstates work.
+            if impl != "timm" and impl in cpu and reference in cpu:
+                row["ref_over_impl_cpu"] = _spread([b / a for a, b in zip(cpu[reference], cpu[impl])])
         out["impls"][impl] = row
     return out
 
@@ -691,8 +393,6 @@ def print_table(summaries: list[dict[str, Any]], reference: str = "vitscale", fi
     print("|---|---|---:|---:|---|---|", file=file)
     for s in summaries:
         for impl, row in s["impls"].items():
-            if "speedup" in row:
-                continue
             print(
                 f"| {s['shape']} | {impl} | {row['images_per_s']:.0f} ({row['min']:.0f}-{row['max']:.0f}) | "
                 f"{100 * row['mfu']:.1f}% | {_fmt(row.get('ref_over_impl'))} | "
@@ -705,21 +405,6 @@ def print_table(summaries: list[dict[str, Any]], reference: str = "vitscale", fi
         + ", ".join(f"{s['shape']} {s['peak_gflops']:.0f} GFLOP/s" for s in summaries),
         file=file,
     )
-    cands = [(s, impl, row) for s in summaries for impl, row in s["impls"].items() if "speedup" in row]
-    if cands:
-        print(
-            f"\n| shape | candidate | images/s median | MFU | speed-up over {reference} per pass: wall | "
-            "CPU time | candidate/timm | candidate/flax |",
-            file=file,
-        )
-        print("|---|---|---:|---:|---|---|---|---|", file=file)
-        for s, impl, row in cands:
-            print(
-                f"| {s['shape']} | {impl} | {row['images_per_s']:.0f} | {100 * row['mfu']:.1f}% | "
-                f"{_fmt(row['speedup'])} | {_fmt(row.get('cpu_speedup'))} | {_fmt(row.get('over_timm'))} | "
-                f"{_fmt(row.get('over_flax'))} |",
-                file=file,
-            )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -730,47 +415,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default="vitscale,timm,flax",
         help="comma-separated, from " + ",".join(BASELINES) + " (timm needs the 'bench' extra)",
     )
-    ap.add_argument(
-        "--candidates",
-        default="",
-        help="vitscale step variants to add: 'all' ("
-        + ",".join(CANDIDATES)
-        + ") or comma-separated '+'-joined tokens from "
-        + ",".join([*MODEL_SWITCHES, *OPTIONS]),
-    )
     ap.add_argument("--passes", type=int, default=7, help="round-robin passes (default 7)")
     ap.add_argument("--steps", type=int, default=2, help="steps per implementation per pass (default 2)")
     ap.add_argument("--warmup", type=int, default=2, help="steps run once before timing (default 2)")
     ap.add_argument("--quick", action="store_true", help="shape A, 3 passes of 2 steps (a smoke run)")
     ap.add_argument("--json", help="also write the timings and summaries to this file")
-    ap.add_argument(
-        "--hlo",
-        metavar="DIR",
-        help="write the compiled HLO of the vitscale step and of each candidate to DIR/<shape>_<impl>.hlo.txt",
-    )
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.passes, args.steps, args.warmup = "A", 3, 2, 2
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    cands = (
-        list(CANDIDATES) if args.candidates == "all" else [c.strip() for c in args.candidates.split(",") if c.strip()]
-    )
     unknown = [s for s in shapes if s not in SHAPES] + [i for i in impls if i not in BASELINES]
-    for c in cands:
-        try:
-            CANDIDATES.setdefault(c, make_candidate_by_name(c))
-        except KeyError:
-            unknown.append(c)
     if unknown:
-        ap.error(
-            f"unknown shapes/impls/candidates: {unknown} (candidate tokens: "
-            f"{', '.join([*MODEL_SWITCHES, *OPTIONS, *DEVICE_SWITCHES, *CHAIN_SWITCHES, *LIBRARY_SWITCHES])})"
-        )
+        ap.error(f"unknown shapes/impls: {unknown} (shapes: {', '.join(SHAPES)}; impls: {', '.join(BASELINES)})")
     if "timm" in impls and not timm_available():
         print("timm/torch not installed (pip install -e '.[bench]'): skipping timm", file=sys.stderr)
         impls.remove("timm")
-    impls = impls + [c for c in cands if c not in impls]
     print(
         f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{len(jax.devices())}, "
         f"{os.cpu_count()} CPUs, malloc: {allocator.current()} (every implementation in this process); "
@@ -786,9 +446,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for name in shapes:
         shape = SHAPES[name]
         print(f"shape {name}: {shape} ({3 * shape.forward_flops() / 1e6:.1f} MFLOP/image per step)")
-        results[name] = measure_shape(
-            name, shape, impls, passes=args.passes, steps=args.steps, warmup=args.warmup, hlo_dir=args.hlo
-        )
+        results[name] = measure_shape(name, shape, impls, passes=args.passes, steps=args.steps, warmup=args.warmup)
         summaries.append(summarize(name, results[name]))
     print_table(summaries)
     if args.json:

@@ -2,7 +2,15 @@
 runs they start in other processes do not (below)."""
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+
+# torch's CUDA wheel pulls in triton, whose bundled LLVM segfaults on import once XLA's is loaded;
+# the timm comparisons run torch on the CPU and never need it (torch treats it as absent).
+sys.modules.setdefault("triton", None)
 
 _USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -15,6 +23,8 @@ from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from vitscale import sweep  # noqa: E402
 
 # JAX reads XLA_FLAGS once, when its CPU backend starts: start it here with the 8 devices, then give
 # the processes tests start (papermill kernels, `vitscale run`, benchmarks) the environment a user's
@@ -35,3 +45,36 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def killed_local_sweep(root, tmp_path_factory):
+    """tests/data/tiny_sweep.yaml through the local runner, killed during its second run, then run
+    again to the end: (out, ids, the first run's file times before the rerun, the rerun's result).
+    Also the reference the cluster launcher's runs are compared with (test_cluster.py)."""
+    out = tmp_path_factory.mktemp("local_sweep") / "sweep"
+    cmd = [
+        str(Path(sys.executable).parent / "vitscale"),
+        "sweep",
+        str(root / "tests/data/tiny_sweep.yaml"),
+        "--out",
+        str(out),
+    ]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    ids = [r.run_id for r in sweep.load(root / "tests/data/tiny_sweep.yaml").runs]
+    t0 = time.time()
+    while time.time() - t0 < 400:
+        states = [sweep.status_of(out / i) for i in ids]
+        if states[0] == "done" and states[1] == "interrupted":
+            break
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(0.2)
+    else:
+        pytest.fail("the sweep never reached its second run")
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    time.sleep(3)  # orphaned kernels notice their parent is gone and exit
+    first = out / ids[0]
+    stamp = {f: (first / f).stat().st_mtime_ns for f in ("summary.json", "run.ipynb", "metrics.jsonl")}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return out, ids, stamp, r

@@ -146,7 +146,7 @@ def test_analyze_summary_is_json_and_complete(sweep, fitted):
     assert set(s["power_law"]["intervals"]) == set("abcd")
     assert s["power_law"]["b"] == pytest.approx(TRUTH["b"], rel=1e-3)
     assert {"e_inf", "alpha", "beta", "c"} <= set(s["m4"])
-    assert set(s["extrapolation"]["results"]) == {"power_law", "m4"}
+    assert set(s["extrapolation"]["results"]) == {"power_law", "M1", "M2", "M3", "m4"}
     assert "fit" not in s["extrapolation"]["results"]["power_law"]
 
 
@@ -394,3 +394,28 @@ def test_notebook_through_papermill(root, tmp_path):
     assert doc["metrics"]["test/acc"]["n_runs"] == len(rows)
     assert doc["metrics"]["test/acc"]["power_law"]["c"] == pytest.approx(TRUTH["c"], rel=0.3)
     assert set(doc["findings"]) == {"saturation", "sample_efficiency", "double_saturation"}
+
+
+def test_every_law_is_checked_and_the_best_named(fitted):
+    """The sweep's frontier follows a saturating power law: it extrapolates best; M1 (no floor) cannot."""
+    ex = fitted["extrapolation"]
+    assert set(ex["results"]) == {"power_law", "M1", "M2", "M3", "m4"}
+    scored = {k: r["rmse_log"] for k, r in ex["results"].items() if "rmse_log" in r}
+    assert ex["best_law"] == min(scored, key=scored.get) == "power_law"
+    assert scored["M1"] > 10 * scored["power_law"]
+    row = analysis.constants_rows({"test/acc": fitted})[0]
+    assert row["extrapolates best"] == "power law" and row["extrap. RMSE log, M1"] == scored["M1"]
+
+
+def test_constants_show_bounds_and_unresolved_intervals():
+    pl = {
+        "a": 3e13,
+        "b": 2.0,
+        "c": 0.1,
+        "d": 0.0,
+        "intervals": {"a": (1.0, 1e113), "c": (0.09, 0.11)},
+        "at_bound": ["b"],
+        "unresolved": ["a"],
+    }
+    text = {k: analysis._interval_text(pl[k], pl["intervals"].get(k), analysis._flags(pl, k)) for k in "abc"}
+    assert text["a"].endswith("(unresolved)") and text["b"] == "2 (at bound)" and text["c"] == "0.1 [0.09, 0.11]"

@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "metrics", "progress", "runs", "scaling", "fewshot", "models.variants"},  # leaves
+    {"allocator", "logs", "metrics", "progress", "runs", "scaling", "fewshot", "models.variants"},  # leaves
     {"config"},  # pure schemas
-    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks"},  # building blocks
+    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
     {"loop", "evaluators"},  # the one training loop
-    {"train", "finetune", "transfer", "analysis"},  # programs: check(cfg), run(cfg, out_dir)
-    {"plots", "notebooks", "sweep"},  # presentation and orchestration
+    {"train", "finetune", "transfer", "analysis", "export"},  # programs: check(cfg), run(cfg, out_dir)
+    {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
     {"cli"},  # argparse only
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
@@ -132,6 +132,8 @@ PURE = textwrap.dedent(
         config.PretrainConfig(variant="B/16", image_size=224, fewshot_datasets=["mnist_5k"]),
         config.TransferConfig(pretrained="outputs/nowhere", finetune_resolution=42),
         config.TransferConfig(pretrained="random", random_model={"variant": "Atto/7"}),
+        config.TransferConfig(pretrained="nowhere.npz", pretrained_model={"variant": "B/16", "image_size": 224}),
+        config.PretrainConfig(init_from="outputs/nowhere.npz"),
         config.ScalingConfig(sweep_dir="/nonexistent", metrics=["test/acc"]),
     ]
     config.validate(config.PretrainConfig, {"variant": "Pico/4"})

@@ -4,7 +4,6 @@ and the report opened in headless Chromium with its figures drawn (offline)."""
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from browser import rendered_dom, screenshot
 from vitscale import allocator
 
 pytestmark = pytest.mark.slow
@@ -65,43 +65,20 @@ def test_pretrain_notebook_through_papermill(tiny_run):
     assert nb.metadata.papermill.parameters["params"]["name"] == "tiny"
     html = (out / "run.html").read_text()
     assert len(re.findall(r'class="plotly-graph-div"', html)) >= 3
-    assert "6/6" in html  # the progress log reads as text
+    assert "tiny step 6/6" in html  # a line per evaluation instead of a progress bar
     assert "train.run(cfg, out_dir)" not in html  # code cells are hidden in the report
-
-
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
-    return exe
-
-
-def rendered_dom(html: Path, tmp_path: Path) -> str:
-    """The page's DOM after its scripts ran, in headless Chromium with the network off."""
-    r = subprocess.run(
-        [
-            chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=15000",
-            "--dump-dom",
-            html.resolve().as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
+    # Parameters first, no library chatter (it is in log.txt), a sentence instead of an empty figure.
+    text = re.sub(r"<script.*?</script>", "", html, flags=re.S)  # the report's text, not plotly.js
+    for chatter in ("W0000", "absl", "IProgress", "ipywidgets", "oneDNN", "Generating splits", "Warning", "it/s]"):
+        assert chatter not in text, chatter
+    assert html.index("name: tiny") < html.index('class="plotly-graph-div"')
+    assert "No few-shot evaluation in this run" in html
+    assert (out / "log.txt").is_file()
 
 
 def test_report_renders_its_plots_offline_in_chromium(tiny_run, tmp_path):
+    png = screenshot(tiny_run / "run.html", tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000  # a page, not a blank
     dom = rendered_dom(tiny_run / "run.html", tmp_path)
     divs = len(re.findall(r'class="plotly-graph-div[^"]*"', dom))
     drawn = len(re.findall(r'class="main-svg"', dom))

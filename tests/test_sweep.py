@@ -1,15 +1,13 @@
 """Sweeps: grid expansion with stable ids, early validation, shards, and a kill-and-resume run."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from browser import rendered_dom
 from vitscale import config, flops, runs, sweep, train
 
 
@@ -72,32 +70,9 @@ def test_shards_partition_the_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(root, tmp_path):
-    out = tmp_path / "sweep"
-    cmd = [
-        str(Path(sys.executable).parent / "vitscale"),
-        "sweep",
-        str(root / "tests/data/tiny_sweep.yaml"),
-        "--out",
-        str(out),
-    ]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    ids = [r.run_id for r in sweep.load(root / "tests/data/tiny_sweep.yaml").runs]
-    t0 = time.time()
-    while time.time() - t0 < 400:
-        states = [sweep.status_of(out / i) for i in ids]
-        if states[0] == "done" and states[1] == "interrupted":
-            break
-        assert p.poll() is None, p.stdout.read()[-3000:]
-        time.sleep(0.2)
-    else:
-        pytest.fail("the sweep never reached its second run")
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait(timeout=30)
-    time.sleep(3)  # orphaned kernels notice their parent is gone and exit
+def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(killed_local_sweep, tmp_path):
+    out, ids, stamp, r = killed_local_sweep
     first = out / ids[0]
-    stamp = {f: (first / f).stat().st_mtime_ns for f in ("summary.json", "run.ipynb", "metrics.jsonl")}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 already done" in r.stdout
     index = runs.read_json(out / "index.json")["runs"]
@@ -109,3 +84,12 @@ def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(root, tm
         assert (out / i / "summary.json").exists() and (out / i / "run.html").exists()
     rows = runs.collect(out)
     assert len(rows) == 4 and {r["branch"] for r in rows} == {None, "cooldown_6+3"}
+    # The sweep's index page, as headless Chromium renders it: every run, done, linked to its report.
+    dom = rendered_dom(out / "index.html", tmp_path)
+    for i in ids:
+        assert f'<a href="{i}/run.html">{i}</a></td><td>done</td>' in dom
+    summary = runs.read_json(out / ids[0] / "summary.json")
+    assert f"<td>{summary['final']['test/acc']:.4g}</td>" in dom  # the run's final test accuracy
+    vitscale = str(Path(sys.executable).parent / "vitscale")
+    status = subprocess.run([vitscale, "status", str(out)], capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0 and status.stdout.strip().splitlines()[-1] == "2 done", status.stdout

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from test_events import assert_same_scalars, read_events
 from vitscale import checks, config, data, loop, runs, sharding, train
 
 
@@ -80,6 +81,10 @@ def test_cooldown_branches_leave_the_main_run_and_cool_down(tmp_path):
     for b in summary["branches"]:  # each branch's summary holds its own last evaluation
         last = [r for r in curves[b["name"]] if "test/acc" in r][-1]
         assert last["step"] == b["total_steps"] and b["metrics"]["test/acc"] == last["test/acc"]
+    # TensorBoard sees the run and each branch with every scalar of their metrics.jsonl, and the parameters.
+    for folder in [tmp_path / "run", *sorted((tmp_path / "run" / "branches").iterdir())]:
+        assert_same_scalars(folder)
+        assert "optimizer: adafactor" in read_events(folder)[1]["parameters"]
 
 
 def _loss_curve(dtype: str, seed: int, steps: int = 300) -> np.ndarray:

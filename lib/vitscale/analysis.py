@@ -190,14 +190,27 @@ def analyze(
     return result
 
 
+# Laws compared on every metric's extrapolation check (the M4 paper's estimators and the frontier power law).
+SIMPLE_LAWS = ("power_law", "M1", "M2", "M3")
+
+
 def _extrapolate(
     x: np.ndarray, e: np.ndarray, xf: np.ndarray, *, e0: float, cut_fraction: float, seed: int, where: str
 ) -> dict[str, Any]:
     cut, moved = _extrapolation_cut(xf, cut_fraction)
-    try:
-        out = scaling.extrapolation_check(x, e, cut, fitters=("power_law",), seed=seed)
-    except (ValueError, RuntimeError) as err:
-        return {"error": f"{where}: extrapolation check: {err}"}
+    out: dict[str, Any] | None = None
+    for name in SIMPLE_LAWS:  # each on its own: one law failing to fit leaves the others
+        try:
+            one = scaling.extrapolation_check(x, e, cut, fitters=(name,), seed=seed)
+        except (ValueError, RuntimeError) as err:
+            if name == "power_law":
+                return {"error": f"{where}: extrapolation check: {err}"}
+            out["results"][name] = {"error": f"{name}: {err}"}
+            continue
+        if out is None:
+            out = one
+        else:
+            out["results"][name] = one["results"][name]
     # M4 on the runs below chance (same frontier minus its chance-level start; see analyze).
     ok = e < e0
     try:
@@ -205,7 +218,10 @@ def _extrapolate(
         out["results"]["m4"] = m4["results"]["m4"]
     except (ValueError, RuntimeError) as err:
         out["results"]["m4"] = {"error": f"M4: {err}"}
-    out.update(cut_fraction=float(cut_fraction), cut_moved=moved)
+    scored = {k: r["rmse_log"] for k, r in out["results"].items() if "rmse_log" in r and math.isfinite(r["rmse_log"])}
+    out.update(
+        cut_fraction=float(cut_fraction), cut_moved=moved, best_law=min(scored, key=scored.get) if scored else None
+    )
     return out
 
 
@@ -274,9 +290,17 @@ def write_summary(
 
 
 # ----------------------------------------------------------------------------- tables
-def _interval_text(value: float, interval: Sequence[float] | None) -> str:
+def _interval_text(value: float, interval: Sequence[float] | None, flags: Sequence[str] = ()) -> str:
+    """ "value [lo, hi]", marked "(at bound)" when the fit sits on a constraint and "(unresolved)" when
+    the interval spans more than a decade (scaling.resolved): the curve does not determine it."""
     s = f"{value:.4g}"
-    return s + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else "")
+    if interval:
+        s += f" [{interval[0]:.3g}, {interval[1]:.3g}]"
+    return s + "".join(f" ({f})" for f in flags)
+
+
+def _flags(fit: Mapping[str, Any], name: str) -> list[str]:
+    return [f for f, key in (("at bound", "at_bound"), ("unresolved", "unresolved")) if name in fit.get(key, ())]
 
 
 def constants_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -290,16 +314,21 @@ def constants_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
         s = r["summary"]
         pl, iv = s["power_law"], s["power_law"]["intervals"]
         row = {"metric": m, "runs": s["n_runs"], "frontier": s["n_frontier"]}
-        row |= {k: _interval_text(pl[k], iv.get(k)) for k in "abcd"}
+        row |= {k: _interval_text(pl[k], iv.get(k), _flags(pl, k)) for k in "abcd"}
         m4 = s["m4"]
         if "error" in m4:
             row |= {"M4 e_inf": "", "M4 alpha": "", "M4 c": ""}
         else:
-            row |= {f"M4 {k}": _interval_text(m4[k], m4["intervals"].get(k)) for k in ("e_inf", "alpha", "c")}
+            row |= {
+                f"M4 {k}": _interval_text(m4[k], m4["intervals"].get(k), _flags(m4, k)) for k in ("e_inf", "alpha", "c")
+            }
         ex = s["extrapolation"]
-        for name, label in (("power_law", "power law"), ("m4", "M4")):
+        for name, label in (("power_law", "power law"), ("M1", "M1"), ("M2", "M2"), ("M3", "M3"), ("m4", "M4")):
             rr = ex.get("results", {}).get(name, {})
             row[f"extrap. RMSE log, {label}"] = rr.get("rmse_log", "")
+        row["extrapolates best"] = {"power_law": "power law", "m4": "M4"}.get(
+            ex.get("best_law"), ex.get("best_law") or ""
+        )
         notes = [x.get("error") for x in (m4, ex) if "error" in x]
         notes += [rr["error"] for rr in ex.get("results", {}).values() if "error" in rr]
         row["note"] = "; ".join(notes)

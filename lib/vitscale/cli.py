@@ -2,11 +2,15 @@
 
   vitscale run parameters/pretrain/demo.yaml     execute notebooks/pretrain.ipynb into outputs/demo/
   vitscale run parameters/transfer/demo.yaml     notebooks/transfer.ipynb into outputs/transfer/demo/
-  vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N]
+  vitscale sweep parameters/sweeps/cpu_scaling.yaml [--workers N] [--shard i/N] [--launcher slurm]
                                                  every run of a sweep, resumable, then the scaling report
+  vitscale status outputs/cpu_scaling            each run's state (and its scheduler job)
   vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
+  vitscale lab [--ip 0.0.0.0] [--port 8888]      JupyterLab on notebooks/ with the vitscale kernel (as root too)
   vitscale kernel                                register the `vitscale` Jupyter kernel
   vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
+  vitscale export outputs/demo [--format big_vision|vision_transformer] [--out FILE.npz]
+                                                 a run's newest checkpoint as a .npz that big_vision and timm read
 
 Bad parameters print one `error: <file>: <field>: <problem>` line per problem and exit 2.
 """
@@ -14,12 +18,13 @@ Bad parameters print one `error: <file>: <field>: <problem>` line per problem an
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from vitscale import config, notebooks, runs, sweep
+from vitscale import cluster, config, export, notebooks, runs, sweep
 
 
 def _bad_input(e: config.ConfigError) -> int:
@@ -56,13 +61,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         return _bad_input(e)
     out = (Path(args.out) if args.out else runs.OUTPUTS / spec.name).resolve()
-    index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+    if args.launcher == "local":
+        index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+    else:
+        wait = args.wait or args.launcher == "submitit-local"
+        index = cluster.submit(
+            spec, out, launcher=args.launcher, shard=shard, retry_failed=not args.no_retry, wait=wait
+        )
+        if not wait:
+            print(f"submitted; `vitscale status {out}` shows the runs, `vitscale analyze {out}` the report when done")
+            return 0
     failed = sorted(k for k, v in index.items() if v == "failed")
     pending = sorted(k for k, v in index.items() if v != "done")
     print(f"index: {out / 'index.json'}" + (f"; failed: {failed}" if failed else ""))
     if not pending and spec.analysis and not args.no_analysis:
-        return cmd_analyze(argparse.Namespace(sweep_dir=str(out)))
+        code = cmd_analyze(argparse.Namespace(sweep_dir=str(out)))
+        sweep.write_index(out, spec)  # now with the link to the scaling report
+        print(f"sweep report: {out / 'index.html'}")
+        return code
+    print(f"sweep report: {out / 'index.html'}")
     return 1 if pending and shard[1] == 1 else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    sweep_dir = Path(args.sweep_dir).resolve()
+    if not sweep_dir.is_dir():
+        return _bad_input(config.ConfigError([config.Problem("sweep_dir", f"{sweep_dir} is not a folder")]))
+    rows = cluster.statuses(sweep_dir)
+    width = max((len(r["run"]) for r in rows), default=3)
+    for r in rows:
+        job = f"job {r['job']} ({r['scheduler']})" if r.get("job") else ""
+        print(f"{r['run']:<{width}}  {r['status']:<11}  {job}".rstrip())
+    counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no runs")
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -77,6 +109,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    notebooks.ensure_kernel()
+    argv = notebooks.lab_argv(args.ip, args.port, open_browser=not args.no_browser)
+    if "--ServerApp.allow_root=True" in argv:
+        print("note: running as root, so JupyterLab starts with --allow-root", file=sys.stderr)
+    print(f"JupyterLab on {runs.NOTEBOOKS} at http://{args.ip}:{args.port}/lab (kernel: {notebooks.KERNEL})")
+    return subprocess.call(argv)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.target.endswith(".ipynb"):
+        print(notebooks.export_html(Path(args.target)))
+        return 0
+    try:
+        path = export.run(args.target, args.out, args.format)
+    except config.ConfigError as e:
+        return _bad_input(e)
+    print(f"weights: {path}\nparameters to read them back: {path.with_suffix('.yaml')}")
     return 0
 
 
@@ -98,15 +151,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="sweep folder (default: outputs/<name>)")
     p.add_argument("--no-retry", action="store_true", help="leave failed runs failed")
     p.add_argument("--no-analysis", action="store_true", help="skip the scaling analysis at the end")
+    p.add_argument(
+        "--launcher",
+        choices=cluster.LAUNCHERS,
+        default="local",
+        help="local: threads here (default); slurm: one job per run (the file's slurm: resources); "
+        "submitit-local: the same jobs as local processes",
+    )
+    p.add_argument("--wait", action="store_true", help="with --launcher slurm: block until the jobs end")
     p.set_defaults(fn=cmd_sweep)
+    p = sub.add_parser("status", help="each run of a sweep folder: done, failed, interrupted, pending (and its job)")
+    p.add_argument("sweep_dir")
+    p.set_defaults(fn=cmd_status)
     p = sub.add_parser("analyze", help="execute the scaling-analysis notebook over a sweep folder")
     p.add_argument("sweep_dir")
     p.set_defaults(fn=cmd_analyze)
+    p = sub.add_parser("lab", help="JupyterLab on notebooks/ with the vitscale kernel (as root too)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(fn=cmd_lab)
     p = sub.add_parser("kernel", help="register the vitscale Jupyter kernel")
     p.set_defaults(fn=lambda a: notebooks.ensure_kernel() or 0)
-    p = sub.add_parser("export", help="render an executed notebook to HTML")
-    p.add_argument("notebook")
-    p.set_defaults(fn=lambda a: print(notebooks.export_html(Path(a.notebook))) or 0)
+    p = sub.add_parser("export", help="a run's weights as a big_vision .npz, or an executed notebook as HTML")
+    p.add_argument("target", help="a pretraining run folder (outputs/<run>), or an executed notebook (.ipynb)")
+    p.add_argument("--format", default="big_vision", help="big_vision (default) or vision_transformer")
+    p.add_argument("--out", help="the .npz to write (default: <run>/export/<format>_step<N>.npz)")
+    p.set_defaults(fn=cmd_export)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -175,6 +175,9 @@ class PretrainConfig(_Schema):
     remat: bool = False  # recompute each block's activations in the backward pass
     scan: bool = False  # one compiled block scanned over depth
     dtype: Literal["float32", "bfloat16"] = "float32"  # activations; parameters stay float32
+    representation_size: int | None = Field(default=None, gt=0)  # tanh layer `pre_logits` (original ViT)
+    gelu: Literal["tanh", "erf"] = "tanh"  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
+    init_from: str | None = None  # a released or exported .npz (vitscale.weights) as the step-0 weights
     # --- optimisation
     loss: Literal["softmax_xent", "sigmoid_xent"] = "softmax_xent"
     optimizer: Optimizer = "adamw"
@@ -299,6 +302,7 @@ class PretrainConfig(_Schema):
 
 
 RANDOM = "random"  # the value of TransferConfig.pretrained that asks for an untrained model
+NPZ = ".npz"  # TransferConfig.pretrained ending so names a weights file (vitscale.weights), not a run folder
 
 
 class TransferConfig(_Schema):
@@ -311,6 +315,8 @@ class TransferConfig(_Schema):
     #                  outputs/demo), or "random": an untrained model as `random_model` describes
     random_model: dict[str, Any] = {}  # with pretrained "random": the model as PretrainConfig fields
     #                                    (variant, image_size, channels, pool_type, posemb, ...)
+    pretrained_model: dict[str, Any] = {}  # with pretrained a .npz file: its model as PretrainConfig fields
+    #   (variant, image_size, channels, pool_type, posemb, scan, representation_size, gelu; README "Released weights")
     compare_random: bool = False  # also run everything from a random init of the same shape (the baseline)
     data_dir: str | None = None  # TFDS data_dir; None = $TFDS_DATA_DIR or ~/tensorflow_datasets
     input: Input = "auto"  # how downstream splits are read, as PretrainConfig.input
@@ -377,7 +383,20 @@ class TransferConfig(_Schema):
                         "compares a pretrained run with a random init; with pretrained 'random' set it to false",
                     )
                 )
-        elif self.random_model:
+        elif self.pretrained.endswith(NPZ):
+            if "variant" not in self.pretrained_model:
+                problems.append(Problem("pretrained_model.variant", f"is needed to read {self.pretrained!r}"))
+            try:
+                PretrainConfig(**self.pretrained_model)
+            except ValidationError as e:
+                problems += [
+                    dataclasses.replace(p, field=f"pretrained_model.{p.field}") for p in _problems(e, PretrainConfig)
+                ]
+        if self.pretrained_model and not self.pretrained.endswith(NPZ):
+            problems.append(
+                Problem("pretrained_model", "is only used with a .npz file as pretrained; a run folder has params.yaml")
+            )
+        if self.random_model and self.pretrained != RANDOM:
             problems.append(
                 Problem(
                     "random_model",
@@ -409,6 +428,22 @@ class ScalingConfig(_Schema):
         if bad:
             raise ValueError(f"metrics {bad} are not {metrics.ANALYSABLE_TEXT}")
         return v
+
+
+class SlurmResources(_Schema):
+    """What each run of a sweep asks SLURM for (the sweep file's `slurm:` mapping): one job per run,
+    one process per node; a run on several nodes joins one JAX job from SLURM's environment."""
+
+    partition: str | None = None
+    time_min: int = Field(default=60, gt=0)  # wall-clock limit of one run's job, minutes
+    nodes: int = Field(default=1, gt=0)  # nodes per run (multi-host runs: one JAX process per node)
+    gpus_per_node: int = Field(default=0, ge=0)
+    cpus_per_task: int | None = Field(default=None, gt=0)
+    mem_gb: float | None = Field(default=None, gt=0)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = []  # shell lines before the run, e.g. ["module load cuda", "source .venv/bin/activate"]
 
 
 # The notebook kinds: notebooks/<kind>.ipynb is parametrised by schema KINDS[kind].

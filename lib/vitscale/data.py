@@ -68,6 +68,8 @@ from vitscale import config
 
 # tf.data runs on the CPU only; keep TensorFlow off any accelerator JAX is using.
 tf.config.set_visible_devices([], "GPU")
+if os.environ.get("VITSCALE_BATCH") == "1":
+    tfds.disable_progress_bar()  # dataset preparation would print bars into the report
 
 FASHION_MNIST_DIR = Path(os.environ.get("VITSCALE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_FILES = {

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitscale import checkpoints, config, data, loop, metrics, optim, runs, train
+from vitscale import checkpoints, config, data, loop, metrics, optim, runs, train, weights
 from vitscale.models import vit
 
 RANDOM = config.RANDOM
@@ -74,9 +74,10 @@ class Pretrained:
     name: str  # "pretrained" or "random": how reports label it
     cfg: config.PretrainConfig
     params: Any
-    step: int  # pretraining steps behind the weights (0: a random init)
-    source: str  # the run folder, or "random"
+    step: int | None  # pretraining steps behind the weights (0: a random init; None: a weights file's)
+    source: str  # the run folder, the .npz file, or "random"
     trainer: loop.Trainer
+    origin: dict[str, Any] = dataclasses.field(default_factory=dict)  # where the weights came from (reports)
 
     def features(self, images: jax.Array) -> jax.Array:
         return self.trainer.features(self.params, images)
@@ -104,14 +105,26 @@ def load_pretrained(path: str | Path, mesh) -> Pretrained:
     if state is None:
         raise config.ConfigError([config.Problem("pretrained", f"no checkpoint in {run / 'ckpt'} could be read")])
     step = int(jax.device_get(state.step))
-    return Pretrained(name="pretrained", cfg=cfg, params=state.params, step=step, source=str(run), trainer=trainer)
+    origin = {"file": str(run), "layout": "vitscale run folder (orbax)", "variant": cfg.variant, "step": step}
+    return Pretrained("pretrained", cfg, state.params, step, str(run), trainer, origin)
+
+
+def load_npz(path: str | Path, cfg: config.PretrainConfig, mesh) -> Pretrained:
+    """Released or exported weights (vitscale.weights) for the model `cfg` describes, head and all."""
+    loaded, found = weights.load(path, weights.spec_of(cfg))
+    classes = found["num_classes"] or 1
+    trainer = train.make_trainer(cfg, mesh, classes)
+    params = train.fill_params(loaded, trainer.model, train.image_shape(cfg))
+    params = jax.device_put(params, trainer.state_shardings.params)
+    return Pretrained("pretrained", cfg, params, None, found["file"], trainer, found)
 
 
 def random_init(cfg: config.PretrainConfig, mesh, seed: int = 0) -> Pretrained:
     """An untrained model of the shape `cfg` describes (the baseline a pretrained model must beat)."""
     trainer = pretrain_trainer(cfg, mesh, seed=seed)
     params = trainer.init_fn().params
-    return Pretrained(name=RANDOM, cfg=cfg, params=params, step=0, source=RANDOM, trainer=trainer)
+    origin = {"file": RANDOM, "layout": "random init", "variant": cfg.variant, "seed": seed}
+    return Pretrained(RANDOM, cfg, params, 0, RANDOM, trainer, origin)
 
 
 # ----------------------------------------------------------------------------- surgery and data
@@ -227,6 +240,7 @@ def train_one(
         evaluators=evaluate,
         desc=desc,
         start=lambda: (c.trainer.start_from(params), None),
+        params_text=config.dump(cfg) + f"run: {desc}\n",
     )
     final = runs.final_metrics(runs.read_metrics(run_dir / "metrics.jsonl"))
     final = {k: v for k, v in final.items() if k.startswith((f"{eval_prefix}/", "train/"))}

@@ -234,7 +234,10 @@ def train_loop(
                 )
         pending.clear()
 
-    with progress.bar(total=end_step, initial=step, desc=desc, unit="step") as pbar, _Interrupt() as interrupt:
+    batch = progress.batch_mode()  # a batch report gets a line per evaluation instead of a progress bar
+    t_start, step_start = time.perf_counter(), step
+    bar = progress.bar(total=end_step, initial=step, desc=desc, unit="step", disable=batch)
+    with bar as pbar, _Interrupt() as interrupt:
         while step < end_step:
             state, out = trainer.train_step(state, sharding.put_batch(next(batches), trainer.mesh))
             step += 1
@@ -263,6 +266,13 @@ def train_loop(
                 record = evaluators(state.params, step, step == end_step)
                 meta["eval_seconds"] += time.perf_counter() - t_eval
                 log.append({"step": step, "images_seen": images_seen, **record})
+                if batch:
+                    rate = (step - step_start) / max(time.perf_counter() - t_start, 1e-9)
+                    shown = {k: v for k, v in record.items() if not k.endswith("_std")}
+                    print(
+                        f"{desc} step {step}/{end_step} ({rate:.1f} steps/s): loss {float(out['loss']):.4f}, "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                    )
             if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or interrupt.requested:
                 check_losses()
                 now = time.perf_counter()
@@ -290,15 +300,17 @@ def fit(
     start: Callable[[], tuple[TrainState, dict | None]] | None = None,
     end_step: int | None = None,
     protect: Iterable[int] = (),
+    params_text: str | None = None,
 ) -> tuple[TrainState, dict]:
     """Resume run_dir from its newest readable checkpoint, or begin at `start()` (default: a fresh
     init), then run the loop to `end_step` (default spec.total_steps). `batches(step)` gives the
-    batches from `step` on; `protect`ed steps are checkpointed and kept (branch points)."""
+    batches from `step` on; `protect`ed steps are checkpointed and kept (branch points). Metrics go
+    to metrics.jsonl and, from process 0, to TensorBoard event files beside it, with `params_text`."""
     end_step = spec.total_steps if end_step is None else end_step
     mngr = checkpoints.manager(
         run_dir / "ckpt", keep=spec.keep_checkpoints, keep_every=spec.keep_every, protect=protect
     )
-    log = runs.MetricsLog(run_dir / "metrics.jsonl")
+    log = runs.MetricsLog(run_dir / "metrics.jsonl", events=jax.process_index() == 0)
     state, meta = checkpoints.restore_latest(mngr, trainer.abstract_state(), max_step=end_step)
     if state is None:
         state, meta = start() if start else (trainer.init_fn(), None)
@@ -306,6 +318,8 @@ def fit(
     log.truncate_after(step)
     if step and step < end_step:
         print(f"resuming {run_dir} from step {step}")
+    if params_text and step < end_step:
+        log.text("parameters", f"```\n{params_text}```", step=step)
     return train_loop(
         trainer,
         state,

@@ -65,6 +65,26 @@ def ensure_kernel() -> None:
     runs.atomic_write_text(path / "kernel.json", json.dumps(spec_json, indent=1))
 
 
+def lab_argv(
+    ip: str = "127.0.0.1", port: int = 8888, open_browser: bool = True, as_root: bool | None = None
+) -> list[str]:
+    """JupyterLab on notebooks/ with the `vitscale` kernel as the default, at `ip`:`port`; as root too
+    (containers and cloud notebook images run as root; JupyterLab refuses it without --allow-root)."""
+    as_root = os.geteuid() == 0 if as_root is None else as_root
+    return [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        f"--ServerApp.root_dir={runs.NOTEBOOKS}",
+        f"--ServerApp.ip={ip}",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.open_browser={open_browser}",
+        f"--MappingKernelManager.default_kernel_name={KERNEL}",
+        *(["--ServerApp.allow_root=True"] if as_root else []),
+    ]
+
+
 def use_compile_cache(path: Path | None = None) -> None:
     """Point JAX's persistent compilation cache at outputs/.jax_cache for the kernels we start, unless
     JAX_COMPILATION_CACHE_DIR is set ("" switches it off): runs sharing a model shape compile once."""

@@ -22,6 +22,25 @@ from vitscale import analysis, metrics
 RENDERER = "plotly_mimetype+notebook"
 
 
+class Sentence:
+    """What a report shows instead of a figure with nothing in it: one sentence (as Markdown)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def show(self) -> None:
+        from IPython.display import Markdown, display  # IPython is there wherever a report is shown
+
+        display(Markdown(self.text))
+
+    def __repr__(self) -> str:
+        return f"Sentence({self.text!r})"
+
+
+NO_FEWSHOT = Sentence("No few-shot evaluation in this run (parameter `fewshot_datasets`).")
+NO_FINETUNING = Sentence("No fine-tuning in this run (parameter `finetune_datasets`).")
+
+
 def setup_notebook() -> None:
     """Use a renderer whose output survives into HTML and embeds plotly.js (offline)."""
     pio.renderers.default = RENDERER
@@ -61,12 +80,12 @@ def training_curves(curves: dict[str, Sequence[dict[str, Any]]], x: str = "step"
     return fig
 
 
-def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Figure:
+def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Figure | Sentence:
     """Few-shot accuracy during pretraining, one line per dataset and shot count."""
     keys = sorted({k for r in records for k in r if k.startswith("fewshot/") and not k.endswith("_std")})
-    fig = go.Figure()
     if not keys:
-        fig.add_annotation(text="no few-shot evaluation in this run (parameter fewshot_datasets)", showarrow=False)
+        return NO_FEWSHOT
+    fig = go.Figure()
     for k in keys:
         xs, ys = _series(records, k, x)
         fig.add_trace(go.Scatter(x=xs, y=ys, name=k.removeprefix("fewshot/"), mode="lines+markers"))
@@ -129,9 +148,11 @@ def _pct(mean: float | None, std: float | None = None) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
-def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> go.Figure:
+def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> go.Figure | Sentence:
     """Few-shot accuracy against shots, one colour per dataset and one dash per model (pretrained,
     random), with the spread over seeds as error bars. `fewshot` is summary["fewshot"]."""
+    if not any(fewshot.values()):
+        return NO_FEWSHOT
     fig = go.Figure()
     palette = pio.templates["plotly"].layout.colorway
     datasets = list(dict.fromkeys(d for by_dataset in fewshot.values() for d in by_dataset))
@@ -148,8 +169,6 @@ def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]])
                     line=dict(color=palette[datasets.index(name) % len(palette)], dash=_DASHES[j % len(_DASHES)]),
                 )
             )
-    if not fewshot:
-        fig.add_annotation(text="no few-shot evaluation in this run (parameter fewshot_datasets)", showarrow=False)
     shots = sorted({int(s.removesuffix("shot")) for d in fewshot.values() for r in d.values() for s in r})
     fig.update_layout(
         title="few-shot linear transfer (frozen features, closed-form ridge)",
@@ -162,10 +181,12 @@ def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]])
     return fig
 
 
-def fewshot_table(summary: dict[str, Any]) -> go.Figure:
+def fewshot_table(summary: dict[str, Any]) -> go.Figure | Sentence:
     """Few-shot accuracy (%, mean ± spread over seeds) per dataset and shot count, one column per
     model, and the pretrained model's gain over the random init when both ran."""
     few, models = summary.get("fewshot", {}), summary.get("models", [])
+    if not any(few.values()):
+        return NO_FEWSHOT
     rows = []
     first = few.get(models[0], {}) if models else {}
     for name, res in first.items():
@@ -178,10 +199,13 @@ def fewshot_table(summary: dict[str, Any]) -> go.Figure:
                 row["gain (points)"] = f"{100 * (res[shot]['mean'] - few['random'][name][shot]['mean']):+.1f}"
             rows.append(row)
     seeds = len(next(iter(next(iter(first.values())).values()))["per_seed"]) if first else 0
-    return table(rows, title=f"few-shot top-1 accuracy (%), mean ± std over {seeds} seeds")
+    title = f"few-shot top-1 accuracy (%), mean ± std over {seeds} seeds"
+    if w := summary.get("weights"):  # where the pretrained weights came from
+        title += f"<br>weights: {w.get('file')} ({w.get('layout')}, variant {w.get('variant')})"
+    return table(rows, title=title)
 
 
-def finetune_table(summary: dict[str, Any]) -> go.Figure:
+def finetune_table(summary: dict[str, Any]) -> go.Figure | Sentence:
     """Fine-tuning per dataset and model: held-out accuracy for each lr of the grid, the lr picked,
     and the test accuracy of the final run."""
     rows = []
@@ -194,7 +218,7 @@ def finetune_table(summary: dict[str, Any]) -> go.Figure:
             row["test acc (%)"] = _pct(r["test/acc"])
             rows.append(row)
     if not rows:
-        return table([{"fine-tuning": "none in this run (parameter finetune_datasets)"}])
+        return NO_FINETUNING
     r0 = next(iter(next(iter(summary["finetune"].values())).values()))
     how = "retrained on the whole training split" if r0["retrained"] else "best grid run"
     return table(
@@ -204,11 +228,13 @@ def finetune_table(summary: dict[str, Any]) -> go.Figure:
     )
 
 
-def finetune_curves(curves: Sequence[dict[str, Any]]) -> go.Figure:
+def finetune_curves(curves: Sequence[dict[str, Any]]) -> go.Figure | Sentence:
     """Fine-tuning curves, one row per dataset: train loss, held-out accuracy of the lr grid runs,
     test accuracy of the final runs; one colour per model, one dash per lr of the grid, the final
     (retrained) runs solid and thick. `curves` is transfer.load_curves(out_dir)."""
-    datasets = list(dict.fromkeys(c["dataset"] for c in curves)) or ["(none)"]
+    if not curves:
+        return NO_FINETUNING
+    datasets = list(dict.fromkeys(c["dataset"] for c in curves))
     fig = make_subplots(
         rows=len(datasets),
         cols=3,
@@ -247,8 +273,6 @@ def finetune_curves(curves: Sequence[dict[str, Any]]) -> go.Figure:
             )
             shown.add(label)
         fig.update_yaxes(type="log", row=row, col=1)
-    if not curves:
-        fig.add_annotation(text="no fine-tuning in this run (parameter finetune_datasets)", showarrow=False)
     fig.update_xaxes(title_text="step", row=len(datasets))
     fig.update_layout(height=340 * len(datasets) + 60, margin=dict(t=50, b=40))
     return fig

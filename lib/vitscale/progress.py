@@ -52,6 +52,8 @@ def bar(
     **kw: Any,
 ):
     """A tqdm bar: a widget in an interactive kernel, whole text lines in batch runs."""
+    if kw.get("disable"):
+        return tqdm_std.tqdm(total=total, initial=initial, **kw)
     if batch_mode():
         return tqdm_std.tqdm(
             total=total,

@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -87,10 +88,35 @@ def read_json(path: str | Path) -> Any:
 
 
 class MetricsLog:
-    """metrics.jsonl: one record per line, flushed and fsynced so a crash loses nothing logged."""
+    """metrics.jsonl: one record per line, flushed and fsynced so a crash loses nothing logged.
 
-    def __init__(self, path: str | Path):
+    With `events`, every numeric value is also written as a TensorBoard scalar at the record's step
+    into event files beside metrics.jsonl (flushed at each record), so `tensorboard --logdir` over a
+    sweep compares its runs, and a killed run's events stay readable."""
+
+    def __init__(self, path: str | Path, events: bool = False):
         self.path = Path(path)
+        self._events = None
+        if events:
+            # Imported here: only runs that write events pay for TensorBoard's protos.
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._events = EventFileWriter(str(self.path.parent), flush_secs=1)
+
+    def _event(self, step: int, summary, wall_time: float | None = None) -> None:
+        from tensorboard.compat.proto import event_pb2
+
+        event = event_pb2.Event(step=step, wall_time=wall_time or time.time(), summary=summary)
+        self._events.add_event(event)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """A text summary (e.g. the run's parameters) in the event files."""
+        if self._events is not None:
+            from tensorboard.plugins.text import summary_v2 as text_summary
+
+            self._event(step, text_summary.text_pb(tag, text))
+            self._events.flush()
 
     def append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +124,14 @@ class MetricsLog:
             f.write(json.dumps(to_jsonable(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self._events is not None:
+            from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+
+            step = int(record["step"])
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, int | float) and not isinstance(value, bool):
+                    self._event(step, scalar_summary.scalar_pb(key, value), record.get("time"))
+            self._events.flush()
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)

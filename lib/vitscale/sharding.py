@@ -40,6 +40,10 @@ def initialize(
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])
     if process_id is None and os.environ.get("JAX_PROCESS_ID"):
         process_id = int(os.environ["JAX_PROCESS_ID"])
+    if not coordinator_address and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()  # a multi-node SLURM job: JAX reads coordinator and ranks from SLURM
+        return
     if not coordinator_address or (num_processes or 1) <= 1:
         return
     if jax.distributed.is_initialized():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import dataclasses
 import hashlib
+import html
 import itertools
 import json
 import os
@@ -31,7 +32,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from vitscale import checks, config, notebooks, progress, runs
+from vitscale import checks, config, metrics, notebooks, progress, runs
 
 STATUS = "status.json"
 
@@ -48,6 +49,7 @@ class Sweep:
     notebook: str
     runs: tuple[Run, ...]
     analysis: bool = True
+    slurm: config.SlurmResources = config.SlurmResources()  # what each run asks a cluster for
 
 
 def run_id(params: dict[str, Any], keys: list[str]) -> str:
@@ -67,12 +69,16 @@ def load(path: str | Path) -> Sweep:
         if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
             parent["base"] = str((parent_path.parent / parent["base"]).resolve())
         spec = {**parent, **spec}
-    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis"}
+    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis", "slurm"}
     if unknown:
-        accepted = "name, notebook, base, fixed, grid, runs, analysis"
+        accepted = "name, notebook, base, fixed, grid, runs, analysis, slurm"
         raise config.ConfigError(
             [config.Problem(k, f"unknown sweep key; accepted: {accepted}") for k in sorted(unknown)], path
         )
+    try:
+        slurm = config.validate(config.SlurmResources, spec.get("slurm") or {})
+    except config.ConfigError as e:
+        raise config.ConfigError([config.Problem(f"slurm.{p.field}", p.message) for p in e.problems], path) from None
     notebook = spec.get("notebook", "pretrain")
     if notebook not in config.RUN_KINDS:
         problem = config.Problem(
@@ -112,6 +118,7 @@ def load(path: str | Path) -> Sweep:
         notebook,
         tuple(sorted(expanded, key=lambda r: r.run_id)),
         bool(spec.get("analysis", True)),
+        slurm,
     )
 
 
@@ -131,7 +138,8 @@ def shard_of(sweep: Sweep, shard: tuple[int, int]) -> list[Run]:
 
 
 def status_of(folder: Path) -> str:
-    """done | failed | interrupted (started, not finished: resumes) | pending."""
+    """done | failed | submitted (to a scheduler, not started) | interrupted (started, not finished:
+    resumes) | pending."""
     if (
         (folder / "summary.json").exists()
         and (folder / STATUS).exists()
@@ -140,8 +148,17 @@ def status_of(folder: Path) -> str:
         return "done"
     if (folder / STATUS).exists():
         s = runs.read_json(folder / STATUS).get("status")
-        return "failed" if s == "failed" else "interrupted"
+        return s if s in ("failed", "submitted") else "interrupted"
     return "pending"
+
+
+def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every run folder of a sweep folder: its status and, for a scheduled run, the job that ran it."""
+    out = []
+    for folder in sorted(p.parent for p in sweep_dir.glob("*/params.yaml")):
+        status = runs.read_json(folder / STATUS) if (folder / STATUS).is_file() else {}
+        out.append({"run": folder.name, "status": status_of(folder), "job": status.get("job")})
+    return out
 
 
 def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
@@ -150,7 +167,58 @@ def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
     runs.write_json(
         out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
     )
+    runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
     return index
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape("" if value is None else str(value))
+
+
+def index_html(out: Path, sweep: Sweep, index: dict[str, str]) -> str:
+    """outputs/<sweep>/index.html: every run with its status, key metrics and compute, linked to its
+    report, and a link to the scaling report. Plain HTML: it opens offline anywhere."""
+    summaries = {
+        r.run_id: runs.read_json(out / r.run_id / "summary.json") if (out / r.run_id / "summary.json").is_file() else {}
+        for r in sweep.runs
+    }
+    finals = {k: s.get("final", {}) for k, s in summaries.items()}
+    names = sorted({m for f in finals.values() for m in f if metrics.ANALYSABLE.fullmatch(m)}, key=metrics.sort_key)
+    head = ["run", "status", "variant", "train images", "steps", *names, "train FLOPs", "device-seconds", "branches"]
+    rows = []
+    for r in sweep.runs:
+        s, report = summaries[r.run_id], out / r.run_id / "run.html"
+        link = (
+            f'<a href="{html.escape(r.run_id)}/run.html">{html.escape(r.run_id)}</a>'
+            if report.is_file()
+            else (html.escape(r.run_id))
+        )
+        cells = [r.params.get("variant"), s.get("train_examples", r.params.get("train_examples")), s.get("total_steps")]
+        cells += [finals[r.run_id].get(m) for m in names]
+        cells += [s.get("train_flops"), s.get("device_seconds"), len(s.get("branches", []))]
+        status = index[r.run_id]
+        rows.append(
+            f'<tr class="{status}"><td>{link}</td><td>{status}</td>'
+            + "".join(f"<td>{_cell(c)}</td>" for c in cells)
+            + "</tr>"
+        )
+    scaling = out / "scaling" / "report.html"
+    done = sum(v == "done" for v in index.values())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(sweep.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:2px 6px;text-align:right}}td:first-child{{text-align:left}}tr.failed{{background:#fdd}}
+tr.interrupted,tr.pending{{color:#777}}</style></head><body>
+<h1>Sweep {html.escape(sweep.name)}</h1>
+<p>{done} of {len(index)} runs done (notebook {html.escape(sweep.notebook)}).
+{'<a id="scaling" href="scaling/report.html">Scaling report</a>' if scaling.is_file() else "No scaling report yet."}</p>
+<table id="runs"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table></body></html>
+"""
 
 
 def thread_env(workers: int) -> dict[str, str]:

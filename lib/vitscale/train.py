@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vitscale import (
@@ -30,6 +31,7 @@ from vitscale import (
     optim,
     runs,
     sharding,
+    weights,
 )
 from vitscale.models import vit
 
@@ -50,6 +52,8 @@ def build_model(cfg: config.PretrainConfig, num_classes: int, image_size: int | 
         remat=cfg.remat,
         scan=cfg.scan,
         dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
+        representation_size=cfg.representation_size,
+        gelu=cfg.gelu,
         **shape,
     )
 
@@ -161,6 +165,26 @@ def batches_from(cfg: config.PretrainConfig, train: data.Split | data.Source, pi
     )
 
 
+def fill_params(loaded: dict[str, Any], model: vit.ViT, image_shape: tuple[int, int, int], fresh: Any = None) -> Any:
+    """Flat '/'-keyed weights read from a file, as `model`'s parameter tree: the position embedding
+    resized to its grid; a head the file lacks or of another class count from `fresh` (default: zeros)."""
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))["params"])
+    tree = weights.unflatten(loaded)
+    if "head" not in tree or any(tree["head"][k].shape != v.shape for k, v in target["head"].items()):
+        tree["head"] = (
+            fresh["head"] if fresh is not None else {k: np.zeros(v.shape, v.dtype) for k, v in target["head"].items()}
+        )
+    return vit.adapt_params(tree, target)
+
+
+def start_from_file(cfg: config.PretrainConfig, trainer: loop.Trainer):
+    """Step 0 of a run with `init_from`: the file's weights (a head of another class count: the fresh init's)."""
+    loaded, _ = weights.load(cfg.init_from, weights.spec_of(cfg), field="init_from")
+    fresh = trainer.init_fn().params
+    params = fill_params(loaded, trainer.model, image_shape(cfg), fresh)
+    return trainer.start_from(params), None
+
+
 # ----------------------------------------------------------------------------- cooldown branches
 def branch_name(branch: config.CooldownBranch) -> str:
     return f"cooldown_{branch.start}+{branch.steps}"
@@ -204,6 +228,7 @@ def run_branch(
         desc=name,
         start=from_main_run,
         end_step=end,
+        params_text=config.dump(cfg) + f"branch: {name}\n",
     )
     final = runs.final_metrics(runs.read_metrics(out / "branches" / name / "metrics.jsonl"))
     return {
@@ -273,6 +298,11 @@ def check(cfg: config.PretrainConfig) -> None:
         checks.input_path(problems, "input", cfg.dataset, cfg.train_split, cfg.data_dir, cfg.input)
     checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir, cfg.input)
     checks.devices(problems, cfg.mesh, {"batch_size": cfg.batch_size}, cfg.grad_chains)
+    if cfg.init_from:
+        try:  # names and shapes against the model, from the file's headers (numpy)
+            weights.check_file(cfg.init_from, weights.spec_of(cfg), field="init_from")
+        except config.ConfigError as e:
+            problems += e.problems
     checks.raise_problems(problems)
 
 
@@ -309,6 +339,8 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
         evaluators=make_evals(trainer),
         desc=cfg.name,
         protect=starts,
+        params_text=config.dump(cfg),
+        start=(lambda: start_from_file(cfg, trainer)) if cfg.init_from else None,
     )
 
     # 4. Cooldown branches, each from its start checkpoint.

@@ -20,13 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import checks, config, data, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train
+from vitscale import checks, config, data, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train, weights
 
 
 def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
-    """The pretrained model's parameters: the run folder's params.yaml, or `random_model`."""
+    """The pretrained model's parameters: the run folder's params.yaml, `random_model`, or (a .npz
+    file) `pretrained_model`."""
     if cfg.pretrained == config.RANDOM:
         return config.PretrainConfig(**cfg.random_model)
+    if cfg.pretrained.endswith(config.NPZ):
+        return config.PretrainConfig(**cfg.pretrained_model)
     return finetune.read_pretrain_config(finetune.find_run(cfg.pretrained))
 
 
@@ -41,6 +44,11 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
     except config.ConfigError as e:
         problems += e.problems
         pre = None
+    if pre is not None and cfg.pretrained.endswith(config.NPZ):
+        try:  # names and shapes against the model, from the file's headers (numpy)
+            weights.check_file(cfg.pretrained, weights.spec_of(pre))
+        except config.ConfigError as e:
+            problems += e.problems
     if pre is not None:
         patch, res = pre.model_shape()["patch_size"], finetune.resolution(cfg, pre)
         if res % patch:
@@ -75,7 +83,10 @@ def load_models(cfg: config.TransferConfig, mesh) -> list[finetune.Pretrained]:
     """The model `pretrained` names, then (compare_random) a random init of the same shape."""
     if cfg.pretrained == config.RANDOM:
         return [finetune.random_init(pretrain_config(cfg), mesh, seed=cfg.seed)]
-    models = [finetune.load_pretrained(cfg.pretrained, mesh)]
+    if cfg.pretrained.endswith(config.NPZ):
+        models = [finetune.load_npz(cfg.pretrained, pretrain_config(cfg), mesh)]
+    else:
+        models = [finetune.load_pretrained(cfg.pretrained, mesh)]
     if cfg.compare_random:
         models.append(finetune.random_init(models[0].cfg, mesh, seed=cfg.seed))
     return models
@@ -123,13 +134,14 @@ def make_summary(
     devices = int(mesh.devices.size)
     source = Path(models[0].source) / "summary.json"  # the pretraining run's compute, for plots against it
     pre_summary = runs.read_json(source) if source.is_file() else {}
-    model = train.build_model(pre, finetune.num_classes(pre.dataset, pre.data_dir))
+    model = models[0].trainer.model
     return {
         "kind": "transfer",
         "name": cfg.name,
         "pretrained": cfg.pretrained,
         "pretrained_dir": models[0].source,
         "pretrained_step": models[0].step,
+        "weights": models[0].origin,  # where they came from: file, layout, variant (and prefix, scanned, step)
         "pretrain_images_seen": pre_summary.get("images_seen"),
         "pretrain_train_flops": pre_summary.get("train_flops"),
         "variant": pre.variant,

@@ -14,7 +14,15 @@ is the one place they are switched on. The parameters are the same either way:
       LayerNorm_0, Attention/{qkv,out}/{kernel,bias}, LayerNorm_1, MlpBlock/Dense_{0,1}/{kernel,bias}
   Transformer/encoder_norm/{scale,bias}
   MAPHead/{probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0}   (pool_type "map")
-  head/{kernel,bias}                      [D, classes], kernel zero-initialised
+  pre_logits/{kernel,bias}                [D, R], then tanh                (representation_size R)
+  head/{kernel,bias}                      [D or R, classes], kernel zero-initialised
+
+Two options exist for weights trained elsewhere (vitscale.weights reads and writes their files):
+`representation_size`, the tanh representation layer of the original ViT, and `gelu`: "tanh" is
+flax's default approximation (what vitscale, big_vision and vision_transformer train with), "erf"
+the exact one (PyTorch's nn.GELU, what timm evaluates released weights with). The class token's
+position embedding of vision_transformer's files (a [1, 1+N, D] table) needs no option: it is
+folded into `cls` on import, as big_vision's loader does.
 """
 
 from __future__ import annotations
@@ -87,6 +95,7 @@ class MlpBlock(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     kernels: Kernels = PLAIN
+    gelu: str = "tanh"  # "tanh": flax's default approximation; "erf": the exact GELU
 
     @nn.compact
     def __call__(self, x, deterministic=True):
@@ -99,7 +108,7 @@ class MlpBlock(nn.Module):
             name=name,
         )
         d = x.shape[-1]
-        x = nn.gelu(dense(self.mlp_dim, "Dense_0")(x))
+        x = nn.gelu(dense(self.mlp_dim, "Dense_0")(x), approximate=self.gelu != "erf")
         x = nn.Dropout(rate=self.dropout)(x, deterministic)
         return dense(d, "Dense_1")(x)
 
@@ -129,6 +138,7 @@ class Encoder1DBlock(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     kernels: Kernels = PLAIN
+    gelu: str = "tanh"
 
     @nn.compact
     def __call__(self, x, deterministic=True):
@@ -136,9 +146,9 @@ class Encoder1DBlock(nn.Module):
         y = Attention(self.num_heads, dtype=self.dtype, kernels=self.kernels, name="Attention")(y)
         x = x + nn.Dropout(rate=self.dropout)(y, deterministic)
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, kernels=self.kernels, name="MlpBlock")(
-            y, deterministic
-        )
+        y = MlpBlock(
+            self.mlp_dim, self.dropout, dtype=self.dtype, kernels=self.kernels, gelu=self.gelu, name="MlpBlock"
+        )(y, deterministic)
         return x + nn.Dropout(rate=self.dropout)(y, deterministic)
 
 
@@ -159,11 +169,17 @@ class Encoder(nn.Module):
     scan: bool = False
     dtype: Any = jnp.float32
     kernels: Kernels = PLAIN
+    gelu: str = "tanh"
 
     @nn.compact
     def __call__(self, x, deterministic=True):
         kw = dict(
-            mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout, dtype=self.dtype, kernels=self.kernels
+            mlp_dim=self.mlp_dim,
+            num_heads=self.num_heads,
+            dropout=self.dropout,
+            dtype=self.dtype,
+            kernels=self.kernels,
+            gelu=self.gelu,
         )
         if self.scan:
             block = _ScanBlock
@@ -189,6 +205,7 @@ class MAPHead(nn.Module):
     mlp_dim: int
     num_heads: int
     dtype: Any = jnp.float32
+    gelu: str = "tanh"
 
     @nn.compact
     def __call__(self, x):
@@ -198,7 +215,7 @@ class MAPHead(nn.Module):
             num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform()
         )(probe, x)
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y)
+        x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, gelu=self.gelu)(y)
         return x[:, 0]
 
 
@@ -219,6 +236,8 @@ class ViT(nn.Module):
     scan: bool = False
     dtype: Any = jnp.float32  # activations; parameters stay float32
     kernels: Kernels = PLAIN
+    representation_size: int | None = None  # a tanh representation layer `pre_logits` after pooling
+    gelu: str = "tanh"  # "tanh" (flax's default approximation) or "erf" (exact)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -250,6 +269,7 @@ class ViT(nn.Module):
             self.scan,
             dtype=self.dtype,
             kernels=self.kernels,
+            gelu=self.gelu,
             name="Transformer",
         )(x, not train)
         out["encoded"] = x
@@ -258,9 +278,11 @@ class ViT(nn.Module):
         elif self.pool_type == "tok":
             x = x[:, 0]
         elif self.pool_type == "map":
-            x = MAPHead(self.mlp_dim, self.num_heads, dtype=self.dtype, name="MAPHead")(x)
+            x = MAPHead(self.mlp_dim, self.num_heads, dtype=self.dtype, gelu=self.gelu, name="MAPHead")(x)
         elif self.pool_type != "none":
             raise ValueError(f"pool_type {self.pool_type!r} not in {POOL_TYPES}")
+        if self.representation_size:
+            x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", dtype=self.dtype)(x))
         out["pre_logits"] = x.astype(jnp.float32)
         logits = nn.Dense(
             self.num_classes,

@@ -1,0 +1,72 @@
+"""Export: a pretraining run's newest checkpoint as a `.npz` that big_vision's and timm's loaders read.
+
+`vitscale export outputs/<run> [--format big_vision|vision_transformer] [--out file.npz]` writes
+`<run>/export/<format>_step<N>.npz` (names and shapes: vitscale.weights) and beside it
+`<format>_step<N>.yaml`: the `pretrained` and `pretrained_model` lines a transfer parameter file
+needs to read it back (README "Released weights").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import yaml
+
+from vitscale import config, finetune, sharding, weights
+
+# The PretrainConfig fields that describe the model (what `pretrained_model` carries), with their defaults.
+MODEL_FIELDS = (
+    "variant",
+    "width",
+    "depth",
+    "mlp_dim",
+    "num_heads",
+    "image_size",
+    "channels",
+    "pool_type",
+    "posemb",
+    "scan",
+    "representation_size",
+    "gelu",
+)
+
+
+def model_description(cfg: config.PretrainConfig) -> dict[str, Any]:
+    """The model fields of `cfg` that differ from the defaults (the variant always): `pretrained_model`."""
+    defaults = config.PretrainConfig.model_fields
+    return {k: getattr(cfg, k) for k in MODEL_FIELDS if k == "variant" or getattr(cfg, k) != defaults[k].get_default()}
+
+
+def check(cfg: config.PretrainConfig, layout: str) -> None:
+    """What `layout` cannot hold of the model (vision_transformer: learned position embeddings only, no MAP head)."""
+    problems = []
+    if layout not in weights.LAYOUTS:
+        problems.append(config.Problem("--format", f"{layout!r} is not one of {list(weights.LAYOUTS)}"))
+    elif layout == "vision_transformer":
+        if cfg.pool_type == "map":
+            problems.append(config.Problem("--format", "vision_transformer has no MAP head; use big_vision"))
+        if cfg.posemb != "learn":
+            problems.append(config.Problem("--format", "vision_transformer has learned position embeddings only"))
+    if problems:
+        raise config.ConfigError(problems)
+
+
+def run(run_dir: str | Path, out: str | Path | None = None, layout: str = "big_vision") -> Path:
+    """Write the newest readable checkpoint of `run_dir` as a `layout` .npz; returns its path."""
+    run = finetune.find_run(run_dir)
+    cfg = finetune.read_pretrain_config(run)
+    check(cfg, layout)
+    pre = finetune.load_pretrained(run, sharding.make_mesh([-1, 1]))
+    flat = weights.flatten(jax.device_get(pre.params))
+    path = Path(out) if out else run / "export" / f"{layout}_step{pre.step}.npz"
+    weights.save(path, weights.to_file(flat, weights.spec_of(cfg), layout))
+    lines = {
+        "pretrained": str(path.resolve()),
+        "pretrained_model": model_description(cfg),
+        # (not parameters) where the weights come from
+        "exported_from": {"run": str(run), "step": pre.step, "layout": layout},
+    }
+    path.with_suffix(".yaml").write_text(yaml.safe_dump(lines, sort_keys=False))
+    return path
