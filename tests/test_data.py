@@ -156,3 +156,175 @@ def test_eval_batches_cover_the_split_once_with_mask():
     labels = np.concatenate([b["label"] for b in batches])[mask]
     assert mask.sum() == 500 and len(mask) == 512
     np.testing.assert_array_equal(labels, split.labels)
+
+
+# ----------------------------------------------------------------------------- preprocessing ops, streaming
+def legacy_train_batches(split, pipe, *, global_batch, seed, steps, process_index=0, process_count=1):
+    """Before op lists (commit cb459e1): data.train_batches as it was, kept as the reference."""
+    import tensorflow as tf
+
+    n, local = len(split), global_batch // process_count
+    images, labels = tf.constant(split.images), tf.constant(split.labels)
+    out = []
+    for step in range(steps):
+        step = tf.constant(step, tf.int64)
+        g = step * global_batch + tf.range(global_batch, dtype=tf.int64)
+        epoch, pos = g // n, g % n
+        seeds = tf.stack([tf.fill(tf.shape(g), tf.cast(seed, tf.int64)), epoch, tf.zeros_like(g)], axis=1)
+        idx = tf.raw_ops.RandomIndexShuffle(
+            index=pos, seed=seeds, max_index=tf.fill(tf.shape(g), tf.cast(n - 1, tf.int64)), rounds=4
+        )
+        idx = idx[process_index * local : (process_index + 1) * local]
+        x = data.preprocess(tf.gather(images, idx), pipe.image_size, pipe.channels, pipe.value_range)
+        if pipe.crop_padding or pipe.flip:
+            offs, coin = data.augment_draws(tf.stack([tf.cast(seed, tf.int64), step]), global_batch, pipe.crop_padding)
+            sl = slice(process_index * local, (process_index + 1) * local)
+            x = data.augment(x, offs[sl], coin[sl], pipe.crop_padding, pipe.flip)
+        out.append({"image": x.numpy(), "label": tf.gather(labels, idx).numpy()})
+    return out
+
+
+@pytest.mark.parametrize(
+    "dataset,size,channels,pad,flip",
+    [("fashion_mnist", 28, 1, 2, True), ("sklearn_digits", 28, 3, 0, True), ("mnist_5k", 32, 1, 3, False)],
+)
+def test_default_ops_give_todays_batches(dataset, size, channels, pad, flip):
+    split = data.load_split(dataset, "test")
+    pipe = data.Pipeline(size, channels, crop_padding=pad, flip=flip)
+    ref = legacy_train_batches(split, pipe, global_batch=64, seed=5, steps=3)
+    # The defaults, and the same pipeline written out as ops (what pp_train would say).
+    ops = tuple(data.default_ops(size, channels, crop_padding=pad, flip=flip))
+    assert ops[:2] == ("decode", f"resize({size})")
+    for p in (pipe, data.Pipeline(size, channels, train_ops=ops)):
+        got = _take(data.train_batches(split, p, global_batch=64, seed=5), 3)
+        for a, b in zip(ref, got):
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["label"], b["label"])
+
+
+@pytest.mark.parametrize(
+    "ops,match",
+    [
+        (["decode", "blur(3)"], r"unknown preprocessing op 'blur\(3\)' \(accepted: decode.*inception_crop"),
+        (["inception_crop"], r"takes 1-2 argument"),
+        (["resize(224, 224, 3)"], r"takes 1-2 argument"),
+        (["central_crop(x)"], r"must be numbers"),
+        (["value_range(1, -1)"], r"lo < hi"),
+    ],
+)
+def test_bad_ops_are_parameter_errors(ops, match):
+    from vitscale import config
+
+    for field in ("pp_train", "pp_eval"):
+        with pytest.raises(config.ConfigError, match=match) as e:
+            config.validate(config.PretrainConfig, {field: ops})
+        assert [p.field for p in e.value.problems] == [field]
+    with pytest.raises(config.ConfigError, match=match):
+        config.validate(config.TransferConfig, {"pretrained": "random", "random_model": {}, "pp_finetune": ops})
+
+
+def test_ops_closed_forms():
+    import tensorflow as tf
+
+    img = tf.constant(np.arange(6 * 10 * 3, dtype=np.uint8).reshape(6, 10, 3))
+    x = data._apply(data.Pipeline(4, 3, eval_ops=("central_crop(4)",)).ops(False), img, (0,), [4, 4, 3]).numpy()
+    np.testing.assert_array_equal(x, img.numpy()[1:5, 3:7].astype(np.float32))
+    small = data.OPS["resize_small"](3)[1](img, None)
+    assert small.shape == (3, 5, 3)
+    ops = data.Pipeline(5, 3).ops(True)
+    assert len(ops) == 4  # decode, resize, channels, value_range: no random op by default
+    _, crop = data.OPS["inception_crop"](8)
+    seed = tf.constant([1, 2], tf.int32)
+    a, b = crop(tf.cast(img, tf.float32), seed), crop(tf.cast(img, tf.float32), seed)
+    assert a.shape == (8, 8, 3) and np.array_equal(a.numpy(), b.numpy())
+
+
+@pytest.fixture(scope="module")
+def photos_dataset(tmp_path_factory):
+    """A natural-image folder (varying sizes, JPEG and PNG, grey and colour, one corrupt file)."""
+    from natural_images import write_folder
+
+    root = write_folder(tmp_path_factory.mktemp("photos") / "images", per_class=10, corrupt=True)
+    return f"folder:{root}", str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_folder_dataset_is_prepared_with_a_stratified_split_and_skips_corrupt_files(photos_dataset):
+    name, data_dir = photos_dataset
+    with pytest.warns(UserWarning, match=r"1 unreadable image file\(s\) skipped:\n  .*broken\.jpg"):
+        builder = data.get_builder(name, data_dir)
+    assert builder.info.splits["train"].num_examples == 11 * 9 and builder.info.splits["test"].num_examples == 11
+    assert list(data.skipped_files(name, data_dir)) == [name.removeprefix("folder:") + "/digit_0/broken.jpg"]
+    assert data.choose_input(name, "train", data_dir) == "stream"
+    train, test = data.load(name, "train", data_dir), data.load(name, "test", data_dir)
+    assert isinstance(train, data.Source) and train.num_classes == 11
+    assert np.all(np.bincount(test.labels, minlength=11) == 1) and np.all(np.bincount(train.labels) == 9)
+    with pytest.raises(ValueError, match="images of different shapes"):
+        data.load(name, "test", data_dir, input="memory")
+
+
+INCEPTION = ("decode", "inception_crop(32)", "flip_lr", "value_range(-1, 1)")
+
+
+def test_streamed_batches_are_a_function_of_seed_and_step_and_hosts_take_slices(photos_dataset):
+    name, data_dir = photos_dataset
+    src = data.load(name, "train", data_dir, input="stream")
+    pipe = data.Pipeline(32, 3, train_ops=INCEPTION)
+    a = _take(data.train_batches(src, pipe, global_batch=24, seed=3), 6)
+    assert a[0]["image"].shape == (24, 32, 32, 3) and a[0]["image"].dtype == np.float32
+    assert -1 <= a[0]["image"].min() < 0 < a[0]["image"].max() <= 1
+    b = _take(data.train_batches(src, pipe, global_batch=24, seed=3, start_step=4), 2)
+    for x, y in zip(a[4:], b):  # resuming at step 4 gives exactly steps 4 and 5
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    parts = [
+        _take(data.train_batches(src, pipe, global_batch=24, seed=3, process_index=p, process_count=2), 3)
+        for p in range(2)
+    ]
+    for s in range(3):  # two hosts read disjoint halves whose union is the one-host global batch
+        for k in ("image", "label"):
+            np.testing.assert_array_equal(np.concatenate([parts[0][s][k], parts[1][s][k]]), a[s][k])
+    # The first 4 steps (96 of 99 examples) are one epoch: no example twice.
+    labels = np.concatenate([x["label"] for x in a[:4]])
+    assert np.all(np.bincount(labels, minlength=11) <= 9)
+
+
+def test_streamed_eval_covers_the_split_once(photos_dataset):
+    name, data_dir = photos_dataset
+    test = data.load(name, "train", data_dir)
+    pipe = data.Pipeline(32, 3, eval_ops=("decode", "resize_small(40)", "central_crop(32)", "value_range(-1, 1)"))
+    batches = list(data.eval_batches(test, pipe, 16))
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.sum() == 99 and len(mask) == 112
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], test.labels)
+
+
+def test_stream_and_memory_paths_give_the_same_batches(tmp_path):
+    """A folder of fixed-size lossless PNGs reads the same both ways: same indices, same draws."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i in range(120):
+        (tmp_path / "img" / str(d.target[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(d.images[i] * 255 / 16).astype(np.uint8)).save(
+            tmp_path / "img" / f"{d.target[i]}/{i}.png"
+        )
+    name, data_dir = f"folder:{tmp_path / 'img'}", str(tmp_path / "tfds")
+    mem, stream = data.load(name, "train", data_dir, "memory"), data.load(name, "train", data_dir, "stream")
+    assert isinstance(mem, data.Split) and mem.images.shape[1:] == (8, 8, 3)
+    pipe = data.Pipeline(16, 1, crop_padding=2, flip=True)
+    for a, b in zip(
+        _take(data.train_batches(mem, pipe, global_batch=32, seed=1), 5),
+        _take(data.train_batches(stream, pipe, global_batch=32, seed=1), 5),
+    ):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_allclose(a["image"], b["image"], atol=1e-5)
+
+
+def test_split_folders_give_the_splits(tmp_path):
+    from natural_images import write_folder
+
+    root = write_folder(tmp_path / "imgs", per_class=5, classes=3, photo_class=False, split_folders=True)
+    b = data.get_builder(f"folder:{root}", str(tmp_path / "tfds"))
+    assert (b.info.splits["train"].num_examples, b.info.splits["test"].num_examples) == (12, 3)
+    assert b.info.features["label"].names == ["digit_0", "digit_1", "digit_2"]

@@ -158,3 +158,49 @@ def test_ctrl_c_saves_a_checkpoint_then_the_run_resumes(tmp_path):
     text = p.communicate(timeout=600)[0]
     assert p.returncode == 0 and f"from step {saved[0]}" in text, text[-2000:]
     assert json.loads((out / "summary.json").read_text())["total_steps"] == 400
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_equals_uninterrupted_run_when_streaming(tmp_path):
+    """The same through the streaming path: natural images of varying sizes, inception crops."""
+    from natural_images import write_folder
+    from vitscale import data
+
+    root = write_folder(tmp_path / "images", per_class=12)
+    name, data_dir = f"folder:{root}", str(tmp_path / "tfds")
+    data.get_builder(name, data_dir)  # prepared once, before the runs read it
+    params = {
+        **BASE,
+        "dataset": name,
+        "data_dir": data_dir,
+        "input": "stream",
+        "train_examples": None,
+        "test_split": "test",
+        "image_size": 28,
+        "channels": 3,
+        "pp_train": ["decode", "inception_crop(28)", "flip_lr", "value_range(-1, 1)"],
+        "pp_eval": ["decode", "resize_small(32)", "central_crop(28)", "value_range(-1, 1)"],
+        "total_steps": 60,
+        "eval_every": 20,
+        "checkpoint_every": 10,
+    }
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    p = start(params, ref, tmp_path)
+    assert p.wait(timeout=600) == 0, p.stdout.read()[-3000:]
+    p = start(params, crashed, tmp_path)
+    wait_for_checkpoint(crashed, p, 20)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    assert not (crashed / "summary.json").exists()
+    p = start(params, crashed, tmp_path)
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, out[-3000:]
+    assert "resuming" in out
+    import jax
+
+    for x, y in zip(jax.tree.leaves(final_params(ref)), jax.tree.leaves(final_params(crashed))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert comparable(runs.read_metrics(ref / "metrics.jsonl")) == comparable(
+        runs.read_metrics(crashed / "metrics.jsonl")
+    )
+    assert json.loads((crashed / "summary.json").read_text())["input"]["train"] == "stream"

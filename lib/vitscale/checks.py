@@ -48,8 +48,34 @@ def split_size(problems: list[Problem], field: str, dataset: str, split: str, da
         return None
 
 
+def input_path(problems: list[Problem], field: str, dataset: str, split: str, data_dir: str | None, input: str) -> None:
+    """The split can be read the way `input` says: streamed splits need array_record files, and a
+    split of images that vary in shape cannot be held in memory."""
+    try:
+        if data.choose_input(dataset, split, data_dir, input) == "stream":
+            data.open_source(dataset, split, data_dir)
+        else:
+            builder = data.get_builder(dataset, data_dir)
+            key = (builder.info.supervised_keys or ("image", "label"))[0]
+            if any(d is None for d in builder.info.features[key].shape):
+                problems.append(
+                    Problem(
+                        field,
+                        f"{input!r}: the images of {dataset!r} vary in shape, so a split cannot be one array "
+                        "(accepted: 'stream' or 'auto')",
+                    )
+                )
+    except (ValueError, FileNotFoundError) as e:
+        problems.append(Problem(field, f"{input!r}: {e}"))
+
+
 def fewshot_pools(
-    problems: list[Problem], field: str, datasets: Sequence[str], shots: Sequence[int], data_dir: str | None
+    problems: list[Problem],
+    field: str,
+    datasets: Sequence[str],
+    shots: Sequence[int],
+    data_dir: str | None,
+    input: str = "auto",
 ) -> None:
     """Every few-shot dataset is readable and has at least max(shots) images in each class of its pool."""
     k = max(shots)
@@ -59,8 +85,8 @@ def fewshot_pools(
             continue
         if split_size(problems, field, name, test_split, data_dir) is None:
             continue
-        pool = data.load_split(name, pool_split, data_dir)
-        counts = np.bincount(pool.labels, minlength=pool.num_classes)
+        source = data.load(name, pool_split, data_dir, input)
+        counts = np.bincount(source.labels, minlength=source.num_classes)
         short = {c: int(n) for c, n in enumerate(counts) if n < k}
         if short:
             problems.append(

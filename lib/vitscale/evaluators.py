@@ -14,13 +14,17 @@ import numpy as np
 from vitscale import data, fewshot, sharding
 
 
-def extract_features(feature_fn: Callable, split: data.Split, pipe: data.Pipeline, batch_size: int, mesh) -> np.ndarray:
-    """Features (pre_logits) of a whole split, in order, as float64 numpy."""
-    feats = []
+def extract_features(
+    feature_fn: Callable, split: data.Split | data.Source, pipe: data.Pipeline, batch_size: int, mesh
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features (pre_logits) as float64, labels) of a whole split, in order: one pass over it, in
+    memory or streamed, through the pipeline's evaluation ops (at the model's resolution)."""
+    feats, labels = [], []
     for batch in data.eval_batches(split, pipe, batch_size):
         out = feature_fn(sharding.put_batch({"image": batch["image"]}, mesh)["image"])
         feats.append(np.asarray(jax.device_get(out))[batch["mask"]])
-    return np.concatenate(feats).astype(np.float64)
+        labels.append(batch["label"][batch["mask"]])
+    return np.concatenate(feats).astype(np.float64), np.concatenate(labels).astype(np.int32)
 
 
 class FewShotEvaluator:
@@ -38,24 +42,30 @@ class FewShotEvaluator:
         l2: float = fewshot.DEFAULT_L2,
         data_dir: str | None = None,
         batch_size: int = 512,
+        input: str = "auto",
     ):
         self.shots, self.seeds, self.l2 = tuple(shots), tuple(seeds), l2
         self.pipe, self.batch_size = pipe, batch_size
         self.splits = {}
         for name in datasets:
             pool_name, test_name = data.downstream_splits(name)
-            self.splits[name] = (data.load_split(name, pool_name, data_dir), data.load_split(name, test_name, data_dir))
+            self.splits[name] = (
+                data.load(name, pool_name, data_dir, input),
+                data.load(name, test_name, data_dir, input),
+            )
 
     def evaluate(self, feature_fn: Callable, mesh) -> dict[str, dict[str, dict[str, object]]]:
         """{dataset: fewshot.evaluate_features(...) result}."""
         batch = -(-self.batch_size // jax.device_count()) * jax.device_count()
         results = {}
         for name, (pool, test) in self.splits.items():
+            pool_x, pool_y = extract_features(feature_fn, pool, self.pipe, batch, mesh)
+            test_x, test_y = extract_features(feature_fn, test, self.pipe, batch, mesh)
             results[name] = fewshot.evaluate_features(
-                extract_features(feature_fn, pool, self.pipe, batch, mesh),
-                pool.labels,
-                extract_features(feature_fn, test, self.pipe, batch, mesh),
-                test.labels,
+                pool_x,
+                pool_y,
+                test_x,
+                test_y,
                 shots=self.shots,
                 seeds=self.seeds,
                 l2=self.l2,
@@ -67,5 +77,5 @@ class FewShotEvaluator:
         """Flat metrics for metrics.jsonl: fewshot/<dataset>/<k>shot (mean) and ..._std."""
         out: dict[str, float] = {}
         for name, result in self.evaluate(feature_fn, mesh).items():
-            out.update(fewshot.flatten(name, result))
+            out.update(fewshot.flatten(data.metric_name(name), result))
         return out

@@ -139,7 +139,9 @@ def transfer_params(params: Any, model: vit.ViT, image_shape: tuple[int, int, in
     return vit.adapt_params({**{k: v for k, v in params.items() if k != "head"}, "head": head}, target)
 
 
-def holdout_split(split: data.Split, fraction: float = 0.02, seed: int = HOLDOUT_SEED) -> tuple[data.Split, data.Split]:
+def holdout_split(
+    split: data.Split | data.Source, fraction: float = 0.02, seed: int = HOLDOUT_SEED
+) -> tuple[data.Split | data.Source, data.Split | data.Source]:
     """(train part, held-out part): a fixed random `fraction` of the split is held out for picking the
     learning rate. Disjoint, together the whole split, the same on every call (seeded permutation,
     robust to splits stored in class order)."""
@@ -149,6 +151,8 @@ def holdout_split(split: data.Split, fraction: float = 0.02, seed: int = HOLDOUT
         raise ValueError(f"holdout fraction {fraction} of the {n} images of {split.name} leaves an empty part")
     perm = np.random.default_rng(seed).permutation(n)
     keep, hold = np.sort(perm[n_holdout:]), np.sort(perm[:n_holdout])
+    if isinstance(split, data.Source):  # streamed: views over the same files
+        return split.subset(keep, f"{1 - fraction:.0%}"), split.subset(hold, f"held-out {fraction:.0%}")
     part = lambda idx, tag: data.Split(
         name=f"{split.name}({tag})", images=split.images[idx], labels=split.labels[idx], num_classes=split.num_classes
     )
@@ -191,15 +195,21 @@ def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: in
         checkpoint_every=cfg.finetune_steps,
         keep_checkpoints=1,
     )
-    return _Compiled(trainer, schedule, spec, data.Pipeline(image_size=res, channels=pre.channels), shape)
+    pipe = data.Pipeline(
+        image_size=res,
+        channels=pre.channels,
+        train_ops=tuple(cfg.pp_finetune) if cfg.pp_finetune else None,
+        eval_ops=tuple(cfg.pp_finetune_eval) if cfg.pp_finetune_eval else None,
+    )
+    return _Compiled(trainer, schedule, spec, pipe, shape)
 
 
 def train_one(
     c: _Compiled,
     cfg: config.TransferConfig,
     params: Any,
-    train_split: data.Split,
-    eval_split: data.Split,
+    train_split: data.Split | data.Source,
+    eval_split: data.Split | data.Source,
     eval_prefix: str,
     run_dir: Path,
     desc: str,
@@ -245,8 +255,9 @@ def finetune(
     """Fine-tune each model on `dataset`: pick the lr on the held-out part, then retrain on the whole
     training split (or keep the best grid run) and score the test split. Returns {model name: result}."""
     out = Path(out_dir)
-    full = data.load_split(dataset, "train", cfg.data_dir)
-    test = data.load_split(dataset, "test", cfg.data_dir)
+    train_name, test_name = data.finetune_splits(dataset)
+    full = data.load(dataset, train_name, cfg.data_dir, cfg.input)
+    test = data.load(dataset, test_name, cfg.data_dir, cfg.input)
     train_part, holdout = holdout_split(full, cfg.holdout_fraction)
     compiled: dict[float, _Compiled] = {}
 

@@ -159,7 +159,9 @@ def make_trainer(
     )
 
 
-def evaluate(trainer: Trainer, params, split: data.Split, pipe: data.Pipeline, batch_size: int) -> dict[str, float]:
+def evaluate(
+    trainer: Trainer, params, split: data.Split | data.Source, pipe: data.Pipeline, batch_size: int
+) -> dict[str, float]:
     """Loss and top-1 accuracy over a whole split: {"loss": ..., "acc": ...}."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()  # padded batches split evenly

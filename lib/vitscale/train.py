@@ -86,7 +86,15 @@ def build_optimizer(cfg: config.PretrainConfig, schedule: optax.Schedule) -> opt
 
 
 def input_pipeline(cfg: config.PretrainConfig) -> data.Pipeline:
-    return data.Pipeline(image_size=cfg.image_size, channels=cfg.channels, crop_padding=cfg.crop_padding, flip=cfg.flip)
+    """pp_train / pp_eval when given, else today's pipeline from image_size, channels, crop_padding, flip."""
+    return data.Pipeline(
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        crop_padding=cfg.crop_padding,
+        flip=cfg.flip,
+        train_ops=tuple(cfg.pp_train) if cfg.pp_train else None,
+        eval_ops=tuple(cfg.pp_eval) if cfg.pp_eval else None,
+    )
 
 
 def loop_spec(cfg: config.PretrainConfig) -> loop.LoopSpec:
@@ -117,7 +125,7 @@ def make_trainer(
 
 
 def make_evaluators(
-    cfg: config.PretrainConfig, trainer: loop.Trainer, test: data.Split, pipe: data.Pipeline
+    cfg: config.PretrainConfig, trainer: loop.Trainer, test: data.Split | data.Source, pipe: data.Pipeline
 ) -> loop.Evaluators:
     """Test-split loss and accuracy at every evaluation, plus few-shot linear transfer every
     `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
@@ -130,6 +138,7 @@ def make_evaluators(
             seeds=tuple(range(cfg.fewshot_seeds)),
             data_dir=cfg.data_dir,
             batch_size=cfg.eval_batch_size,
+            input=cfg.input,
         )
     every = cfg.fewshot_every or cfg.eval_every
 
@@ -143,7 +152,7 @@ def make_evaluators(
     return evaluate
 
 
-def batches_from(cfg: config.PretrainConfig, train: data.Split, pipe: data.Pipeline):
+def batches_from(cfg: config.PretrainConfig, train: data.Split | data.Source, pipe: data.Pipeline):
     """step -> this host's training batches from that step on."""
     return lambda step: data.train_batches(
         train,
@@ -285,7 +294,9 @@ def check(cfg: config.PretrainConfig) -> None:
             )
         )
     checks.split_size(problems, "test_split", cfg.dataset, cfg.test_split, cfg.data_dir)
-    checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir)
+    if n_train is not None:
+        checks.input_path(problems, "input", cfg.dataset, cfg.train_split, cfg.data_dir, cfg.input)
+    checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir, cfg.input)
     checks.devices(problems, cfg.mesh, {"batch_size": cfg.batch_size}, cfg.grad_chains)
     if cfg.init_from:
         try:  # names and shapes against the model, from the file's headers (numpy)
@@ -303,9 +314,9 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     checks.claim_run_dir(out, cfg)
     t0 = time.time()
 
-    # 1. Data: the training subset and the test split, in memory.
-    train = data.load_split(cfg.dataset, cfg.train_split_name(), cfg.data_dir)
-    test = data.load_split(cfg.dataset, cfg.test_split, cfg.data_dir)
+    # 1. Data: the training subset and the test split, in memory or streamed (cfg.input).
+    train = data.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
+    test = data.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
     pipe = input_pipeline(cfg)
 
     # 2. Compiled steps on the mesh.
@@ -338,5 +349,10 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     # 5. The summary.
     summary = make_summary(cfg, trainer.model, runs.read_metrics(out / "metrics.jsonl"), t0, branches, meta)
     summary["train_examples"] = len(train)  # the data axis, resolved when the parameter is None
+    summary["input"] = {
+        "train": "stream" if isinstance(train, data.Source) else "memory",
+        "test": "stream" if isinstance(test, data.Source) else "memory",
+        "skipped_files": len(data.skipped_files(cfg.dataset, cfg.data_dir)),  # unreadable images of a folder
+    }
     runs.write_json(out / "summary.json", summary)
     return summary

@@ -59,10 +59,13 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
                     f"{pre.variant!r}); accepted: a multiple of {patch}",
                 )
             )
-    checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir)
+    checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir, cfg.input)
     for name in cfg.finetune_datasets:
-        n = checks.split_size(problems, "finetune_datasets", name, "train", cfg.data_dir)
-        checks.split_size(problems, "finetune_datasets", name, "test", cfg.data_dir)
+        train_split, test_split = data.finetune_splits(name)
+        n = checks.split_size(problems, "finetune_datasets", name, train_split, cfg.data_dir)
+        checks.split_size(problems, "finetune_datasets", name, test_split, cfg.data_dir)
+        if n is not None:
+            checks.input_path(problems, "input", name, train_split, cfg.data_dir, cfg.input)
         if n is not None and not 0 < round(n * cfg.holdout_fraction) < n:
             problems.append(
                 config.Problem(
@@ -98,12 +101,13 @@ def fewshot_eval(
     pre = models[0].cfg
     evaluator = evaluators.FewShotEvaluator(
         cfg.fewshot_datasets,
-        data.Pipeline(image_size=pre.image_size, channels=pre.channels),
+        train.input_pipeline(pre),  # the pretraining's evaluation ops, at its resolution
         shots=tuple(cfg.fewshot_shots),
         seeds=tuple(range(cfg.fewshot_seeds)),
         l2=cfg.fewshot_l2,
         data_dir=cfg.data_dir,
         batch_size=cfg.eval_batch_size,
+        input=cfg.input,
     )
     results = {}
     for m in models:
@@ -123,9 +127,9 @@ def make_summary(
     for m in models:
         prefix = "" if m.name == primary else f"{m.name}/"
         for name, result in few.get(m.name, {}).items():
-            final.update({prefix + k: v for k, v in fewshot.flatten(name, result).items()})
+            final.update({prefix + k: v for k, v in fewshot.flatten(data.metric_name(name), result).items()})
         for name, by_model in fine.items():
-            final[prefix + metrics.finetune(name)] = by_model[m.name][metrics.TEST_ACC]
+            final[prefix + metrics.finetune(data.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
     wall = time.time() - t0
     devices = int(mesh.devices.size)
     source = Path(models[0].source) / "summary.json"  # the pretraining run's compute, for plots against it
