@@ -154,7 +154,7 @@ def test_analyze_noisy_sweep_tracks_law():
     # 1% noise on 12 frontier points: a, b, d trade off against each other, but the curve and the
     # floor c are pinned down
     rows, _ = frontier_sweep(noise=0.01, seed=3)
-    res = analysis.analyze(rows, n_bootstrap=40, seed=1)
+    res = analysis.analyze(rows, n_bootstrap=16, seed=1)
     pl = res["power_law"]
     x = res["x_values"][res["frontier"]]
     np.testing.assert_allclose(pl.predict(x), law(x, **TRUTH), rtol=0.035)

@@ -25,7 +25,9 @@ def test_matmul_gradients_match_float64_closed_form(d_in, d_out):
     assert dk.dtype == jnp.float32 and dk.shape == (d_in, d_out)
 
 
-@pytest.mark.parametrize("pool", ["gap", "tok", "map"])
+@pytest.mark.parametrize(
+    "pool", ["gap", pytest.param("tok", marks=pytest.mark.slow), pytest.param("map", marks=pytest.mark.slow)]
+)
 def test_cpu_kernels_give_the_plain_models_outputs_and_gradients(pool):
     plain = vit.make_model("Atto/4", 10, pool_type=pool)
     fast = plain.clone(kernels=backend.CPU)

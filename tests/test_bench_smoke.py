@@ -29,7 +29,9 @@ def tiny(bench, batch=8):
     return bench.Shape((8, 8, 1), patch=4, width=16, depth=1, heads=2, mlp=32, batch=batch)  # 8 test devices
 
 
-@pytest.mark.parametrize("batch", [8, 512])  # on the 8 test devices: 1 and 4 gradient chains a device
+@pytest.mark.parametrize(
+    "batch", [8, pytest.param(512, marks=pytest.mark.slow)]
+)  # on the 8 test devices: 1 and 4 gradient chains a device
 def test_vitscale_runner_is_the_library_step(bench, batch):
     """Two steps of the benchmark's vitscale runner end in the same state, bit for bit, as two steps
     of loop.make_trainer's step from the library's ViT of the shape, its AdamW and its default mesh

@@ -9,6 +9,8 @@ import yaml
 
 from vitscale import cli, config, export, sharding, train, transfer, weights
 
+pytestmark = pytest.mark.slow  # trains and exports runs (train.run starts git for the summary)
+
 
 @pytest.fixture(scope="module")
 def tiny_run(root, tmp_path_factory):

@@ -162,6 +162,7 @@ def test_params_yaml_of_the_run_is_checked(tmp_path):
         finetune.read_pretrain_config(finetune.find_run(tmp_path))
 
 
+@pytest.mark.slow
 def test_keep_the_best_grid_run_from_a_random_init_and_resume(tmp_path, mesh):
     cfg = config.validate(
         config.TransferConfig,

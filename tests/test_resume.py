@@ -180,15 +180,15 @@ def test_sigkill_then_restart_equals_uninterrupted_run_when_streaming(tmp_path):
         "channels": 3,
         "pp_train": ["decode", "inception_crop(28)", "flip_lr", "value_range(-1, 1)"],
         "pp_eval": ["decode", "resize_small(32)", "central_crop(28)", "value_range(-1, 1)"],
-        "total_steps": 60,
-        "eval_every": 20,
-        "checkpoint_every": 10,
+        "total_steps": 30,
+        "eval_every": 10,
+        "checkpoint_every": 5,
     }
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
     p = start(params, ref, tmp_path)
     assert p.wait(timeout=600) == 0, p.stdout.read()[-3000:]
     p = start(params, crashed, tmp_path)
-    wait_for_checkpoint(crashed, p, 20)
+    wait_for_checkpoint(crashed, p, 10)
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
     assert not (crashed / "summary.json").exists()

@@ -457,6 +457,7 @@ def _load_bench():
     return module
 
 
+@pytest.mark.slow  # fits every law on four public curves (~9 s)
 def test_benchmark_m4_per_curve_and_against_the_authors(capsys):
     bench = _load_bench()
     res = bench.run(bench.read_curves(bench.DEFAULT_CSV))

@@ -126,7 +126,7 @@ def test_bfloat16_training_tracks_float32_within_seed_noise():
     assert gap_bf16 <= max(gap_seed, 0.02), (gap_bf16, gap_seed)
 
 
-@pytest.mark.parametrize("devices,chains", [(1, 4), (8, 2)])
+@pytest.mark.parametrize("devices,chains", [(1, 4), pytest.param(8, 2, marks=pytest.mark.slow)])
 def test_gradient_chains_give_the_full_batch_update(devices, chains):
     """A step split into gradient chains makes the update of the whole batch: the loss, gradient norm
     and new parameters match plain jax.value_and_grad of the batch's mean loss and optax's AdamW,

@@ -196,6 +196,12 @@ CASES = [
     for source in ("export", "by_hand")
     if not (layout == "vision_transformer" and (pool == "map" or scan))  # neither exists in vision_transformer
 ]
+FAST = {
+    ("big_vision", "map", True, "export"),
+    ("big_vision", "tok", False, "by_hand"),
+    ("vision_transformer", "gap", False, "by_hand"),
+}
+CASES = [c if c in FAST else pytest.param(*c, marks=pytest.mark.slow) for c in CASES]  # the full suite has them all
 MAX_DIFF: dict[str, float] = {}
 
 
