@@ -63,7 +63,7 @@ lint: $(STAMP)
 # tests that load vitscale's .npz files with timm (tests/test_weights.py); without it they skip, saying so.
 test: setup browser slurm lint
 	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
-	$(RUN) -m pytest -q
+	$(RUN) -m pytest -q --durations=20
 
 # The edit loop: every module's unit tests, no notebooks, no spawned processes, no long training.
 test-fast: setup lint
