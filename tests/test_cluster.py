@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow  # starts sbatch, submitit jobs and kernels
 SLURM_CONF = """ClusterName=vitscale-test
 SlurmctldHost=localhost
 GresTypes=gpu
+MessageTimeout=1
+TCPTimeout=1
 NodeName=node[1-4] CPUs=64 Gres=gpu:8 State=UNKNOWN
 PartitionName=gpu Nodes=node[1-4] Default=YES
 """
