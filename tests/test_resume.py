@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import yaml
 
-from vitscale import config, loop, runs, train
+from natural_images import write_folder
+from vitscale import config, data, loop, runs, train
 
 BASE = dict(
     name="resume",
@@ -77,28 +79,32 @@ def comparable(records):
     return [{k: v for k, v in r.items() if k not in drop} for r in records]
 
 
-@pytest.mark.slow
-def test_sigkill_then_restart_equals_uninterrupted_run(tmp_path):
+def kill_and_resume(params: dict, tmp_path: Path, kill_after: int) -> tuple[Path, Path]:
+    """An uninterrupted run, and the same run SIGKILLed after checkpoint `kill_after` and started again:
+    both end with bit-identical parameters and the same logged metrics. Returns (ref, crashed)."""
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
-    p = start(BASE, ref, tmp_path)
+    p = start(params, ref, tmp_path)
     assert p.wait(timeout=600) == 0, p.stdout.read()[-3000:]
-    p = start(BASE, crashed, tmp_path)
-    wait_for_checkpoint(crashed, p, 40)
+    p = start(params, crashed, tmp_path)
+    wait_for_checkpoint(crashed, p, kill_after)
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
     assert not (crashed / "summary.json").exists()
-    p = start(BASE, crashed, tmp_path)
+    p = start(params, crashed, tmp_path)
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out[-3000:]
     assert "resuming" in out
-    a, b = final_params(ref), final_params(crashed)
-    import jax
-
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(final_params(ref)), jax.tree.leaves(final_params(crashed))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert comparable(runs.read_metrics(ref / "metrics.jsonl")) == comparable(
         runs.read_metrics(crashed / "metrics.jsonl")
     )
+    return ref, crashed
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_equals_uninterrupted_run(tmp_path):
+    kill_and_resume(BASE, tmp_path, 40)
 
 
 @pytest.mark.slow
@@ -163,9 +169,6 @@ def test_ctrl_c_saves_a_checkpoint_then_the_run_resumes(tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_restart_equals_uninterrupted_run_when_streaming(tmp_path):
     """The same through the streaming path: natural images of varying sizes, inception crops."""
-    from natural_images import write_folder
-    from vitscale import data
-
     root = write_folder(tmp_path / "images", per_class=12)
     name, data_dir = f"folder:{root}", str(tmp_path / "tfds")
     data.get_builder(name, data_dir)  # prepared once, before the runs read it
@@ -184,23 +187,5 @@ def test_sigkill_then_restart_equals_uninterrupted_run_when_streaming(tmp_path):
         "eval_every": 10,
         "checkpoint_every": 5,
     }
-    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
-    p = start(params, ref, tmp_path)
-    assert p.wait(timeout=600) == 0, p.stdout.read()[-3000:]
-    p = start(params, crashed, tmp_path)
-    wait_for_checkpoint(crashed, p, 10)
-    p.send_signal(signal.SIGKILL)
-    p.wait(timeout=60)
-    assert not (crashed / "summary.json").exists()
-    p = start(params, crashed, tmp_path)
-    out = p.communicate(timeout=600)[0]
-    assert p.returncode == 0, out[-3000:]
-    assert "resuming" in out
-    import jax
-
-    for x, y in zip(jax.tree.leaves(final_params(ref)), jax.tree.leaves(final_params(crashed))):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert comparable(runs.read_metrics(ref / "metrics.jsonl")) == comparable(
-        runs.read_metrics(crashed / "metrics.jsonl")
-    )
+    _, crashed = kill_and_resume(params, tmp_path, 10)
     assert json.loads((crashed / "summary.json").read_text())["input"]["train"] == "stream"
