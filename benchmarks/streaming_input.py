@@ -4,8 +4,10 @@
           of 10 N images of varying sizes; the child's peak RSS must not grow with N.
   speed   images/s per core at 224 px from JPEG, inception_crop + flip_lr: vitscale's streaming
           pipeline (array_record by index, per-example decode in tf.data's parallel map, batch = f(seed,
-          step)) vs a plain tf.data pipeline written the usual way (list files -> shuffle -> read ->
-          decode_jpeg -> sample_distorted_bounding_box crop -> resize -> flip -> batch -> prefetch).
+          step)), with the two ops and with big_vision's fused decode_jpeg_and_inception_crop, vs a
+          plain tf.data pipeline written the usual way (list files -> shuffle -> read -> decode_jpeg ->
+          sample_distorted_bounding_box crop -> resize -> flip -> batch -> prefetch); and the training
+          step's images/s of the demo-sized model, which the input must outrun.
 
 Usage: PYTHONPATH=lib .venv/bin/python benchmarks/streaming_input.py [--small 300] [--json out.json]
 """
@@ -118,6 +120,8 @@ def speed(tmp: Path, n: int = 600, batch: int = 64, batches: int = 40) -> dict:
         return batches * batch / (time.perf_counter() - t0)
 
     ours = rate(data.train_batches(src, pipe, global_batch=batch, seed=0))
+    fused = data.Pipeline(224, 3, train_ops=("decode_jpeg_and_inception_crop(224)", "flip_lr", "value_range(-1, 1)"))
+    ours_fused = rate(data.train_batches(src, fused, global_batch=batch, seed=0))
 
     def plain_one(path):
         img = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
@@ -141,11 +145,37 @@ def speed(tmp: Path, n: int = 600, batch: int = 64, batches: int = 40) -> dict:
         "batch": batch,
         "cores": cores,
         "vitscale_stream_img_s": ours,
+        "vitscale_stream_fused_img_s": ours_fused,
         "plain_tfdata_img_s": plain,
         "vitscale_per_core": ours / cores,
+        "vitscale_fused_per_core": ours_fused / cores,
         "plain_per_core": plain / cores,
         "ratio": ours / plain,
+        "ratio_fused": ours_fused / plain,
     }
+
+
+def train_step_rate(variant: str, image_size: int, channels: int, batch: int = 64, steps: int = 10) -> float:
+    """Images/s of the training step alone (jitted, on batches already in memory)."""
+    import jax
+
+    from vitscale import config, sharding, train
+
+    cfg = config.PretrainConfig(variant=variant, image_size=image_size, channels=channels, batch_size=batch)
+    trainer = train.make_trainer(cfg, sharding.make_mesh(), 1000)
+    state = trainer.init_fn()
+    b = {
+        "image": np.random.default_rng(0).uniform(-1, 1, (batch, image_size, image_size, channels)).astype(np.float32),
+        "label": np.zeros(batch, np.int32),
+    }
+    for _ in range(2):
+        state, _ = trainer.train_step(state, b)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, _ = trainer.train_step(state, b)
+    jax.block_until_ready(state)
+    return steps * batch / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -154,7 +184,14 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="vitscale_stream_bench_") as tmp:
-        result = {"speed": speed(Path(tmp)), "memory": memory(Path(tmp), args.small)}
+        result = {"speed": speed(Path(tmp))}
+        # The demo's model (Pico: width 64, depth 4) at the pipeline's 224 px with 16-px patches, and the
+        # demo itself (Pico/4 at 28 px, batch 128): the input must outrun the step several times.
+        result["train_step_img_s"] = {
+            "Pico/16 at 224 px": train_step_rate("Pico/16", 224, 3),
+            "Pico/4 at 28 px (demo)": train_step_rate("Pico/4", 28, 1, batch=128, steps=50),
+        }
+        result["memory"] = memory(Path(tmp), args.small)
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -328,3 +328,64 @@ def test_split_folders_give_the_splits(tmp_path):
     b = data.get_builder(f"folder:{root}", str(tmp_path / "tfds"))
     assert (b.info.splits["train"].num_examples, b.info.splits["test"].num_examples) == (12, 3)
     assert b.info.features["label"].names == ["digit_0", "digit_1", "digit_2"]
+
+
+def _bilinear(img: np.ndarray, size: int) -> np.ndarray:
+    """Float64 bilinear resampling with half-pixel centres (TF2's tf.image.resize), no antialiasing."""
+    h, w = img.shape[:2]
+
+    def axis(n_in):
+        c = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+        lo = np.floor(c).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), c - lo
+
+    y0, y1, fy = axis(h)
+    x0, x1, fx = axis(w)
+    img = img.astype(np.float64)
+    top = img[y0][:, x0] * (1 - fx)[None, :, None] + img[y0][:, x1] * fx[None, :, None]
+    bot = img[y1][:, x0] * (1 - fx)[None, :, None] + img[y1][:, x1] * fx[None, :, None]
+    return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+
+
+def test_inception_crop_and_flip_closed_forms():
+    import tensorflow as tf
+
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    _, crop = data.OPS["inception_crop"](16, 20)
+    for s in range(5):
+        seed = tf.constant([s, 7], tf.int32)
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+            img.shape, tf.zeros([0, 0, 4]), seed=seed, area_range=(0.2, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+            min_object_covered=0.0, use_image_if_no_bounding_boxes=True,
+        )  # fmt: skip
+        (y, x, _), (h, w, _) = begin.numpy(), extent.numpy()
+        assert 0.2 * 37 * 53 <= h * w * 1.02 and 3 / 4 <= w / h * 1.1 and w / h <= 4 / 3 * 1.1
+        want = _bilinear(img[y : y + h, x : x + w], 16)
+        np.testing.assert_allclose(crop(tf.constant(img), seed).numpy(), want, atol=1e-3)
+    _, flip = data.OPS["flip_lr"]()
+    x = tf.constant(img.astype(np.float32))
+    np.testing.assert_array_equal(flip(x, tf.constant(True)).numpy(), img[:, ::-1])
+    np.testing.assert_array_equal(flip(x, tf.constant(False)).numpy(), img)
+
+
+def test_fused_jpeg_crop_takes_the_same_window_and_png_the_two_ops():
+    import tensorflow as tf
+
+    from natural_images import photos
+
+    pic = photos()[0][:300, :400]  # a real photograph
+    _, fused = data.OPS["decode_jpeg_and_inception_crop"](64)
+    _, crop = data.OPS["inception_crop"](64)
+    jpeg, png = tf.io.encode_jpeg(pic, quality=90), tf.io.encode_png(pic)
+    for s in range(4):
+        seed = tf.constant([s, 3], tf.int32)
+        want = crop(tf.io.decode_jpeg(jpeg, channels=3), seed).numpy()
+        got = fused(jpeg, seed, 3).numpy()
+        assert got.shape == (64, 64, 3)
+        # Same window: only pixels near its edge may differ (chroma upsampled from the cropped data).
+        assert np.mean(np.abs(got - want)) < 1.0 and np.mean(np.abs(got - want) > 8) < 0.02
+        np.testing.assert_array_equal(
+            fused(png, seed, 3).numpy(), crop(tf.io.decode_png(png, channels=3), seed).numpy()
+        )
+    pixels = tf.constant(pic[None, :100, :100])  # the in-memory path: pixels, no decoding
+    np.testing.assert_array_equal(fused(pixels, seed[None]).numpy(), crop(pixels, seed[None]).numpy())

@@ -20,7 +20,7 @@ def test_parameter_files_validate(path):
 def test_the_scale_setups_stream_with_inception_crops():
     b16 = config.validate(config.PretrainConfig, config.load_yaml(ROOT / "parameters/pretrain/b16_imagenet21k.yaml"))
     assert (b16.variant, b16.image_size, b16.batch_size, b16.optimizer) == ("B/16", 224, 4096, "adafactor")
-    assert b16.input == "stream" and b16.pp_train[1] == "inception_crop(224)"
+    assert b16.input == "stream" and b16.pp_train[0] == "decode_jpeg_and_inception_crop(224)"
     mine = config.validate(config.PretrainConfig, config.load_yaml(ROOT / "parameters/pretrain/my_images.yaml"))
     assert mine.dataset.startswith("folder:")
     for name in ("b16_imagenet21k", "b16_imagenet21k_small"):

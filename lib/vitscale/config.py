@@ -31,6 +31,11 @@ PP_OPS: dict[str, tuple[int, int, str]] = {
     "resize_small": (1, 1, "resize_small(size): shorter side to size, aspect kept"),
     "central_crop": (1, 1, "central_crop(size): the central size x size"),
     "inception_crop": (1, 2, "inception_crop(size, area_min%=5): random area and aspect, resized to size"),
+    "decode_jpeg_and_inception_crop": (
+        1,
+        2,
+        "decode_jpeg_and_inception_crop(size, area_min%=5): both, decoding the crop only",
+    ),
     "reflect_crop": (1, 1, "reflect_crop(pad): reflect-pad by pad, random crop back to the size"),
     "flip_lr": (0, 0, "flip_lr: random left-right flip"),
     "channels": (1, 1, "channels(n): grey <-> RGB"),
@@ -57,9 +62,10 @@ def parse_op(text: str) -> tuple[str, tuple[float, ...]]:
     sizes = {"resize", "resize_small", "central_crop", "channels", "decode"}
     if name in sizes and any(not isinstance(a, int) or a <= 0 for a in args):
         raise ValueError(f"op {text!r}: arguments must be positive integers ({doc})")
-    if name == "inception_crop" and (not isinstance(args[0], int) or args[0] <= 0):
+    inception = name in ("inception_crop", "decode_jpeg_and_inception_crop")
+    if inception and (not isinstance(args[0], int) or args[0] <= 0):
         raise ValueError(f"op {text!r}: size must be a positive integer ({doc})")
-    if name == "inception_crop" and len(args) == 2 and not 0 < args[1] <= 100:
+    if inception and len(args) == 2 and not 0 < args[1] <= 100:
         raise ValueError(f"op {text!r}: area_min is a percentage in (0, 100] ({doc})")
     if name == "reflect_crop" and (not isinstance(args[0], int) or args[0] < 0):
         raise ValueError(f"op {text!r}: pad must be a non-negative integer ({doc})")

@@ -569,29 +569,67 @@ def _op_central_crop(size: int):
     return None, apply
 
 
-def _op_inception_crop(size: int, area_min: float = 5):
-    def draw(base, n):
-        return tf.random.stateless_uniform([n, 2], seed=base + 2, minval=None, maxval=None, dtype=tf.int32)
+def _inception_window(shape: tf.Tensor, seed: tf.Tensor, area_min: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """(begin, extent) of a random crop: area_min%-100% of the image, aspect ratio 3/4-4/3."""
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        tf.zeros([0, 0, 4], tf.float32),
+        seed=seed,
+        area_range=(area_min / 100, 1.0),
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        min_object_covered=0.0,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return begin, extent
 
+
+def _inception_draw(base, n):
+    return tf.random.stateless_uniform([n, 2], seed=base + 2, minval=None, maxval=None, dtype=tf.int32)
+
+
+def _to_size(crop: tf.Tensor, size: int) -> tf.Tensor:
+    # Bilinear without antialiasing, as big_vision's inception crop: antialiased downscaling of a large
+    # crop costs more than decoding the JPEG (benchmarks/README.md, "Streaming input").
+    return tf.image.resize(_float(crop), (size, size), "bilinear")
+
+
+def _op_inception_crop(size: int, area_min: float = 5):
     def one(x, seed):
-        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(x),
-            tf.zeros([0, 0, 4], tf.float32),
-            seed=seed,
-            area_range=(area_min / 100, 1.0),
-            aspect_ratio_range=(3 / 4, 4 / 3),
-            min_object_covered=0.0,
-            use_image_if_no_bounding_boxes=True,
-        )
-        crop = tf.slice(x, begin, extent)
-        return tf.image.resize(_float(crop), (size, size), "bilinear", antialias=True)
+        begin, extent = _inception_window(tf.shape(x), seed, area_min)
+        return _to_size(tf.slice(x, begin, extent), size)
 
     def apply(x, d):
         if x.shape.rank == 4:
             return tf.map_fn(lambda a: one(*a), (x, d), fn_output_signature=tf.TensorSpec([size, size, None]))
         return one(x, d)
 
-    return draw, apply
+    return _inception_draw, apply
+
+
+def _op_decode_jpeg_and_inception_crop(size: int, area_min: float = 5):
+    """big_vision's fused op: the same random window as decode + inception_crop, but a JPEG decodes
+    only the window's rows and columns. Pixels near the window's edge can differ from a full decode's
+    (the chroma is upsampled from the cropped data); other encodings and pixels take the two ops."""
+    _, crop = _op_inception_crop(size, area_min)
+
+    def apply(x, seed, native: int | None = None):
+        if x.dtype != tf.string:  # already pixels (the in-memory path)
+            return crop(x, seed)
+        c = native or 3
+
+        def fused():
+            shape = tf.io.extract_jpeg_shape(x)
+            begin, extent = _inception_window(shape, seed, area_min)
+            window = tf.stack([begin[0], begin[1], extent[0], extent[1]])
+            return _to_size(tf.io.decode_and_crop_jpeg(x, window, channels=c), size)
+
+        def unfused():
+            return crop(_op_decode(c)[1](x, None), seed)
+
+        return tf.ensure_shape(tf.cond(tf.io.is_jpeg(x), fused, unfused), [size, size, c])
+
+    apply.decodes = True
+    return _inception_draw, apply
 
 
 def _op_reflect_crop(pad: int):
@@ -617,7 +655,8 @@ def _op_flip_lr():
     def apply(x, coin):
         if x.shape.rank == 4:
             return augment(x, None, coin, 0, flip=True)
-        return tf.where(coin, tf.reverse(x, axis=[1]), x)
+        # tf.cond, not tf.where: a select broadcasting a scalar costs 4x the flip itself
+        return tf.cond(coin, lambda: tf.reverse(x, axis=[1]), lambda: x)
 
     return draw, apply
 
@@ -646,6 +685,7 @@ OPS: dict[str, Callable] = {
     "resize_small": _op_resize_small,
     "central_crop": _op_central_crop,
     "inception_crop": _op_inception_crop,
+    "decode_jpeg_and_inception_crop": _op_decode_jpeg_and_inception_crop,
     "reflect_crop": _op_reflect_crop,
     "flip_lr": _op_flip_lr,
     "channels": _op_channels,
