@@ -30,6 +30,8 @@ def test_grid_expands_to_the_product_with_stable_distinct_ids(tmp_path):
     assert {(r.params["variant"], r.params["train_examples"]) for r in s1.runs if r.params["lr"] != 0.01} == {
         (v, n) for v in ("Atto/7", "Pico/7") for n in (100, 200, 300)
     }
+    grid_only = sweep.load(write(tmp_path, {k: v for k, v in spec.items() if k != "runs"}, "grid.yaml"))
+    assert {r.run_id for r in grid_only.runs} < set(ids)  # adding explicit runs keeps the grid's runs
     changed = sweep.load(write(tmp_path, {**spec, "fixed": {"seed": 1}}, "seed.yaml"))
     assert not set(ids) & {r.run_id for r in changed.runs}
 
@@ -37,7 +39,7 @@ def test_grid_expands_to_the_product_with_stable_distinct_ids(tmp_path):
 def test_extends_overrides_the_parent_sweep(root):
     full = sweep.load(root / "parameters/sweeps/cpu_scaling.yaml")
     part = sweep.load(root / "parameters/sweeps/cpu_scaling_slice.yaml")
-    assert len(full.runs) == 15 and len(part.runs) == 4
+    assert len(full.runs) == 20 and len(part.runs) == 4
     assert {r.run_id for r in part.runs} <= {r.run_id for r in full.runs}  # same parameters, same ids
     sizes = {r.params["variant"] for r in full.runs}
     counts = sorted(

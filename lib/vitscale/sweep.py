@@ -55,7 +55,8 @@ class Sweep:
 def run_id(params: dict[str, Any], keys: list[str]) -> str:
     """A stable id: the swept values (readable) and a hash of all resolved parameters."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    label = "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", str(params[k])) for k in keys if k in params)
+    scalars = [params[k] for k in keys if k in params and isinstance(params[k], (str, int, float, bool))]
+    label = "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", str(v)) for v in scalars)  # lists and dicts: in the hash
     return f"{label}_{digest}" if label else digest
 
 
@@ -105,7 +106,9 @@ def load(path: str | Path) -> Sweep:
             errors += [config.Problem(f"run {i} {overrides}: {p.field}", p.message) for p in e.problems]
             continue
         resolved = cfg.model_dump(mode="json")
-        rid = run_id(resolved, keys)
+        # Labelled by the run's own swept keys: adding explicit runs to a grid keeps the grid's ids
+        # (and so its finished runs).
+        rid = run_id(resolved, [k for k in keys if k in overrides])
         expanded.append(Run(rid, {**resolved, "name": rid}))
     if errors:
         raise config.ConfigError(errors, path)
