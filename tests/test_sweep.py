@@ -47,7 +47,12 @@ def test_extends_overrides_the_parent_sweep(root):
     )
     assert len(sizes) >= 4 and counts[-1] / counts[0] >= 30
     assert len({r.params["train_examples"] for r in full.runs}) >= 3
-    assert all(len(r.params["cooldown_branches"]) >= 4 for r in full.runs)  # >= 5 durations
+    durations: dict[tuple, set[int]] = {}
+    for r in full.runs:
+        p = r.params
+        ends = {b["start"] + b["steps"] for b in p["cooldown_branches"]} | {p["total_steps"]}
+        durations.setdefault((p["variant"], p["train_examples"]), set()).update(ends)
+    assert len(durations) == 15 and min(len(d) for d in durations.values()) >= 5
 
 
 def test_invalid_runs_are_reported_before_anything_runs(tmp_path):
