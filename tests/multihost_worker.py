@@ -1,12 +1,14 @@
 """One process ("host") of the two-process JAX job that tests/test_multihost.py starts on loopback.
 
-    python tests/multihost_worker.py COORDINATOR_ADDRESS PROCESS_ID NUM_PROCESSES DATA FSDP OUT.npz
+    python tests/multihost_worker.py COORDINATOR_ADDRESS PROCESS_ID NUM_PROCESSES DATA FSDP OUT.npz [STREAM]
 
 Each process sees its own CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=4), joins
 the job through `vitscale.sharding.initialize`, builds the same trainer on a mesh over all
 processes' devices, feeds its own slice of the global batch (`data.train_batches(...,
 process_index, process_count)` + `sharding.put_batch`), runs `STEPS` train steps and writes the
-losses and the gathered parameters to OUT.npz. The tests import `run`, `batches` and
+losses and the gathered parameters to OUT.npz. With STREAM (`DATASET@DATA_DIR`, a prepared folder
+dataset) it also writes this process's slices of the first streamed batches (`stream_batches`).
+The tests import `run`, `batches`, `stream_batches` and
 `assert_params_match` from here, so that the one-process reference runs the very same code.
 """
 
@@ -51,6 +53,24 @@ def batches(process_index: int, process_count: int):
         process_index=process_index,
         process_count=process_count,
     )
+
+
+STREAM_OPS = ("decode", "inception_crop(16)", "flip_lr", "value_range(-1, 1)")
+
+
+def stream_batches(spec: str, process_index: int, process_count: int, steps: int = 2) -> list[dict]:
+    """This process's slices of the first `steps` global batches streamed from `DATASET@DATA_DIR`."""
+    name, data_dir = spec.rsplit("@", 1)
+    src = data.open_source(name, "train", data_dir)
+    it = data.train_batches(
+        src,
+        data.Pipeline(16, 3, train_ops=STREAM_OPS),
+        global_batch=GLOBAL_BATCH,
+        seed=1,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return [next(it) for _ in range(steps)]
 
 
 def build(mesh: jax.sharding.Mesh):
@@ -102,7 +122,7 @@ def run(mesh: jax.sharding.Mesh, process_index: int, process_count: int) -> tupl
 
 
 def main(argv: list[str]) -> None:
-    address, pid, nproc, d, f, out = argv
+    address, pid, nproc, d, f, out, *stream = argv
     t0 = time.time()
     print(f"process {pid}: imports took {t0 - T_START:.1f} s", flush=True)
     sharding.initialize(address, int(nproc), int(pid), initialization_timeout=60)
@@ -111,6 +131,8 @@ def main(argv: list[str]) -> None:
     print(f"process {pid}: joined the job in {time.time() - t0:.1f} s", flush=True)
     losses, params, _ = run(mesh, jax.process_index(), jax.process_count())
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    for s, batch in enumerate(stream_batches(stream[0], jax.process_index(), jax.process_count()) if stream else []):
+        flat.update({f"stream/{s}/{k}": v for k, v in batch.items()})
     np.savez(
         out,
         losses=losses,

@@ -5,7 +5,8 @@ The children run tests/multihost_worker.py: `sharding.initialize` (jax.distribut
 127.0.0.1 port; CPU collectives over TCP by gloo, JAX's default on CPU), a mesh over all 8 devices
 of both processes, each process feeding its own half of every global batch. Their losses and
 gathered parameters must equal the reference this test process computes on its own 8 devices
-with the same code. Children are killed if anything fails or the time limit passes.
+with the same code; and the slices each reads from a streamed folder dataset must make up the
+reference's global batch. Children are killed if anything fails or the time limit passes.
 """
 
 import os
@@ -19,10 +20,11 @@ import jax
 import numpy as np
 import pytest
 
-from vitscale import sharding
+from vitscale import data, sharding
 
 sys.path.insert(0, str(Path(__file__).parent))
 import multihost_worker as worker  # noqa: E402
+from natural_images import write_folder  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts worker processes
 
@@ -38,7 +40,7 @@ def free_port() -> int:
 class Children:
     """The worker processes, started at once and killed on any failure or time-out."""
 
-    def __init__(self, tmp_path: Path, mesh: tuple[int, int], nproc: int = 2):
+    def __init__(self, tmp_path: Path, mesh: tuple[int, int], nproc: int = 2, stream: str | None = None):
         self.tmp_path, self.nproc = tmp_path, nproc
         address = f"127.0.0.1:{free_port()}"
         env = {
@@ -63,6 +65,7 @@ class Children:
                             str(mesh[0]),
                             str(mesh[1]),
                             str(tmp_path / f"out{i}.npz"),
+                            *([stream] if stream else []),
                         ],
                         env=env,
                         stdout=self.logs[-1],
@@ -114,7 +117,11 @@ def test_host_slices_make_up_the_global_batch():
 @pytest.mark.parametrize("mesh", [(1, 8)])
 def test_two_processes_train_like_one(tmp_path, mesh):
     assert jax.device_count() == 8 and jax.process_count() == 1
-    children = Children(tmp_path, mesh)  # they start (and compile) while we compute the reference
+    # A streamed natural-image dataset, prepared here once: each child also reads its slices of it.
+    root = write_folder(tmp_path / "images", per_class=5, classes=4)
+    stream = f"folder:{root}@{tmp_path / 'tfds'}"
+    data.get_builder(*stream.rsplit("@", 1))
+    children = Children(tmp_path, mesh, stream=stream)  # they start (and compile) while we compute the reference
     try:
         losses, params, nu = worker.run(sharding.make_mesh(mesh), 0, 1)
         results = children.results()
@@ -129,3 +136,9 @@ def test_two_processes_train_like_one(tmp_path, mesh):
         np.testing.assert_allclose(r["losses"], losses, rtol=1e-6, err_msg=f"process {i}")
         gathered = jax.tree_util.tree_map_with_path(lambda k, _, r=r: r[jax.tree_util.keystr(k)], params)
         worker.assert_params_match(gathered, params, nu, worker.LR, worker.STEPS, where=f"process {i}: ")
+    # Streaming: the two processes read disjoint halves whose union is this process's global batch.
+    for s, whole in enumerate(worker.stream_batches(stream, 0, 1)):
+        for k in ("image", "label"):
+            halves = [r[f"stream/{s}/{k}"] for r in results]
+            assert all(len(h) == worker.GLOBAL_BATCH // 2 for h in halves)
+            np.testing.assert_array_equal(np.concatenate(halves), whole[k], err_msg=f"step {s} {k}")
