@@ -65,7 +65,7 @@ def killed_local_sweep(root, tmp_path_factory):
     t0 = time.time()
     while time.time() - t0 < 400:
         states = [sweep.status_of(out / i) for i in ids]
-        if states[0] == "done" and states[1] == "interrupted":
+        if states[0] == "done" and states[1] == "running":
             break
         assert p.poll() is None, p.stdout.read()[-3000:]
         time.sleep(0.2)
@@ -74,6 +74,7 @@ def killed_local_sweep(root, tmp_path_factory):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
     time.sleep(3)  # orphaned kernels notice their parent is gone and exit
+    assert sweep.status_of(out / ids[1]) == "interrupted"  # its process is gone: it will resume
     first = out / ids[0]
     stamp = {f: (first / f).stat().st_mtime_ns for f in ("summary.json", "run.ipynb", "metrics.jsonl")}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

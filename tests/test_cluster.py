@@ -98,9 +98,7 @@ def test_submitit_jobs_match_the_local_runner_and_a_killed_job_resumes(root, tmp
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     t0 = time.time()
     while time.time() - t0 < 400:  # both jobs run at once: kill when one has a checkpoint and is not done
-        started = [
-            i for i in ids if sweep.status_of(out / i) == "interrupted" and any((out / i / "ckpt").glob("[0-9]*"))
-        ]
+        started = [i for i in ids if sweep.status_of(out / i) == "running" and any((out / i / "ckpt").glob("[0-9]*"))]
         if started:
             break
         assert p.poll() is None, p.stdout.read()[-3000:]

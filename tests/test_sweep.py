@@ -1,7 +1,10 @@
 """Sweeps: grid expansion with stable ids, early validation, shards, and a kill-and-resume run."""
 
+import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,26 @@ def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(killed_l
     vitscale = str(Path(sys.executable).parent / "vitscale")
     status = subprocess.run([vitscale, "status", str(out)], capture_output=True, text=True, timeout=300)
     assert status.returncode == 0 and status.stdout.strip().splitlines()[-1] == "2 done", status.stdout
+
+
+def test_a_run_whose_process_lives_here_is_running_and_left_alone(tmp_path):
+    spec = {"base": {"variant": "Atto/7", "total_steps": 10, "warmup_steps": 1}, "grid": {"seed": [0]}}
+    s = sweep.load(write(tmp_path, spec))
+    out = tmp_path / "out"
+    folder = out / s.runs[0].run_id
+    folder.mkdir(parents=True)
+    here = {"status": "running", "host": socket.gethostname()}
+    runs.write_json(folder / sweep.STATUS, {**here, "pid": os.getpid()})
+    assert sweep.status_of(folder) == "running"
+    assert sweep.execute(s, out) == {s.runs[0].run_id: "running"}  # not started a second time
+    assert not (folder / "params.yaml").exists()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 60
+    while sweep._live_here({**here, "pid": zombie.pid}):  # alive, then a zombie until reaped
+        assert time.monotonic() < deadline, "an exited, unreaped child still counts as running"
+        time.sleep(0.05)
+    zombie.wait()
+    dead = zombie.pid
+    for record in ({**here, "pid": dead}, {**here, "pid": os.getpid(), "host": "elsewhere"}, here):
+        runs.write_json(folder / sweep.STATUS, record)
+        assert sweep.status_of(folder) == "interrupted", record

@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--wait", action="store_true", help="with --launcher slurm: block until the jobs end")
     p.set_defaults(fn=cmd_sweep)
-    p = sub.add_parser("status", help="each run of a sweep folder: done, failed, interrupted, pending (and its job)")
+    p = sub.add_parser(
+        "status", help="each run of a sweep folder: done, failed, running, interrupted, pending (and its job)"
+    )
     p.add_argument("sweep_dir")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("analyze", help="execute the scaling-analysis notebook over a sweep folder")

@@ -60,7 +60,7 @@ def run_job(kind: str, params: dict[str, Any], folder: str) -> str:
         return "done"
     runs.write_json(
         folder_path / sweep.STATUS,
-        {"status": "running", "started": time.time(), "job": env.job_id, "host": env.hostname},
+        {"status": "running", "started": time.time(), "job": env.job_id, "host": env.hostname, "pid": os.getpid()},
     )
     try:
         notebooks.execute(kind, params, folder_path, quiet=True)
@@ -111,7 +111,7 @@ def submit(
     for r in sweep.shard_of(spec, shard):
         folder = out / r.run_id
         status = sweep.status_of(folder)
-        if status == "done" or (status == "failed" and not retry_failed):
+        if status in ("done", "running") or (status == "failed" and not retry_failed):
             continue
         record = runs.read_json(folder / sweep.STATUS) if (folder / sweep.STATUS).is_file() else {}
         if status in ("submitted", "interrupted") and job_state(jobs_dir, launcher, record.get("job")) in ALIVE:

@@ -140,9 +140,25 @@ def shard_of(sweep: Sweep, shard: tuple[int, int]) -> list[Run]:
     return [r for k, r in enumerate(sweep.runs) if k % shard[1] == shard[0]]
 
 
+def _live_here(record: dict[str, Any]) -> bool:
+    """The record's process runs on this host (a run another sweep process is executing)."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped is a zombie: it runs nothing
+        return Path(f"/proc/{record['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def status_of(folder: Path) -> str:
-    """done | failed | submitted (to a scheduler, not started) | interrupted (started, not finished:
-    resumes) | pending."""
+    """done | failed | submitted (to a scheduler, not started) | running (its process lives on this
+    host) | interrupted (started, not finished, no live process here: resumes) | pending."""
     if (
         (folder / "summary.json").exists()
         and (folder / STATUS).exists()
@@ -150,7 +166,10 @@ def status_of(folder: Path) -> str:
     ):
         return "done"
     if (folder / STATUS).exists():
-        s = runs.read_json(folder / STATUS).get("status")
+        record = runs.read_json(folder / STATUS)
+        s = record.get("status")
+        if s == "running" and _live_here(record):
+            return "running"
         return s if s in ("failed", "submitted") else "interrupted"
     return "pending"
 
@@ -236,7 +255,8 @@ def thread_env(workers: int) -> dict[str, str]:
 def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
     folder = out / run.run_id
     checks.claim_run_dir(folder, config.validate(config.KINDS[sweep.notebook], run.params))
-    runs.write_json(folder / STATUS, {"status": "running", "started": time.time(), "host": socket.gethostname()})
+    record = {"status": "running", "started": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+    runs.write_json(folder / STATUS, record)
     try:
         notebooks.execute(sweep.notebook, run.params, folder, quiet=True)
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
@@ -260,11 +280,8 @@ def execute(
     """Run this shard's unfinished runs, `workers` at a time (threads, each with its own kernel)."""
     out.mkdir(parents=True, exist_ok=True)
     mine = shard_of(sweep, shard)
-    todo = [
-        r
-        for r in mine
-        if status_of(out / r.run_id) != "done" and (retry_failed or status_of(out / r.run_id) != "failed")
-    ]
+    skip = {"done", "running"} | (set() if retry_failed else {"failed"})  # running: by another process here
+    todo = [r for r in mine if status_of(out / r.run_id) not in skip]
     os.environ.update(thread_env(workers))
     print(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "
