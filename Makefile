@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data malloc browser slurm demo sweep test test-fast lint lab tensorboard bench bench-throughput bench-run-costs clean-venv
+.PHONY: setup data malloc browser slurm demo sweep test test-fast test-bench lint lab tensorboard bench bench-throughput bench-run-costs clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,11 +63,15 @@ lint: $(STAMP)
 # tests that load vitscale's .npz files with timm (tests/test_weights.py); without it they skip, saying so.
 test: setup browser slurm lint
 	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
-	$(RUN) -m pytest -q --durations=20
+	$(RUN) -m pytest -q -m "not bench" --durations=20
+
+# Smoke tests of the benchmarks that `make bench-run-costs` runs for real (88 s: three fresh processes).
+test-bench: setup
+	$(RUN) -m pytest -q -m bench
 
 # The edit loop: every module's unit tests, no notebooks, no spawned processes, no long training.
 test-fast: setup lint
-	$(RUN) -m pytest -q -m "not slow"
+	$(RUN) -m pytest -q -m "not slow and not bench"
 
 # JupyterLab on notebooks/ with the vitscale kernel; as root it says so and passes --allow-root.
 LAB_IP ?= 127.0.0.1

@@ -38,6 +38,7 @@ def test_compile_cache_bench_reads_what_it_wrote(root, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # `make bench-run-costs` runs it for real; out of `make test` for the suite's time budget
 def test_run_overhead_bench(root, capsys):
     bench = load(root, "run_overhead")
     res = bench.main(["--steps", "2", "--repeats", "1"])
