@@ -207,6 +207,8 @@ def test_default_ops_give_todays_batches(dataset, size, channels, pad, flip):
     [
         (["decode", "blur(3)"], r"unknown preprocessing op 'blur\(3\)' \(accepted: decode.*inception_crop"),
         (["inception_crop"], r"takes 1-2 argument"),
+        (["decode_jpeg_and_inception_crop(0)"], r"size must be a positive integer"),
+        (["decode_jpeg_and_inception_crop(224, 0)"], r"area_min is a percentage in \(0, 100\]"),
         (["resize(224, 224, 3)"], r"takes 1-2 argument"),
         (["central_crop(x)"], r"must be numbers"),
         (["value_range(1, -1)"], r"lo < hi"),
