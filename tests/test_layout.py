@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "logs", "metrics", "progress", "runs", "scaling", "fewshot", "models.variants"},  # leaves
+    {"allocator", "logs", "metrics", "progress", "runs", "fewshot", "models.variants"}  # leaves
+    | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
     {"config"},  # pure schemas
     {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
     {"loop", "evaluators"},  # the one training loop
@@ -28,8 +29,8 @@ LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 def modules() -> dict[str, Path]:
     out = {}
     for p in PACKAGE.rglob("*.py"):
-        name = ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
-        if name != "__init__" and not name.endswith(".__init__"):
+        name = ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+        if name != "__init__" and p.read_text().strip():  # a package that re-exports is a module too
             out[name] = p
     return out
 
