@@ -153,6 +153,6 @@ def claim_run_dir(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(out), dest)
         print(f"moved the previous run to {dest}")
-    elif out.exists() and any(out.iterdir()) and not replace:
+    elif out.exists() and any(p.name != runs.LOCK_NAME for p in out.iterdir()) and not replace:
         raise config.ConfigError([Problem("out", f"{out} exists and is not a run folder; choose another folder")])
     runs.atomic_write_text(params, config.dump(cfg))

@@ -359,7 +359,11 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
         if not builder.is_prepared():
             builder.download_and_prepare()
         # From here on the stock TFDS path reads the prepared files like any dataset's.
-        return tfds.builder(name, data_dir=data_dir) if name in tfds.list_builders() else builder
+        return (
+            tfds.builder(name, data_dir=data_dir)
+            if name in tfds.list_builders(with_community_datasets=False)
+            else builder
+        )
     return tfds.builder(name, data_dir=data_dir)
 
 

@@ -7,14 +7,20 @@ claim of the run folder; `execute` runs notebooks/<kind>.ipynb into it and rende
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from vitscale import analysis, checks, config, runs, train, transfer
+import psutil
+
+from vitscale import analysis, checks, config, loop, runs, train, transfer
 
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
@@ -103,8 +109,57 @@ def export_html(notebook: Path, html: Path | None = None) -> Path:
     nb = nbformat.read(notebook, as_version=4)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
-    runs.atomic_write_text(html, body)
+    runs.atomic_write_text(html, body, "the report")
     return html
+
+
+STOP = threading.Event()  # set when a stop signal reached this process: start no further runs
+_forwarding = 0
+
+
+def _forward(signum, frame) -> None:
+    """Pass a stop signal on to the kernels this process started (where the loop runs: it saves at
+    the next step boundary); they run in their own session, so the terminal's and SLURM's signals
+    do not reach them otherwise."""
+    first = not STOP.is_set()
+    STOP.set()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signum)
+    if first:
+        name = signal.Signals(signum).name
+        print(f"{name}: saving a checkpoint at the next step, then stopping", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def forwarding_signals() -> Iterator[None]:
+    """While kernels run: SIGINT, SIGTERM and SIGUSR1 here go to the kernels (from the main thread only)."""
+    global _forwarding
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _forward) for s in loop.STOP_SIGNALS} if not _forwarding else {}
+    _forwarding += 1
+    try:
+        yield
+    finally:
+        _forwarding -= 1
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def preempted_step(e: BaseException) -> str | None:
+    """ "preempted at step N (...)" when a kernel's run stopped on a signal, else None."""
+    if getattr(e, "ename", None) == "Preempted" or isinstance(e, loop.Preempted):
+        return str(getattr(e, "evalue", None) or e)
+    return None
+
+
+def write_failure(e: BaseException) -> str | None:
+    """The one line of a kernel's failed write (runs.WriteError), else None."""
+    if getattr(e, "ename", None) == "WriteError":
+        return str(e.evalue)
+    return str(e) if isinstance(e, runs.WriteError) else None
 
 
 def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False) -> Path:
@@ -119,19 +174,28 @@ def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", 
     out.mkdir(parents=True, exist_ok=True)
     run_nb = out / f"{name}.ipynb"
     streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
+    failure = None
     try:
-        pm.execute_notebook(
-            runs.NOTEBOOKS / f"{kind}.ipynb",
-            run_nb,
-            parameters={"params": params, "out_dir": str(out)},
-            kernel_name=KERNEL,
-            cwd=str(runs.NOTEBOOKS),
-            progress_bar=False,
-            **streams,
-        )
+        with forwarding_signals(), runs.writing(run_nb, "the executed notebook"):
+            pm.execute_notebook(
+                runs.NOTEBOOKS / f"{kind}.ipynb",
+                run_nb,
+                parameters={"params": params, "out_dir": str(out)},
+                kernel_name=KERNEL,
+                cwd=str(runs.NOTEBOOKS),
+                progress_bar=False,
+                **streams,
+            )
+    except BaseException as e:
+        failure = e
+        raise
     finally:
         if run_nb.exists():
-            export_html(run_nb)
+            try:
+                export_html(run_nb)
+            except runs.WriteError:
+                if failure is None:
+                    raise  # else the notebook's own failure is the one to tell
     return out
 
 
@@ -158,7 +222,15 @@ def prepare_run(
         )
     cfg = check(kind, config.load_yaml(params_file), params_file)
     out = (out or default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
-    checks.claim_run_dir(out, cfg, replace=replace)
+    runs.lock(out)  # held until this process ends; its kernel writes under it
+    try:
+        checks.claim_run_dir(out, cfg, replace=replace)
+    except config.ConfigError:
+        runs.abandon(out)
+        raise
+    if not (out / runs.LOCK_NAME).exists():  # --replace moved the old run (and the lock file) aside
+        runs.unlock(out)
+        runs.lock(out)
     return kind, cfg, out
 
 

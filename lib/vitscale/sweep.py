@@ -254,12 +254,28 @@ def thread_env(workers: int) -> dict[str, str]:
 
 def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
     folder = out / run.run_id
+    if notebooks.STOP.is_set():  # a stop signal came: start nothing new
+        return status_of(folder)
+    try:
+        with runs.writer(folder):
+            return _execute_locked(sweep, run, folder)
+    except runs.RunBusy as e:
+        print(f"skipped: {e}")
+        return "running"
+
+
+def _execute_locked(sweep: Sweep, run: Run, folder: Path) -> str:
     checks.claim_run_dir(folder, config.validate(config.KINDS[sweep.notebook], run.params))
     record = {"status": "running", "started": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
     runs.write_json(folder / STATUS, record)
     try:
         notebooks.execute(sweep.notebook, run.params, folder, quiet=True)
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+        if reason := notebooks.preempted_step(e):
+            runs.write_json(folder / STATUS, {"status": "interrupted", "ended": time.time(), "reason": reason})
+            return "interrupted"
+        if line := notebooks.write_failure(e):
+            print(f"error: {line}")
         runs.write_json(
             folder / STATUS,
             {
@@ -293,6 +309,7 @@ def execute(
             total=len(mine), initial=len(mine) - len(todo), desc=sweep.name, unit="run", mininterval=0
         ) as pbar,
         futures.ThreadPoolExecutor(max_workers=workers) as pool,
+        notebooks.forwarding_signals(),
     ):
         jobs = {pool.submit(_execute_one, sweep, r, out): r for r in todo}
         for job in futures.as_completed(jobs):

@@ -307,6 +307,16 @@ def check(cfg: config.PretrainConfig) -> None:
 
 
 def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
+    """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
+    under its lock); the other processes of a multi-host run write under process 0's."""
+    sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    if jax.process_index():
+        return _run(cfg, out_dir)
+    with runs.writer(out_dir):
+        return _run(cfg, out_dir)
+
+
+def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     """Pretrain as `cfg` says into `out_dir`, resuming from its checkpoints; returns the summary."""
     out = Path(out_dir)
     sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from vitscale import checks, config, data, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train, weights
 
 
@@ -176,6 +178,15 @@ def load_curves(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
+    """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
+    under its lock); the other processes of a multi-host run write under process 0's."""
+    if jax.process_index():
+        return _run(cfg, out_dir)
+    with runs.writer(out_dir):
+        return _run(cfg, out_dir)
+
+
+def _run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
     out = Path(out_dir)
     check(cfg)
