@@ -18,7 +18,8 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
-from vitscale import runs
+from natural_images import write_folder
+from vitscale import config, runs, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(
@@ -285,3 +286,29 @@ def test_a_bad_parameter_file_prints_only_error_lines_and_tries_no_network(tmp_p
     inet = [line for line in trace.read_text().splitlines() if "AF_INET" in line and "127.0.0.1" not in line]
     assert not inet, inet[:5]  # no connection attempted but to this host (DNS, metadata servers, GCS)
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- pp lists against the model
+def problems_of(params: dict) -> dict[str, str]:
+    try:
+        train.check(config.validate(config.PretrainConfig, params))
+    except config.ConfigError as e:
+        return {p.field: p.message for p in e.problems}
+    return {}
+
+
+def test_a_pp_list_whose_size_is_not_the_models_is_refused_before_compute():
+    assert problems_of({**BASE, "pp_eval": ["decode", "resize(28)", "value_range(-1, 1)"]}) == {}
+    got = problems_of({**BASE, "pp_eval": ["decode", "resize(14)", "value_range(-1, 1)"]})
+    assert set(got) == {"pp_eval"} and "14x14x1" in got["pp_eval"] and "28x28x1" in got["pp_eval"]
+    got = problems_of({**BASE, "pp_train": ["decode", "resize(28)", "channels(3)", "value_range(-1, 1)"]})
+    assert set(got) == {"pp_train"} and "28x28x3" in got["pp_train"]
+    # resize_small keeps the aspect: 28x28 -> 32x32, then a central 28 crop is the model's size.
+    assert problems_of({**BASE, "pp_eval": ["decode", "resize_small(32)", "central_crop(28)"]}) == {}
+
+
+def test_a_folder_with_one_class_is_refused(tmp_path):
+    root = write_folder(tmp_path / "images", per_class=4, classes=1, photo_class=False)
+    params = {**BASE, "dataset": f"folder:{root}", "data_dir": str(tmp_path / "tfds"), "train_examples": None}
+    got = problems_of({**params, "test_split": "train", "image_size": 28, "channels": 3})
+    assert "dataset" in got and "1 class" in got["dataset"], got

@@ -74,6 +74,28 @@ def parse_op(text: str) -> tuple[str, tuple[float, ...]]:
     return name, args
 
 
+def pp_output_shape(
+    ops: list[str], input_shape: tuple[int | None, int | None, int | None]
+) -> tuple[int | None, int | None, int | None]:
+    """(height, width, channels) the ops give images of `input_shape` (None: varies or unknown):
+    what a pp list must agree with the model's image_size and channels on, before any compute."""
+    h, w, c = input_shape
+    for text in ops:
+        name, args = parse_op(text)
+        if name == "decode" and args:
+            c = args[0]
+        elif name in ("resize", "central_crop", "inception_crop", "decode_jpeg_and_inception_crop"):
+            h, w = (args[0], args[1]) if name == "resize" and len(args) == 2 else (args[0], args[0])
+        elif name == "resize_small":
+            s = args[0]
+            h, w = (
+                (None, None) if h is None or w is None else ((s, round(w * s / h)) if h <= w else (round(h * s / w), s))
+            )
+        elif name == "channels":
+            c = args[0]
+    return h, w, c
+
+
 def _pp(v: list[str] | None) -> list[str] | None:
     if v is not None:
         if not v:

@@ -295,6 +295,8 @@ def check(cfg: config.PretrainConfig) -> None:
         )
     checks.split_size(problems, "test_split", cfg.dataset, cfg.test_split, cfg.data_dir)
     if n_train is not None:
+        pp = {"pp_train": cfg.pp_train, "pp_eval": cfg.pp_eval}
+        checks.pp_shapes(problems, pp, cfg.dataset, cfg.data_dir, cfg.image_size, cfg.channels)
         checks.input_path(problems, "input", cfg.dataset, cfg.train_split, cfg.data_dir, cfg.input)
     checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir, cfg.input)
     checks.devices(problems, cfg.mesh, {"batch_size": cfg.batch_size}, cfg.grad_chains)

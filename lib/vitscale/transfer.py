@@ -68,6 +68,9 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
         checks.split_size(problems, "finetune_datasets", name, test_split, cfg.data_dir)
         if n is not None:
             checks.input_path(problems, "input", name, train_split, cfg.data_dir, cfg.input)
+        if n is not None and pre is not None:
+            pp = {"pp_finetune": cfg.pp_finetune, "pp_finetune_eval": cfg.pp_finetune_eval}
+            checks.pp_shapes(problems, pp, name, cfg.data_dir, finetune.resolution(cfg, pre), pre.channels)
         if n is not None and not 0 < round(n * cfg.holdout_fraction) < n:
             problems.append(
                 config.Problem(
