@@ -85,7 +85,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = (Path(args.out) if args.out else runs.OUTPUTS / spec.name).resolve()
     logs.keep(out / logs.LOG_NAME)
     if args.launcher == "local":
-        index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+        try:
+            index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+        except runs.RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if notebooks.STOP.is_set():
+            print(f"stopped on a signal; `vitscale sweep {args.sweep}` resumes the interrupted runs", file=sys.stderr)
+            return PREEMPTED
     else:
         wait = args.wait or args.launcher == "submitit-local"
         index = cluster.submit(
@@ -114,7 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     width = max((len(r["run"]) for r in rows), default=3)
     for r in rows:
         job = f"job {r['job']} ({r['scheduler']})" if r.get("job") else ""
-        print(f"{r['run']:<{width}}  {r['status']:<11}  {job}".rstrip())
+        reason = f"({r['reason']})" if r.get("reason") else ""
+        print(f"{r['run']:<{width}}  {r['status']:<11}  {job}  {reason}".rstrip())
     counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no runs")
     return 0
@@ -127,7 +135,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     logs.keep(sweep_dir / "scaling" / logs.LOG_NAME)
     try:
         print(f"scaling report: {notebooks.analyze(sweep_dir)}")
+    except runs.RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except PapermillExecutionError as e:
+        if (code := _run_failed(e)) is not None:
+            return code
         print(
             f"error: the analysis failed: {e.ename}: {e.evalue}; see {sweep_dir / 'scaling' / 'report.html'}",
             file=sys.stderr,
@@ -205,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="the .npz to write (default: <run>/export/<format>_step<N>.npz)")
     p.set_defaults(fn=cmd_export)
     args = parser.parse_args(argv)
-    if args.command in ("run", "sweep", "analyze", "export", "status"):
+    if argv is None and args.command in ("run", "sweep", "analyze", "export", "status"):
         logs.capture()  # the terminal shows vitscale's lines; library logs go to the run's log file
     return args.fn(args)
 

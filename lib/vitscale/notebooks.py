@@ -237,5 +237,6 @@ def prepare_run(
 def analyze(sweep_dir: Path, quiet: bool = False) -> Path:
     """Execute notebooks/scaling_analysis.ipynb over a sweep's runs into <sweep>/scaling/report.html."""
     out = sweep_dir / "scaling"
+    runs.lock(out)
     execute("scaling_analysis", {"sweep_dir": str(sweep_dir), **ANALYSIS_DEFAULTS}, out, name="report", quiet=quiet)
     return out / "report.html"

@@ -414,11 +414,10 @@ def abandon(folder: str | Path) -> None:
     held = _HELD.pop(folder, None)
     if held is None:
         return
+    (folder / LOCK_NAME).unlink(missing_ok=True)  # still held: no other writer is between
     held[0].close()
-    if not (folder / "params.yaml").exists():
-        (folder / LOCK_NAME).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only if empty
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if empty: made for the lock
 
 
 @contextlib.contextmanager

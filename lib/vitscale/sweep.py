@@ -179,7 +179,9 @@ def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     out = []
     for folder in sorted(p.parent for p in sweep_dir.glob("*/params.yaml")):
         status = runs.read_json(folder / STATUS) if (folder / STATUS).is_file() else {}
-        out.append({"run": folder.name, "status": status_of(folder), "job": status.get("job")})
+        state = status_of(folder)
+        reason = status.get("reason") if state == "interrupted" else None  # e.g. "preempted at step N (SIGTERM)"
+        out.append({"run": folder.name, "status": state, "job": status.get("job"), "reason": reason})
     return out
 
 
