@@ -193,7 +193,7 @@ def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", 
         if run_nb.exists():
             try:
                 export_html(run_nb)
-            except runs.WriteError:
+            except Exception:  # noqa: BLE001 - a torn notebook (disk full) or no room for the report
                 if failure is None:
                     raise  # else the notebook's own failure is the one to tell
     return out
