@@ -28,12 +28,6 @@ from vitscale.data import tfsetup
 tf = tfsetup.tensorflow()
 
 FASHION_MNIST_DIR = Path(os.environ.get("VITSCALE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-FASHION_MNIST_FILES = {
-    "train_data": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_data": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
-}
 
 
 # ----------------------------------------------------------------------------- offline builders
