@@ -30,14 +30,4 @@ def _split_cpu_into_devices() -> None:
         _os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-def _offline() -> None:
-    """No network from any command, set once before TensorFlow loads: its cloud file system does not
-    probe for a GCE metadata server (NO_GCE_CHECK; offline it printed google_auth_provider lines and
-    can hang where a firewall drops packets), and its C++ INFO lines stay off. TFDS is asked for its
-    builtin datasets only (data: no community index from cloud storage)."""
-    _os.environ.setdefault("NO_GCE_CHECK", "true")
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-
 _split_cpu_into_devices()
-_offline()

@@ -15,8 +15,10 @@ import jax
 import numpy as np
 from pydantic import BaseModel
 
-from vitscale import config, data, runs, sharding
+from vitscale import config, runs, sharding
 from vitscale.config import Problem
+from vitscale.data import datasets, sources
+from vitscale.data import ops as data_ops
 
 
 def raise_problems(problems: list[Problem]) -> None:
@@ -27,8 +29,8 @@ def raise_problems(problems: list[Problem]) -> None:
 def split_size(problems: list[Problem], field: str, dataset: str, split: str, data_dir: str | None) -> int | None:
     """The number of examples of `dataset:split` from its metadata, or a problem saying why not."""
     try:
-        data.check_dataset_name(dataset)
-        builder = data.get_builder(dataset, data_dir)
+        datasets.check_dataset_name(dataset)
+        builder = datasets.get_builder(dataset, data_dir)
     except (ValueError, FileNotFoundError) as e:
         problems.append(Problem(field, str(e)))
         return None
@@ -38,7 +40,7 @@ def split_size(problems: list[Problem], field: str, dataset: str, split: str, da
         )
         return None
     if not builder.info.splits:
-        problems.append(Problem(field, str(data.not_prepared(dataset, builder))))
+        problems.append(Problem(field, str(datasets.not_prepared(dataset, builder))))
         return None
     try:
         return int(builder.info.splits[split].num_examples)
@@ -59,7 +61,7 @@ def pp_shapes(
     """Each given pp list (field -> ops) makes images of [image_size, image_size, channels] from the
     dataset's images, and the dataset has at least two classes."""
     try:
-        builder = data.get_builder(dataset, data_dir)
+        builder = datasets.get_builder(dataset, data_dir)
         image_key, label_key = builder.info.supervised_keys or ("image", "label")
         shape = tuple(builder.info.features[image_key].shape)
         num_classes = builder.info.features[label_key].num_classes
@@ -73,16 +75,16 @@ def pp_shapes(
         )
     input_shape = (*shape[:2], shape[2] if len(shape) > 2 else 1) if len(shape) >= 2 else (None, None, None)
     want = (image_size, image_size, channels)
-    for field, ops in pp.items():
-        if not ops:
+    for field, pp_ops in pp.items():
+        if not pp_ops:
             continue
-        got = config.pp_output_shape(ops, input_shape)
+        got = data_ops.output_shape(pp_ops, input_shape)
         if got != want:
             shown = "x".join("?" if d is None else str(d) for d in got)
             problems.append(
                 Problem(
                     field,
-                    f"{ops} makes {shown} images (height x width x channels) of {dataset!r}, the model takes "
+                    f"{pp_ops} makes {shown} images (height x width x channels) of {dataset!r}, the model takes "
                     f"{image_size}x{image_size}x{channels} (accepted: ops ending in that size, e.g. "
                     f"resize({image_size}) and channels({channels}))",
                 )
@@ -93,10 +95,10 @@ def input_path(problems: list[Problem], field: str, dataset: str, split: str, da
     """The split can be read the way `input` says: streamed splits need array_record files, and a
     split of images that vary in shape cannot be held in memory."""
     try:
-        if data.choose_input(dataset, split, data_dir, input) == "stream":
-            data.open_source(dataset, split, data_dir)
+        if sources.choose_input(dataset, split, data_dir, input) == "stream":
+            sources.open_source(dataset, split, data_dir)
         else:
-            builder = data.get_builder(dataset, data_dir)
+            builder = datasets.get_builder(dataset, data_dir)
             key = (builder.info.supervised_keys or ("image", "label"))[0]
             if any(d is None for d in builder.info.features[key].shape):
                 problems.append(
@@ -113,20 +115,20 @@ def input_path(problems: list[Problem], field: str, dataset: str, split: str, da
 def fewshot_pools(
     problems: list[Problem],
     field: str,
-    datasets: Sequence[str],
+    names: Sequence[str],
     shots: Sequence[int],
     data_dir: str | None,
     input: str = "auto",
 ) -> None:
     """Every few-shot dataset is readable and has at least max(shots) images in each class of its pool."""
     k = max(shots)
-    for name in datasets:
-        pool_split, test_split = data.downstream_splits(name)
+    for name in names:
+        pool_split, test_split = datasets.downstream_splits(name)
         if split_size(problems, field, name, pool_split, data_dir) is None:
             continue
         if split_size(problems, field, name, test_split, data_dir) is None:
             continue
-        source = data.load(name, pool_split, data_dir, input)
+        source = sources.load(name, pool_split, data_dir, input)
         counts = np.bincount(source.labels, minlength=source.num_classes)
         short = {c: int(n) for c, n in enumerate(counts) if n < k}
         if short:
