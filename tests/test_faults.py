@@ -181,7 +181,7 @@ def test_sigterm_reaches_the_kernel_of_a_papermill_run(tmp_path):
 
 # ----------------------------------------------------------------------------- a full disk
 @contextlib.contextmanager
-def small_disk(path: Path, size: str = "8m"):
+def small_disk(path: Path, size: str = "48m"):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
     path.mkdir()
@@ -221,13 +221,13 @@ def test_a_full_disk_is_one_error_line_then_the_same_command_resumes(tmp_path, w
             filler = fill(disk)
         stdout, stderr = p.communicate(timeout=300)
         lines = stderr.strip().splitlines()
-        assert p.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+        assert p.returncode == 1 and "Traceback" not in stderr, stderr
         assert lines[-1].startswith("error: ") and "No space left on device" in lines[-1], lines[-3:]
         assert str(out) in lines[-1]  # the checkpoint, or the notebook papermill saves as the run goes
         filler.unlink()
         p = cli("run", str(params), "--out", str(out))
         stdout, stderr = p.communicate(timeout=600)
-        assert p.returncode == 0, stderr[-3000:]
+        assert p.returncode == 0 and "took over" not in stderr, stderr[-3000:]
         assert (out / "run.html").exists() and json.loads((out / "summary.json").read_text())["total_steps"] == 60
 
 

@@ -28,7 +28,13 @@ def to_file(out_dir: str | Path) -> Path | None:
     os.dup2(stream.fileno(), 2)  # C++ logs go to fd 2; Python's sys.stderr in a kernel is the notebook
     logging.basicConfig(handlers=[logging.StreamHandler(stream)], level=logging.INFO, force=True)
     logging.captureWarnings(True)
+    logging.raiseExceptions = False  # a log that cannot be written (disk full) is not a second error
     return path
+
+
+def stream():
+    """The open log file of this command (`capture`/`keep`), or None: where a kernel's stderr goes."""
+    return _held.get("file")
 
 
 _held: dict[str, Any] = {}  # the holding file of `capture` and the log file `keep` moved it to
@@ -46,6 +52,7 @@ def capture() -> None:
     os.dup2(hold.fileno(), 2)
     logging.basicConfig(handlers=[logging.StreamHandler(hold)], level=logging.INFO, force=True)
     logging.captureWarnings(True)
+    logging.raiseExceptions = False
     _held["file"] = hold
 
 

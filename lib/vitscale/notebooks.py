@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from vitscale import analysis, checks, config, loop, runs, train, transfer
+from vitscale import analysis, checks, config, logs, loop, runs, train, transfer
 
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
@@ -173,7 +173,8 @@ def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", 
     use_compile_cache()
     out.mkdir(parents=True, exist_ok=True)
     run_nb = out / f"{name}.ipynb"
-    streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
+    # The kernel's own lines (progress) on the terminal; its stderr (library chatter) in the log file.
+    streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": logs.stream() or sys.stderr}
     failure = None
     try:
         with forwarding_signals(), runs.writing(run_nb, "the executed notebook"):

@@ -10,6 +10,7 @@ outputs/<sweep>/<run>/
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -377,7 +378,17 @@ def lock(folder: str | Path) -> None:
     f.write(json.dumps(record) + "\n")
     f.flush()
     os.environ[HOLDER_ENV] = record["token"]  # the kernels this process starts write under its locks
+    if not _HELD:
+        atexit.register(_release_all)
     _HELD[folder] = (f, 1)
+
+
+def _release_all() -> None:
+    """At exit: every lock this process still holds is released (a crash leaves its record, which
+    the next writer reports as taken over)."""
+    for folder in list(_HELD):
+        _HELD[folder] = (_HELD[folder][0], 1)
+        unlock(folder)
 
 
 def unlock(folder: str | Path) -> None:
