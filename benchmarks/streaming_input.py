@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from natural_images import photos, write_folder  # noqa: E402
-from vitscale import config, data, sharding, train  # noqa: E402
+from vitscale import build, config, data, sharding  # noqa: E402
 
 CHILD = """
 import json, sys, yaml
@@ -170,7 +170,7 @@ def speed(tmp: Path, n: int = 600, batch: int = 64, batches: int = 30, rounds: i
 def train_step_rate(variant: str, image_size: int, channels: int, batch: int = 64, steps: int = 10) -> float:
     """Images/s of the training step alone (jitted, on batches already in memory)."""
     cfg = config.PretrainConfig(variant=variant, image_size=image_size, channels=channels, batch_size=batch)
-    trainer = train.make_trainer(cfg, sharding.make_mesh(), 1000)
+    trainer = build.trainer(cfg, sharding.make_mesh(), 1000)
     state = trainer.init_fn()
     b = {
         "image": np.random.default_rng(0).uniform(-1, 1, (batch, image_size, image_size, channels)).astype(np.float32),

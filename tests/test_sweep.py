@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from browser import rendered_dom
-from vitscale import config, flops, runs, sweep, train
+from vitscale import build, config, flops, runs, sweep
 
 
 def write(tmp_path, spec, name="s.yaml"):
@@ -45,9 +45,7 @@ def test_extends_overrides_the_parent_sweep(root):
     assert len(full.runs) == 20 and len(part.runs) == 4
     assert {r.run_id for r in part.runs} <= {r.run_id for r in full.runs}  # same parameters, same ids
     sizes = {r.params["variant"] for r in full.runs}
-    counts = sorted(
-        flops.count_params(train.build_model(config.PretrainConfig(variant=v), 10), (28, 28, 1)) for v in sizes
-    )
+    counts = sorted(flops.count_params(build.model(config.PretrainConfig(variant=v), 10), (28, 28, 1)) for v in sizes)
     assert len(sizes) >= 4 and counts[-1] / counts[0] >= 30
     assert len({r.params["train_examples"] for r in full.runs}) >= 3
     durations: dict[tuple, set[int]] = {}

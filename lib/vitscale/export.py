@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
 import yaml
 
-from vitscale import config, finetune, sharding, weights
+from vitscale import config, pretrained, runs, weights
 
 # The PretrainConfig fields that describe the model (what `pretrained_model` carries), with their defaults.
 MODEL_FIELDS = (
@@ -55,18 +54,17 @@ def check(cfg: config.PretrainConfig, layout: str) -> None:
 
 def run(run_dir: str | Path, out: str | Path | None = None, layout: str = "big_vision") -> Path:
     """Write the newest readable checkpoint of `run_dir` as a `layout` .npz; returns its path."""
-    run = finetune.find_run(run_dir)
-    cfg = finetune.read_pretrain_config(run)
-    check(cfg, layout)
-    pre = finetune.load_pretrained(run, sharding.make_mesh([-1, 1]))
-    flat = weights.flatten(jax.device_get(pre.params))
-    path = Path(out) if out else run / "export" / f"{layout}_step{pre.step}.npz"
+    run = runs.find_run(run_dir)
+    check(pretrained.read_pretrain_config(run), layout)
+    run, cfg, params, step = pretrained.read_run(run)  # no optimizer, no dataset: the checkpoint's params
+    flat = weights.flatten(params)
+    path = Path(out) if out else run / "export" / f"{layout}_step{step}.npz"
     weights.save(path, weights.to_file(flat, weights.spec_of(cfg), layout))
     lines = {
         "pretrained": str(path.resolve()),
         "pretrained_model": model_description(cfg),
         # (not parameters) where the weights come from
-        "exported_from": {"run": str(run), "step": pre.step, "layout": layout},
+        "exported_from": {"run": str(run), "step": step, "layout": layout},
     }
     path.with_suffix(".yaml").write_text(yaml.safe_dump(lines, sort_keys=False))
     return path

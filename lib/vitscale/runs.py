@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale import allocator, metrics
+from vitscale import allocator, config, metrics
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (src layout: lib/vitscale)
 NOTEBOOKS = ROOT / "notebooks"
@@ -43,6 +43,35 @@ PACKAGES = (
     "papermill",
     "numpy",
 )
+
+
+def locate(path: str | Path, exists=Path.exists) -> tuple[Path | None, list[Path]]:
+    """(the path `path` names: absolute, or relative to the working directory or to the repository
+    root, so `outputs/demo` works from the repository and from notebooks/ alike; the places tried).
+    The found path is None when none of them passes `exists`."""
+    given = Path(path).expanduser()
+    tried = list(dict.fromkeys([given] if given.is_absolute() else [Path.cwd() / given, ROOT / given]))
+    found = next((p for p in tried if exists(p)), None)
+    return (found.resolve() if found else None), tried
+
+
+def find_run(path: str | Path, field: str = "pretrained") -> Path:
+    """The pretraining run folder `path` names (see `locate`). Raises ConfigError naming the folder if
+    it is missing, has no params.yaml or no checkpoint."""
+    run, tried = locate(path, Path.is_dir)
+    problem = lambda msg: config.ConfigError([config.Problem(field, msg)])
+    if run is None:
+        looked = ", ".join(str(p) for p in tried)
+        raise problem(
+            f"run folder {str(path)!r} does not exist (looked at {looked}); accepted: a pretraining run folder "
+            "holding params.yaml and ckpt/, or 'random'"
+        )
+    if not (run / "params.yaml").is_file():
+        raise problem(f"{run} has no params.yaml, so it is not a pretraining run folder")
+    ckpt = run / "ckpt"
+    if not ckpt.is_dir() or not any(p.name.isdigit() for p in ckpt.iterdir()):
+        raise problem(f"{run} has no checkpoint (no step folder in {ckpt}); run or resume its pretraining first")
+    return run
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
