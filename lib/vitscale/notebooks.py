@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from vitscale import analysis, checks, config, runs, train, transfer
+from vitscale import analysis, config, runs, train, transfer
 
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
@@ -135,11 +135,6 @@ def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", 
     return out
 
 
-def default_out(kind: str, params_file: Path) -> Path:
-    """outputs/<name> for pretraining, outputs/<kind>/<name> otherwise."""
-    return runs.OUTPUTS / params_file.stem if kind == "pretrain" else runs.OUTPUTS / kind / params_file.stem
-
-
 def prepare_run(
     params_file: Path, out: Path | None = None, kind: str | None = None, replace: bool = False
 ) -> tuple[str, Any, Path]:
@@ -157,8 +152,8 @@ def prepare_run(
             params_file,
         )
     cfg = check(kind, config.load_yaml(params_file), params_file)
-    out = (out or default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
-    checks.claim_run_dir(out, cfg, replace=replace)
+    out = (out or runs.default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
+    runs.claim(out, cfg, replace=replace)
     return kind, cfg, out
 
 

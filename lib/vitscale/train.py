@@ -164,7 +164,7 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     check(cfg)
-    checks.claim_run_dir(out, cfg)
+    runs.claim(out, cfg)
     t0 = time.time()
 
     # 1. Data: the training subset and the test split, in memory or streamed (cfg.input).

@@ -193,7 +193,7 @@ def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
     out = Path(out_dir)
     check(cfg)
-    checks.claim_run_dir(out, cfg)
+    runs.claim(out, cfg)
     t0 = time.time()
 
     mesh = sharding.make_mesh(cfg.mesh)
