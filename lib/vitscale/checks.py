@@ -6,6 +6,7 @@ once; `raise_problems` ends it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -65,6 +66,13 @@ def input_path(problems: list[Problem], field: str, dataset: str, split: str, da
         problems.append(Problem(field, f"{input!r}: {e}"))
 
 
+@functools.lru_cache(maxsize=64)
+def class_counts(name: str, split: str, data_dir: str | None, input: str) -> np.ndarray:
+    """Images per class of a split, read once per process (a sweep checks many runs on the same pools)."""
+    source = data.load(name, split, data_dir, input)
+    return np.bincount(source.labels, minlength=source.num_classes)
+
+
 def fewshot_pools(
     problems: list[Problem],
     field: str,
@@ -81,8 +89,7 @@ def fewshot_pools(
             continue
         if split_size(problems, field, name, test_split, data_dir) is None:
             continue
-        source = data.load(name, pool_split, data_dir, input)
-        counts = np.bincount(source.labels, minlength=source.num_classes)
+        counts = class_counts(name, pool_split, data_dir, input)
         short = {c: int(n) for c, n in enumerate(counts) if n < k}
         if short:
             problems.append(

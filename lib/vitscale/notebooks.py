@@ -22,16 +22,20 @@ PROGRAMS: dict[str, ModuleType] = {"pretrain": train, "transfer": transfer, "sca
 ANALYSIS_DEFAULTS = {"metrics": None, "x": "train_flops", "n_bootstrap": 200}
 
 
-def check(kind: str, params: dict[str, Any], source: str | Path | None = None) -> Any:
-    """The validated config of `params` for notebook `kind`, after the program's own checks."""
+def check(kind: str, params: dict[str, Any], source: str | Path | None = None, checked: bool = False) -> Any:
+    """The validated config of `params` for notebook `kind`, after the program's own checks, marked
+    checked (config.mark_checked) so that the program's run does not check again. Once per process
+    boundary: `checked` (a batch kernel whose parent, the CLI or the local sweep, has just checked the
+    same values) validates the schema only."""
     if kind not in PROGRAMS:
         raise config.ConfigError([config.Problem("notebook", f"{kind!r} is not one of {sorted(PROGRAMS)}")], source)
     try:
         cfg = config.validate(config.KINDS[kind], params)
-        PROGRAMS[kind].check(cfg)
+        if not checked:
+            PROGRAMS[kind].check(cfg)
     except config.ConfigError as e:
         raise e.with_source(source) if source else e from None
-    return cfg
+    return config.mark_checked(cfg)
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -107,10 +111,13 @@ def export_html(notebook: Path, html: Path | None = None) -> Path:
     return html
 
 
-def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False) -> Path:
+def execute(
+    kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False, checked: bool = False
+) -> Path:
     """Execute notebooks/<kind>.ipynb with `params` into out/<name>.ipynb, then render <name>.html.
     Raises papermill's PapermillExecutionError after saving both if a cell failed. `quiet` does not
-    stream the kernel's output here (parallel sweep workers)."""
+    stream the kernel's output here (parallel sweep workers); `checked`: this process has checked
+    `params` (notebooks.check), so the kernel's first cell validates them only."""
     import papermill as pm
 
     ensure_kernel()
@@ -123,7 +130,7 @@ def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", 
         pm.execute_notebook(
             runs.NOTEBOOKS / f"{kind}.ipynb",
             run_nb,
-            parameters={"params": params, "out_dir": str(out)},
+            parameters={"params": params, "out_dir": str(out), **({"checked": True} if checked else {})},
             kernel_name=KERNEL,
             cwd=str(runs.NOTEBOOKS),
             progress_bar=False,

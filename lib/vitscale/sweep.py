@@ -219,7 +219,7 @@ def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
     runs.claim(folder, config.validate(config.KINDS[sweep.notebook], run.params))
     runs.Status.running().write(folder)
     try:
-        notebooks.execute(sweep.notebook, run.params, folder, quiet=True)
+        notebooks.execute(sweep.notebook, run.params, folder, quiet=True, checked=True)  # load checked
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         runs.Status.failed(e).write(folder)
         return "failed"

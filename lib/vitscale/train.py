@@ -163,7 +163,8 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     """Pretrain as `cfg` says into `out_dir`, resuming from its checkpoints; returns the summary."""
     out = Path(out_dir)
     sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
-    check(cfg)
+    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+        check(cfg)
     runs.claim(out, cfg)
     t0 = time.time()
 

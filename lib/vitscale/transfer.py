@@ -192,7 +192,8 @@ def load_curves(out_dir: str | Path) -> list[dict[str, Any]]:
 def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
     out = Path(out_dir)
-    check(cfg)
+    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+        check(cfg)
     runs.claim(out, cfg)
     t0 = time.time()
 
