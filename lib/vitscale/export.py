@@ -15,27 +15,15 @@ import yaml
 
 from vitscale import config, pretrained, runs, weights
 
-# The PretrainConfig fields that describe the model (what `pretrained_model` carries), with their defaults.
-MODEL_FIELDS = (
-    "variant",
-    "width",
-    "depth",
-    "mlp_dim",
-    "num_heads",
-    "image_size",
-    "channels",
-    "pool_type",
-    "posemb",
-    "scan",
-    "representation_size",
-    "gelu",
-)
-
 
 def model_description(cfg: config.PretrainConfig) -> dict[str, Any]:
     """The model fields of `cfg` that differ from the defaults (the variant always): `pretrained_model`."""
     defaults = config.PretrainConfig.model_fields
-    return {k: getattr(cfg, k) for k in MODEL_FIELDS if k == "variant" or getattr(cfg, k) != defaults[k].get_default()}
+    return {
+        k: getattr(cfg, k)
+        for k in config.PretrainConfig.model_field_names()
+        if k == "variant" or getattr(cfg, k) != defaults[k].get_default()
+    }
 
 
 def check(cfg: config.PretrainConfig, layout: str) -> None:

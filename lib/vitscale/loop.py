@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vitscale import backend, checkpoints, data, metrics, progress, runs, sharding
+from vitscale import backend, checkpoints, config, data, metrics, progress, runs, sharding
 from vitscale.models import vit
+
+_DEFAULTS = config.PretrainConfig.model_fields
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,11 +42,12 @@ class LoopSpec:
 
     total_steps: int
     batch_size: int  # global
-    log_every: int = 25
-    eval_every: int = 500
-    checkpoint_every: int | None = None  # None: at eval_every
-    keep_checkpoints: int = 2
-    keep_every: int | None = None
+    # Defaults: the pretraining schema's (config.PretrainConfig), the one source of them.
+    log_every: int = _DEFAULTS["log_every"].default
+    eval_every: int = _DEFAULTS["eval_every"].default
+    checkpoint_every: int | None = _DEFAULTS["checkpoint_every"].default  # None: at eval_every
+    keep_checkpoints: int = _DEFAULTS["keep_checkpoints"].default
+    keep_every: int | None = _DEFAULTS["keep_every"].default
 
 
 # ----------------------------------------------------------------------------- losses

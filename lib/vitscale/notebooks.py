@@ -19,7 +19,6 @@ from vitscale import analysis, config, runs, train, transfer
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
 PROGRAMS: dict[str, ModuleType] = {"pretrain": train, "transfer": transfer, "scaling_analysis": analysis}
-ANALYSIS_DEFAULTS = {"metrics": None, "x": "train_flops", "n_bootstrap": 200}
 
 
 def check(kind: str, params: dict[str, Any], source: str | Path | None = None, checked: bool = False) -> Any:
@@ -167,5 +166,6 @@ def prepare_run(
 def analyze(sweep_dir: Path, quiet: bool = False) -> Path:
     """Execute notebooks/scaling_analysis.ipynb over a sweep's runs into <sweep>/scaling/report.html."""
     out = sweep_dir / "scaling"
-    execute("scaling_analysis", {"sweep_dir": str(sweep_dir), **ANALYSIS_DEFAULTS}, out, name="report", quiet=quiet)
+    params = config.ScalingConfig(sweep_dir=str(sweep_dir)).model_dump(mode="json")  # the schema's defaults
+    execute("scaling_analysis", params, out, name="report", quiet=quiet)
     return out / "report.html"
