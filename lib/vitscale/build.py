@@ -6,7 +6,9 @@ from __future__ import annotations
 import jax
 import optax
 
-from vitscale import config, data, evaluators, loop, metrics, optim
+from vitscale import config, evaluators, loop, metrics, optim
+from vitscale.data import pipeline as data_pipeline
+from vitscale.data import sources
 from vitscale.models import vit
 
 
@@ -61,9 +63,9 @@ def optimizer(cfg: config.PretrainConfig, sched: optax.Schedule) -> optax.Gradie
     )
 
 
-def pipeline(cfg: config.PretrainConfig) -> data.Pipeline:
+def pipeline(cfg: config.PretrainConfig) -> data_pipeline.Pipeline:
     """pp_train / pp_eval when given, else today's pipeline from image_size, channels, crop_padding, flip."""
-    return data.Pipeline(
+    return data_pipeline.Pipeline(
         image_size=cfg.image_size,
         channels=cfg.channels,
         crop_padding=cfg.crop_padding,
@@ -101,7 +103,7 @@ def trainer(
 
 
 def evaluators_of(
-    cfg: config.PretrainConfig, t: loop.Trainer, test: data.Split | data.Source, pipe: data.Pipeline
+    cfg: config.PretrainConfig, t: loop.Trainer, test: sources.Split | sources.Source, pipe: data_pipeline.Pipeline
 ) -> loop.Evaluators:
     """Test-split loss and accuracy at every evaluation, plus few-shot linear transfer every
     `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
@@ -128,9 +130,9 @@ def evaluators_of(
     return evaluate
 
 
-def batches(cfg: config.PretrainConfig, train: data.Split | data.Source, pipe: data.Pipeline):
+def batches(cfg: config.PretrainConfig, train: sources.Split | sources.Source, pipe: data_pipeline.Pipeline):
     """step -> this host's training batches from that step on."""
-    return lambda step: data.train_batches(
+    return lambda step: data_pipeline.train_batches(
         train,
         pipe,
         global_batch=cfg.batch_size,

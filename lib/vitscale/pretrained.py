@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitscale import build, checkpoints, config, data, loop, runs, weights
+from vitscale import build, checkpoints, config, loop, runs, weights
+from vitscale.data import datasets
 from vitscale.models import vit
 
 RANDOM = config.RANDOM
@@ -91,7 +92,7 @@ def load_npz(path: str | Path, cfg: config.PretrainConfig, mesh) -> Pretrained:
 
 def dataset_classes(dataset: str, data_dir: str | None = None) -> int:
     """Class count from a dataset's metadata (no decoding)."""
-    builder = data.get_builder(dataset, data_dir)
+    builder = datasets.get_builder(dataset, data_dir)
     label_key = (builder.info.supervised_keys or ("image", "label"))[1]
     return builder.info.features[label_key].num_classes
 

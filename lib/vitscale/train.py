@@ -21,7 +21,6 @@ from vitscale import (
     checkpoints,
     checks,
     config,
-    data,
     flops,
     loop,
     metrics,
@@ -31,6 +30,7 @@ from vitscale import (
     sharding,
     weights,
 )
+from vitscale.data import datasets, sources
 from vitscale.models import vit
 
 
@@ -169,8 +169,8 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     t0 = time.time()
 
     # 1. Data: the training subset and the test split, in memory or streamed (cfg.input).
-    train = data.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
-    test = data.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
+    train = sources.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
+    test = sources.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
     pipe = build.pipeline(cfg)
 
     # 2. Compiled steps on the mesh.
@@ -204,9 +204,9 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     summary = make_summary(cfg, trainer.model, runs.read_metrics(out / "metrics.jsonl"), t0, branches, meta)
     summary["train_examples"] = len(train)  # the data axis, resolved when the parameter is None
     summary["input"] = {
-        "train": "stream" if isinstance(train, data.Source) else "memory",
-        "test": "stream" if isinstance(test, data.Source) else "memory",
-        "skipped_files": len(data.skipped_files(cfg.dataset, cfg.data_dir)),  # unreadable images of a folder
+        "train": "stream" if isinstance(train, sources.Source) else "memory",
+        "test": "stream" if isinstance(test, sources.Source) else "memory",
+        "skipped_files": len(datasets.skipped_files(cfg.dataset, cfg.data_dir)),  # unreadable images of a folder
     }
     runs.write_json(out / "summary.json", summary)
     return summary
