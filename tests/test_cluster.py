@@ -27,6 +27,12 @@ PartitionName=gpu Nodes=node[1-4] Default=YES
 """
 
 
+def sbatch_script(resources: config.SlurmResources, folder) -> str:
+    """The sbatch script submitit writes for one run of these resources (checked by `sbatch --test-only`)."""
+    ex = cluster.executor(folder, "slurm", resources)
+    return ex._executor._make_submission_file_text("python -m submitit.core._submit FOLDER", "UID")
+
+
 def sbatch() -> str:
     exe = shutil.which("sbatch")
     if exe is None:
@@ -48,7 +54,7 @@ def test_job_scripts_are_what_sbatch_accepts(tmp_path):
         account="vision",
         setup=["echo ready"],
     )
-    script = cluster.sbatch_script(resources, tmp_path / "jobs")
+    script = sbatch_script(resources, tmp_path / "jobs")
     for line in (
         "--partition=gpu",
         "--time=90",

@@ -42,12 +42,6 @@ def executor(folder: Path, launcher: str, resources: config.SlurmResources) -> s
     return ex
 
 
-def sbatch_script(resources: config.SlurmResources, folder: Path) -> str:
-    """The sbatch script submitit writes for one run of these resources (checked by `sbatch --test-only`)."""
-    ex = executor(folder, "slurm", resources)
-    return ex._executor._make_submission_file_text("python -m submitit.core._submit FOLDER", "UID")
-
-
 def run_job(kind: str, params: dict[str, Any], folder: str) -> str:
     """What one job runs. Process 0 executes the notebook into the run folder (the report); the other
     processes of a multi-node run call the program directly and join the same JAX job."""

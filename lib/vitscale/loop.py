@@ -324,17 +324,20 @@ def fit(
         print(f"resuming {run_dir} from step {step}")
     if params_text and step < end_step:
         log.text("parameters", f"```\n{params_text}```", step=step)
-    return train_loop(
-        trainer,
-        state,
-        spec,
-        schedule=schedule,
-        batches=batches(step),
-        end_step=end_step,
-        log=log,
-        mngr=mngr,
-        evaluators=evaluators,
-        desc=desc,
-        checkpoint_at=protect,
-        meta=meta,
-    )
+    try:
+        return train_loop(
+            trainer,
+            state,
+            spec,
+            schedule=schedule,
+            batches=batches(step),
+            end_step=end_step,
+            log=log,
+            mngr=mngr,
+            evaluators=evaluators,
+            desc=desc,
+            checkpoint_at=protect,
+            meta=meta,
+        )
+    finally:
+        mngr.close()

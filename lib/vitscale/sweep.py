@@ -19,6 +19,7 @@ their checkpoints, failed ones are tried again (their executed notebook keeps th
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import hashlib
 import html
@@ -214,6 +215,21 @@ def thread_env(workers: int) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def scoped_environ(env: dict[str, str]):
+    """`env` set in os.environ (which the kernels started inside inherit) and restored on exit."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
     folder = out / run.run_id
     runs.claim(folder, config.validate(config.KINDS[sweep.notebook], run.params))
@@ -235,13 +251,13 @@ def execute(
     mine = shard_of(sweep, shard)
     skip = {"done", "running"} | (set() if retry_failed else {"failed"})  # running: by another process here
     todo = [r for r in mine if runs.status_of(out / r.run_id) not in skip]
-    os.environ.update(thread_env(workers))
     print(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run with {workers} worker(s)"
     )
     results = {}
     with (
+        scoped_environ(thread_env(workers)),  # for this sweep's kernels only, not the rest of the process
         progress.bar(
             total=len(mine), initial=len(mine) - len(todo), desc=sweep.name, unit="run", mininterval=0
         ) as pbar,
