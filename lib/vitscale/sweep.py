@@ -57,9 +57,9 @@ def run_id(params: dict[str, Any], keys: list[str]) -> str:
     return f"{label}_{digest}" if label else digest
 
 
-def load(path: str | Path) -> Sweep:
-    """Expand and validate a sweep file; every run is checked before anything runs."""
-    path = Path(path)
+def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
+    """A sweep file with the one it `extends` merged in, its keys and SLURM resources checked:
+    (spec, slurm, notebook kind)."""
     spec = config.load_yaml(path)
     if "extends" in spec:  # another sweep file whose keys this one overrides (e.g. a smaller grid)
         parent_path = path.parent / spec.pop("extends")
@@ -83,6 +83,13 @@ def load(path: str | Path) -> Sweep:
             "notebook", f"{notebook!r} is not a notebook kind (accepted: {list(config.RUN_KINDS)})"
         )
         raise config.ConfigError([problem], path)
+    return spec, slurm, notebook
+
+
+def load(path: str | Path) -> Sweep:
+    """Expand and validate a sweep file; every run is checked before anything runs."""
+    path = Path(path)
+    spec, slurm, notebook = _read_spec(path)
     base = spec.get("base") or {}
     if isinstance(base, str):
         base = config.load_yaml(path.parent / base)
