@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     logs.keep(out / logs.LOG_NAME)
     try:
-        notebooks.execute(kind, cfg.model_dump(mode="json"), out)
+        notebooks.execute(kind, cfg.model_dump(mode="json"), out, checked=True)  # prepare_run checked
     except (PapermillExecutionError, runs.RunError, loop.Preempted) as e:
         if (code := _run_failed(e)) is not None:
             return code

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from vitscale import checks, config, notebooks, runs, sweep
+from vitscale import config, notebooks, runs, sweep
 
 # SLURM sends this signal PREEMPT_WARNING_S seconds before the time limit (`--signal`): the run saves
 # a checkpoint at the next step, stops, and the job requeues itself (submitit's own USR2 handler
@@ -51,12 +49,6 @@ def executor(folder: Path, launcher: str, resources: config.SlurmResources) -> s
     return ex
 
 
-def sbatch_script(resources: config.SlurmResources, folder: Path) -> str:
-    """The sbatch script submitit writes for one run of these resources (checked by `sbatch --test-only`)."""
-    ex = executor(folder, "slurm", resources)
-    return ex._executor._make_submission_file_text("python -m submitit.core._submit FOLDER", "UID")
-
-
 def run_job(kind: str, params: dict[str, Any], folder: str) -> str:
     """What one job runs. Process 0 executes the notebook into the run folder (the report); the other
     processes of a multi-node run call the program directly and join the same JAX job."""
@@ -79,33 +71,18 @@ def _requeue(job_id: str) -> None:
 
 
 def _run_locked(kind: str, params: dict[str, Any], folder_path: Path, env: submitit.JobEnvironment) -> str:
-    runs.write_json(
-        folder_path / sweep.STATUS,
-        {"status": "running", "started": time.time(), "job": env.job_id, "host": env.hostname, "pid": os.getpid()},
-    )
+    runs.Status.running(job=env.job_id, host=env.hostname).write(folder_path)
     try:
         notebooks.execute(kind, params, folder_path, quiet=True)
     except Exception as e:  # noqa: BLE001 - a failed run is recorded, as by the local runner
         if reason := notebooks.preempted_step(e):
-            runs.write_json(
-                folder_path / sweep.STATUS,
-                {"status": "interrupted", "ended": time.time(), "job": env.job_id, "reason": reason},
-            )
+            runs.Status.interrupted(reason, job=env.job_id).write(folder_path)
             if os.environ.get("SLURM_JOB_ID"):
                 _requeue(os.environ["SLURM_JOB_ID"])
             return "interrupted"
-        runs.write_json(
-            folder_path / sweep.STATUS,
-            {
-                "status": "failed",
-                "ended": time.time(),
-                "job": env.job_id,
-                "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc()[-4000:],
-            },
-        )
+        runs.Status.failed(e, job=env.job_id).write(folder_path)
         return "failed"
-    runs.write_json(folder_path / sweep.STATUS, {"status": "done", "ended": time.time(), "job": env.job_id})
+    runs.Status.done(job=env.job_id).write(folder_path)
     return "done"
 
 
@@ -139,18 +116,15 @@ def submit(
     jobs = []
     for r in sweep.shard_of(spec, shard):
         folder = out / r.run_id
-        status = sweep.status_of(folder)
+        status = runs.status_of(folder)
         if status in ("done", "running") or (status == "failed" and not retry_failed):
             continue
-        record = runs.read_json(folder / sweep.STATUS) if (folder / sweep.STATUS).is_file() else {}
-        if status in ("submitted", "interrupted") and job_state(jobs_dir, launcher, record.get("job")) in ALIVE:
+        record = runs.Status.read(folder)
+        if status in ("submitted", "interrupted") and job_state(jobs_dir, launcher, record and record.job) in ALIVE:
             continue
-        checks.claim_run_dir(folder, config.validate(config.KINDS[spec.notebook], r.params))
+        runs.claim(folder, config.validate(config.KINDS[spec.notebook], r.params))
         job = ex.submit(run_job, spec.notebook, r.params, str(folder))
-        runs.write_json(
-            folder / sweep.STATUS,
-            {"status": "submitted", "job": job.job_id, "launcher": launcher, "submitted": time.time()},
-        )
+        runs.Status.submitted_as(job.job_id, launcher).write(folder)
         jobs.append(job)
         print(f"{r.run_id}: submitted job {job.job_id} ({launcher})")
     sweep.write_index(out, spec)
@@ -168,11 +142,7 @@ def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     """sweep.statuses with the scheduler's state of each run's job."""
     rows = sweep.statuses(sweep_dir)
     for r in rows:
-        record = (
-            runs.read_json(sweep_dir / r["run"] / sweep.STATUS)
-            if (sweep_dir / r["run"] / sweep.STATUS).is_file()
-            else {}
-        )
+        record = runs.Status.read(sweep_dir / r["run"])
         if r["job"]:
-            r["scheduler"] = job_state(sweep_dir / ".submitit", record.get("launcher", "local"), r["job"])
+            r["scheduler"] = job_state(sweep_dir / ".submitit", (record and record.launcher) or "local", r["job"])
     return rows
