@@ -205,8 +205,9 @@ class MetricsLog:
         if self._events is not None:
             from tensorboard.plugins.text import summary_v2 as text_summary
 
-            self._event(step, text_summary.text_pb(tag, text))
-            self._events.flush()
+            with writing(self.path.parent / "events.out.tfevents.*", "TensorBoard events"):
+                self._event(step, text_summary.text_pb(tag, text))
+                self._events.flush()
 
     def append(self, record: dict[str, Any]) -> None:
         with writing(self.path, "the metrics"):
