@@ -24,7 +24,6 @@ from vitscale import (
     checks,
     config,
     data,
-    evaluators,
     flops,
     loop,
     metrics,
@@ -33,6 +32,7 @@ from vitscale import (
     sharding,
     weights,
 )
+from vitscale.evaluators import fewshot as fewshot_evaluator
 from vitscale.models import vit
 
 
@@ -131,7 +131,7 @@ def make_evaluators(
     `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
     fewshot = None
     if cfg.fewshot_datasets:
-        fewshot = evaluators.FewShotEvaluator(
+        fewshot = fewshot_evaluator.FewShotEvaluator(
             cfg.fewshot_datasets,
             pipe,
             shots=tuple(cfg.fewshot_shots),

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import checks, config, data, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train, weights
+from vitscale import checks, config, data, fewshot, finetune, flops, metrics, runs, sharding, train, weights
+from vitscale.evaluators import fewshot as fewshot_evaluator
 
 
 def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
@@ -99,7 +100,7 @@ def fewshot_eval(
     if not cfg.fewshot_datasets:
         return {}
     pre = models[0].cfg
-    evaluator = evaluators.FewShotEvaluator(
+    evaluator = fewshot_evaluator.FewShotEvaluator(
         cfg.fewshot_datasets,
         train.input_pipeline(pre),  # the pretraining's evaluation ops, at its resolution
         shots=tuple(cfg.fewshot_shots),
