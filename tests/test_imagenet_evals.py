@@ -75,3 +75,66 @@ def test_predict_in_order_with_padding_and_restricted_classes():
     allowed = [c for c in range(k) if c != target[0]]
     restricted = classify.predict(logits, None, classify.example_batches(ds, pipe, batch_size=4), mesh, allowed)
     assert restricted["pred"][0] in allowed and np.isin(restricted["pred"], allowed).all()
+
+
+def make_objectnet(root, with_mappings=True):
+    """A tiny ObjectNet as distributed: 3 ObjectNet classes, 2 overlapping ImageNet (a 6-class
+    stand-in for the 1000), PNGs with a 1-pixel red border."""
+    from PIL import Image
+
+    names = ["tench", "analog clock", "digital clock", "banana", "chair", "teapot"]
+    (root / "mappings").mkdir(parents=True)
+    if with_mappings:
+        (root / "mappings" / "imagenet_to_label_2012_v2").write_text("\n".join(names) + "\n")
+        (root / "mappings" / "folder_to_objectnet_label.json").write_text(
+            json.dumps({"alarm_clock": "Alarm clock", "banana": "Banana", "sock": "Sock"})
+        )
+        (root / "mappings" / "objectnet_to_imagenet_1k.json").write_text(
+            json.dumps({"Alarm clock": "analog clock; digital clock", "Banana": "banana"})
+        )
+    # interior grey level = the ImageNet class the fake model will see: clocks (1 or 2), banana (3 or 0)
+    plan = {"alarm_clock": [1, 2, 3], "banana": [3, 3, 0, 5], "sock": [4, 4]}
+    for folder, levels in plan.items():
+        (root / "images" / folder).mkdir(parents=True)
+        for i, level in enumerate(levels):
+            a = np.full((12, 10, 3), level * 40, np.uint8)
+            a[0, :], a[-1, :], a[:, 0], a[:, -1] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
+            Image.fromarray(a).save(root / "images" / folder / f"{i}.png")
+    return plan
+
+
+def test_objectnet_overlap_restriction_and_border(tmp_path):
+    from vitscale.evaluators import objectnet
+
+    make_objectnet(tmp_path / "objectnet-1.0")
+    assert objectnet.missing(tmp_path) == []
+    pipe = data.Pipeline(image_size=10, channels=3, eval_ops=("resize(10)", "value_range(0, 255)"))
+
+    def logits(params, x):
+        """The class is the image's mean level / 40 (a red border left on would shift it)."""
+        level = tf.reduce_mean(tf.convert_to_tensor(np.asarray(x)), axis=(1, 2, 3)) / 40.0
+        return 10.0 * tf.one_hot(tf.cast(tf.round(level), tf.int32), 6).numpy()
+
+    mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
+    out = objectnet.evaluate(logits, None, pipe, mesh, path=tmp_path, batch_size=4)
+    # Counted: alarm_clock (3 images) and banana (4); sock does not overlap ImageNet. Predictions are
+    # restricted to the mapped ImageNet classes 1, 2, 3: clock levels 1, 2 hit, 3 (banana) misses; banana
+    # levels 3, 3 hit; levels 0 and 5 are not allowed, every allowed logit is 0, the first allowed (1, a
+    # clock) is taken: two misses. 4 of 7.
+    assert out == {"acc": pytest.approx(4 / 7), "images": 7, "classes": 2}
+
+
+def test_objectnet_border_is_cropped(tmp_path):
+    from vitscale.evaluators import objectnet
+
+    make_objectnet(tmp_path / "objectnet-1.0")
+    ex = next(iter(objectnet.examples(tmp_path)))
+    image = ex["image"].numpy()
+    assert image.shape == (10, 8, 3) and (image == image[0, 0]).all()  # no red pixel left
+
+
+def test_objectnet_without_mappings(tmp_path):
+    from vitscale.evaluators import objectnet
+
+    make_objectnet(tmp_path / "objectnet-1.0", with_mappings=False)
+    assert len(objectnet.missing(tmp_path)) == 3

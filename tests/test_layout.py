@@ -18,7 +18,15 @@ LAYERS = [
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
     {"config"},  # pure schemas
     {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
-    {"loop", "evaluators.fewshot", "evaluators.classify", "evaluators.real", "evaluators.vtab"},  # the loop, evaluators
+    {
+        "loop",
+        "evaluators.fewshot",
+        "evaluators.classify",
+        "evaluators.real",
+        "evaluators.vtab",
+        "evaluators.imagenet_v2",
+        "evaluators.objectnet",
+    },  # the loop, evaluators
     {"train", "finetune", "transfer", "analysis", "export"},  # programs: check(cfg), run(cfg, out_dir)
     {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
     {"cli"},  # argparse only
