@@ -124,6 +124,9 @@ def test_summary_means_by_group():
     for g in vtab.GROUPS:
         assert out[g] == pytest.approx(sum(by_group[g]) / len(by_group[g]))
     assert vtab.summarize({"dtd": 0.5})["structured"] is None
+    mixed = vtab.summarize({"dtd": 0.5, "standin:mnist_5k": 0.9})  # a stand-in is not VTAB
+    assert mixed["mean"] == 0.5 and mixed["natural"] == 0.5 and mixed["standin"] == 0.9
+    assert vtab.summarize({"standin:mnist_5k": 0.9})["mean"] is None
 
 
 def test_unknown_task_and_unprepared_builder(tmp_path):

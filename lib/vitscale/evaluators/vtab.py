@@ -290,13 +290,27 @@ def _image(task: Task, ex, size: int | None, fixed_shape) -> tf.Tensor:
     return tf.ensure_shape(x, [None, None, 3])
 
 
+def examples(b: tfds.core.DatasetBuilder, expr: str, image_key: str) -> tf.data.Dataset:
+    """The examples of a split expression in order, images left encoded: TFRecord files through
+    as_dataset, array_record files (vitscale's own folders, `--file_format=array_record`) read by index."""
+    skip = {image_key: tfds.decode.SkipDecoding()}
+    if b.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+        return b.as_dataset(split=expr, shuffle_files=False, decoders=skip)
+    records = b.as_data_source(split=expr).data_source
+    fetch = lambda idx: tf.ensure_shape(  # noqa: E731 - the serialized examples at idx, read through Python
+        tf.py_function(lambda i: np.asarray(records.__getitems__(i.numpy().tolist()), dtype=object), [idx], tf.string),
+        idx.shape,
+    )
+    ds = tf.data.Dataset.range(len(records)).batch(1024).map(fetch).unbatch()
+    return ds.map(lambda s: b.info.features.deserialize_example(s, decoders=skip))
+
+
 def load(task: Task, split: str, data_dir: str | None = None, size: int | None = None) -> data.Split:
     """One split of a task in memory, labels derived: images resized to `size` where they vary in shape
     or are larger (held at most N x size x size x 3 bytes), else as stored."""
     b = builder(task, data_dir)
     expr = split_expr(task, split, counts(b))
-    skip = {task.image_key: tfds.decode.SkipDecoding()}
-    ds = b.as_dataset(split=expr, shuffle_files=False, decoders=skip)
+    ds = examples(b, expr, task.image_key)
     fixed = b.info.features[task.image_key].shape
     label = LABELS[task.label] if not task.standin else _plain((b.info.supervised_keys or ("", "label"))[1])
     ds = ds.map(lambda ex: (_image(task, ex, size, fixed), label(ex)), num_parallel_calls=tf.data.AUTOTUNE)
@@ -313,12 +327,14 @@ def load(task: Task, split: str, data_dir: str | None = None, size: int | None =
 
 # ----------------------------------------------------------------------------- results
 def summarize(per_task: dict[str, float]) -> dict[str, float | None]:
-    """{"mean": over tasks, "natural"|"specialized"|"structured": group means} of per-task accuracies
-    (a group without results: None). Stand-ins make their own "standin" group; "mean" is over all."""
-    out: dict[str, float | None] = {"mean": float(np.mean(list(per_task.values()))) if per_task else None}
+    """{"mean": over the VTAB tasks, "natural"|"specialized"|"structured": group means} of per-task
+    accuracies (None where there is no result). Stand-ins are not VTAB: they get their own
+    "standin" mean and count in no other."""
     groups: dict[str, list[float]] = {}
     for name, acc in per_task.items():
         groups.setdefault(TASKS[name].group if name in TASKS else "standin", []).append(acc)
+    vtab = [a for g in GROUPS for a in groups.get(g, [])]
+    out: dict[str, float | None] = {"mean": float(np.mean(vtab)) if vtab else None}
     for g in (*GROUPS, *(["standin"] if "standin" in groups else [])):
         out[g] = float(np.mean(groups[g])) if g in groups else None
     return out
