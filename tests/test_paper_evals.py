@@ -26,15 +26,16 @@ BASE = {
 }
 
 
-def image_folder(root, train_per_class=520, test_per_class=10):
-    """Two classes of 8x8 PNGs (dark and bright) with train/ and test/ sub-folders."""
+def image_folder(root, train_per_class=101, test_per_class=2):
+    """Ten classes of 8x8 PNGs (grey levels; ten, as the other stand-ins, so the compiled fine-tuning
+    setups are shared) with train/ and test/ sub-folders."""
     rng = np.random.default_rng(0)
     for split, n in (("train", train_per_class), ("test", test_per_class)):
-        for c, level in (("dark", 40), ("bright", 200)):
-            d = root / split / c
+        for c in range(10):
+            d = root / split / f"class_{c}"
             d.mkdir(parents=True)
             for i in range(n):
-                a = np.clip(rng.normal(level, 20, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+                a = np.clip(rng.normal(20 + 22 * c, 10, size=(8, 8, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(a).save(d / f"{i}.png")
     return root
 
@@ -61,7 +62,7 @@ def test_vtab_protocol_end_to_end_on_standins(tmp_path):
             else True
         )
     test_sizes = [r["seeds"][0]["test_images"] for r in result["tasks"].values()]
-    assert test_sizes == [10000, 1000, 500, 20]
+    assert test_sizes == [10000, 1000, 500, 20]  # each stand-in's whole test split
     accs = [r["test/acc"] for r in result["tasks"].values()]
     # Stand-ins are not VTAB: no VTAB mean, their own mean beside it.
     assert result["summary"]["mean"] is None and result["summary"]["standin"] == pytest.approx(np.mean(accs))
