@@ -10,7 +10,8 @@ import tensorflow as tf
 import torch
 from timm.data.real_labels import RealLabelsImagenet
 
-from vitscale import data, sharding
+from vitscale import sharding
+from vitscale.data import pipeline
 from vitscale.evaluators import classify, real
 
 
@@ -63,7 +64,7 @@ def test_predict_in_order_with_padding_and_restricted_classes():
     sets = tf.ragged.constant([[int(t)] * (i % 3 + 1) for i, t in enumerate(target)])
     ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": target, "real": sets})
     ds = ds.map(lambda ex: {**ex, "real": ex["real"]})
-    pipe = data.Pipeline(image_size=4, channels=3, eval_ops=("value_range(0, 255)",))
+    pipe = pipeline.Pipeline(image_size=4, channels=3, eval_ops=("value_range(0, 255)",))
 
     def logits(params, x):  # one-hot of round(pixel / 40) at (0, 0, 0), scaled
         return 10.0 * tf.one_hot(tf.cast(tf.round(x[:, 0, 0, 0] / 40.0), tf.int32), k).numpy()
@@ -108,7 +109,7 @@ def test_objectnet_overlap_restriction_and_border(tmp_path):
 
     make_objectnet(tmp_path / "objectnet-1.0")
     assert objectnet.missing(tmp_path) == []
-    pipe = data.Pipeline(image_size=10, channels=3, eval_ops=("resize(10)", "value_range(0, 255)"))
+    pipe = pipeline.Pipeline(image_size=10, channels=3, eval_ops=("resize(10)", "value_range(0, 255)"))
 
     def logits(params, x):
         """The class is the image's mean level / 40 (a red border left on would shift it)."""

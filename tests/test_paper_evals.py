@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from vitscale import cli, config, transfer
-from vitscale.evaluators import vtab
+from vitscale.data import vtab
 
 BASE = {
     "name": "vtab_standins",

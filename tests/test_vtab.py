@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vitscale import data
-from vitscale.evaluators import vtab
+from vitscale.data import sources, vtab
+from vitscale.evaluators import vtab as vtab_results
 
 # TFDS split sizes of each builder (the TFDS catalog pages of the pinned versions).
 COUNTS = {
@@ -118,15 +118,15 @@ def test_dsprites_and_smallnorb_labels_closed_forms():
 
 def test_summary_means_by_group():
     acc = {name: (i + 1) / 40 for i, name in enumerate(sorted(vtab.TASKS))}
-    out = vtab.summarize(acc)
+    out = vtab_results.summarize(acc)
     by_group = {g: [a for n, a in acc.items() if vtab.TASKS[n].group == g] for g in vtab.GROUPS}
     assert out["mean"] == pytest.approx(sum(acc.values()) / 19)
     for g in vtab.GROUPS:
         assert out[g] == pytest.approx(sum(by_group[g]) / len(by_group[g]))
-    assert vtab.summarize({"dtd": 0.5})["structured"] is None
-    mixed = vtab.summarize({"dtd": 0.5, "standin:mnist_5k": 0.9})  # a stand-in is not VTAB
+    assert vtab_results.summarize({"dtd": 0.5})["structured"] is None
+    mixed = vtab_results.summarize({"dtd": 0.5, "standin:mnist_5k": 0.9})  # a stand-in is not VTAB
     assert mixed["mean"] == 0.5 and mixed["natural"] == 0.5 and mixed["standin"] == 0.9
-    assert vtab.summarize({"standin:mnist_5k": 0.9})["mean"] is None
+    assert vtab_results.summarize({"standin:mnist_5k": 0.9})["mean"] is None
 
 
 def test_unknown_task_and_unprepared_builder(tmp_path):
@@ -140,8 +140,8 @@ def test_standin_splits_load_with_their_labels(tmp_path):
     """The loading path on sklearn_digits (a stand-in): sizes, 3 channels, and labels equal to the
     dataset's own in the same slices."""
     task = vtab.get("standin:sklearn_digits", str(tmp_path))
-    full = data.load_split("sklearn_digits", "train", str(tmp_path))
-    test = data.load_split("sklearn_digits", "test", str(tmp_path))
+    full = sources.load_split("sklearn_digits", "train", str(tmp_path))
+    test = sources.load_split("sklearn_digits", "test", str(tmp_path))
     s = {name: vtab.load(task, name, str(tmp_path), size=8) for name in vtab.SPLITS}
     assert [len(s[n]) for n in vtab.SPLITS] == [800, 200, 1000, len(test)]
     assert s["train800"].images.shape[1:] == (8, 8, 3) and s["train800"].num_classes == 10

@@ -9,7 +9,7 @@ and with `compare_random` also for a random init of the same shape:
    `fewshot_datasets`, for every shot count and seed, from frozen pre_logits at the pretraining
    resolution;
 2. fine-tuning (vitscale.finetune) on each of `finetune_datasets` at `finetune_resolution`;
-3. VTAB-1k (`vtab_tasks`, evaluators/vtab.py): per task and seed, fine-tuning on train800 over
+3. VTAB-1k (`vtab_tasks`, evaluators/vtab_data.py): per task and seed, fine-tuning on train800 over
    vtab_steps x vtab_lr_grid, the pick on val200, the retrain on train800val200, test accuracy;
 4. ImageNet-ReaL, ImageNet-v2 and ObjectNet (`imagenet_evals`) of the ImageNet-1k classifier: the model
    fine-tuned on imagenet2012 in step 2, else `pretrained` itself (a 1000-class head).
@@ -35,7 +35,6 @@ from vitscale import (
     checkpoints,
     checks,
     config,
-    data,
     fewshot,
     finetune,
     flops,
@@ -46,6 +45,8 @@ from vitscale import (
     train,
     weights,
 )
+from vitscale.data import datasets, pipeline, sources
+from vitscale.data import vtab as vtab_data
 from vitscale.evaluators import classify, imagenet_v2, objectnet, real, vtab
 from vitscale.evaluators import fewshot as fewshot_evaluator
 
@@ -91,7 +92,7 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
             )
     checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir, cfg.input)
     for name in cfg.finetune_datasets:
-        train_split, test_split = data.finetune_splits(name)
+        train_split, test_split = datasets.finetune_splits(name)
         n = checks.split_size(problems, "finetune_datasets", name, train_split, cfg.data_dir)
         checks.split_size(problems, "finetune_datasets", name, test_split, cfg.data_dir)
         if n is not None:
@@ -113,7 +114,7 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
 
 def vtab_task_names(cfg: config.TransferConfig) -> list[str]:
     """vtab_tasks with the "vtab-1k" shorthand spelled out (task order kept, no repeats)."""
-    names = [n for name in cfg.vtab_tasks for n in (vtab.TASKS if name == VTAB_ALL else [name])]
+    names = [n for name in cfg.vtab_tasks for n in (vtab_data.TASKS if name == VTAB_ALL else [name])]
     return list(dict.fromkeys(names))
 
 
@@ -121,27 +122,27 @@ def check_vtab(problems: list[config.Problem], cfg: config.TransferConfig) -> No
     """Every VTAB task is known and its builder prepared in data_dir with splits of the 1k sizes."""
     for name in vtab_task_names(cfg):
         try:
-            task = vtab.get(name, cfg.data_dir)
-            sizes = vtab.counts(vtab.builder(task, cfg.data_dir))
+            task = vtab_data.get(name, cfg.data_dir)
+            sizes = vtab_data.counts(vtab_data.builder(task, cfg.data_dir))
         except KeyError as e:
             problems.append(config.Problem("vtab_tasks", e.args[0]))
             continue
         except (ValueError, FileNotFoundError) as e:  # NotPrepared, or a stand-in's unknown dataset
             problems.append(config.Problem("vtab_tasks", str(e)))
             continue
-        for split in vtab.SPLITS:
+        for split in vtab_data.SPLITS:
             try:
-                n = vtab.split_size(task, split, sizes)
+                n = vtab_data.split_size(task, split, sizes)
             except (ValueError, KeyError, AssertionError) as e:
                 n, why = None, str(e)
             else:
                 why = f"has {n} images"
-            if n is None or n != vtab.SIZES.get(split, n) or n == 0:
+            if n is None or n != vtab_data.SIZES.get(split, n) or n == 0:
                 problems.append(
                     config.Problem(
                         "vtab_tasks",
-                        f"{name}: split {split} ({vtab.split_expr(task, split, sizes)}) {why}; it needs "
-                        f"{vtab.SIZES.get(split, 'some')} (a stand-in needs 1000 training images and a test split)",
+                        f"{name}: split {split} ({vtab_data.split_expr(task, split, sizes)}) {why}; it needs "
+                        f"{vtab_data.SIZES.get(split, 'some')} (a stand-in: 1000 training images and a test split)",
                     )
                 )
 
@@ -149,7 +150,7 @@ def check_vtab(problems: list[config.Problem], cfg: config.TransferConfig) -> No
 def prepared(name: str, data_dir: str | None) -> bool:
     """Whether a TFDS dataset has prepared files in data_dir (metadata only)."""
     try:
-        return bool(tfds.builder(name, data_dir=data_dir or data.default_data_dir()).info.splits)
+        return bool(tfds.builder(name, data_dir=data_dir or datasets.default_data_dir()).info.splits)
     except Exception:  # noqa: BLE001 - unknown name, version or unreadable files: not prepared
         return False
 
@@ -223,8 +224,8 @@ def fewshot_eval(
 # ----------------------------------------------------------------------------- VTAB-1k
 def vtab_one(
     m: finetune.Pretrained,
-    task: vtab.Task,
-    splits: dict[str, data.Split],
+    task: vtab_data.Task,
+    splits: dict[str, sources.Split],
     cfg: config.TransferConfig,
     seed: int,
     out: Path,
@@ -302,12 +303,12 @@ def vtab_eval(models: list[finetune.Pretrained], cfg: config.TransferConfig, out
     results: dict[str, dict[str, Any]] = {m.name: {} for m in models}
     compiled: dict = {}
     for name in names:
-        task = vtab.get(name, cfg.data_dir)
+        task = vtab_data.get(name, cfg.data_dir)
         t0 = time.perf_counter()
-        splits = {s: vtab.load(task, s, cfg.data_dir, res) for s in vtab.SPLITS}
+        splits = {s: vtab_data.load(task, s, cfg.data_dir, res) for s in vtab_data.SPLITS}
         print(f"VTAB {task.name}: {', '.join(f'{s} {len(x)}' for s, x in splits.items())} "
               f"(loaded in {time.perf_counter() - t0:.0f} s)")  # fmt: skip
-        folder = out / "vtab" / data.metric_name(task.name.removeprefix(vtab.STANDIN))
+        folder = out / "vtab" / datasets.metric_name(task.name.removeprefix(vtab_data.STANDIN))
         for m in models:
             per_seed = [
                 vtab_one(m, task, splits, cfg, seed, folder / m.name / f"seed_{seed}", mesh, compiled)
@@ -349,7 +350,7 @@ def imagenet_classifier(m: finetune.Pretrained, cfg: config.TransferConfig, fine
         )
     res = m.cfg.image_size
     eval_ops = tuple(cfg.pp_finetune_eval) if cfg.pp_finetune_eval else None
-    pipe = data.Pipeline(image_size=res, channels=m.cfg.channels, eval_ops=eval_ops)
+    pipe = pipeline.Pipeline(image_size=res, channels=m.cfg.channels, eval_ops=eval_ops)
     return classify.logits_fn(m.trainer), m.params, pipe
 
 
@@ -400,9 +401,9 @@ def column_status(cfg: config.TransferConfig) -> dict[str, str]:
     imagenet = NOT_RUN if prepared(IMAGENET, cfg.data_dir) else NOT_PREPARED
     usable = cfg.objectnet_dir is not None and not objectnet.missing(cfg.objectnet_dir)
     vtab_ready = True
-    for task in vtab.TASKS.values():
+    for task in vtab_data.TASKS.values():
         try:
-            vtab.builder(task, cfg.data_dir)
+            vtab_data.builder(task, cfg.data_dir)
         except (FileNotFoundError, ValueError, AssertionError):
             vtab_ready = False
             break
@@ -438,7 +439,7 @@ def paper_table(
             if key in r:
                 row[column] = r[key]["acc"]
         summary = vt.get(m.name, {}).get("summary", {})
-        for key, column in zip(("mean", *vtab.GROUPS), PAPER_COLUMNS[5:]):
+        for key, column in zip(("mean", *vtab_data.GROUPS), PAPER_COLUMNS[5:]):
             if summary.get(key) is not None:
                 row[column] = summary[key]
         if summary.get("standin") is not None:
@@ -464,11 +465,13 @@ def make_summary(
     for m in models:
         prefix = "" if m.name == primary else f"{m.name}/"
         for name, result in few.get(m.name, {}).items():
-            final.update({prefix + k: v for k, v in fewshot.flatten(data.metric_name(name), result).items()})
+            final.update({prefix + k: v for k, v in fewshot.flatten(datasets.metric_name(name), result).items()})
         for name, by_model in fine.items():
-            final[prefix + metrics.finetune(data.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
+            final[prefix + metrics.finetune(datasets.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
         for task, r in (vt or {}).get(m.name, {}).get("tasks", {}).items():
-            final[prefix + metrics.vtab(data.metric_name(task.removeprefix(vtab.STANDIN)))] = r[metrics.TEST_ACC]
+            final[prefix + metrics.vtab(datasets.metric_name(task.removeprefix(vtab_data.STANDIN)))] = r[
+                metrics.TEST_ACC
+            ]
         for key, value in (vt or {}).get(m.name, {}).get("summary", {}).items():
             if value is not None:
                 final[prefix + metrics.vtab(key)] = value

@@ -9,21 +9,22 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from vitscale import data, sharding
+from vitscale import sharding
+from vitscale.data import pipeline
 
 
 def example_batches(
-    ds: tf.data.Dataset, pipe: data.Pipeline, batch_size: int, channels: int | None = 3
+    ds: tf.data.Dataset, pipe: pipeline.Pipeline, batch_size: int, channels: int | None = 3
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of `ds` (dicts with an encoded or decoded "image" and integer fields) through the
     pipeline's evaluation ops; variable-length integer fields are padded with -1. Every batch has
     `batch_size` rows; `mask` marks the real ones (the last batch is padded)."""
     ops, shape = pipe.ops(train=False), pipe.output_shape()
-    base = tf.constant([0, 0], tf.int64)  # random ops in pp_eval: fixed draws, as data.eval_batches
+    base = tf.constant([0, 0], tf.int64)  # random ops in pp_eval: fixed draws, as pipeline.eval_batches
 
     def one(ex):
-        draws = tuple(d[0] for d in data._draws(ops, base, 1))
-        return {**ex, "image": data._apply(ops, ex["image"], draws, shape, channels), "mask": True}
+        draws = tuple(d[0] for d in pipeline._draws(ops, base, 1))
+        return {**ex, "image": pipeline._apply(ops, ex["image"], draws, shape, channels), "mask": True}
 
     ds = ds.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     pad = {k: tf.constant(-1, v.dtype) for k, v in ds.element_spec.items() if v.dtype.is_integer}

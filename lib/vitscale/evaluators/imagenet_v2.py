@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from vitscale import data
+from vitscale.data import datasets, pipeline
 from vitscale.evaluators import classify
 
 VARIANTS = ("matched-frequency", "threshold-0.7", "topimages")
@@ -24,13 +24,13 @@ def prepare_command(variant: str = "matched-frequency") -> str:
 
 
 def examples(variant: str = "matched-frequency", data_dir: str | None = None):
-    builder = tfds.builder(dataset(variant), data_dir=data_dir or data.default_data_dir())
+    builder = tfds.builder(dataset(variant), data_dir=data_dir or datasets.default_data_dir())
     ds = builder.as_dataset(split=SPLIT, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
 
 
 def evaluate(
-    logits, params, pipe: data.Pipeline, mesh, *, variant="matched-frequency", data_dir=None, batch_size=512
+    logits, params, pipe: pipeline.Pipeline, mesh, *, variant="matched-frequency", data_dir=None, batch_size=512
 ) -> dict[str, float | int]:
     """{acc, images} of a 1000-class ImageNet classifier on one ImageNet-v2 variant."""
     batches = classify.example_batches(examples(variant, data_dir), pipe, batch_size)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from vitscale import data
+from vitscale.data import pipeline
 from vitscale.evaluators import classify
 
 FOLDER_TO_LABEL = "mappings/folder_to_objectnet_label.json"
@@ -94,7 +94,7 @@ def examples(path: str | Path) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int64))).map(read)
 
 
-def evaluate(logits, params, pipe: data.Pipeline, mesh, *, path, batch_size=512) -> dict[str, float | int]:
+def evaluate(logits, params, pipe: pipeline.Pipeline, mesh, *, path, batch_size=512) -> dict[str, float | int]:
     """{acc, images, classes} of a 1000-class ImageNet classifier on ObjectNet's overlapping classes."""
     folders, imagenet_to_objectnet = class_map(path)
     batches = classify.example_batches(examples(path), pipe, batch_size)

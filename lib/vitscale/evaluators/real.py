@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vitscale import data
+from vitscale.data import datasets, pipeline
 from vitscale.evaluators import classify
 
 DATASET = "imagenet2012_real"
@@ -43,12 +43,12 @@ def real_accuracy(
 
 def examples(data_dir: str | None = None, split: str = SPLIT):
     """The validation images, encoded, with their original label and ReaL set, in file order."""
-    builder = tfds.builder(DATASET, data_dir=data_dir or data.default_data_dir())
+    builder = tfds.builder(DATASET, data_dir=data_dir or datasets.default_data_dir())
     ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     return ds.map(lambda ex: {"image": ex["image"], "original_label": ex["original_label"], "real": ex["real_label"]})
 
 
-def evaluate(logits, params, pipe: data.Pipeline, mesh, *, data_dir=None, batch_size=512) -> dict[str, float | int]:
+def evaluate(logits, params, pipe: pipeline.Pipeline, mesh, *, data_dir=None, batch_size=512) -> dict[str, float | int]:
     """ReaL and original-label accuracy of a 1000-class ImageNet classifier (see real_accuracy)."""
     out = classify.predict(logits, params, classify.example_batches(examples(data_dir), pipe, batch_size), mesh)
     return real_accuracy(out["pred"], out["real"], out["original_label"])
