@@ -139,3 +139,28 @@ def test_objectnet_without_mappings(tmp_path):
 
     make_objectnet(tmp_path / "objectnet-1.0", with_mappings=False)
     assert len(objectnet.missing(tmp_path)) == 3
+
+
+def test_imagenet_v2_accuracy_hand_count(monkeypatch):
+    """The v2 evaluator's count on hand-made examples standing in for the prepared variant: 3 of 5."""
+    from vitscale.evaluators import imagenet_v2
+
+    levels, labels = [1, 2, 3, 4, 0], [1, 2, 0, 4, 3]  # predicted class = level; hits at 0, 1, 3
+    images = np.stack([np.full((6, 6, 3), 40 * v, np.uint8) for v in levels])
+    asked = []
+
+    def examples(variant, data_dir):
+        asked.append(variant)
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.asarray(labels, np.int64)})
+
+    monkeypatch.setattr(imagenet_v2, "examples", examples)
+    pipe = pipeline.Pipeline(image_size=6, channels=3, eval_ops=("resize(6)", "value_range(0, 255)"))
+
+    def logits(params, x):
+        level = tf.reduce_mean(tf.convert_to_tensor(np.asarray(x)), axis=(1, 2, 3)) / 40.0
+        return 10.0 * tf.one_hot(tf.cast(tf.round(level), tf.int32), 5).numpy()
+
+    mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
+    out = imagenet_v2.evaluate(logits, None, pipe, mesh, variant="topimages", batch_size=2)
+    assert out == {"acc": pytest.approx(3 / 5), "images": 5} and asked == ["topimages"]
+    assert imagenet_v2.dataset() == "imagenet_v2/matched-frequency"
