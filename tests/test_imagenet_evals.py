@@ -83,10 +83,16 @@ def make_objectnet(root, with_mappings=True):
     stand-in for the 1000), PNGs with a 1-pixel red border."""
     from PIL import Image
 
-    names = ["tench", "analog clock", "digital clock", "banana", "chair", "teapot"]
+    names = ["tench", "analog clock", "digital clock", "banana", "chair", "teapot"]  # by class index
     (root / "mappings").mkdir(parents=True)
     if with_mappings:
-        (root / "mappings" / "imagenet_to_label_2012_v2").write_text("\n".join(names) + "\n")
+        # As distributed, the names file is in another order; pytorch_to_imagenet_2012_id.json gives each
+        # class index its line.
+        order = [3, 0, 5, 1, 4, 2]  # line k names class order[k]
+        lines = [names[c] for c in order]
+        (root / "mappings" / "imagenet_to_label_2012_v2").write_text("\n".join(lines) + "\n")
+        index_to_line = {str(c): order.index(c) for c in range(6)}
+        (root / "mappings" / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps(index_to_line))
         (root / "mappings" / "folder_to_objectnet_label.json").write_text(
             json.dumps({"alarm_clock": "Alarm clock", "banana": "Banana", "sock": "Sock"})
         )
@@ -138,7 +144,7 @@ def test_objectnet_without_mappings(tmp_path):
     from vitscale.evaluators import objectnet
 
     make_objectnet(tmp_path / "objectnet-1.0", with_mappings=False)
-    assert len(objectnet.missing(tmp_path)) == 3
+    assert len(objectnet.missing(tmp_path)) == 4
 
 
 def test_imagenet_v2_accuracy_hand_count(monkeypatch):

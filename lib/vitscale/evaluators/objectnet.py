@@ -2,8 +2,10 @@
 with images/<class folder>/ and mappings/), scored the way its authors prescribe for ImageNet models:
 
 - only the ObjectNet classes that overlap ImageNet-1k count (mappings/objectnet_to_imagenet_1k.json:
-  ObjectNet label -> "; "-separated ImageNet class names; mappings/imagenet_to_label_2012_v2: line i
-  names ImageNet class i; mappings/folder_to_objectnet_label.json: image folder -> ObjectNet label);
+  ObjectNet label -> "; "-separated ImageNet class names; mappings/imagenet_to_label_2012_v2: one
+  ImageNet class name a line; mappings/pytorch_to_imagenet_2012_id.json: class index (the sorted-synset
+  order of PyTorch and TFDS alike) -> line of that file; mappings/folder_to_objectnet_label.json: image
+  folder -> ObjectNet label);
 - a prediction is the top ImageNet class among those that map to an ObjectNet class, and is correct
   when it maps to the image's class;
 - every image has a 1-pixel red border, which is cropped before preprocessing.
@@ -28,7 +30,8 @@ from vitscale.evaluators import classify
 FOLDER_TO_LABEL = "mappings/folder_to_objectnet_label.json"
 TO_IMAGENET = "mappings/objectnet_to_imagenet_1k.json"
 IMAGENET_NAMES = "mappings/imagenet_to_label_2012_v2"
-MAPPINGS = (FOLDER_TO_LABEL, TO_IMAGENET, IMAGENET_NAMES)
+INDEX_TO_LINE = "mappings/pytorch_to_imagenet_2012_id.json"
+MAPPINGS = (FOLDER_TO_LABEL, TO_IMAGENET, IMAGENET_NAMES, INDEX_TO_LINE)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BORDER = 1  # pixels
 
@@ -56,15 +59,18 @@ def class_map(path: str | Path) -> tuple[dict[str, int], dict[int, set[int]]]:
     r = root(path)
     folder_to_label = json.loads((r / FOLDER_TO_LABEL).read_text())
     to_imagenet = json.loads((r / TO_IMAGENET).read_text())
-    names = [line.strip() for line in (r / IMAGENET_NAMES).read_text().splitlines() if line.strip()]
-    index = {n: i for i, n in enumerate(names)}
+    lines = [line.strip() for line in (r / IMAGENET_NAMES).read_text().splitlines()]
+    index: dict[str, list[int]] = {}  # class name -> class indices (a few names name two classes)
+    for i, line in json.loads((r / INDEX_TO_LINE).read_text()).items():
+        index.setdefault(lines[int(line)], []).append(int(i))
     labels = sorted(to_imagenet)
     imagenet_to_objectnet: dict[int, set[int]] = {}
     for j, label in enumerate(labels):
         for name in to_imagenet[label].split(";"):
             if name.strip() not in index:
                 raise ValueError(f"{r / TO_IMAGENET}: ImageNet class {name.strip()!r} is not in {r / IMAGENET_NAMES}")
-            imagenet_to_objectnet.setdefault(index[name.strip()], set()).add(j)
+            for i in index[name.strip()]:
+                imagenet_to_objectnet.setdefault(i, set()).add(j)
     folders = {f: labels.index(lab) for f, lab in folder_to_label.items() if lab in to_imagenet}
     return folders, imagenet_to_objectnet
 
