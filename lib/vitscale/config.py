@@ -306,6 +306,7 @@ class TransferConfig(_Schema):
     # --- VTAB-1k (evaluators/vtab.py, google-research/task_adaptation's definition): per task and seed,
     #     fine-tune on train800 over vtab_steps x vtab_lr_grid, pick on val200, retrain on train800val200,
     #     score test. Fine-tuning as above (SGD momentum, cosine, finetune_resolution, finetune_batch_size).
+    #     Its splits are read into memory whatever `input` says (test splits at finetune_resolution at most).
     vtab_tasks: list[str] = []  # task names (TASKS in evaluators/vtab.py), "vtab-1k" for all 19,
     #                             or standin:<dataset> (an offline dataset in the same protocol, not VTAB)
     vtab_steps: list[int] = [500, 2500]  # AugReg's grid (Steiner et al. 2021)
