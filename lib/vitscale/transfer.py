@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vitscale import (
+    build,
     checkpoints,
     checks,
     config,
@@ -40,9 +41,9 @@ from vitscale import (
     flops,
     loop,
     metrics,
+    pretrained,
     runs,
     sharding,
-    train,
     weights,
 )
 from vitscale.data import datasets, pipeline, sources
@@ -61,7 +62,7 @@ def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
         return config.PretrainConfig(**cfg.random_model)
     if cfg.pretrained.endswith(config.NPZ):
         return config.PretrainConfig(**cfg.pretrained_model)
-    return finetune.read_pretrain_config(finetune.find_run(cfg.pretrained))
+    return pretrained.read_pretrain_config(runs.find_run(cfg.pretrained))
 
 
 def check(cfg: config.TransferConfig) -> config.PretrainConfig:
@@ -183,21 +184,21 @@ def check_imagenet_evals(problems: list[config.Problem], cfg: config.TransferCon
         )
 
 
-def load_models(cfg: config.TransferConfig, mesh) -> list[finetune.Pretrained]:
+def load_models(cfg: config.TransferConfig, mesh) -> list[pretrained.Pretrained]:
     """The model `pretrained` names, then (compare_random) a random init of the same shape."""
     if cfg.pretrained == config.RANDOM:
-        return [finetune.random_init(pretrain_config(cfg), mesh, seed=cfg.seed)]
+        return [pretrained.random_init(pretrain_config(cfg), mesh, seed=cfg.seed)]
     if cfg.pretrained.endswith(config.NPZ):
-        models = [finetune.load_npz(cfg.pretrained, pretrain_config(cfg), mesh)]
+        models = [pretrained.load_npz(cfg.pretrained, pretrain_config(cfg), mesh)]
     else:
-        models = [finetune.load_pretrained(cfg.pretrained, mesh)]
+        models = [pretrained.load_run(cfg.pretrained, mesh)]
     if cfg.compare_random:
-        models.append(finetune.random_init(models[0].cfg, mesh, seed=cfg.seed))
+        models.append(pretrained.random_init(models[0].cfg, mesh, seed=cfg.seed))
     return models
 
 
 def fewshot_eval(
-    models: list[finetune.Pretrained], cfg: config.TransferConfig, mesh
+    models: list[pretrained.Pretrained], cfg: config.TransferConfig, mesh
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """{model: {dataset: {"<k>shot": {mean, std, per_seed}}}} from frozen features at the pretraining resolution."""
     if not cfg.fewshot_datasets:
@@ -205,7 +206,7 @@ def fewshot_eval(
     pre = models[0].cfg
     evaluator = fewshot_evaluator.FewShotEvaluator(
         cfg.fewshot_datasets,
-        train.input_pipeline(pre),  # the pretraining's evaluation ops, at its resolution
+        build.pipeline(pre),  # the pretraining's evaluation ops, at its resolution
         shots=tuple(cfg.fewshot_shots),
         seeds=tuple(range(cfg.fewshot_seeds)),
         l2=cfg.fewshot_l2,
@@ -223,7 +224,7 @@ def fewshot_eval(
 
 # ----------------------------------------------------------------------------- VTAB-1k
 def vtab_one(
-    m: finetune.Pretrained,
+    m: pretrained.Pretrained,
     task: vtab_data.Task,
     splits: dict[str, sources.Split],
     cfg: config.TransferConfig,
@@ -256,7 +257,7 @@ def vtab_one(
         for lr in cfg.vtab_lr_grid:
             c, run_cfg = setup(steps, lr)
             if init is None:
-                init = finetune.transfer_params(m.params, c.trainer.model, c.image_shape)
+                init = pretrained.fit(m.params, c.trainer.model, c.image_shape)
             row: dict[str, Any] = {"steps": steps, "lr": lr}
             try:
                 final, _ = finetune.train_one(
@@ -293,7 +294,7 @@ def vtab_one(
     }
 
 
-def vtab_eval(models: list[finetune.Pretrained], cfg: config.TransferConfig, out: Path, mesh) -> dict[str, Any]:
+def vtab_eval(models: list[pretrained.Pretrained], cfg: config.TransferConfig, out: Path, mesh) -> dict[str, Any]:
     """{model: {"tasks": {task: {group, standin, test/acc (mean over seeds), test/acc_std, seeds: [...]}},
     "summary": {mean, natural, specialized, structured[, standin]}}} (empty without vtab_tasks)."""
     names = vtab_task_names(cfg)
@@ -330,7 +331,7 @@ def vtab_eval(models: list[finetune.Pretrained], cfg: config.TransferConfig, out
 
 
 # ----------------------------------------------------------------------------- ImageNet-ReaL, v2, ObjectNet
-def imagenet_classifier(m: finetune.Pretrained, cfg: config.TransferConfig, fine: dict, out: Path, mesh):
+def imagenet_classifier(m: pretrained.Pretrained, cfg: config.TransferConfig, fine: dict, out: Path, mesh):
     """(logits fn, params, evaluation pipeline) of the ImageNet-1k classifier of model `m`: its
     fine-tuned imagenet2012 run of this transfer run (restored from its checkpoint), else `pretrained`
     itself when its head has 1000 classes."""
@@ -355,7 +356,7 @@ def imagenet_classifier(m: finetune.Pretrained, cfg: config.TransferConfig, fine
 
 
 def imagenet_eval(
-    models: list[finetune.Pretrained], cfg: config.TransferConfig, fine: dict, out: Path, mesh
+    models: list[pretrained.Pretrained], cfg: config.TransferConfig, fine: dict, out: Path, mesh
 ) -> dict[str, dict[str, Any]]:
     """{model: {"real": {...}, "v2": {...}, "objectnet": {...}}} for the evaluations imagenet_evals names."""
     if not cfg.imagenet_evals:
@@ -421,7 +422,7 @@ def column_status(cfg: config.TransferConfig) -> dict[str, str]:
 
 
 def paper_table(
-    models: list[finetune.Pretrained], cfg: config.TransferConfig, few: dict, fine: dict, vt: dict, imnet: dict
+    models: list[pretrained.Pretrained], cfg: config.TransferConfig, few: dict, fine: dict, vt: dict, imnet: dict
 ) -> dict[str, dict[str, float | str]]:
     """{model: {column: accuracy or why not}} in the layout of the paper's tables; stand-in VTAB tasks
     (not VTAB) get their own "VTAB stand-ins (not VTAB)" column when run."""
@@ -450,7 +451,7 @@ def paper_table(
 
 def make_summary(
     cfg: config.TransferConfig,
-    models: list[finetune.Pretrained],
+    models: list[pretrained.Pretrained],
     few: dict,
     fine: dict,
     t0: float,
@@ -496,7 +497,7 @@ def make_summary(
         "pretrain_image_size": pre.image_size,
         "finetune_resolution": finetune.resolution(cfg, pre),
         "models": [m.name for m in models],
-        "num_params": flops.count_params(model, train.image_shape(pre)),
+        "num_params": flops.count_params(model, build.image_shape(pre)),
         "fewshot": few,
         "finetune": fine,
         "vtab": vt or {},
@@ -528,8 +529,9 @@ def load_curves(out_dir: str | Path) -> list[dict[str, Any]]:
 def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
     out = Path(out_dir)
-    check(cfg)
-    checks.claim_run_dir(out, cfg)
+    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+        check(cfg)
+    runs.claim(out, cfg)
     t0 = time.time()
 
     mesh = sharding.make_mesh(cfg.mesh)
