@@ -330,11 +330,11 @@ class TransferConfig(_Schema):
     log_every: int = Field(default=25, gt=0)
     seed: int = Field(default=0, ge=0)  # fine-tuning batches and the random init
     mesh: list[int] = [-1, 1]  # (data, fsdp) axis sizes; -1 takes the remaining devices
-    # --- VTAB-1k (evaluators/vtab.py, google-research/task_adaptation's definition): per task and seed,
+    # --- VTAB-1k (data/vtab.py, google-research/task_adaptation's definition): per task and seed,
     #     fine-tune on train800 over vtab_steps x vtab_lr_grid, pick on val200, retrain on train800val200,
     #     score test. Fine-tuning as above (SGD momentum, cosine, finetune_resolution, finetune_batch_size).
     #     Its splits are read into memory whatever `input` says (test splits at finetune_resolution at most).
-    vtab_tasks: list[str] = []  # task names (TASKS in evaluators/vtab.py), "vtab-1k" for all 19,
+    vtab_tasks: list[str] = []  # task names (TASKS in data/vtab.py), "vtab-1k" for all 19,
     #                             or standin:<dataset> (an offline dataset in the same protocol, not VTAB)
     vtab_steps: list[int] = [500, 2500]  # AugReg's grid (Steiner et al. 2021)
     vtab_lr_grid: list[float] = [0.001, 0.003, 0.01, 0.03]  # AugReg's grid
