@@ -180,7 +180,9 @@ class PretrainConfig(_Schema):
     head_bias_init: float | None = None  # None: 0 for softmax_xent, -10 for sigmoid_xent (paper)
     remat: bool = False  # recompute each block's activations in the backward pass
     scan: bool = False  # one compiled block scanned over depth
-    dtype: Literal["float32", "bfloat16"] = "float32"  # activations; parameters stay float32
+    # Precision policy. "bfloat16": matmul inputs and activations in bf16; parameters, LayerNorm
+    # statistics, the attention softmax, the head and the loss in float32 (vitscale.models.vit).
+    dtype: Literal["float32", "bfloat16"] = "float32"
     representation_size: int | None = Field(default=None, gt=0)  # tanh layer `pre_logits` (original ViT)
     gelu: Literal["tanh", "erf"] = "tanh"  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
     init_from: str | None = None  # a released or exported .npz (vitscale.weights) as the step-0 weights
@@ -218,6 +220,9 @@ class PretrainConfig(_Schema):
     # Independent forward/backward passes per device whose gradients are averaged (same update).
     # "auto": 4 or 2 on a CPU (faster there: backend.default_chains), 1 on GPU/TPU.
     grad_chains: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
+    # Each device's matmul peak in FLOP/s for the MFU meter (perf/mfu, summary.json's mfu). None: from
+    # vitscale.perf's table by device kind and dtype, or on a CPU a matmul measured once per host.
+    peak_flops: float | None = Field(default=None, gt=0)
     coordinator_address: str | None = None  # multi-host: host:port of process 0
     num_processes: int | None = None
     process_id: int | None = None
@@ -351,6 +356,7 @@ class TransferConfig(_Schema):
     log_every: int = Field(default=25, gt=0)
     seed: int = Field(default=0, ge=0)  # fine-tuning batches and the random init
     mesh: list[int] = [-1, 1]  # (data, fsdp) axis sizes; -1 takes the remaining devices
+    peak_flops: float | None = Field(default=None, gt=0)  # per device, for MFU; None: vitscale.perf's
 
     @field_validator("fewshot_shots")
     @classmethod

@@ -186,7 +186,9 @@ def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: in
     )
     model = train.build_model(pre, classes).clone(head_bias_init=0.0)
     shape = (res, res, pre.channels)
-    trainer = loop.make_trainer(model, tx, mesh, image_shape=shape, loss="softmax_xent", seed=cfg.seed)
+    trainer = loop.make_trainer(
+        model, tx, mesh, image_shape=shape, loss="softmax_xent", seed=cfg.seed, peak_flops=cfg.peak_flops
+    )
     spec = loop.LoopSpec(
         total_steps=cfg.finetune_steps,
         batch_size=cfg.finetune_batch_size,
@@ -219,7 +221,9 @@ def train_one(
     device_seconds, state)."""
 
     def evaluate(p, step: int, final: bool = False) -> dict[str, float]:
-        result = loop.evaluate(c.trainer, p, eval_split, c.pipe, cfg.eval_batch_size)
+        result = loop.evaluate(
+            c.trainer, p, data.eval_batches(eval_split, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
+        )
         return {metrics.on_split(eval_prefix, k): v for k, v in result.items()}
 
     batches = lambda step: data.train_batches(
@@ -336,7 +340,9 @@ def finetune(
             state, seconds = best[1], []
             test_metrics = {
                 f"test/{k}": v
-                for k, v in loop.evaluate(c.trainer, state.params, test, c.pipe, cfg.eval_batch_size).items()
+                for k, v in loop.evaluate(
+                    c.trainer, state.params, data.eval_batches(test, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
+                ).items()
             }
         seconds += [g.get("device_seconds") for g in grid]
         results[m.name] = {

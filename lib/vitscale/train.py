@@ -121,6 +121,7 @@ def make_trainer(
         loss=cfg.loss,
         seed=cfg.seed if seed is None else seed,
         chains=None if cfg.grad_chains == "auto" else cfg.grad_chains,
+        peak_flops=cfg.peak_flops,
     )
 
 
@@ -143,7 +144,9 @@ def make_evaluators(
     every = cfg.fewshot_every or cfg.eval_every
 
     def evaluate(params, step: int, final: bool = False) -> dict[str, float]:
-        test_metrics = loop.evaluate(trainer, params, test, pipe, cfg.eval_batch_size)
+        test_metrics = loop.evaluate(
+            trainer, params, data.eval_batches(test, pipe, loop.eval_batch_size(cfg.eval_batch_size))
+        )
         record = {metrics.on_split("test", k): v for k, v in test_metrics.items()}
         if fewshot is not None and (step % every == 0 or final):
             record.update(fewshot.run(lambda x: trainer.features(params, x), trainer.mesh))
@@ -347,7 +350,9 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     branches = [run_branch(cfg, b, out, mesh, train.num_classes, batches, make_evals) for b in cfg.cooldown_branches]
 
     # 5. The summary.
-    summary = make_summary(cfg, trainer.model, runs.read_metrics(out / "metrics.jsonl"), t0, branches, meta)
+    records = runs.read_metrics(out / "metrics.jsonl")
+    summary = make_summary(cfg, trainer.model, records, t0, branches, meta)
+    summary.update(loop.perf_summary(trainer, records, meta))  # mfu, and the peak and kernel behind it
     summary["train_examples"] = len(train)  # the data axis, resolved when the parameter is None
     summary["input"] = {
         "train": "stream" if isinstance(train, data.Source) else "memory",
