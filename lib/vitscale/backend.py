@@ -115,9 +115,12 @@ def chained(value_and_grad: Callable, chains: int) -> Callable:
 # ----------------------------------------------------------------------------- the switch
 def kernels_for(platform: str, dtype=jnp.float32, head_dim: int = 64) -> vit.Kernels:
     """This platform's kernels: the CPU ones above (unless VITSCALE_KERNELS=plain), elsewhere the
-    plain products with the attention implementation vit.attention_implementation picks."""
+    plain products with the attention implementation vit.attention_implementation picks
+    (VITSCALE_ATTENTION=xla: XLA's, to compare or to work around a cuDNN failure)."""
     if platform == "cpu" and os.environ.get("VITSCALE_KERNELS", "cpu") != "plain":
         return CPU
+    if os.environ.get("VITSCALE_ATTENTION") == "xla":  # XLA's attention even where cuDNN's would run
+        return vit.PLAIN
     return vit.plain_kernels(vit.attention_implementation(platform, dtype, head_dim))
 
 
