@@ -23,6 +23,14 @@ flax's default approximation (what vitscale, big_vision and vision_transformer t
 the exact one (PyTorch's nn.GELU, what timm evaluates released weights with). The class token's
 position embedding of vision_transformer's files (a [1, 1+N, D] table) needs no option: it is
 folded into `cls` on import, as big_vision's loader does.
+
+Precision policy (`dtype`, the `dtype` parameter): with bfloat16 the matmul inputs and the
+activations between them are bf16 (nn.Dense / nn.Conv / DenseParams cast kernels and inputs to
+`dtype`; XLA accumulates bf16 products in float32 on GPUs and TPUs); parameters stay float32
+(`param_dtype`, DenseParams), and so the optimizer's updates; LayerNorm statistics are float32
+(flax computes mean and variance in at least float32); attention logits and softmax are float32
+(self_attention below; backend.self_attention); the head and its logits are float32 (ViT.__call__),
+and the loss (vitscale.loop). With float32 everything is float32.
 """
 
 from __future__ import annotations
@@ -115,6 +123,7 @@ class DenseParams(nn.Module):
 
     @nn.compact
     def __call__(self, in_features: int):
+        # Precision: parameters are float32; the products get them cast to the compute dtype.
         kernel = self.param("kernel", nn.initializers.xavier_uniform(), (in_features, self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         return kernel.astype(self.dtype), bias.astype(self.dtype)
@@ -174,6 +183,7 @@ class Encoder1DBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic=True):
+        # Precision: LayerNorm's mean and variance in float32 (flax's _compute_stats), output in dtype.
         y = nn.LayerNorm(dtype=self.dtype)(x)
         y = Attention(self.num_heads, dtype=self.dtype, kernels=self.kernels, name="Attention")(y)
         x = x + nn.Dropout(rate=self.dropout)(y, deterministic)
@@ -316,6 +326,7 @@ class ViT(nn.Module):
         if self.representation_size:
             x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", dtype=self.dtype)(x))
         out["pre_logits"] = x.astype(jnp.float32)
+        # Precision: the head runs in float32 on float32 features (no dtype: flax's default float32).
         logits = nn.Dense(
             self.num_classes,
             name="head",
