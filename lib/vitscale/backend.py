@@ -66,8 +66,8 @@ def self_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int
     h, dh = num_heads, d // num_heads
     qkv = jnp.einsum("bnd,dthk->tbhnk", x, qkv_kernel.reshape(d, 3, h, dh)) + qkv_bias.reshape(3, 1, h, 1, dh)
     q, k, v = qkv[0] * jnp.asarray(dh**-0.5, x.dtype), qkv[1], qkv[2]
-    logits = jnp.einsum("bhqk,bhsk->bhqs", q, k)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)  # precision: softmax in f32
+    logits = jnp.einsum("bhqk,bhsk->bhqs", q, k, preferred_element_type=jnp.float32)  # as jax.nn's XLA path
+    weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)  # precision: logits and softmax in float32
     out = jnp.einsum("bhqs,bhsk->bhqk", weights, v)
     return jnp.einsum("bhqk,hkd->bqd", out, out_kernel.reshape(h, dh, d)) + out_bias
 
