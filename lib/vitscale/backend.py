@@ -156,10 +156,16 @@ def gpu_selected() -> bool:
     return False
 
 
+def _backends_started() -> bool:
+    """Whether a JAX backend runs in this process (JAX has no public call for it)."""
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return started() if started else bool(getattr(xla_bridge, "_backends", None))
+
+
 def configure_gpu(flags: tuple[str, ...] = GPU_XLA_FLAGS) -> list[str]:
     """Add `flags` to XLA_FLAGS when a GPU backend is selected and no backend has started yet;
     returns the flags added (none on a CPU, or once a backend runs, when it is too late)."""
-    if xla_bridge.backends_are_initialized() or not gpu_selected():
+    if _backends_started() or not gpu_selected():
         return []
     current = os.environ.get("XLA_FLAGS", "")
     added = [f for f in flags if f.split("=")[0] not in current]
