@@ -42,9 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3000, help="steps of each run (the demo: 3000)")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="one run only (two processes side by side)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="precision_policy_") as tmp:
-        rows = [run(dtype, args.steps, Path(tmp)) for dtype in ("float32", "bfloat16")]
+        rows = [
+            run(dtype, args.steps, Path(tmp)) for dtype in ([args.dtype] if args.dtype else ["float32", "bfloat16"])
+        ]
+    if args.dtype:
+        print(json.dumps(rows[0], indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows[0], indent=1) + "\n")
+        return 0
     gap = 100 * (rows[1]["test_acc"] - rows[0]["test_acc"])
     for r in rows:
         print(
