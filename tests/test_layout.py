@@ -17,7 +17,18 @@ LAYERS = [
     {"allocator", "logs", "metrics", "progress", "runs", "fewshot", "models.variants"}  # leaves
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
     {"config"},  # pure schemas
-    {"data", "models.vit", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},  # blocks
+    {
+        "data",
+        "models.vit",
+        "backend",
+        "optim",
+        "sharding",
+        "flops",
+        "perf",
+        "checkpoints",
+        "checks",
+        "weights",
+    },  # blocks
     {"loop", "evaluators"},  # the one training loop
     {"train", "finetune", "transfer", "analysis", "export"},  # programs: check(cfg), run(cfg, out_dir)
     {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
