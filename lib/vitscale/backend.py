@@ -1,10 +1,10 @@
 """Backend-specific speed work, in one place: what makes a ViT training step fast on XLA:CPU.
 
-`kernels_for` is the one switch (loop.make_trainer calls it): on a CPU it gives the model the
-kernels below and splits each device's batch into independent gradient chains; elsewhere the
-model keeps the plain products, with the attention implementation vit.attention_implementation
-picks (cuDNN on GPUs where it can), and one chain. VITSCALE_KERNELS=plain turns the CPU kernels
-off. GPU compiler flags are set here too (configure_gpu), and only for GPUs.
+loop.make_trainer switches it on: on a CPU `kernels_for` gives the model the kernels below and
+`default_chains` splits each device's batch into independent gradient chains; elsewhere the model
+keeps the plain products, with the attention implementation vit.attention_implementation picks
+(cuDNN on GPUs where it can), and one chain. VITSCALE_KERNELS=plain turns the CPU kernels off.
+GPU compiler flags are set here too (configure_gpu), and only for GPUs.
 tests/test_backend.py checks both paths give the same outputs and gradients; the speed-ups are
 measured in benchmarks/README.md (benchmarks/train_throughput.py).
 """
@@ -172,10 +172,3 @@ def configure_gpu(flags: tuple[str, ...] = GPU_XLA_FLAGS) -> list[str]:
     if added:
         os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
-
-
-def specialise(model: vit.ViT, platform: str, per_device_batch: int, chains: int | None = None) -> tuple[vit.ViT, int]:
-    """The model with this platform's kernels, and the gradient chains per device (`chains`, or the
-    default for the batch)."""
-    kernels = kernels_for(platform, model.dtype, model.width // model.num_heads)
-    return model.clone(kernels=kernels), chains or default_chains(per_device_batch, platform)
