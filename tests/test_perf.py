@@ -77,10 +77,11 @@ def test_a_peak_measured_on_a_busy_machine_is_measured_again_keeping_the_best(tm
 
 
 def test_cpu_matmul_measurement_is_quick_and_plausible():
-    """The real measurement: under 3 s, and between 1 GFLOP/s and 100 TFLOP/s on any CPU."""
-    t0 = time.perf_counter()
+    """The real measurement: under 3 s of CPU time (wall time on a shared machine says little), and
+    between 1 GFLOP/s and 100 TFLOP/s on any CPU."""
+    t0 = time.process_time()
     rate = perf.measure_cpu_matmul()
-    assert time.perf_counter() - t0 < 3.0
+    assert time.process_time() - t0 < 3.0
     assert 1e9 < rate < 1e14
 
 
