@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from test_events import read_events
-from vitscale import config, flops, metrics, perf, runs, train
+from vitscale import build, config, flops, metrics, perf, runs, train
 
 T = 1e12
 
@@ -96,7 +96,7 @@ def tiny_run(root, tmp_path_factory):
 @pytest.mark.slow
 def test_a_tiny_runs_rows_and_summary_carry_mfu_by_the_formula(tiny_run):
     cfg, out, summary = tiny_run
-    fwd = flops.forward_flops(train.build_model(cfg, 10), train.image_shape(cfg))  # independent of the loop
+    fwd = flops.forward_flops(build.model(cfg, 10), build.image_shape(cfg))  # independent of the loop
     devices = jax.device_count()
     rows = [r for r in runs.read_metrics(out / "metrics.jsonl") if metrics.IMAGES_PER_S in r]
     assert len(rows) == cfg.total_steps

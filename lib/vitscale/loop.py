@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitscale import backend, checkpoints, flops, metrics, perf, progress, runs, sharding
+from vitscale import backend, checkpoints, config, flops, metrics, perf, progress, runs, sharding
 from vitscale.models import vit
+
+_DEFAULTS = config.PretrainConfig.model_fields
 
 
 class NonFiniteLoss(RuntimeError):
@@ -43,11 +45,12 @@ class LoopSpec:
 
     total_steps: int
     batch_size: int  # global
-    log_every: int = 25
-    eval_every: int = 500
-    checkpoint_every: int | None = None  # None: at eval_every
-    keep_checkpoints: int = 2
-    keep_every: int | None = None
+    # Defaults: the pretraining schema's (config.PretrainConfig), the one source of them.
+    log_every: int = _DEFAULTS["log_every"].default
+    eval_every: int = _DEFAULTS["eval_every"].default
+    checkpoint_every: int | None = _DEFAULTS["checkpoint_every"].default  # None: at eval_every
+    keep_checkpoints: int = _DEFAULTS["keep_checkpoints"].default
+    keep_every: int | None = _DEFAULTS["keep_every"].default
 
 
 # ----------------------------------------------------------------------------- losses
@@ -178,8 +181,8 @@ def eval_batch_size(batch_size: int) -> int:
 
 
 def evaluate(trainer: Trainer, params, batches: Iterable[dict]) -> dict[str, float]:
-    """Loss and top-1 accuracy over a whole split's masked batches (data.eval_batches with a size
-    from eval_batch_size): {"loss": ..., "acc": ...}."""
+    """Loss and top-1 accuracy over a whole split's masked batches (data.pipeline.eval_batches, sized by
+    eval_batch_size): {"loss": ..., "acc": ...}."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     for batch in batches:
         out = trainer.eval_step(params, sharding.put_batch(batch, trainer.mesh))
@@ -372,17 +375,20 @@ def fit(
         print(f"resuming {run_dir} from step {step}")
     if params_text and step < end_step:
         log.text("parameters", f"```\n{params_text}```", step=step)
-    return train_loop(
-        trainer,
-        state,
-        spec,
-        schedule=schedule,
-        batches=batches(step),
-        end_step=end_step,
-        log=log,
-        mngr=mngr,
-        evaluators=evaluators,
-        desc=desc,
-        checkpoint_at=protect,
-        meta=meta,
-    )
+    try:
+        return train_loop(
+            trainer,
+            state,
+            spec,
+            schedule=schedule,
+            batches=batches(step),
+            end_step=end_step,
+            log=log,
+            mngr=mngr,
+            evaluators=evaluators,
+            desc=desc,
+            checkpoint_at=protect,
+            meta=meta,
+        )
+    finally:
+        mngr.close()
