@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 # its own layer or below, never above.
 LAYERS = [
     {"allocator", "logs", "metrics", "progress", "runs", "fewshot", "models.variants"}  # leaves
-    | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
+    | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
+    | {"scaling.table", "scaling.isoflop", "scaling.allocation"},
     {"config"},  # pure schemas
     {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
     {"loop", "evaluators"},  # the one training loop
