@@ -20,8 +20,8 @@ LAYERS = [
     {"config"},  # pure schemas
     {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
     {"loop", "evaluators"},  # the one training loop
-    {"train", "finetune", "transfer", "analysis", "export"},  # programs: check(cfg), run(cfg, out_dir)
-    {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
+    {"train", "finetune", "transfer", "analysis", "export", "plan"},  # programs: check(cfg), run(cfg, out_dir)
+    {"plots", "notebooks", "sweep", "cluster", "allocation_report"},  # presentation and orchestration
     {"cli"},  # argparse only
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
