@@ -25,15 +25,22 @@ def _iv(iv: Sequence[float] | None) -> str:
 def exponent_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     """One row per approach: the allocation exponent a (N* ~ C^a) with its interval and what it rests on."""
     j, iso, env = summary["joint"], summary["isoflop"], summary["envelope"]
+    iso_on = f"{len(iso['budgets'])} profiles with an interior minimum, {len(iso['edges'])} at an edge (not used)"
+    env_on = f"{len(env['budgets'])} budgets"
+    rows = [
+        ("3: joint law E + A/N^alpha + B/D^beta", j["a"], j["intervals"].get("a"), f"{j['n_points']} points", None),
+        ("2: IsoFLOP profiles", iso["a"], iso["interval"], iso_on, iso.get("note")),
+        ("1: envelope (best size per budget)", env["a"], env["interval"], env_on, env.get("note")),
+    ]
     return [
-        {"approach": "3: joint law E + A/N^alpha + B/D^beta", "a": f"{j['a']:.3f}", "interval": _iv(j["intervals"].get("a")),
-         "rests on": f"{j['n_points']} points, Huber fit of log error"},
-        {"approach": "2: IsoFLOP profiles", "a": "" if iso["a"] is None else f"{iso['a']:.3f}", "interval": _iv(iso["interval"]),
-         "rests on": f"{len(iso['budgets'])} profiles with an interior minimum, {len(iso['edges'])} at an edge (not used)"
-         + (f"; {iso['note']}" if iso.get("note") else "")},
-        {"approach": "1: envelope (best size per budget)", "a": "" if env["a"] is None else f"{env['a']:.3f}",
-         "interval": _iv(env["interval"]), "rests on": f"{len(env['budgets'])} budgets" + (f"; {env['note']}" if env.get("note") else "")},
-    ]  # fmt: skip
+        {
+            "approach": name,
+            "a": "" if a is None else f"{a:.3f}",
+            "interval": _iv(iv),
+            "rests on": on + (f"; {n}" if n else ""),
+        }
+        for name, a, iv, on, n in rows
+    ]
 
 
 def constant_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
@@ -65,9 +72,9 @@ def contours(res: dict[str, Any]) -> go.Figure:
     ld = np.linspace(np.log10(fit.d_range[0] / 2), np.log10(dmax), 80)
     z = np.log10(fit.predict(10 ** ln[None, :], 10 ** ld[:, None]))
     fig = go.Figure(go.Contour(x=10**ln, y=10**ld, z=z, colorscale="Viridis", colorbar={"title": "log10 error"},
-                               contours={"coloring": "heatmap"}, name="joint law"))  # fmt: skip
-    fig.add_scatter(x=pts.N, y=pts.D, mode="markers", name="runs", text=pts.run,
-                    marker={"color": np.log10(pts.error), "colorscale": "Viridis", "line": {"width": 1, "color": "white"}})  # fmt: skip
+                    contours={"coloring": "heatmap"}, name="joint law"))  # fmt: skip
+    marker = {"color": np.log10(pts.error), "colorscale": "Viridis", "line": {"width": 1, "color": "white"}}
+    fig.add_scatter(x=pts.N, y=pts.D, mode="markers", name="runs", text=pts.run, marker=marker)
     cs = np.logspace(np.log10(fit.k * 10 ** ln[0] * 10 ** ld[0]), np.log10(fit.k * nmax * dmax), 50)
     n_opt, d_opt = fit.optimum(cs)
     ok = (n_opt <= nmax) & (d_opt <= dmax)
@@ -142,8 +149,10 @@ def write(points: table.Points, out_dir: str | Path, *, source: str = "", budget
     out_dir = Path(out_dir)
     res = allocation.allocate(points, budgets=budgets, **kw)
     runs.write_json(out_dir / "summary.json", {"source": str(source), "allocation": res["summary"]})
-    style = "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{border:1px solid #ccc;padding:3px 6px}table{border-collapse:collapse}</style>"
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>Allocation: {html.escape(str(source))}</title>{style}</head><body>"
+    style = "body{font-family:sans-serif;max-width:1100px;margin:auto} td,th{border:1px solid #ccc;padding:3px 6px}"
+    title = html.escape(str(source))
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>Allocation: {title}</title>"
+    page += f"<style>{style} table{{border-collapse:collapse}}</style></head><body>"
     page += f"<h1>Allocation report: {html.escape(str(source))}</h1>" + section_html(res) + "</body></html>"
     runs.atomic_write_text(out_dir / "report.html", page)
     return out_dir / "report.html"

@@ -96,11 +96,22 @@ def _model(params: dict[str, Any], variant: str, num_classes: int) -> vit.ViT:
     )
 
 
-def family(params: dict[str, Any], num_classes: int) -> list[dict[str, Any]]:
-    """Every variant of the table at the study's patch size and input: name, parameters, forward FLOPs."""
+def family(
+    params: dict[str, Any], num_classes: int, near: float | None = None, keep: int = PLAN_SIZES + 1
+) -> list[dict[str, Any]]:
+    """Variants of the table at the study's patch size and input (the `keep` nearest in size to
+    `near`, by 12 depth width^2, when given): name, parameters, forward FLOPs; smallest first."""
     patch = vit.decode_variant(params["variant"]).patch_size
+    names = list(vit.VARIANTS)
+    if near is not None:  # counting parameters traces the model: only for the candidates
+
+        def rough(name: str) -> float:
+            w, depth, _, _ = vit.VARIANTS[name]
+            return abs(math.log(12 * depth * w * w / near))
+
+        names = sorted(names, key=rough)[:keep]
     out = []
-    for name in vit.VARIANTS:
+    for name in names:
         variant = f"{name}/{patch}"
         try:
             m = _model(params, variant, num_classes)
@@ -117,7 +128,7 @@ def isoflop_runs(
     """The IsoFLOP set: `sizes` variants around N* (nearest in log size), each with total_steps that
     spend `budget` within 1% and the recipe's cooldown fraction. Returns (runs, notes)."""
     params = recipe["params"]
-    fam = family(params, num_classes)
+    fam = family(params, num_classes, near=n_opt)
     if len(fam) < sizes:
         raise config.ConfigError([config.Problem("variant", f"the family has {len(fam)} sizes, need {sizes}")])
     i = min(range(len(fam)), key=lambda j: abs(math.log(fam[j]["params"] / n_opt)))
@@ -136,6 +147,7 @@ def isoflop_runs(
             notes.append(f"{v['variant']}: the budget is {budget / per_step:.3g} steps, not within 1% of a whole step")
             continue
         run = {"variant": v["variant"], "total_steps": steps, "cooldown_steps": round(cool * steps)}
+        run["eval_every"] = min(params.get("eval_every", steps), steps)
         try:
             config.validate(config.PretrainConfig, {**_base(params), **run})
         except config.ConfigError as e:
@@ -152,7 +164,8 @@ def isoflop_runs(
 
 def _base(params: dict[str, Any]) -> dict[str, Any]:
     """The recipe without what is per run: name, the swept shape and length, branches, periods."""
-    base = {k: v for k, v in params.items() if k not in ("name", "variant", "total_steps", "cooldown_steps")}
+    per_run = ("name", "variant", "total_steps", "cooldown_steps", "eval_every")
+    base = {k: v for k, v in params.items() if k not in per_run}
     base["cooldown_branches"] = []
     base["warmup_steps"] = params.get("warmup_steps", 0)
     return base
@@ -171,7 +184,8 @@ def sweep_text(
     ]
     runs_ = [{k: v for k, v in r.items() if not k.startswith("_")} for r in planned]
     base = _base(recipe["params"])
-    base["eval_every"] = min(base.get("eval_every", 500), min(r["total_steps"] for r in runs_))
+    for key in ("eval_every", "checkpoint_every", "keep_every"):
+        base.pop(key, None)  # per run (eval_every), or at its default
     if base.get("fewshot_every"):
         base["fewshot_every"] = None  # few-shot at eval_every
     doc = {"name": name, "notebook": "pretrain", "base": base, "runs": runs_}

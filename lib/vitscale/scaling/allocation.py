@@ -163,7 +163,7 @@ def fit_joint(
     *,
     k: float = 6.0,
     delta: float = HUBER_DELTA,
-    grid: tuple = HOFFMANN_GRID,
+    grid: tuple | None = None,
     n_starts: int = 64,
     n_bootstrap: int = 100,
     ci_level: float = 0.9,
@@ -171,7 +171,9 @@ def fit_joint(
 ) -> JointFit:
     """Fit E + A/N^alpha + B/D^beta to (N, D, error) points (Approach 3).
 
-    The objective is evaluated at every point of ``grid`` (one axis per a, b, e, alpha, beta); L-BFGS
+    The objective is evaluated at every point of ``grid`` (one axis per a, b, e, alpha, beta; default
+    Hoffmann's, its e axis widened below log(min error) so that small error floors, as classification
+    errors have, are within reach); L-BFGS
     runs from the ``n_starts`` best of them (None: from all) and the lowest objective wins. Each
     bootstrap resample (points with replacement) starts from that winner and the two next-best
     local optima, so the intervals cost a few fits each, not the whole grid.
@@ -185,6 +187,10 @@ def fit_joint(
 
 def _fit_joint(N, D, err, k, delta, grid, n_starts, n_bootstrap, ci_level, seed) -> JointFit:
     data = (np.log(N), np.log(D), np.log(err))
+    if grid is None:
+        a, b, e, al, be = HOFFMANN_GRID
+        e = np.union1d(e, np.log(err.min()) + np.array([-4.0, -2.0, -1.0, -0.3]))
+        grid = (a, b, e, al, be)
     starts = np.array(list(itertools.product(*grid)), dtype=float)
     if n_starts is not None and n_starts < len(starts):
         starts = starts[np.argsort(_screen(starts, *data, delta), kind="stable")[:n_starts]]
