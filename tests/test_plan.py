@@ -34,7 +34,7 @@ def fake_study(root: Path, variants=("Atto/7", "Femto/7", "Pico/7"), seed=0) -> 
         n = flops.count_params(model, (28, 28, 1))
         fwd = flops.forward_flops(model, (28, 28, 1))
 
-        def point(steps):
+        def point(steps, n=n, fwd=fwd, cfg=cfg):
             seen = steps * cfg.batch_size
             err = _law(n, seen) * np.exp(rng.normal(0, 0.01))
             return {"images_seen": seen, "train_flops": 3 * fwd * seen, "total_steps": steps}, {"test/acc": 1 - err}
