@@ -11,16 +11,22 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 
+PROGRAMS = {"train", "transfer", "analysis", "export", "plan"}
+
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "logs", "metrics", "progress", "runs", "fewshot", "models.variants"}  # leaves
+    {"allocator", "logs", "metrics", "progress", "fewshot", "models.variants"}  # leaves
+    | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
     | {"scaling.table", "scaling.isoflop", "scaling.allocation"},
     {"config"},  # pure schemas
-    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
+    {"runs"},  # run folders: finding, claiming (params.yaml), reading, their status records
+    {"data.builders", "data.datasets", "data.sources", "data.pipeline"}  # blocks
+    | {"models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},
     {"loop", "evaluators"},  # the one training loop
-    {"train", "finetune", "transfer", "analysis", "export", "plan"},  # programs: check(cfg), run(cfg, out_dir)
+    {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
+    PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program
     {"plots", "notebooks", "sweep", "cluster", "allocation_report"},  # presentation and orchestration
     {"cli"},  # argparse only
 ]
@@ -102,6 +108,15 @@ def test_imports_point_down_and_form_no_cycle():
     assert find_cycle(edges) is None
 
 
+def sideways(edges: dict[str, set[str]]) -> list[str]:
+    """Imports between programs (a program's building blocks live in the layers below)."""
+    return sorted(f"{m} -> {t}" for m, ts in edges.items() if m in PROGRAMS for t in ts if t in PROGRAMS)
+
+
+def test_no_program_imports_a_program():
+    assert sideways(graph()) == []
+
+
 def test_no_function_level_import_of_a_vitscale_module():
     inner = [f"{m}:{line} imports {n}" for m, p in modules().items() for n, inside, line in imports(p) if inside]
     assert inner == []
@@ -115,6 +130,8 @@ def test_the_checks_catch_what_they_promise(tmp_path):
     assert imports(tmp_path / "a.py") == [("b", False, 1)]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}}) is None
+    assert sideways({"export": {"train", "runs"}, "train": {"build"}}) == ["export -> train"]
+    assert sideways({"export": {"pretrained"}, "pretrained": {"build"}}) == []
 
 
 PURE = textwrap.dedent(
@@ -153,6 +170,18 @@ def test_building_a_schema_imports_no_framework_and_touches_no_file():
     assert r.returncode == 0, r.stderr
     heavy, opened, stats = eval(r.stdout.strip().splitlines()[-1])
     assert heavy == [] and opened == [] and stats == []
+
+
+def test_the_schemas_and_the_ops_grammar_import_no_tensorflow():
+    """config reads the preprocessing ops' grammar from data.ops; neither may import TensorFlow."""
+    code = (
+        "import sys; import vitscale.config, vitscale.data.ops; "
+        "vitscale.config.validate(vitscale.config.PretrainConfig, {'pp_train': ['decode', 'inception_crop(32)']}); "
+        "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'jax') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("bad", [{"variant": "Q/4"}, {"lr": float("nan")}, {"wd_rules": [["(", 1.0]]}])

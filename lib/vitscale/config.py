@@ -14,72 +14,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from vitscale import metrics
+from vitscale.data import ops
 from vitscale.models.variants import decode_variant
 
 Optimizer = Literal["adafactor", "adam", "adamw", "sgd"]
 Schedule = Literal["rsqrt", "cosine", "linear", "constant"]
-Input = Literal["auto", "memory", "stream"]  # how a split is read (vitscale.data): auto chooses by its size and shapes
-
-# Preprocessing ops (big_vision style): `name` or `name(arg, ...)`, numbers only. Name -> (min, max)
-# argument count and what it does; vitscale.data implements exactly these (it checks so at import).
-PP_OPS: dict[str, tuple[int, int, str]] = {
-    "decode": (0, 1, "decode(channels?): encoded image -> uint8 [H, W, C] (channels: the dataset's, or forced)"),
-    "resize": (1, 2, "resize(size) or resize(h, w): bilinear, antialiased"),
-    "resize_small": (1, 1, "resize_small(size): shorter side to size, aspect kept"),
-    "central_crop": (1, 1, "central_crop(size): the central size x size"),
-    "inception_crop": (1, 2, "inception_crop(size, area_min%=5): random area and aspect, resized to size"),
-    "decode_jpeg_and_inception_crop": (
-        1,
-        2,
-        "decode_jpeg_and_inception_crop(size, area_min%=5): both, decoding the crop only",
-    ),
-    "reflect_crop": (1, 1, "reflect_crop(pad): reflect-pad by pad, random crop back to the size"),
-    "flip_lr": (0, 0, "flip_lr: random left-right flip"),
-    "channels": (1, 1, "channels(n): grey <-> RGB"),
-    "value_range": (2, 2, "value_range(lo, hi): 0..255 -> lo..hi (float32)"),
-}
-_OP = re.compile(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*")
-
-
-def parse_op(text: str) -> tuple[str, tuple[float, ...]]:
-    """`"inception_crop(224)"` -> ("inception_crop", (224,)); ValueError naming the accepted ops otherwise."""
-    accepted = "accepted: " + "; ".join(v[2] for v in PP_OPS.values())
-    m = _OP.fullmatch(text) if isinstance(text, str) else None
-    if m is None or m.group(1) not in PP_OPS:
-        raise ValueError(f"unknown preprocessing op {text!r} ({accepted})")
-    name, raw = m.group(1), m.group(2)
-    try:
-        args = tuple(float(a) for a in raw.split(",")) if raw and raw.strip() else ()
-    except ValueError:
-        raise ValueError(f"op {text!r}: arguments must be numbers ({PP_OPS[name][2]})") from None
-    lo, hi, doc = PP_OPS[name]
-    if not lo <= len(args) <= hi:
-        raise ValueError(f"op {text!r}: takes {lo}-{hi} argument(s), got {len(args)} ({doc})")
-    args = tuple(int(a) if a.is_integer() else a for a in args)
-    sizes = {"resize", "resize_small", "central_crop", "channels", "decode"}
-    if name in sizes and any(not isinstance(a, int) or a <= 0 for a in args):
-        raise ValueError(f"op {text!r}: arguments must be positive integers ({doc})")
-    inception = name in ("inception_crop", "decode_jpeg_and_inception_crop")
-    if inception and (not isinstance(args[0], int) or args[0] <= 0):
-        raise ValueError(f"op {text!r}: size must be a positive integer ({doc})")
-    if inception and len(args) == 2 and not 0 < args[1] <= 100:
-        raise ValueError(f"op {text!r}: area_min is a percentage in (0, 100] ({doc})")
-    if name == "reflect_crop" and (not isinstance(args[0], int) or args[0] < 0):
-        raise ValueError(f"op {text!r}: pad must be a non-negative integer ({doc})")
-    if name == "value_range" and not args[0] < args[1]:
-        raise ValueError(f"op {text!r}: needs lo < hi ({doc})")
-    return name, args
+Input = Literal["auto", "memory", "stream"]  # how a split is read (data.sources): auto chooses by its size and shapes
 
 
 def _pp(v: list[str] | None) -> list[str] | None:
+    """A pp_* list, each op checked against the ops' grammar (data.ops; no TensorFlow needed)."""
     if v is not None:
         if not v:
             raise ValueError("must list at least one op, or be null for the default")
-        for op in v:
-            parse_op(op)
+        for text in v:
+            ops.parse(text)
     return v
 
 
@@ -123,6 +75,20 @@ def _problems_text(problems: list[Problem]) -> str:
 class _Schema(BaseModel):
     # Frozen values; unknown names refused; NaN and infinity refused for every float field.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+    # The values a program's check(cfg) passed with (`mark_checked`); not a parameter, not dumped.
+    _checked: dict | None = PrivateAttr(default=None)
+
+
+def mark_checked(cfg: _Schema) -> _Schema:
+    """Record on `cfg` that its program's check(cfg) passed in this process (or in the process that
+    started this one, for a batch kernel): `run(cfg, out_dir)` then does not check again."""
+    cfg._checked = cfg.model_dump()
+    return cfg
+
+
+def is_checked(cfg: _Schema) -> bool:
+    """Whether `cfg`, with exactly these values (a `model_copy(update=...)` changes them), was checked."""
+    return cfg._checked is not None and cfg._checked == cfg.model_dump()
 
 
 def _positive_unique(values: list, what: str) -> list:
@@ -146,6 +112,9 @@ class CooldownBranch(_Schema):
     steps: int = Field(gt=0)
 
 
+MODEL = {"model": True}  # marks the PretrainConfig fields that describe the model (its weights' shapes)
+
+
 class PretrainConfig(_Schema):
     """Parameters of a pretraining run (notebooks/pretrain.ipynb)."""
 
@@ -156,33 +125,37 @@ class PretrainConfig(_Schema):
     train_split: str = "train"
     test_split: str = "test"
     train_examples: int | None = Field(default=None, gt=0)  # data axis: first n of train_split
-    image_size: int = Field(default=28, gt=0)
-    channels: int = Field(default=1, ge=1, le=3)
+    image_size: int = Field(default=28, gt=0, json_schema_extra=MODEL)
+    channels: int = Field(default=1, ge=1, le=3, json_schema_extra=MODEL)
     crop_padding: int = Field(default=2, ge=0)  # random crop: reflect-pad then crop back
     flip: bool = True  # random horizontal flip
-    # How splits are read (vitscale.data): "memory" decodes a split into one array; "stream" reads the
+    # How splits are read (vitscale.data.sources): "memory" decodes a split into one array; "stream" reads the
     # prepared array_record files by index and decodes example by example; "auto" streams splits whose
-    # images vary in shape or would not fit (data.MEMORY_LIMIT_BYTES).
+    # images vary in shape or would not fit (data.sources.MEMORY_LIMIT_BYTES).
     input: Input = "auto"
-    # Preprocessing as op lists (PP_OPS), e.g. ["decode", "inception_crop(224)", "flip_lr", "value_range(-1, 1)"].
-    # None: today's pipeline from image_size, channels, crop_padding and flip (data.default_ops).
+    # Preprocessing as op lists (data.ops), e.g. ["decode", "inception_crop(224)", "flip_lr", "value_range(-1, 1)"].
+    # None: today's pipeline from image_size, channels, crop_padding and flip (data.ops.default_ops).
     pp_train: list[str] | None = None
     pp_eval: list[str] | None = None  # test split and few-shot features; None: resize to image_size
     # --- model
-    variant: str = "Pico/4"  # NAME/PATCH, see vitscale.models.vit.VARIANTS
-    width: int | None = Field(default=None, gt=0)  # overrides of the variant's shape
-    depth: int | None = Field(default=None, gt=0)
-    mlp_dim: int | None = Field(default=None, gt=0)
-    num_heads: int | None = Field(default=None, gt=0)
-    pool_type: Literal["gap", "tok", "map", "none"] = "gap"
-    posemb: Literal["learn", "sincos2d"] = "learn"
+    variant: str = Field(default="Pico/4", json_schema_extra=MODEL)  # NAME/PATCH, see vitscale.models.vit.VARIANTS
+    width: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)  # overrides of the variant's shape
+    depth: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
+    mlp_dim: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
+    num_heads: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
+    pool_type: Literal["gap", "tok", "map", "none"] = Field(default="gap", json_schema_extra=MODEL)
+    posemb: Literal["learn", "sincos2d"] = Field(default="learn", json_schema_extra=MODEL)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     head_bias_init: float | None = None  # None: 0 for softmax_xent, -10 for sigmoid_xent (paper)
     remat: bool = False  # recompute each block's activations in the backward pass
-    scan: bool = False  # one compiled block scanned over depth
+    scan: bool = Field(default=False, json_schema_extra=MODEL)  # one compiled block scanned over depth
     dtype: Literal["float32", "bfloat16"] = "float32"  # activations; parameters stay float32
-    representation_size: int | None = Field(default=None, gt=0)  # tanh layer `pre_logits` (original ViT)
-    gelu: Literal["tanh", "erf"] = "tanh"  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
+    representation_size: int | None = Field(
+        default=None, gt=0, json_schema_extra=MODEL
+    )  # tanh layer `pre_logits` (original ViT)
+    gelu: Literal["tanh", "erf"] = Field(
+        default="tanh", json_schema_extra=MODEL
+    )  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
     init_from: str | None = None  # a released or exported .npz (vitscale.weights) as the step-0 weights
     # --- optimisation
     loss: Literal["softmax_xent", "sigmoid_xent"] = "softmax_xent"
@@ -291,6 +264,12 @@ class PretrainConfig(_Schema):
             raise ValueError(_problems_text(problems))
         return self
 
+    @classmethod
+    def model_field_names(cls) -> tuple[str, ...]:
+        """The fields that describe the model (what `pretrained_model` carries, what export writes)."""
+        names = [k for k, f in cls.model_fields.items() if (f.json_schema_extra or {}).get("model")]
+        return tuple(sorted(names, key=lambda k: k != "variant"))  # the variant first, as files show it
+
     def model_shape(self) -> dict[str, int]:
         """The variant's shape with any explicit overrides applied."""
         v = decode_variant(self.variant)
@@ -335,7 +314,7 @@ class TransferConfig(_Schema):
     finetune_datasets: list[str] = ["mnist_5k"]  # [] = few-shot only
     finetune_resolution: int | None = Field(default=None, gt=0)  # None: the pretraining resolution
     finetune_steps: int = Field(default=500, gt=0)
-    # Fine-tuning preprocessing (PP_OPS); None: resize to the fine-tuning resolution, no augmentation.
+    # Fine-tuning preprocessing (data.ops); None: resize to the fine-tuning resolution, no augmentation.
     pp_finetune: list[str] | None = None
     pp_finetune_eval: list[str] | None = None  # held-out and test splits; None: resize likewise
     finetune_batch_size: int = Field(default=128, gt=0)  # global batch, split over devices

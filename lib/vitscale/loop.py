@@ -19,8 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vitscale import backend, checkpoints, data, metrics, progress, runs, sharding
+from vitscale import backend, checkpoints, config, metrics, progress, runs, sharding
+from vitscale.data import pipeline, sources
 from vitscale.models import vit
+
+_DEFAULTS = config.PretrainConfig.model_fields
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,11 +43,12 @@ class LoopSpec:
 
     total_steps: int
     batch_size: int  # global
-    log_every: int = 25
-    eval_every: int = 500
-    checkpoint_every: int | None = None  # None: at eval_every
-    keep_checkpoints: int = 2
-    keep_every: int | None = None
+    # Defaults: the pretraining schema's (config.PretrainConfig), the one source of them.
+    log_every: int = _DEFAULTS["log_every"].default
+    eval_every: int = _DEFAULTS["eval_every"].default
+    checkpoint_every: int | None = _DEFAULTS["checkpoint_every"].default  # None: at eval_every
+    keep_checkpoints: int = _DEFAULTS["keep_checkpoints"].default
+    keep_every: int | None = _DEFAULTS["keep_every"].default
 
 
 # ----------------------------------------------------------------------------- losses
@@ -160,12 +164,12 @@ def make_trainer(
 
 
 def evaluate(
-    trainer: Trainer, params, split: data.Split | data.Source, pipe: data.Pipeline, batch_size: int
+    trainer: Trainer, params, split: sources.Split | sources.Source, pipe: pipeline.Pipeline, batch_size: int
 ) -> dict[str, float]:
     """Loss and top-1 accuracy over a whole split: {"loss": ..., "acc": ...}."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()  # padded batches split evenly
-    for batch in data.eval_batches(split, pipe, batch_size):
+    for batch in pipeline.eval_batches(split, pipe, batch_size):
         out = trainer.eval_step(params, sharding.put_batch(batch, trainer.mesh))
         totals = {k: totals[k] + out[k] for k in totals}
     totals = jax.device_get(totals)
@@ -320,17 +324,20 @@ def fit(
         print(f"resuming {run_dir} from step {step}")
     if params_text and step < end_step:
         log.text("parameters", f"```\n{params_text}```", step=step)
-    return train_loop(
-        trainer,
-        state,
-        spec,
-        schedule=schedule,
-        batches=batches(step),
-        end_step=end_step,
-        log=log,
-        mngr=mngr,
-        evaluators=evaluators,
-        desc=desc,
-        checkpoint_at=protect,
-        meta=meta,
-    )
+    try:
+        return train_loop(
+            trainer,
+            state,
+            spec,
+            schedule=schedule,
+            batches=batches(step),
+            end_step=end_step,
+            log=log,
+            mngr=mngr,
+            evaluators=evaluators,
+            desc=desc,
+            checkpoint_at=protect,
+            meta=meta,
+        )
+    finally:
+        mngr.close()

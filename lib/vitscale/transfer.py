@@ -20,7 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import checks, config, data, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train, weights
+from vitscale import (
+    build,
+    checks,
+    config,
+    evaluators,
+    fewshot,
+    finetune,
+    flops,
+    metrics,
+    pretrained,
+    runs,
+    sharding,
+    weights,
+)
+from vitscale.data import datasets
 
 
 def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
@@ -30,7 +44,7 @@ def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
         return config.PretrainConfig(**cfg.random_model)
     if cfg.pretrained.endswith(config.NPZ):
         return config.PretrainConfig(**cfg.pretrained_model)
-    return finetune.read_pretrain_config(finetune.find_run(cfg.pretrained))
+    return pretrained.read_pretrain_config(runs.find_run(cfg.pretrained))
 
 
 def check(cfg: config.TransferConfig) -> config.PretrainConfig:
@@ -61,7 +75,7 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
             )
     checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir, cfg.input)
     for name in cfg.finetune_datasets:
-        train_split, test_split = data.finetune_splits(name)
+        train_split, test_split = datasets.finetune_splits(name)
         n = checks.split_size(problems, "finetune_datasets", name, train_split, cfg.data_dir)
         checks.split_size(problems, "finetune_datasets", name, test_split, cfg.data_dir)
         if n is not None:
@@ -79,21 +93,21 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
     return pre
 
 
-def load_models(cfg: config.TransferConfig, mesh) -> list[finetune.Pretrained]:
+def load_models(cfg: config.TransferConfig, mesh) -> list[pretrained.Pretrained]:
     """The model `pretrained` names, then (compare_random) a random init of the same shape."""
     if cfg.pretrained == config.RANDOM:
-        return [finetune.random_init(pretrain_config(cfg), mesh, seed=cfg.seed)]
+        return [pretrained.random_init(pretrain_config(cfg), mesh, seed=cfg.seed)]
     if cfg.pretrained.endswith(config.NPZ):
-        models = [finetune.load_npz(cfg.pretrained, pretrain_config(cfg), mesh)]
+        models = [pretrained.load_npz(cfg.pretrained, pretrain_config(cfg), mesh)]
     else:
-        models = [finetune.load_pretrained(cfg.pretrained, mesh)]
+        models = [pretrained.load_run(cfg.pretrained, mesh)]
     if cfg.compare_random:
-        models.append(finetune.random_init(models[0].cfg, mesh, seed=cfg.seed))
+        models.append(pretrained.random_init(models[0].cfg, mesh, seed=cfg.seed))
     return models
 
 
 def fewshot_eval(
-    models: list[finetune.Pretrained], cfg: config.TransferConfig, mesh
+    models: list[pretrained.Pretrained], cfg: config.TransferConfig, mesh
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """{model: {dataset: {"<k>shot": {mean, std, per_seed}}}} from frozen features at the pretraining resolution."""
     if not cfg.fewshot_datasets:
@@ -101,7 +115,7 @@ def fewshot_eval(
     pre = models[0].cfg
     evaluator = evaluators.FewShotEvaluator(
         cfg.fewshot_datasets,
-        train.input_pipeline(pre),  # the pretraining's evaluation ops, at its resolution
+        build.pipeline(pre),  # the pretraining's evaluation ops, at its resolution
         shots=tuple(cfg.fewshot_shots),
         seeds=tuple(range(cfg.fewshot_seeds)),
         l2=cfg.fewshot_l2,
@@ -118,7 +132,7 @@ def fewshot_eval(
 
 
 def make_summary(
-    cfg: config.TransferConfig, models: list[finetune.Pretrained], few: dict, fine: dict, t0: float, mesh
+    cfg: config.TransferConfig, models: list[pretrained.Pretrained], few: dict, fine: dict, t0: float, mesh
 ) -> dict[str, Any]:
     """Everything a reader needs: the source model, few-shot and fine-tuning results per model, and
     flat `final` metrics (the model `pretrained` names unprefixed, the random baseline under random/)."""
@@ -127,9 +141,9 @@ def make_summary(
     for m in models:
         prefix = "" if m.name == primary else f"{m.name}/"
         for name, result in few.get(m.name, {}).items():
-            final.update({prefix + k: v for k, v in fewshot.flatten(data.metric_name(name), result).items()})
+            final.update({prefix + k: v for k, v in fewshot.flatten(datasets.metric_name(name), result).items()})
         for name, by_model in fine.items():
-            final[prefix + metrics.finetune(data.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
+            final[prefix + metrics.finetune(datasets.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
     wall = time.time() - t0
     devices = int(mesh.devices.size)
     source = Path(models[0].source) / "summary.json"  # the pretraining run's compute, for plots against it
@@ -149,7 +163,7 @@ def make_summary(
         "pretrain_image_size": pre.image_size,
         "finetune_resolution": finetune.resolution(cfg, pre),
         "models": [m.name for m in models],
-        "num_params": flops.count_params(model, train.image_shape(pre)),
+        "num_params": flops.count_params(model, build.image_shape(pre)),
         "fewshot": few,
         "finetune": fine,
         "final": final,
@@ -178,8 +192,9 @@ def load_curves(out_dir: str | Path) -> list[dict[str, Any]]:
 def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
     out = Path(out_dir)
-    check(cfg)
-    checks.claim_run_dir(out, cfg)
+    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+        check(cfg)
+    runs.claim(out, cfg)
     t0 = time.time()
 
     mesh = sharding.make_mesh(cfg.mesh)
