@@ -14,7 +14,7 @@ from vitscale import cli, config, flops, plan, runs, sweep
 from vitscale.models import vit
 
 DATA = Path(__file__).parent / "data"
-TRUE = {"E": 0.05, "A": 20.0, "B": 2.0, "alpha": 0.5, "beta": 0.5}
+TRUE = {"E": 0.05, "A": 4.0, "B": 2.0, "alpha": 0.5, "beta": 0.5}
 
 
 def _law(n, d):
@@ -127,10 +127,13 @@ def test_bad_csv_is_exit_2_naming_column_and_row_with_nothing_written(tmp_path, 
 def test_tiny_planned_sweep_runs_end_to_end(tmp_path):
     """plan on a study -> sweep file -> `vitscale sweep` runs every planned run to its budget."""
     study = fake_study(tmp_path / "study")
-    budget = 3 * 5.1e7 * 32 * 3  # about 3 steps of the largest candidate (Micro/7), ~170 of Atto/7
-    assert cli.main(["plan", str(study), "--budget", f"{budget:g}", "--out", str(tmp_path / "plan.yaml")]) == 0
+    micro = flops.forward_flops(vit.make_model("Micro/7", 10), (28, 28, 1))
+    budget = 3 * micro * 32 * 40  # 40 steps of the largest candidate (Micro/7), ~2,000 of Atto/7
+    assert cli.main(["plan", str(study), "--budget", repr(budget), "--out", str(tmp_path / "plan.yaml")]) == 0
     spec = yaml.safe_load((tmp_path / "plan.yaml").read_text())
-    spec["base"] |= {"test_split": "test[:64]", "eval_batch_size": 64}
+    spec["base"] |= {"test_split": "test[:64]", "eval_batch_size": 64, "log_every": 100}
+    for r in spec["runs"]:
+        r["eval_every"] = r["total_steps"]  # one evaluation, at the end
     spec["analysis"] = False
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "planned"

@@ -156,3 +156,19 @@ def write(points: table.Points, out_dir: str | Path, *, source: str = "", budget
     page += f"<h1>Allocation report: {html.escape(str(source))}</h1>" + section_html(res) + "</body></html>"
     runs.atomic_write_text(out_dir / "report.html", page)
     return out_dir / "report.html"
+
+
+def show(res: dict[str, Any]) -> None:
+    """The Allocation section in a notebook: sentences, tables and figures (or why there is none)."""
+    from IPython.display import HTML, Markdown, display  # IPython is there wherever a report is shown
+
+    if "error" in res:
+        display(Markdown(f"No allocation analysis: {res['error']}."))
+        return
+    s = res["summary"]
+    display(Markdown("\n".join(f"- {n}" for n in s["notes"]) + f"\n\n**Exponents.** {s['agreement']}."))
+    for title, rows in (("Exponents", exponent_rows(s)), ("Joint law", constant_rows(s)), ("Plan", plan_rows(s))):
+        display(HTML(f"<h4>{title}</h4>" + _table_html(rows)))
+    display(Markdown(s["support"]))
+    contours(res).show()
+    profiles(s).show()

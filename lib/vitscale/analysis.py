@@ -41,6 +41,7 @@ __all__ = [
     "by_group",
     "check",
     "run",
+    "allocation_of",
 ]
 
 
@@ -274,16 +275,21 @@ def analyze_all(
 
 
 def write_summary(
-    results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, findings: Mapping[str, Any] | None = None
+    results: Mapping[str, Mapping[str, Any]],
+    out_dir: str | Path,
+    findings: Mapping[str, Any] | None = None,
+    allocation: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `out_dir/summary.json`: per metric the fitted constants (power law a, b, c, d and M4
     with bootstrap intervals), the frontier and the extrapolation errors, or the metric's error
-    message; plus `findings` if given. Returns the path."""
+    message; plus `findings` and `allocation` (allocation_of's summary) if given. Returns the path."""
     doc: dict[str, Any] = {
         "metrics": {m: (r["summary"] if "summary" in r else {"error": r.get("error")}) for m, r in results.items()}
     }
     if findings is not None:
         doc["findings"] = runs.to_jsonable(dict(findings))
+    if allocation is not None:
+        doc["allocation"] = runs.to_jsonable(allocation.get("summary", allocation))
     path = Path(out_dir) / "summary.json"
     runs.write_json(path, doc)
     return path
@@ -550,5 +556,23 @@ def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
     rows = runs.collect(cfg.sweep_dir)
     results = analyze_all(rows, cfg.metrics, x=cfg.x, n_bootstrap=cfg.n_bootstrap)
     found = findings(rows, result=results.get(metrics.TEST_ACC), x=cfg.x, n_bootstrap=cfg.n_bootstrap)
-    write_summary(results, out_dir, findings=found)
-    return {"rows": rows, "results": results, "findings": found}
+    alloc = allocation_of(rows, budgets=cfg.budgets, n_bootstrap=min(cfg.n_bootstrap, 100))
+    write_summary(results, out_dir, findings=found, allocation=alloc)
+    return {"rows": rows, "results": results, "findings": found, "allocation": alloc}
+
+
+def allocation_of(
+    rows: Sequence[Mapping[str, Any]], *, metric: str = metrics.TEST_ACC, budgets: Any = None, **kw: Any
+) -> dict[str, Any]:
+    """Compute-optimal allocation of `metric`'s error over the rows (scaling.allocation.allocate: the
+    joint law, IsoFLOP profiles, envelope, plans at `budgets`), or {"error": message} when the
+    sweep cannot support it (too few runs, a fit that fails)."""
+    pts = scaling.table.from_rows(rows, error_of, metric=metric)
+    if len(pts.N) < scaling.table.MIN_ROWS:
+        return {
+            "error": f"allocation: {len(pts.N)} trained models carry {metric}; the joint law needs {scaling.table.MIN_ROWS}"
+        }
+    try:
+        return scaling.allocation.allocate(pts, budgets=budgets, **kw)
+    except (ValueError, RuntimeError) as err:
+        return {"error": f"allocation: {err}"}
