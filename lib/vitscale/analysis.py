@@ -569,9 +569,8 @@ def allocation_of(
     sweep cannot support it (too few runs, a fit that fails)."""
     pts = scaling.table.from_rows(rows, error_of, metric=metric)
     if len(pts.N) < scaling.table.MIN_ROWS:
-        return {
-            "error": f"allocation: {len(pts.N)} trained models carry {metric}; the joint law needs {scaling.table.MIN_ROWS}"
-        }
+        need = scaling.table.MIN_ROWS
+        return {"error": f"allocation: {len(pts.N)} trained models carry {metric}; the joint law needs {need}"}
     try:
         return scaling.allocation.allocate(pts, budgets=budgets, **kw)
     except (ValueError, RuntimeError) as err:
