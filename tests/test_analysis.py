@@ -394,6 +394,7 @@ def test_notebook_through_papermill(root, tmp_path):
     assert doc["metrics"]["test/acc"]["n_runs"] == len(rows)
     assert doc["metrics"]["test/acc"]["power_law"]["c"] == pytest.approx(TRUTH["c"], rel=0.3)
     assert set(doc["findings"]) == {"saturation", "sample_efficiency", "double_saturation"}
+    assert set(doc["allocation"]) >= {"joint", "isoflop", "envelope", "k", "plans"}  # the Allocation section
 
 
 def test_every_law_is_checked_and_the_best_named(fitted):
