@@ -105,7 +105,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if Path(args.sweep_dir).is_file():
         try:
             out = Path(args.out or Path(args.sweep_dir).with_suffix(""))
-            pts = plan.load_points(args.sweep_dir)
+            pts = plan.load_points(args.sweep_dir, k=args.k)
             report = allocation_report.write(pts, out, source=args.sweep_dir)
         except config.ConfigError as e:
             return _bad_input(e)
@@ -127,7 +127,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
-        res = plan.run(args.source, args.budget, out=args.out, metric=args.metric)
+        res = plan.run(args.source, args.budget, out=args.out, metric=args.metric, k=args.k)
         if res["sweep_file"] is not None:
             sweep.load(res["sweep_file"])  # the file runs as it is
     except config.ConfigError as e:
@@ -192,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("analyze", help="the scaling report of a sweep folder, or the allocation report of a CSV")
     p.add_argument("sweep_dir", help="a sweep folder, or a CSV of runs")
     p.add_argument("--out", help="with a CSV: the report folder (default: the CSV's name without .csv)")
+    p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
     p.set_defaults(fn=cmd_analyze)
     p = sub.add_parser("plan", help="compute-optimal model size and data for a budget (and an IsoFLOP sweep)")
     p.add_argument("source", help="a sweep folder, or a CSV of runs")
     p.add_argument("--budget", type=float, required=True, help="training FLOPs to plan for")
     p.add_argument("--out", help="the sweep file to write (a sweep folder only; default <folder>/plan_<budget>.yaml)")
     p.add_argument("--metric", default="test/acc", help="the metric whose error is fitted (default test/acc)")
+    p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("lab", help="JupyterLab on notebooks/ with the vitscale kernel (as root too)")
     p.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

@@ -118,5 +118,13 @@ def from_rows(rows: Sequence[Mapping[str, Any]], error_of, *, metric: str) -> Po
     run = [str(r["run_id"]) + (f"/{r['branch']}" if r.get("branch") else "") for r in keep]
     group = [str(r.get("variant", "")) for r in keep]
     kk = float(np.median(C / (N * D))) if len(keep) else math.nan
-    note = "points: each run's end and each cooldown branch's end (what an rsqrt or cosine schedule makes meaningful)"
-    return Points(N, D, C, E, run, group, kk, True, "images_seen", metric, D / ex, [note])
+    notes = [
+        "points: each run's end and each cooldown branch's end (what an rsqrt or cosine schedule makes meaningful)"
+    ]
+    if len(keep):
+        ks = C / (N * D)
+        notes.append(
+            f"k = C / (N D) = 3 x forward FLOPs per image per parameter: {ks.min():.3g} to {ks.max():.3g} over the "
+            f"sizes; the closed form uses the median {kk:.3g}, IsoFLOP profiles and planned runs each size's own FLOPs"
+        )
+    return Points(N, D, C, E, run, group, kk, True, "images_seen", metric, D / ex, notes)
