@@ -23,8 +23,8 @@ import numpy as np
 
 from vitscale.scaling.fitting import _check_level, _interval
 
-#: The fewest sizes an IsoFLOP profile needs (three for a parabola, one more to judge it).
-MIN_SIZES = 4
+#: The fewest sizes an IsoFLOP profile needs: three for a parabola (its minimum then must be the middle one).
+MIN_SIZES = 3
 
 
 def curves(N: Any, C: Any, error: Any) -> dict[float, tuple[np.ndarray, np.ndarray]]:
