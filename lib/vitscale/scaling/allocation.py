@@ -19,8 +19,8 @@ import numpy as np
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
-from vitscale.scaling import isoflop
 from vitscale.scaling.fitting import _check_level, _interval, _unresolved, _validate
+from vitscale.scaling.isoflop import envelope, isoflop
 from vitscale.scaling.table import Points
 
 #: Huber threshold on log error (the replication's and Hoffmann's).
@@ -282,8 +282,8 @@ def allocate(
     if any(used.group):  # one curve per group (a model size), at the group's median N
         med = {g: float(np.median(used.N[[x == g for x in used.group]])) for g in set(used.group)}
         sizes = np.array([med[g] for g in used.group])
-    iso = isoflop.isoflop(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
-    env = isoflop.envelope(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+    iso = isoflop(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+    env = envelope(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
     if budgets is None:
         budgets = [float(used.C.max()) * f for f in (1.0, 4.0, 16.0)]
     plans = [fit.plan(float(c)) for c in np.atleast_1d(budgets)]
