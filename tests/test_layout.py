@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "logs", "metrics", "progress", "runs", "fewshot", "models.variants"}  # leaves
+    {"allocator", "logs", "metrics", "progress", "report", "runs", "fewshot", "models.variants"}  # leaves
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
     {"config"},  # pure schemas
     {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks

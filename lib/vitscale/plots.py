@@ -1,25 +1,50 @@
-"""Plotly figures the notebooks show, drawn so that the executed notebook's HTML opens offline.
+"""Plotly figures and HTML tables the notebooks show, drawn so that the executed notebook's HTML
+opens offline.
 
-`setup_notebook()` sets the renderer to "plotly_mimetype+notebook": JupyterLab draws the plotly
-mimetype, and the text/html part (with plotly.js embedded once by that call's output) is what
-nbconvert's HTML export keeps. The cell that calls it must keep its output.
+`setup_notebook()` sets the renderer to "plotly_mimetype+vitscale_notebook": JupyterLab draws the
+plotly mimetype, and the text/html part (with plotly.js embedded once by that call's output, and no
+MathJax from a CDN) is what nbconvert's HTML export keeps. The cell that calls it must keep its output.
+Tables are `report.table` HTML (every number in full, formatted by `report`'s helpers).
 """
 
 from __future__ import annotations
 
+import html
+import json
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.io._base_renderers import NotebookRenderer
 from plotly.subplots import make_subplots
 
-from vitscale import analysis, metrics
+from vitscale import analysis, metrics, report
 
-RENDERER = "plotly_mimetype+notebook"
+RENDERER = "plotly_mimetype+vitscale_notebook"
+
+
+class OfflineNotebookRenderer(NotebookRenderer):
+    """plotly's notebook renderer without its MathJax <script src> from a CDN in every figure."""
+
+    def to_mimebundle(self, fig_dict):
+        return {
+            "text/html": pio.to_html(
+                fig_dict,
+                config=self.config,
+                include_plotlyjs=self.include_plotlyjs,
+                include_mathjax=False,
+                full_html=False,
+                default_width="100%",
+                default_height=525,
+                validate=False,
+            )
+        }
+
+
+pio.renderers["vitscale_notebook"] = OfflineNotebookRenderer()
 
 
 class Sentence:
@@ -29,9 +54,7 @@ class Sentence:
         self.text = text
 
     def show(self) -> None:
-        from IPython.display import Markdown, display  # IPython is there wherever a report is shown
-
-        display(Markdown(self.text))
+        report.paragraph(self.text).show()
 
     def __repr__(self) -> str:
         return f"Sentence({self.text!r})"
@@ -59,7 +82,7 @@ def training_curves(curves: dict[str, Sequence[dict[str, Any]]], x: str = "step"
     palette = pio.templates["plotly"].layout.colorway
     for i, (name, records) in enumerate(curves.items()):
         color = palette[i % len(palette)]
-        for col, key in enumerate(("train/loss", "test/loss", "test/acc"), start=1):
+        for col, key in enumerate((metrics.TRAIN_LOSS, metrics.TEST_LOSS, metrics.TEST_ACC), start=1):
             xs, ys = _series(records, key, x)
             fig.add_trace(
                 go.Scatter(
@@ -82,13 +105,13 @@ def training_curves(curves: dict[str, Sequence[dict[str, Any]]], x: str = "step"
 
 def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Figure | Sentence:
     """Few-shot accuracy during pretraining, one line per dataset and shot count."""
-    keys = sorted({k for r in records for k in r if k.startswith("fewshot/") and not k.endswith("_std")})
+    keys = sorted({k for r in records for k in r if metrics.is_fewshot(k)})
     if not keys:
         return NO_FEWSHOT
     fig = go.Figure()
     for k in keys:
         xs, ys = _series(records, k, x)
-        fig.add_trace(go.Scatter(x=xs, y=ys, name=k.removeprefix("fewshot/"), mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=metrics.fewshot_label(k), mode="lines+markers"))
     fig.update_layout(
         title="few-shot linear transfer during pretraining",
         xaxis_title=x.replace("_", " "),
@@ -98,26 +121,21 @@ def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Fig
     return fig
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = "") -> go.Figure:
-    """A plain table figure (renders in the HTML report like the plots)."""
-    columns = list(columns or (rows[0].keys() if rows else []))
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-    cells = defaultdict(list)
-    for r in rows:
-        for c in columns:
-            cells[c].append(fmt(r.get(c)))
-    fig = go.Figure(
-        go.Table(
-            header=dict(values=columns, align="left"), cells=dict(values=[cells[c] for c in columns], align="left")
-        )
-    )
-    fig.update_layout(
-        title=title or None, height=min(120 + 28 * len(rows), 900), margin=dict(t=40 if title else 10, b=10)
-    )
-    return fig
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = "") -> report.Html:
+    """A plain HTML table (`report.table`): every number in full, nothing clipped."""
+    return report.table(rows, columns, title=title)
 
 
-def summary_table(summary: dict[str, Any]) -> go.Figure:
+# How the run summary's quantities read (the others: report.auto).
+_SUMMARY_FORMATS = {
+    "num_params": lambda v: f"{report.count(v)} ({report.integer(v)})",
+    "train_flops": report.flops,
+    "images_seen": report.integer,
+    "train_examples": lambda v: analysis.data_label(v),
+}
+
+
+def summary_table(summary: dict[str, Any]) -> report.Html:
     """The run's headline numbers as a two-column table."""
     keys = [
         "name",
@@ -131,10 +149,33 @@ def summary_table(summary: dict[str, Any]) -> go.Figure:
         "train_flops",
         "wall_seconds_this_session",
     ]
-    rows = [{"quantity": k, "value": summary.get(k)} for k in keys]
+    rows = [{"quantity": k, "value": _SUMMARY_FORMATS.get(k, report.auto)(summary.get(k))} for k in keys]
     rows += [{"quantity": f"best {k}", "value": v} for k, v in summary.get("best", {}).items()]
     rows += [{"quantity": k, "value": v} for k, v in sorted(summary.get("final", {}).items())]
     return table(rows, ["quantity", "value"])
+
+
+def parameters(cfg: Any, groups: dict[str, Sequence[str]]) -> report.Html:
+    """Every resolved parameter of a run (defaults included), grouped (model, data, recipe,
+    evaluation, ...) in a collapsed block: what ran, without opening params.yaml."""
+    values = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
+    placed: set[str] = set()
+    parts = []
+    for group, keys in groups.items():
+        rows = [{"parameter": k, "value": _param_text(values[k])} for k in keys if k in values]
+        placed |= {k for k in keys if k in values}
+        if rows:
+            parts.append(report.table(rows, title=group))
+    rest = [{"parameter": k, "value": _param_text(v)} for k, v in values.items() if k not in placed]
+    if rest:
+        parts.append(report.table(rest, title="other"))
+    return report.details(f"All parameters ({len(values)}, defaults included)", *parts)
+
+
+def _param_text(v: Any) -> str:
+    if isinstance(v, dict | list):
+        return json.dumps(v)
+    return report.auto(v) if not isinstance(v, int) or isinstance(v, bool) else str(v)
 
 
 # ----------------------------------------------------------------------------- transfer (notebooks/transfer.ipynb)
@@ -142,10 +183,7 @@ _DASHES = ("solid", "dash", "dot", "dashdot")
 _GRID_DASHES = ("dot", "dash", "dashdot", "longdash")
 
 
-def _pct(mean: float | None, std: float | None = None) -> str:
-    if mean is None:
-        return ""
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+_pct = report.percent_spread
 
 
 def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> go.Figure | Sentence:
@@ -181,7 +219,7 @@ def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]])
     return fig
 
 
-def fewshot_table(summary: dict[str, Any]) -> go.Figure | Sentence:
+def fewshot_table(summary: dict[str, Any]) -> report.Html | Sentence:
     """Few-shot accuracy (%, mean ± spread over seeds) per dataset and shot count, one column per
     model, and the pretrained model's gain over the random init when both ran."""
     few, models = summary.get("fewshot", {}), summary.get("models", [])
@@ -201,11 +239,11 @@ def fewshot_table(summary: dict[str, Any]) -> go.Figure | Sentence:
     seeds = len(next(iter(next(iter(first.values())).values()))["per_seed"]) if first else 0
     title = f"few-shot top-1 accuracy (%), mean ± std over {seeds} seeds"
     if w := summary.get("weights"):  # where the pretrained weights came from
-        title += f"<br>weights: {w.get('file')} ({w.get('layout')}, variant {w.get('variant')})"
+        title += f"; weights: {w.get('file')} ({w.get('layout')}, variant {w.get('variant')})"
     return table(rows, title=title)
 
 
-def finetune_table(summary: dict[str, Any]) -> go.Figure | Sentence:
+def finetune_table(summary: dict[str, Any]) -> report.Html | Sentence:
     """Fine-tuning per dataset and model: held-out accuracy for each lr of the grid, the lr picked,
     and the test accuracy of the final run."""
     rows = []
@@ -213,9 +251,9 @@ def finetune_table(summary: dict[str, Any]) -> go.Figure | Sentence:
         for model, r in by_model.items():
             row = {"dataset": name, "model": model}
             for g in r["grid"]:
-                row[f"held-out acc, lr {g['lr']:g} (%)"] = "diverged" if g["diverged"] else _pct(g["val/acc"])
+                row[f"held-out acc, lr {g['lr']:g} (%)"] = "diverged" if g["diverged"] else _pct(g[metrics.VAL_ACC])
             row["best lr"] = f"{r['best_lr']:g}" + (" (grid edge)" if r.get("best_lr_at_grid_edge") else "")
-            row["test acc (%)"] = _pct(r["test/acc"])
+            row["test acc (%)"] = _pct(r[metrics.TEST_ACC])
             rows.append(row)
     if not rows:
         return NO_FINETUNING
@@ -254,7 +292,7 @@ def finetune_curves(curves: Sequence[dict[str, Any]]) -> go.Figure | Sentence:
         color = palette[models.index(c["model"]) % len(palette)]
         dash = "solid" if c["final"] else _GRID_DASHES[lrs.index(c["lr"]) % len(_GRID_DASHES)]
         row = datasets.index(c["dataset"]) + 1
-        for col, key in enumerate((metrics.TRAIN_LOSS, "val/acc", metrics.TEST_ACC), start=1):
+        for col, key in enumerate((metrics.TRAIN_LOSS, metrics.VAL_ACC, metrics.TEST_ACC), start=1):
             xs, ys = _series(c["records"], key)
             if not xs:
                 continue
@@ -317,11 +355,6 @@ def _hover_data(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
-def _message(fig: go.Figure, text: str) -> go.Figure:
-    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    return fig
-
-
 def _colors(variants: Sequence[str]) -> dict[str, str]:
     palette = pio.templates["plotly"].layout.colorway
     return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
@@ -337,16 +370,19 @@ def _with_x(rows: Sequence[dict[str, Any]], metric: str, x: str) -> list[dict[st
 
 def scaling_error_vs_compute(
     rows: Sequence[dict[str, Any]],
-    result: dict[str, Any],
+    result: dict[str, Any] | analysis.Failed,
     metric: str | None = None,
-) -> go.Figure:
+) -> go.Figure | Sentence:
     """Error against compute (log-log) for every trained model, one colour per model size and one
     marker per data size; the Pareto frontier ringed; the power law fitted to it with its bootstrap
     band, and the M4 fit. Traces: one per model size, then frontier, band, power law, M4 (each if
-    fitted)."""
-    metric = metric or result["metric"]
-    x = result.get("x", "train_flops")
+    fitted). Without a fit the runs are drawn and the reason is in the title; without runs, a sentence."""
+    fail = analysis.failed(result)
+    metric = metric or (result.metric if fail else result["metric"])
+    x = result.x if fail else result["x"]
     have = _with_x(rows, metric, x)
+    if not have:
+        return Sentence(f"No run has {_metric_title(metric)} and {_x_title(x)}: nothing to draw.")
     variants, sizes = analysis.variants_by_size(have), analysis.data_sizes(have)
     colors = _colors(variants)
     fig = go.Figure()
@@ -369,8 +405,8 @@ def scaling_error_vs_compute(
         )
     marks = ", ".join(f"{_SYMBOLS[i % len(_SYMBOLS)]} {analysis.data_label(d)}" for i, d in enumerate(sizes))
     title = f"{_metric_title(metric)} against {_x_title(x)} (markers: training images, {marks})"
-    if "error" in result:
-        _message(fig, f"no fit: {result['error']}")
+    if fail:
+        title += f"<br>no fit: {result.reason}"
     else:
         front = [r for r, f in zip(rows, result["frontier"]) if f]
         front.sort(key=lambda r: r[x])
@@ -413,7 +449,7 @@ def scaling_error_vs_compute(
             )
         )
         m4 = result["m4"]
-        if not isinstance(m4, dict):
+        if not analysis.failed(m4):
             fig.add_trace(
                 go.Scatter(
                     x=grid,
@@ -429,9 +465,11 @@ def scaling_error_vs_compute(
     return fig
 
 
-def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure:
+def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure | Sentence:
     """Best error (over training lengths) against parameters, one line per data size (log-log)."""
     groups = analysis.by_group(rows, metric, "train_examples", "variant")
+    if not groups:
+        return Sentence(f"No run has {_metric_title(metric)}: no best error per model size.")
     sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key)
     fig = go.Figure()
     for d in sizes:
@@ -447,18 +485,18 @@ def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = metrics.T
                 hovertemplate=_HOVER,
             )
         )
-    if not groups:
-        _message(fig, f"no run has {metric}")
     fig.update_xaxes(type="log", title_text="parameters")
     fig.update_yaxes(type="log", title_text=f"best {_metric_title(metric)}")
     fig.update_layout(title=f"best {_metric_title(metric)} against model size, per data size", height=420)
     return fig
 
 
-def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure:
+def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure | Sentence:
     """Error against images seen, one facet per data size and one line per model size (the best
     run or cooldown branch at each images-seen value); log-log."""
     groups = analysis.by_group(rows, metric, "train_examples", "variant")
+    if not groups:
+        return Sentence(f"No run has {_metric_title(metric)}: no curve against images seen.")
     sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key) or [None]
     variants = analysis.variants_by_size([r for rs in groups.values() for r in rs])
     colors = _colors(variants)
@@ -495,8 +533,6 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metric
                 col=col,
             )
             shown.add(v)
-    if not groups:
-        _message(fig, f"no run has {metric}")
     fig.update_xaxes(type="log", title_text="images seen")
     fig.update_yaxes(type="log")
     fig.update_yaxes(title_text=_metric_title(metric), row=1, col=1)
@@ -504,17 +540,16 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metric
     return fig
 
 
-def scaling_extrapolation(result: dict[str, Any]) -> go.Figure:
+def scaling_extrapolation(result: dict[str, Any] | analysis.Failed) -> go.Figure | Sentence:
     """The extrapolation check: frontier runs below the cut (fitted) and at or above it (held out),
     both estimators' curves fitted below the cut, and their errors on the held-out runs. Traces:
     fit region, held out, cut line, power law, M4 (each if present)."""
+    if analysis.failed(result):
+        return Sentence(f"No extrapolation check for {_metric_title(result.metric)}: {result.reason}")
+    metric, x, ex = result["metric"], result["x"], result["extrapolation"]
+    if analysis.failed(ex):
+        return Sentence(f"No extrapolation check for {_metric_title(metric)}: {ex.reason}")
     fig = go.Figure()
-    metric, x = result.get("metric", ""), result.get("x", "train_flops")
-    ex = result.get("extrapolation", {"error": result.get("error", "no result")})
-    if "error" in result or "error" in ex:
-        _message(fig, f"no extrapolation check: {result.get('error') or ex['error']}")
-        fig.update_layout(title=f"extrapolation, {_metric_title(metric)}", height=300)
-        return fig
     fig.add_trace(
         go.Scatter(
             x=ex["train_x"],
@@ -549,8 +584,8 @@ def scaling_extrapolation(result: dict[str, Any]) -> go.Figure:
         ("power_law", "power law", dict(color="black")),
         ("m4", "M4", dict(color="firebrick", dash="dash")),
     ):
-        r = ex["results"].get(name, {})
-        if "fit" not in r:
+        r = ex["results"].get(name)
+        if r is None or analysis.failed(r) or "fit" not in r:
             continue
         fig.add_trace(
             go.Scatter(
@@ -569,49 +604,46 @@ def scaling_extrapolation(result: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def _fit_table(fig: go.Figure, widths: Sequence[float], chars: int = 150) -> go.Figure:
-    """Set relative column widths and a height that fits wrapped cells (about `chars` characters
-    per line across the whole table)."""
-    t = fig.data[0]
-    t.columnwidth = list(widths)
-    share = [w / sum(widths) for w in widths]
-    cols = [list(c) for c in t.cells.values]
-    lines = [
-        max(math.ceil(len(str(col[i])) / max(chars * f, 1.0)) or 1 for col, f in zip(cols, share))
-        for i in range(len(cols[0]) if cols else 0)
-    ]
-    head = max(math.ceil(len(str(h)) / max(chars * f, 1.0)) or 1 for h, f in zip(t.header.values, share))
-    fig.update_layout(height=min(80 + 20 * head + sum(20 * n + 10 for n in lines), 1400))
-    return fig
+# How the scaling tables show their numbers.
+_RUN_FORMATS = {
+    "params": report.count,
+    "train FLOPs": report.flops,
+    "images seen": report.integer,
+    "steps": report.integer,
+}
 
 
-def scaling_constants_table(results: dict[str, dict[str, Any]]) -> go.Figure:
+def _ordered(results: dict[str, Any]) -> list[str]:
+    """Metrics in report order: upstream (test) first, then few-shot by dataset and shots."""
+    return sorted(results, key=metrics.sort_key)
+
+
+def scaling_constants_table(results: dict[str, Any]) -> report.Html:
     """Fitted constants, one column per metric: power law a, b, c, d and M4 (with bootstrap
     intervals), the extrapolation errors, and why a metric could not be fitted."""
-    per_metric = analysis.constants_rows(results)
+    per_metric = analysis.constants_rows({m: results[m] for m in _ordered(results)})
     if not per_metric:
-        return table([{"scaling fits": "no metric to fit"}])
+        return report.paragraph("No metric to fit.")
     quantities = list(dict.fromkeys(k for r in per_metric for k in r if k != "metric"))
     rows = [{"quantity": q, **{r["metric"]: r.get(q, "") for r in per_metric}} for q in quantities]
-    fig = table(
+    return report.table(
         rows,
         ["quantity"] + [r["metric"] for r in per_metric],
-        title="frontier fits: E = a (x + d)^-b + c and M4 [bootstrap intervals]",
+        title="frontier fits: E = a (x + d)^-b + c and M4 [95% bootstrap intervals]",
     )
-    return _fit_table(fig, [1.2] + [2.0] * len(per_metric))
 
 
-def scaling_findings_table(found: dict[str, dict[str, Any]]) -> go.Figure:
-    """The paper's claims checked on this sweep (`analysis.findings`): holds, and the numbers."""
-    fig = table(analysis.findings_rows(found), ["finding", "holds", "verdict"], title="findings at this scale")
-    return _fit_table(fig, [1.2, 0.8, 8.0])
+def scaling_findings_table(found: dict[str, dict[str, Any]]) -> report.Html:
+    """The paper's claims checked on this sweep, per metric (`analysis.findings`): holds, and the numbers."""
+    rows = [{"metric": _metric_title(m), **r} for m in _ordered(found) for r in analysis.findings_rows(found[m])]
+    return report.table(rows, ["metric", "finding", "holds", "verdict"], title="findings at this scale")
 
 
 def _finite_or_none(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> go.Figure:
+def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> report.Html:
     """Every trained model of the sweep with its size, data, length, compute and errors."""
     names = list(names or analysis.metric_columns(rows))
     rows = sorted(
@@ -637,16 +669,19 @@ def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | No
         for r in rows
     ]
     if not out:
-        return table([{"runs": "no finished run in this sweep"}])
-    fig = table(out, title=f"{len(out)} trained models (runs and cooldown branches)")
-    return _fit_table(fig, [3.0, 1.0, 1.0, 1.0, 0.8, 1.1, 1.1] + [1.6] * len(names), chars=170)
+        return report.paragraph("No finished run in this sweep.")
+    formats = _RUN_FORMATS | {_metric_title(m): report.percent for m in names}
+    return report.table(
+        out, title=f"{len(out)} trained models (runs and cooldown branches)", formats=formats, table_id="runs"
+    )
 
 
-def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[go.Figure]:
+def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, Any]) -> list[go.Figure | Sentence]:
     """Per metric: error against compute with the fits, the extrapolation check, best error
     against model size, and error against images seen."""
     figs = []
-    for metric, result in results.items():
+    for metric in _ordered(results):
+        result = results[metric]
         figs += [
             scaling_error_vs_compute(rows, result, metric),
             scaling_extrapolation(result),
@@ -656,7 +691,89 @@ def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, di
     return figs
 
 
-def show_all(figures: Sequence[go.Figure]) -> None:
+def _law_text(result: dict[str, Any]) -> str:
+    pl = result["power_law"]
+    iv = pl.intervals
+    const = ", ".join(
+        f"{k} = {report.with_interval(getattr(pl, k), iv.get(k), analysis._flags(pl.as_dict(), k))}" for k in "abcd"
+    )
+    return f"E = a (x + d)^-b + c on {pl.n} frontier points: {const}"
+
+
+def _extrapolation_text(result: dict[str, Any]) -> str:
+    ex = result["extrapolation"]
+    if analysis.failed(ex):
+        return f"Extrapolation: not checked ({ex.reason})."
+    scored = sorted(
+        (r["rmse_log"], name, r)
+        for name, r in ex["results"].items()
+        if not analysis.failed(r) and math.isfinite(r.get("rmse_log", math.nan))
+    )
+    if not scored:
+        return "Extrapolation: no law could be fitted below the cut."
+    (best, name, r), rest = scored[0], scored[1:]
+    txt = (
+        f"Extrapolates best: {analysis.law_label(name)}, fitted on {ex['n_train']} runs below "
+        f"{report.flops(ex['cut']) if result['x'] == 'train_flops' else report.number(ex['cut'], 3)}, "
+        f"predicts the {ex['n_test']} above within {report.percent(r['mare'])} on average (RMSE of log error "
+        f"{report.number(best, 3)})"
+    )
+    if rest:
+        second, name2, _ = rest[0]
+        ratio = f"{second / best:.3g}x" if best > 0 else "infinitely"
+        txt += f"; next: {analysis.law_label(name2)}, {ratio} the error"
+    return txt + "."
+
+
+def scaling_headline(results: dict[str, Any], found: dict[str, dict[str, Any]]) -> report.Html:
+    """The answer first: per metric (upstream first) the fitted law with its intervals, which law
+    extrapolates best and by how much, and the findings that hold (and which cannot be tested)."""
+    blocks = []
+    for metric in _ordered(results):
+        result, title = results[metric], _metric_title(metric)
+        if analysis.failed(result):
+            blocks.append(
+                report.section(
+                    report.Html(f"<h3>{html.escape(title)}</h3>"), report.paragraph(f"Not fitted: {result.reason}")
+                )
+            )
+            continue
+        lines = [_law_text(result), _extrapolation_text(result)]
+        f = found.get(metric, {})
+        held = [k for k, v in f.items() if v["holds"] is True]
+        failed = [k for k, v in f.items() if v["holds"] is False]
+        untested = [k for k, v in f.items() if v["holds"] is None]
+        lines.append(
+            "Findings that hold: "
+            + (", ".join(held) or "none")
+            + (f"; do not hold: {', '.join(failed)}" if failed else "")
+            + (f"; not testable: {', '.join(untested)}" if untested else "")
+            + "."
+        )
+        items = "".join(f"<li>{html.escape(t)}</li>" for t in lines)
+        blocks.append(report.Html(f"<h3>{html.escape(title)}</h3><ul>{items}</ul>"))
+    return report.section(*blocks, css="vs-headline")
+
+
+def scaling_details(rows: Sequence[dict[str, Any]], results: dict[str, Any], found: dict[str, Any]) -> report.Html:
+    """Per metric (upstream first), collapsed: its constants, its findings and its four figures."""
+    parts = []
+    for metric in _ordered(results):
+        parts.append(
+            report.details(
+                f"Details: {_metric_title(metric)}",
+                scaling_constants_table({metric: results[metric]}),
+                scaling_findings_table({metric: found[metric]} if metric in found else {}),
+                scaling_error_vs_compute(rows, results[metric], metric),
+                scaling_extrapolation(results[metric]),
+                scaling_best_vs_size(rows, metric),
+                scaling_error_vs_images(rows, metric),
+            )
+        )
+    return report.section(*parts)
+
+
+def show_all(figures: Sequence[go.Figure | Sentence | report.Html]) -> None:
     """Show figures one after the other (keeps loops out of notebooks)."""
     for fig in figures:
         fig.show()
