@@ -155,10 +155,45 @@ def summary_table(summary: dict[str, Any]) -> report.Html:
     return table(rows, ["quantity", "value"])
 
 
-def parameters(cfg: Any, groups: dict[str, Sequence[str]]) -> report.Html:
+# How a report groups a run's parameters; a field in none of them is listed under "other".
+PRETRAIN_GROUPS = {
+    "model": (
+        "variant width depth mlp_dim num_heads pool_type posemb dropout head_bias_init representation_size gelu "
+        "dtype remat scan init_from model"
+    ).split(),
+    "data": (
+        "dataset data_dir train_split test_split train_examples image_size channels crop_padding flip input "
+        "pp_train pp_eval"
+    ).split(),
+    "recipe": (
+        "loss optimizer lr weight_decay wd_rules grad_clip_norm b2 schedule warmup_steps timescale cooldown_steps "
+        "cooldown_branches total_steps batch_size seed"
+    ).split(),
+    "evaluation": (
+        "eval_every eval_batch_size log_every fewshot_datasets fewshot_shots fewshot_seeds fewshot_every"
+    ).split(),
+    "run": "name checkpoint_every keep_checkpoints keep_every mesh grad_chains coordinator_address num_processes "
+    "process_id".split(),
+}
+TRANSFER_GROUPS = {
+    "model": "pretrained random_model pretrained_model compare_random".split(),
+    "data": (
+        "data_dir input fewshot_datasets finetune_datasets finetune_resolution pp_finetune pp_finetune_eval"
+    ).split(),
+    "recipe": (
+        "finetune_steps finetune_batch_size lr_grid holdout_fraction retrain warmup_steps momentum grad_clip_norm seed"
+    ).split(),
+    "evaluation": "fewshot_shots fewshot_seeds fewshot_l2 eval_every eval_batch_size log_every".split(),
+    "run": "name mesh".split(),
+}
+
+
+def parameters(cfg: Any, groups: dict[str, Sequence[str]] | None = None) -> report.Html:
     """Every resolved parameter of a run (defaults included), grouped (model, data, recipe,
     evaluation, ...) in a collapsed block: what ran, without opening params.yaml."""
     values = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
+    if groups is None:
+        groups = TRANSFER_GROUPS if "pretrained" in values else PRETRAIN_GROUPS
     placed: set[str] = set()
     parts = []
     for group, keys in groups.items():
