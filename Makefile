@@ -50,7 +50,7 @@ demo: setup
 	$(VENV)/bin/vitscale run parameters/pretrain/demo.yaml
 	$(VENV)/bin/vitscale sweep parameters/sweeps/cpu_scaling_slice.yaml
 
-# The full CPU scaling study (about 75 minutes on 2 cores) and its report.
+# The full CPU scaling study (73 minutes on 2 cores, docs/results.md) and its report.
 sweep: setup
 	$(VENV)/bin/vitscale sweep parameters/sweeps/cpu_scaling.yaml
 

@@ -3,7 +3,7 @@
 For each case (the demo's settings, a 7x7-patch model, and the throughput benchmark's shapes A, B, C
 on real Fashion-MNIST images) this times, interleaved over passes:
 
-  pipeline  `vitscale.data.train_batches` alone (gather, preprocess, augmentation, to numpy), img/s
+  pipeline  `vitscale.data.pipeline.train_batches` alone (gather, preprocess, augmentation, to numpy), img/s
   step      the library's jitted training step on one batch already on the device, img/s
   fed       the training loop as `vitscale.train` runs it: next batch from the pipeline, put on the
             device, step (asynchronous dispatch lets the pipeline work while the step runs), img/s
@@ -29,7 +29,8 @@ import time
 import jax
 
 from vitscale import config as config_lib
-from vitscale import data, loop, sharding, train
+from vitscale import loop, sharding, train
+from vitscale.data import pipeline, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ CASES = {
 }
 
 
-def make_case(case: Case, split: data.Split, steps: int):
+def make_case(case: Case, split: sources.Split, steps: int):
     """Timers for one case, built the way `vitscale.train.run` builds a run (model, optimizer,
     mesh over all devices, pipeline) from a validated PretrainConfig."""
     cfg = config_lib.validate(
@@ -85,7 +86,7 @@ def make_case(case: Case, split: data.Split, steps: int):
         loss=cfg.loss,
     )
     pipe = train.input_pipeline(cfg)
-    batches = data.train_batches(split, pipe, global_batch=case.batch, seed=0)
+    batches = pipeline.train_batches(split, pipe, global_batch=case.batch, seed=0)
     state = trainer.init_fn()
     fixed = sharding.put_batch(next(batches), mesh)
     state, out = trainer.train_step(state, fixed)  # compile
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
     if unknown:
         ap.error(f"unknown cases {unknown}; accepted: {', '.join(CASES)}")
 
-    split = data.load_split("fashion_mnist", "train")
+    split = sources.load_split("fashion_mnist", "train")
     results = {}
     for name in names:
         case = CASES[name]

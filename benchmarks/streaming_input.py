@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from natural_images import photos, write_folder  # noqa: E402
-from vitscale import config, data, sharding, train  # noqa: E402
+from vitscale import config, sharding, train  # noqa: E402
+from vitscale.data import datasets, pipeline, sources  # noqa: E402
 
 CHILD = """
 import json, sys, yaml
@@ -52,7 +53,7 @@ def memory(tmp: Path, small: int) -> list[dict]:
         root = write_folder(tmp / f"imgs_{n}", per_class=n // 11, sizes=(64, 400), seed=n)
         name, data_dir = f"folder:{root}", str(tmp / "tfds")
         t0 = time.perf_counter()
-        data.get_builder(name, data_dir)  # prepared here, so the child's RSS is training alone
+        datasets.get_builder(name, data_dir)  # prepared here, so the child's RSS is training alone
         prep = time.perf_counter() - t0
         params = dict(
             dataset=name,
@@ -79,7 +80,9 @@ def memory(tmp: Path, small: int) -> list[dict]:
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
         assert line, out.stdout[-2000:] + out.stderr[-2000:]
         r = json.loads(line[0][7:])
-        disk = sum(p.stat().st_size for p in Path(data.get_builder(name, data_dir).data_dir).glob("*.array_record*"))
+        disk = sum(
+            p.stat().st_size for p in Path(datasets.get_builder(name, data_dir).data_dir).glob("*.array_record*")
+        )
         rows.append(
             {
                 "images": r["train_examples"],
@@ -111,8 +114,8 @@ def speed(tmp: Path, n: int = 600, batch: int = 64, batches: int = 30, rounds: i
         files.append(folder / f"{i}.jpg")
         img.save(files[-1], quality=90)
     name, data_dir = f"folder:{root}", str(tmp / "tfds")
-    src = data.open_source(name, "train", data_dir) if data.get_builder(name, data_dir) else None
-    pipe = data.Pipeline(224, 3, train_ops=("decode", "inception_crop(224)", "flip_lr", "value_range(-1, 1)"))
+    src = sources.open_source(name, "train", data_dir) if datasets.get_builder(name, data_dir) else None
+    pipe = pipeline.Pipeline(224, 3, train_ops=("decode", "inception_crop(224)", "flip_lr", "value_range(-1, 1)"))
 
     def timed(it) -> float:
         t0 = time.perf_counter()
@@ -120,10 +123,12 @@ def speed(tmp: Path, n: int = 600, batch: int = 64, batches: int = 30, rounds: i
             next(it)
         return batches * batch / (time.perf_counter() - t0)
 
-    fused = data.Pipeline(224, 3, train_ops=("decode_jpeg_and_inception_crop(224)", "flip_lr", "value_range(-1, 1)"))
+    fused = pipeline.Pipeline(
+        224, 3, train_ops=("decode_jpeg_and_inception_crop(224)", "flip_lr", "value_range(-1, 1)")
+    )
     iters = {
-        "ours": data.train_batches(src, pipe, global_batch=batch, seed=0),
-        "ours_fused": data.train_batches(src, fused, global_batch=batch, seed=0),
+        "ours": pipeline.train_batches(src, pipe, global_batch=batch, seed=0),
+        "ours_fused": pipeline.train_batches(src, fused, global_batch=batch, seed=0),
     }
 
     def plain_one(path):

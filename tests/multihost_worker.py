@@ -4,7 +4,7 @@
 
 Each process sees its own CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=4), joins
 the job through `vitscale.sharding.initialize`, builds the same trainer on a mesh over all
-processes' devices, feeds its own slice of the global batch (`data.train_batches(...,
+processes' devices, feeds its own slice of the global batch (`pipeline.train_batches(...,
 process_index, process_count)` + `sharding.put_batch`), runs `STEPS` train steps and writes the
 losses and the gathered parameters to OUT.npz. With STREAM (`DATASET@DATA_DIR`, a prepared folder
 dataset) it also writes this process's slices of the first streamed batches (`stream_batches`).
@@ -22,7 +22,8 @@ T_START = time.time()
 import jax  # noqa: E402 - after T_START: the import's time counts
 import numpy as np  # noqa: E402
 
-from vitscale import data, loop, optim, sharding  # noqa: E402
+from vitscale import loop, optim, sharding  # noqa: E402
+from vitscale.data import pipeline, sources  # noqa: E402
 from vitscale.models import vit  # noqa: E402
 
 IMAGE_SHAPE = (16, 16, 1)
@@ -34,18 +35,18 @@ LR = 1e-3
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def synthetic_split(n: int = 64, num_classes: int = 8) -> data.Split:
+def synthetic_split(n: int = 64, num_classes: int = 8) -> sources.Split:
     """A fixed little image set (so the test needs no installed dataset)."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, num_classes, n).astype(np.int32)
     images = rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
     images[np.arange(n), labels, :, 0] = 255  # a learnable signal: row `label` is bright
-    return data.Split(name="synthetic", images=images, labels=labels, num_classes=num_classes)
+    return sources.Split(name="synthetic", images=images, labels=labels, num_classes=num_classes)
 
 
 def batches(process_index: int, process_count: int):
-    pipe = data.Pipeline(image_size=IMAGE_SHAPE[0], channels=IMAGE_SHAPE[2])
-    return data.train_batches(
+    pipe = pipeline.Pipeline(image_size=IMAGE_SHAPE[0], channels=IMAGE_SHAPE[2])
+    return pipeline.train_batches(
         synthetic_split(),
         pipe,
         global_batch=GLOBAL_BATCH,
@@ -61,10 +62,10 @@ STREAM_OPS = ("decode", "inception_crop(16)", "flip_lr", "value_range(-1, 1)")
 def stream_batches(spec: str, process_index: int, process_count: int, steps: int = 2) -> list[dict]:
     """This process's slices of the first `steps` global batches streamed from `DATASET@DATA_DIR`."""
     name, data_dir = spec.rsplit("@", 1)
-    src = data.open_source(name, "train", data_dir)
-    it = data.train_batches(
+    src = sources.open_source(name, "train", data_dir)
+    it = pipeline.train_batches(
         src,
-        data.Pipeline(16, 3, train_ops=STREAM_OPS),
+        pipeline.Pipeline(16, 3, train_ops=STREAM_OPS),
         global_batch=GLOBAL_BATCH,
         seed=1,
         process_index=process_index,

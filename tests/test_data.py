@@ -1,5 +1,6 @@
-"""The input pipeline against independent references: a numpy decode of the IDX files, TFDS's
-mock data for any other dataset name, and closed forms for preprocessing."""
+"""Datasets, sources and batches against independent references: a numpy decode of the IDX files,
+TFDS's mock data for any other dataset name, the pipeline before op lists, counts and closed forms.
+The preprocessing ops themselves: test_ops.py."""
 
 import gzip
 import struct
@@ -9,7 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import FASHION
-from vitscale import data
+from oracles import preprocess
+from vitscale.data import datasets, ops, pipeline, sources
 
 
 def read_idx(path):
@@ -26,41 +28,41 @@ def read_idx(path):
 def test_fashion_mnist_matches_idx_files(split, prefix, n):
     images = read_idx(FASHION / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(FASHION / f"{prefix}-labels-idx1-ubyte.gz")
-    s = data.load_split("fashion_mnist", split)
+    s = sources.load_split("fashion_mnist", split)
     assert len(s) == n == len(labels)
     assert s.images.shape == (n, 28, 28, 1) and s.num_classes == 10
     # TFDS shuffles examples when writing; compare as multisets keyed by the pixels.
     key = lambda im, lb: [hash(a.tobytes()) ^ int(b) for a, b in zip(im, lb)]
     assert sorted(key(s.images[..., 0], s.labels)) == sorted(key(images, labels))
-    assert data.num_examples("fashion_mnist", split) == n
+    assert sources.num_examples("fashion_mnist", split) == n
 
 
 def test_split_syntax_and_subset():
-    full = data.load_split("fashion_mnist", "train")
-    sub = data.load_split("fashion_mnist", "train[:1000]")
+    full = sources.load_split("fashion_mnist", "train")
+    sub = sources.load_split("fashion_mnist", "train[:1000]")
     assert len(sub) == 1000
     np.testing.assert_array_equal(sub.images, full.images[:1000])
-    pct = data.load_split("fashion_mnist", "test[:10%]")
+    pct = sources.load_split("fashion_mnist", "test[:10%]")
     assert len(pct) == 1000
 
 
 def test_any_tfds_dataset_through_the_same_path(tmp_path):
     with tfds.testing.mock_data(num_examples=24, data_dir=str(tmp_path)):
-        s = data.load_split("cifar10", "train", data_dir=str(tmp_path))
+        s = sources.load_split("cifar10", "train", data_dir=str(tmp_path))
     assert s.images.shape == (24, 32, 32, 3) and s.images.dtype == np.uint8
     assert s.num_classes == 10
 
 
 def test_unknown_dataset_names_accepted_ones():
     with pytest.raises(ValueError, match="unknown dataset 'fashion_mnistt'.*fashion_mnist"):
-        data.check_dataset_name("fashion_mnistt")
+        datasets.check_dataset_name("fashion_mnistt")
 
 
 @pytest.mark.parametrize(
     "name,n_train,n_test,shape", [("mnist_5k", 4000, 1000, (28, 28, 1)), ("sklearn_digits", 1297, 500, (8, 8, 1))]
 )
 def test_offline_downstream_datasets(name, n_train, n_test, shape):
-    tr, te = data.load_split(name, "train"), data.load_split(name, "test")
+    tr, te = sources.load_split(name, "train"), sources.load_split(name, "test")
     assert (len(tr), len(te)) == (n_train, n_test)
     assert tr.images.shape[1:] == shape
     # Stratified: every class in both splits, test exactly balanced.
@@ -74,39 +76,9 @@ def test_digits_pixels_match_sklearn():
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    s = data.load_split("sklearn_digits", "test")
+    s = sources.load_split("sklearn_digits", "test")
     ref = {np.round(im * 255 / 16).astype(np.uint8).tobytes() for im in d.images}
     assert all(im[..., 0].tobytes() in ref for im in s.images)
-
-
-def test_preprocess_value_range_resize_channels():
-    img = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1) * 17  # 0..255
-    x = data.preprocess(img, 4, 1, (-1.0, 1.0)).numpy()
-    np.testing.assert_allclose(x[..., 0], img[..., 0] / 127.5 - 1.0, atol=1e-6)
-    x3 = data.preprocess(img, 4, 3, (0.0, 1.0)).numpy()
-    assert x3.shape == (1, 4, 4, 3)
-    np.testing.assert_allclose(x3[..., 2], img[..., 0] / 255.0, atol=1e-6)
-    const = np.full((2, 8, 8, 1), 51, np.uint8)
-    up = data.preprocess(const, 28, 1, (0.0, 1.0)).numpy()
-    assert up.shape == (2, 28, 28, 1)
-    np.testing.assert_allclose(up, 0.2, atol=1e-5)
-
-
-def test_augment_crop_and_flip_are_shifts_and_mirrors():
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 255, (8, 12, 12, 1)).astype(np.float32)
-    import tensorflow as tf
-
-    offs = tf.constant(rng.integers(0, 5, (8, 2)), tf.int32)
-    coin = tf.constant([True, False] * 4)
-    out = data.augment(tf.constant(img), offs, coin, crop_padding=2, flip=True).numpy()
-    padded = np.pad(img, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
-    for i in range(8):
-        oy, ox = offs.numpy()[i]
-        ref = padded[i, oy : oy + 12, ox : ox + 12]
-        if coin.numpy()[i]:
-            ref = ref[:, ::-1]
-        np.testing.assert_array_equal(out[i], ref)
 
 
 def _take(it, n):
@@ -114,35 +86,35 @@ def _take(it, n):
 
 
 def test_train_batches_are_a_function_of_seed_and_step():
-    split = data.load_split("mnist_5k", "train")
-    pipe = data.Pipeline(28, 1, crop_padding=2, flip=True)
-    a = _take(data.train_batches(split, pipe, global_batch=100, seed=3), 6)
-    b = _take(data.train_batches(split, pipe, global_batch=100, seed=3, start_step=4), 2)
+    split = sources.load_split("mnist_5k", "train")
+    pipe = pipeline.Pipeline(28, 1, crop_padding=2, flip=True)
+    a = _take(pipeline.train_batches(split, pipe, global_batch=100, seed=3), 6)
+    b = _take(pipeline.train_batches(split, pipe, global_batch=100, seed=3, start_step=4), 2)
     for x, y in zip(a[4:], b):  # resuming at step 4 gives exactly steps 4 and 5
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
-    c = _take(data.train_batches(split, pipe, global_batch=100, seed=4), 1)
+    c = _take(pipeline.train_batches(split, pipe, global_batch=100, seed=4), 1)
     assert not np.array_equal(a[0]["label"], c[0]["label"])
 
 
 def test_each_epoch_is_a_permutation():
-    split = data.load_split("sklearn_digits", "test")  # 500 images
-    pipe = data.Pipeline(8, 1)
-    batches = _take(data.train_batches(split, pipe, global_batch=50, seed=0), 20)
+    split = sources.load_split("sklearn_digits", "test")  # 500 images
+    pipe = pipeline.Pipeline(8, 1)
+    batches = _take(pipeline.train_batches(split, pipe, global_batch=50, seed=0), 20)
     for epoch in range(2):
         imgs = np.concatenate([b["image"] for b in batches[epoch * 10 : (epoch + 1) * 10]])
         keys = sorted(x.tobytes() for x in imgs)
-        ref = sorted(x.tobytes() for x in data.preprocess(split.images, 8, 1).numpy())
+        ref = sorted(x.tobytes() for x in preprocess(split.images, 8, 1).numpy())
         assert keys == ref
     assert not np.array_equal(batches[0]["label"], batches[10]["label"])
 
 
 def test_hosts_take_their_slice_of_the_same_global_batch():
-    split = data.load_split("mnist_5k", "test")
-    pipe = data.Pipeline(28, 1, crop_padding=2, flip=True)
-    full = _take(data.train_batches(split, pipe, global_batch=64, seed=1), 3)
+    split = sources.load_split("mnist_5k", "test")
+    pipe = pipeline.Pipeline(28, 1, crop_padding=2, flip=True)
+    full = _take(pipeline.train_batches(split, pipe, global_batch=64, seed=1), 3)
     parts = [
-        _take(data.train_batches(split, pipe, global_batch=64, seed=1, process_index=p, process_count=4), 3)
+        _take(pipeline.train_batches(split, pipe, global_batch=64, seed=1, process_index=p, process_count=4), 3)
         for p in range(4)
     ]
     for s in range(3):
@@ -150,17 +122,17 @@ def test_hosts_take_their_slice_of_the_same_global_batch():
 
 
 def test_eval_batches_cover_the_split_once_with_mask():
-    split = data.load_split("sklearn_digits", "test")
-    batches = list(data.eval_batches(split, data.Pipeline(8, 1), 64))
+    split = sources.load_split("sklearn_digits", "test")
+    batches = list(pipeline.eval_batches(split, pipeline.Pipeline(8, 1), 64))
     mask = np.concatenate([b["mask"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches])[mask]
     assert mask.sum() == 500 and len(mask) == 512
     np.testing.assert_array_equal(labels, split.labels)
 
 
-# ----------------------------------------------------------------------------- preprocessing ops, streaming
+# ----------------------------------------------------------------------------- the pipeline before op lists, streaming
 def legacy_train_batches(split, pipe, *, global_batch, seed, steps, process_index=0, process_count=1):
-    """Before op lists (commit cb459e1): data.train_batches as it was, kept as the reference."""
+    """Before op lists (commit cb459e1): pipeline.train_batches as it was, kept as the reference."""
     import tensorflow as tf
 
     n, local = len(split), global_batch // process_count
@@ -175,11 +147,11 @@ def legacy_train_batches(split, pipe, *, global_batch, seed, steps, process_inde
             index=pos, seed=seeds, max_index=tf.fill(tf.shape(g), tf.cast(n - 1, tf.int64)), rounds=4
         )
         idx = idx[process_index * local : (process_index + 1) * local]
-        x = data.preprocess(tf.gather(images, idx), pipe.image_size, pipe.channels, pipe.value_range)
+        x = preprocess(tf.gather(images, idx), pipe.image_size, pipe.channels, pipe.value_range)
         if pipe.crop_padding or pipe.flip:
-            offs, coin = data.augment_draws(tf.stack([tf.cast(seed, tf.int64), step]), global_batch, pipe.crop_padding)
+            offs, coin = ops.augment_draws(tf.stack([tf.cast(seed, tf.int64), step]), global_batch, pipe.crop_padding)
             sl = slice(process_index * local, (process_index + 1) * local)
-            x = data.augment(x, offs[sl], coin[sl], pipe.crop_padding, pipe.flip)
+            x = ops.augment(x, offs[sl], coin[sl], pipe.crop_padding, pipe.flip)
         out.append({"image": x.numpy(), "label": tf.gather(labels, idx).numpy()})
     return out
 
@@ -189,56 +161,17 @@ def legacy_train_batches(split, pipe, *, global_batch, seed, steps, process_inde
     [("fashion_mnist", 28, 1, 2, True), ("sklearn_digits", 28, 3, 0, True), ("mnist_5k", 32, 1, 3, False)],
 )
 def test_default_ops_give_todays_batches(dataset, size, channels, pad, flip):
-    split = data.load_split(dataset, "test")
-    pipe = data.Pipeline(size, channels, crop_padding=pad, flip=flip)
+    split = sources.load_split(dataset, "test")
+    pipe = pipeline.Pipeline(size, channels, crop_padding=pad, flip=flip)
     ref = legacy_train_batches(split, pipe, global_batch=64, seed=5, steps=3)
     # The defaults, and the same pipeline written out as ops (what pp_train would say).
-    ops = tuple(data.default_ops(size, channels, crop_padding=pad, flip=flip))
-    assert ops[:2] == ("decode", f"resize({size})")
-    for p in (pipe, data.Pipeline(size, channels, train_ops=ops)):
-        got = _take(data.train_batches(split, p, global_batch=64, seed=5), 3)
+    texts = tuple(ops.default_ops(size, channels, crop_padding=pad, flip=flip))
+    assert texts[:2] == ("decode", f"resize({size})")
+    for p in (pipe, pipeline.Pipeline(size, channels, train_ops=texts)):
+        got = _take(pipeline.train_batches(split, p, global_batch=64, seed=5), 3)
         for a, b in zip(ref, got):
             np.testing.assert_array_equal(a["image"], b["image"])
             np.testing.assert_array_equal(a["label"], b["label"])
-
-
-@pytest.mark.parametrize(
-    "ops,match",
-    [
-        (["decode", "blur(3)"], r"unknown preprocessing op 'blur\(3\)' \(accepted: decode.*inception_crop"),
-        (["inception_crop"], r"takes 1-2 argument"),
-        (["decode_jpeg_and_inception_crop(0)"], r"size must be a positive integer"),
-        (["decode_jpeg_and_inception_crop(224, 0)"], r"area_min is a percentage in \(0, 100\]"),
-        (["resize(224, 224, 3)"], r"takes 1-2 argument"),
-        (["central_crop(x)"], r"must be numbers"),
-        (["value_range(1, -1)"], r"lo < hi"),
-    ],
-)
-def test_bad_ops_are_parameter_errors(ops, match):
-    from vitscale import config
-
-    for field in ("pp_train", "pp_eval"):
-        with pytest.raises(config.ConfigError, match=match) as e:
-            config.validate(config.PretrainConfig, {field: ops})
-        assert [p.field for p in e.value.problems] == [field]
-    with pytest.raises(config.ConfigError, match=match):
-        config.validate(config.TransferConfig, {"pretrained": "random", "random_model": {}, "pp_finetune": ops})
-
-
-def test_ops_closed_forms():
-    import tensorflow as tf
-
-    img = tf.constant(np.arange(6 * 10 * 3, dtype=np.uint8).reshape(6, 10, 3))
-    x = data._apply(data.Pipeline(4, 3, eval_ops=("central_crop(4)",)).ops(False), img, (0,), [4, 4, 3]).numpy()
-    np.testing.assert_array_equal(x, img.numpy()[1:5, 3:7].astype(np.float32))
-    small = data.OPS["resize_small"](3)[1](img, None)
-    assert small.shape == (3, 5, 3)
-    ops = data.Pipeline(5, 3).ops(True)
-    assert len(ops) == 4  # decode, resize, channels, value_range: no random op by default
-    _, crop = data.OPS["inception_crop"](8)
-    seed = tf.constant([1, 2], tf.int32)
-    a, b = crop(tf.cast(img, tf.float32), seed), crop(tf.cast(img, tf.float32), seed)
-    assert a.shape == (8, 8, 3) and np.array_equal(a.numpy(), b.numpy())
 
 
 @pytest.fixture(scope="module")
@@ -253,15 +186,15 @@ def photos_dataset(tmp_path_factory):
 def test_folder_dataset_is_prepared_with_a_stratified_split_and_skips_corrupt_files(photos_dataset):
     name, data_dir = photos_dataset
     with pytest.warns(UserWarning, match=r"1 unreadable image file\(s\) skipped:\n  .*broken\.jpg"):
-        builder = data.get_builder(name, data_dir)
+        builder = datasets.get_builder(name, data_dir)
     assert builder.info.splits["train"].num_examples == 11 * 9 and builder.info.splits["test"].num_examples == 11
-    assert list(data.skipped_files(name, data_dir)) == [name.removeprefix("folder:") + "/digit_0/broken.jpg"]
-    assert data.choose_input(name, "train", data_dir) == "stream"
-    train, test = data.load(name, "train", data_dir), data.load(name, "test", data_dir)
-    assert isinstance(train, data.Source) and train.num_classes == 11
+    assert list(datasets.skipped_files(name, data_dir)) == [name.removeprefix("folder:") + "/digit_0/broken.jpg"]
+    assert sources.choose_input(name, "train", data_dir) == "stream"
+    train, test = sources.load(name, "train", data_dir), sources.load(name, "test", data_dir)
+    assert isinstance(train, sources.Source) and train.num_classes == 11
     assert np.all(np.bincount(test.labels, minlength=11) == 1) and np.all(np.bincount(train.labels) == 9)
     with pytest.raises(ValueError, match="images of different shapes"):
-        data.load(name, "test", data_dir, input="memory")
+        sources.load(name, "test", data_dir, input="memory")
 
 
 INCEPTION = ("decode", "inception_crop(32)", "flip_lr", "value_range(-1, 1)")
@@ -269,17 +202,17 @@ INCEPTION = ("decode", "inception_crop(32)", "flip_lr", "value_range(-1, 1)")
 
 def test_streamed_batches_are_a_function_of_seed_and_step_and_hosts_take_slices(photos_dataset):
     name, data_dir = photos_dataset
-    src = data.load(name, "train", data_dir, input="stream")
-    pipe = data.Pipeline(32, 3, train_ops=INCEPTION)
-    a = _take(data.train_batches(src, pipe, global_batch=24, seed=3), 6)
+    src = sources.load(name, "train", data_dir, input="stream")
+    pipe = pipeline.Pipeline(32, 3, train_ops=INCEPTION)
+    a = _take(pipeline.train_batches(src, pipe, global_batch=24, seed=3), 6)
     assert a[0]["image"].shape == (24, 32, 32, 3) and a[0]["image"].dtype == np.float32
     assert -1 <= a[0]["image"].min() < 0 < a[0]["image"].max() <= 1
-    b = _take(data.train_batches(src, pipe, global_batch=24, seed=3, start_step=4), 2)
+    b = _take(pipeline.train_batches(src, pipe, global_batch=24, seed=3, start_step=4), 2)
     for x, y in zip(a[4:], b):  # resuming at step 4 gives exactly steps 4 and 5
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
     parts = [
-        _take(data.train_batches(src, pipe, global_batch=24, seed=3, process_index=p, process_count=2), 3)
+        _take(pipeline.train_batches(src, pipe, global_batch=24, seed=3, process_index=p, process_count=2), 3)
         for p in range(2)
     ]
     for s in range(3):  # two hosts read disjoint halves whose union is the one-host global batch
@@ -292,9 +225,9 @@ def test_streamed_batches_are_a_function_of_seed_and_step_and_hosts_take_slices(
 
 def test_streamed_eval_covers_the_split_once(photos_dataset):
     name, data_dir = photos_dataset
-    test = data.load(name, "train", data_dir)
-    pipe = data.Pipeline(32, 3, eval_ops=("decode", "resize_small(40)", "central_crop(32)", "value_range(-1, 1)"))
-    batches = list(data.eval_batches(test, pipe, 16))
+    test = sources.load(name, "train", data_dir)
+    pipe = pipeline.Pipeline(32, 3, eval_ops=("decode", "resize_small(40)", "central_crop(32)", "value_range(-1, 1)"))
+    batches = list(pipeline.eval_batches(test, pipe, 16))
     mask = np.concatenate([b["mask"] for b in batches])
     assert mask.sum() == 99 and len(mask) == 112
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], test.labels)
@@ -312,12 +245,12 @@ def test_stream_and_memory_paths_give_the_same_batches(tmp_path):
             tmp_path / "img" / f"{d.target[i]}/{i}.png"
         )
     name, data_dir = f"folder:{tmp_path / 'img'}", str(tmp_path / "tfds")
-    mem, stream = data.load(name, "train", data_dir, "memory"), data.load(name, "train", data_dir, "stream")
-    assert isinstance(mem, data.Split) and mem.images.shape[1:] == (8, 8, 3)
-    pipe = data.Pipeline(16, 1, crop_padding=2, flip=True)
+    mem, stream = sources.load(name, "train", data_dir, "memory"), sources.load(name, "train", data_dir, "stream")
+    assert isinstance(mem, sources.Split) and mem.images.shape[1:] == (8, 8, 3)
+    pipe = pipeline.Pipeline(16, 1, crop_padding=2, flip=True)
     for a, b in zip(
-        _take(data.train_batches(mem, pipe, global_batch=32, seed=1), 5),
-        _take(data.train_batches(stream, pipe, global_batch=32, seed=1), 5),
+        _take(pipeline.train_batches(mem, pipe, global_batch=32, seed=1), 5),
+        _take(pipeline.train_batches(stream, pipe, global_batch=32, seed=1), 5),
     ):
         np.testing.assert_array_equal(a["label"], b["label"])
         np.testing.assert_allclose(a["image"], b["image"], atol=1e-5)
@@ -327,67 +260,6 @@ def test_split_folders_give_the_splits(tmp_path):
     from natural_images import write_folder
 
     root = write_folder(tmp_path / "imgs", per_class=5, classes=3, photo_class=False, split_folders=True)
-    b = data.get_builder(f"folder:{root}", str(tmp_path / "tfds"))
+    b = datasets.get_builder(f"folder:{root}", str(tmp_path / "tfds"))
     assert (b.info.splits["train"].num_examples, b.info.splits["test"].num_examples) == (12, 3)
     assert b.info.features["label"].names == ["digit_0", "digit_1", "digit_2"]
-
-
-def _bilinear(img: np.ndarray, size: int) -> np.ndarray:
-    """Float64 bilinear resampling with half-pixel centres (TF2's tf.image.resize), no antialiasing."""
-    h, w = img.shape[:2]
-
-    def axis(n_in):
-        c = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
-        lo = np.floor(c).astype(int)
-        return lo, np.minimum(lo + 1, n_in - 1), c - lo
-
-    y0, y1, fy = axis(h)
-    x0, x1, fx = axis(w)
-    img = img.astype(np.float64)
-    top = img[y0][:, x0] * (1 - fx)[None, :, None] + img[y0][:, x1] * fx[None, :, None]
-    bot = img[y1][:, x0] * (1 - fx)[None, :, None] + img[y1][:, x1] * fx[None, :, None]
-    return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
-
-
-def test_inception_crop_and_flip_closed_forms():
-    import tensorflow as tf
-
-    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    _, crop = data.OPS["inception_crop"](16, 20)
-    for s in range(5):
-        seed = tf.constant([s, 7], tf.int32)
-        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-            img.shape, tf.zeros([0, 0, 4]), seed=seed, area_range=(0.2, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-            min_object_covered=0.0, use_image_if_no_bounding_boxes=True,
-        )  # fmt: skip
-        (y, x, _), (h, w, _) = begin.numpy(), extent.numpy()
-        assert 0.2 * 37 * 53 <= h * w * 1.02 and 3 / 4 <= w / h * 1.1 and w / h <= 4 / 3 * 1.1
-        want = _bilinear(img[y : y + h, x : x + w], 16)
-        np.testing.assert_allclose(crop(tf.constant(img), seed).numpy(), want, atol=1e-3)
-    _, flip = data.OPS["flip_lr"]()
-    x = tf.constant(img.astype(np.float32))
-    np.testing.assert_array_equal(flip(x, tf.constant(True)).numpy(), img[:, ::-1])
-    np.testing.assert_array_equal(flip(x, tf.constant(False)).numpy(), img)
-
-
-def test_fused_jpeg_crop_takes_the_same_window_and_png_the_two_ops():
-    import tensorflow as tf
-
-    from natural_images import photos
-
-    pic = photos()[0][:300, :400]  # a real photograph
-    _, fused = data.OPS["decode_jpeg_and_inception_crop"](64)
-    _, crop = data.OPS["inception_crop"](64)
-    jpeg, png = tf.io.encode_jpeg(pic, quality=90), tf.io.encode_png(pic)
-    for s in range(4):
-        seed = tf.constant([s, 3], tf.int32)
-        want = crop(tf.io.decode_jpeg(jpeg, channels=3), seed).numpy()
-        got = fused(jpeg, seed, 3).numpy()
-        assert got.shape == (64, 64, 3)
-        # Same window: only pixels near its edge may differ (chroma upsampled from the cropped data).
-        assert np.mean(np.abs(got - want)) < 1.0 and np.mean(np.abs(got - want) > 8) < 0.02
-        np.testing.assert_array_equal(
-            fused(png, seed, 3).numpy(), crop(tf.io.decode_png(png, channels=3), seed).numpy()
-        )
-    pixels = tf.constant(pic[None, :100, :100])  # the in-memory path: pixels, no decoding
-    np.testing.assert_array_equal(fused(pixels, seed[None]).numpy(), crop(pixels, seed[None]).numpy())

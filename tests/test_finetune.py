@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from vitscale import checkpoints, config, data, finetune, sharding, transfer
+from vitscale import checkpoints, config, finetune, sharding, transfer
+from vitscale.data import sources
 from vitscale.models import vit
 
 PRE = dict(name="tiny", dataset="fashion_mnist", variant="Atto/7", total_steps=6, batch_size=32, warmup_steps=2)
@@ -80,10 +81,10 @@ def test_transfer_params_names_a_mismatch():
         finetune.transfer_params(small, vit.make_model("Femto/7", 10), (28, 28, 1))
 
 
-def _indexed_split(n: int, sorted_by_class: bool = False) -> data.Split:
+def _indexed_split(n: int, sorted_by_class: bool = False) -> sources.Split:
     labels = np.arange(n, dtype=np.int32)  # each label is the example's index: membership is easy to check
     images = (np.arange(n) % 256).astype(np.uint8).reshape(n, 1, 1, 1)
-    return data.Split("s", images, labels, num_classes=n)
+    return sources.Split("s", images, labels, num_classes=n)
 
 
 def test_holdout_is_two_percent_disjoint_and_deterministic():
@@ -101,7 +102,7 @@ def test_holdout_is_two_percent_disjoint_and_deterministic():
 
 
 def test_holdout_of_a_real_split_holds_every_class():
-    split = data.load_split("mnist_5k", "train")
+    split = sources.load_split("mnist_5k", "train")
     keep, hold = finetune.holdout_split(split, 0.02)
     assert (len(keep), len(hold)) == (3920, 80)
     assert len(np.unique(hold.labels)) == 10

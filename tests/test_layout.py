@@ -15,9 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 # its own layer or below, never above.
 LAYERS = [
     {"allocator", "logs", "metrics", "progress", "report", "runs", "fewshot", "models.variants"}  # leaves
+    | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
     {"config"},  # pure schemas
-    {"data", "models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},  # blocks
+    {"data.builders", "data.datasets", "data.sources", "data.pipeline"}  # blocks
+    | {"models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},
     {"loop", "evaluators"},  # the one training loop
     {"train", "finetune", "transfer", "analysis", "export"},  # programs: check(cfg), run(cfg, out_dir)
     {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
@@ -152,6 +154,18 @@ def test_building_a_schema_imports_no_framework_and_touches_no_file():
     assert r.returncode == 0, r.stderr
     heavy, opened, stats = eval(r.stdout.strip().splitlines()[-1])
     assert heavy == [] and opened == [] and stats == []
+
+
+def test_the_schemas_and_the_ops_grammar_import_no_tensorflow():
+    """config reads the preprocessing ops' grammar from data.ops; neither may import TensorFlow."""
+    code = (
+        "import sys; import vitscale.config, vitscale.data.ops; "
+        "vitscale.config.validate(vitscale.config.PretrainConfig, {'pp_train': ['decode', 'inception_crop(32)']}); "
+        "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'jax') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("bad", [{"variant": "Q/4"}, {"lr": float("nan")}, {"wd_rules": [["(", 1.0]]}])

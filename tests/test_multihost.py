@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from vitscale import data, sharding
+from vitscale import sharding
+from vitscale.data import datasets
 
 sys.path.insert(0, str(Path(__file__).parent))
 import multihost_worker as worker  # noqa: E402
@@ -120,7 +121,7 @@ def test_two_processes_train_like_one(tmp_path, mesh):
     # A streamed natural-image dataset, prepared here once: each child also reads its slices of it.
     root = write_folder(tmp_path / "images", per_class=5, classes=4)
     stream = f"folder:{root}@{tmp_path / 'tfds'}"
-    data.get_builder(*stream.rsplit("@", 1))
+    datasets.get_builder(*stream.rsplit("@", 1))
     children = Children(tmp_path, mesh, stream=stream)  # they start (and compile) while we compute the reference
     try:
         losses, params, nu = worker.run(sharding.make_mesh(mesh), 0, 1)

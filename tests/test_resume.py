@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from natural_images import write_folder
-from vitscale import config, data, loop, runs, train
+from vitscale import config, loop, runs, train
+from vitscale.data import datasets
 
 BASE = dict(
     name="resume",
@@ -171,7 +172,7 @@ def test_sigkill_then_restart_equals_uninterrupted_run_when_streaming(tmp_path):
     """The same through the streaming path: natural images of varying sizes, inception crops."""
     root = write_folder(tmp_path / "images", per_class=12)
     name, data_dir = f"folder:{root}", str(tmp_path / "tfds")
-    data.get_builder(name, data_dir)  # prepared once, before the runs read it
+    datasets.get_builder(name, data_dir)  # prepared once, before the runs read it
     params = {
         **BASE,
         "dataset": name,

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from test_events import assert_same_scalars, read_events
-from vitscale import checks, config, data, loop, runs, sharding, train
+from vitscale import checks, config, loop, runs, sharding, train
+from vitscale.data import pipeline, sources
 
 
 def test_sigmoid_and_softmax_xent_closed_forms():
@@ -25,8 +26,8 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
         config.PretrainConfig,
         dict(variant="Atto/7", batch_size=32, total_steps=30, warmup_steps=0, lr=3e-3, schedule="constant"),
     )
-    split = data.load_split("fashion_mnist", "train[:32]")
-    batch = next(data.train_batches(split, train.input_pipeline(cfg), global_batch=32, seed=0))
+    split = sources.load_split("fashion_mnist", "train[:32]")
+    batch = next(pipeline.train_batches(split, train.input_pipeline(cfg), global_batch=32, seed=0))
     mesh = sharding.make_mesh(cfg.mesh)
     model = train.build_model(cfg, 10)
     trainer = loop.make_trainer(
@@ -92,7 +93,7 @@ def _loss_curve(dtype: str, seed: int, steps: int = 300) -> np.ndarray:
         config.PretrainConfig,
         dict(variant="Femto/7", batch_size=64, total_steps=steps, warmup_steps=20, lr=3e-3, dtype=dtype, seed=seed),
     )
-    split = data.load_split("fashion_mnist", "train[:6400]")
+    split = sources.load_split("fashion_mnist", "train[:6400]")
     # One device: 900 steps of 8-device collectives on 2 busy cores risk XLA:CPU's rendezvous timeout.
     mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
     # One gradient chain: the chains only split the batch (test_gradient_chains_give_the_full_batch_update);
@@ -106,7 +107,7 @@ def _loss_curve(dtype: str, seed: int, steps: int = 300) -> np.ndarray:
         chains=1,
     )
     state = trainer.init_fn()
-    batches = data.train_batches(split, train.input_pipeline(cfg), global_batch=64, seed=seed)
+    batches = pipeline.train_batches(split, train.input_pipeline(cfg), global_batch=64, seed=seed)
     losses = []
     for _ in range(steps):
         state, out = trainer.train_step(state, sharding.put_batch(next(batches), mesh))

@@ -1,8 +1,8 @@
 """Backend-specific speed work, in one place: what makes a ViT training step fast on XLA:CPU.
 
-`specialise` is the one switch (loop.make_trainer calls it): on a CPU it gives the model the
-kernels below and splits each device's batch into independent gradient chains; elsewhere the
-model keeps `vit.PLAIN` and one chain. VITSCALE_KERNELS=plain turns the CPU kernels off.
+loop.make_trainer switches it on: on a CPU `kernels_for` gives the model the kernels below and
+`default_chains` splits each device's batch into independent gradient chains; elsewhere the model
+keeps `vit.PLAIN` and one chain. VITSCALE_KERNELS=plain turns the CPU kernels off.
 tests/test_backend.py checks both paths give the same outputs and gradients; the speed-ups are
 measured in benchmarks/README.md (benchmarks/train_throughput.py).
 """
@@ -110,12 +110,7 @@ def chained(value_and_grad: Callable, chains: int) -> Callable:
 
 # ----------------------------------------------------------------------------- the switch
 def kernels_for(platform: str) -> vit.Kernels:
+    """The CPU kernels on a CPU (unless VITSCALE_KERNELS=plain), else the plain model."""
     if platform == "cpu" and os.environ.get("VITSCALE_KERNELS", "cpu") != "plain":
         return CPU
     return vit.PLAIN
-
-
-def specialise(model: vit.ViT, platform: str, per_device_batch: int, chains: int | None = None) -> tuple[vit.ViT, int]:
-    """The model with this platform's kernels, and the gradient chains per device (`chains`, or the
-    default for the batch)."""
-    return model.clone(kernels=kernels_for(platform)), chains or default_chains(per_device_batch, platform)

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 from pydantic import BaseModel
 
-from vitscale import config, data, runs, sharding
+from vitscale import config, runs, sharding
 from vitscale.config import Problem
+from vitscale.data import datasets, sources
 
 
 def raise_problems(problems: list[Problem]) -> None:
@@ -27,8 +28,8 @@ def raise_problems(problems: list[Problem]) -> None:
 def split_size(problems: list[Problem], field: str, dataset: str, split: str, data_dir: str | None) -> int | None:
     """The number of examples of `dataset:split` from its metadata, or a problem saying why not."""
     try:
-        data.check_dataset_name(dataset)
-        builder = data.get_builder(dataset, data_dir)
+        datasets.check_dataset_name(dataset)
+        builder = datasets.get_builder(dataset, data_dir)
     except (ValueError, FileNotFoundError) as e:
         problems.append(Problem(field, str(e)))
         return None
@@ -38,7 +39,7 @@ def split_size(problems: list[Problem], field: str, dataset: str, split: str, da
         )
         return None
     if not builder.info.splits:
-        problems.append(Problem(field, str(data.not_prepared(dataset, builder))))
+        problems.append(Problem(field, str(datasets.not_prepared(dataset, builder))))
         return None
     try:
         return int(builder.info.splits[split].num_examples)
@@ -52,10 +53,10 @@ def input_path(problems: list[Problem], field: str, dataset: str, split: str, da
     """The split can be read the way `input` says: streamed splits need array_record files, and a
     split of images that vary in shape cannot be held in memory."""
     try:
-        if data.choose_input(dataset, split, data_dir, input) == "stream":
-            data.open_source(dataset, split, data_dir)
+        if sources.choose_input(dataset, split, data_dir, input) == "stream":
+            sources.open_source(dataset, split, data_dir)
         else:
-            builder = data.get_builder(dataset, data_dir)
+            builder = datasets.get_builder(dataset, data_dir)
             key = (builder.info.supervised_keys or ("image", "label"))[0]
             if any(d is None for d in builder.info.features[key].shape):
                 problems.append(
@@ -72,20 +73,20 @@ def input_path(problems: list[Problem], field: str, dataset: str, split: str, da
 def fewshot_pools(
     problems: list[Problem],
     field: str,
-    datasets: Sequence[str],
+    names: Sequence[str],
     shots: Sequence[int],
     data_dir: str | None,
     input: str = "auto",
 ) -> None:
     """Every few-shot dataset is readable and has at least max(shots) images in each class of its pool."""
     k = max(shots)
-    for name in datasets:
-        pool_split, test_split = data.downstream_splits(name)
+    for name in names:
+        pool_split, test_split = datasets.downstream_splits(name)
         if split_size(problems, field, name, pool_split, data_dir) is None:
             continue
         if split_size(problems, field, name, test_split, data_dir) is None:
             continue
-        source = data.load(name, pool_split, data_dir, input)
+        source = sources.load(name, pool_split, data_dir, input)
         counts = np.bincount(source.labels, minlength=source.num_classes)
         short = {c: int(n) for c, n in enumerate(counts) if n < k}
         if short:

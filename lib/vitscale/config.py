@@ -17,69 +17,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitscale import metrics
+from vitscale.data import ops
 from vitscale.models.variants import decode_variant
 
 Optimizer = Literal["adafactor", "adam", "adamw", "sgd"]
 Schedule = Literal["rsqrt", "cosine", "linear", "constant"]
-Input = Literal["auto", "memory", "stream"]  # how a split is read (vitscale.data): auto chooses by its size and shapes
-
-# Preprocessing ops (big_vision style): `name` or `name(arg, ...)`, numbers only. Name -> (min, max)
-# argument count and what it does; vitscale.data implements exactly these (it checks so at import).
-PP_OPS: dict[str, tuple[int, int, str]] = {
-    "decode": (0, 1, "decode(channels?): encoded image -> uint8 [H, W, C] (channels: the dataset's, or forced)"),
-    "resize": (1, 2, "resize(size) or resize(h, w): bilinear, antialiased"),
-    "resize_small": (1, 1, "resize_small(size): shorter side to size, aspect kept"),
-    "central_crop": (1, 1, "central_crop(size): the central size x size"),
-    "inception_crop": (1, 2, "inception_crop(size, area_min%=5): random area and aspect, resized to size"),
-    "decode_jpeg_and_inception_crop": (
-        1,
-        2,
-        "decode_jpeg_and_inception_crop(size, area_min%=5): both, decoding the crop only",
-    ),
-    "reflect_crop": (1, 1, "reflect_crop(pad): reflect-pad by pad, random crop back to the size"),
-    "flip_lr": (0, 0, "flip_lr: random left-right flip"),
-    "channels": (1, 1, "channels(n): grey <-> RGB"),
-    "value_range": (2, 2, "value_range(lo, hi): 0..255 -> lo..hi (float32)"),
-}
-_OP = re.compile(r"\s*([a-z_]+)\s*(?:\((.*)\))?\s*")
-
-
-def parse_op(text: str) -> tuple[str, tuple[float, ...]]:
-    """`"inception_crop(224)"` -> ("inception_crop", (224,)); ValueError naming the accepted ops otherwise."""
-    accepted = "accepted: " + "; ".join(v[2] for v in PP_OPS.values())
-    m = _OP.fullmatch(text) if isinstance(text, str) else None
-    if m is None or m.group(1) not in PP_OPS:
-        raise ValueError(f"unknown preprocessing op {text!r} ({accepted})")
-    name, raw = m.group(1), m.group(2)
-    try:
-        args = tuple(float(a) for a in raw.split(",")) if raw and raw.strip() else ()
-    except ValueError:
-        raise ValueError(f"op {text!r}: arguments must be numbers ({PP_OPS[name][2]})") from None
-    lo, hi, doc = PP_OPS[name]
-    if not lo <= len(args) <= hi:
-        raise ValueError(f"op {text!r}: takes {lo}-{hi} argument(s), got {len(args)} ({doc})")
-    args = tuple(int(a) if a.is_integer() else a for a in args)
-    sizes = {"resize", "resize_small", "central_crop", "channels", "decode"}
-    if name in sizes and any(not isinstance(a, int) or a <= 0 for a in args):
-        raise ValueError(f"op {text!r}: arguments must be positive integers ({doc})")
-    inception = name in ("inception_crop", "decode_jpeg_and_inception_crop")
-    if inception and (not isinstance(args[0], int) or args[0] <= 0):
-        raise ValueError(f"op {text!r}: size must be a positive integer ({doc})")
-    if inception and len(args) == 2 and not 0 < args[1] <= 100:
-        raise ValueError(f"op {text!r}: area_min is a percentage in (0, 100] ({doc})")
-    if name == "reflect_crop" and (not isinstance(args[0], int) or args[0] < 0):
-        raise ValueError(f"op {text!r}: pad must be a non-negative integer ({doc})")
-    if name == "value_range" and not args[0] < args[1]:
-        raise ValueError(f"op {text!r}: needs lo < hi ({doc})")
-    return name, args
+Input = Literal["auto", "memory", "stream"]  # how a split is read (data.sources): auto chooses by its size and shapes
 
 
 def _pp(v: list[str] | None) -> list[str] | None:
+    """A pp_* list, each op checked against the ops' grammar (data.ops; no TensorFlow needed)."""
     if v is not None:
         if not v:
             raise ValueError("must list at least one op, or be null for the default")
-        for op in v:
-            parse_op(op)
+        for text in v:
+            ops.parse(text)
     return v
 
 
@@ -160,12 +112,12 @@ class PretrainConfig(_Schema):
     channels: int = Field(default=1, ge=1, le=3)
     crop_padding: int = Field(default=2, ge=0)  # random crop: reflect-pad then crop back
     flip: bool = True  # random horizontal flip
-    # How splits are read (vitscale.data): "memory" decodes a split into one array; "stream" reads the
+    # How splits are read (vitscale.data.sources): "memory" decodes a split into one array; "stream" reads the
     # prepared array_record files by index and decodes example by example; "auto" streams splits whose
-    # images vary in shape or would not fit (data.MEMORY_LIMIT_BYTES).
+    # images vary in shape or would not fit (data.sources.MEMORY_LIMIT_BYTES).
     input: Input = "auto"
-    # Preprocessing as op lists (PP_OPS), e.g. ["decode", "inception_crop(224)", "flip_lr", "value_range(-1, 1)"].
-    # None: today's pipeline from image_size, channels, crop_padding and flip (data.default_ops).
+    # Preprocessing as op lists (data.ops), e.g. ["decode", "inception_crop(224)", "flip_lr", "value_range(-1, 1)"].
+    # None: today's pipeline from image_size, channels, crop_padding and flip (data.ops.default_ops).
     pp_train: list[str] | None = None
     pp_eval: list[str] | None = None  # test split and few-shot features; None: resize to image_size
     # --- model
@@ -335,7 +287,7 @@ class TransferConfig(_Schema):
     finetune_datasets: list[str] = ["mnist_5k"]  # [] = few-shot only
     finetune_resolution: int | None = Field(default=None, gt=0)  # None: the pretraining resolution
     finetune_steps: int = Field(default=500, gt=0)
-    # Fine-tuning preprocessing (PP_OPS); None: resize to the fine-tuning resolution, no augmentation.
+    # Fine-tuning preprocessing (data.ops); None: resize to the fine-tuning resolution, no augmentation.
     pp_finetune: list[str] | None = None
     pp_finetune_eval: list[str] | None = None  # held-out and test splits; None: resize likewise
     finetune_batch_size: int = Field(default=128, gt=0)  # global batch, split over devices

@@ -11,16 +11,17 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from vitscale import data, fewshot, sharding
+from vitscale import fewshot, sharding
+from vitscale.data import datasets, pipeline, sources
 
 
 def extract_features(
-    feature_fn: Callable, split: data.Split | data.Source, pipe: data.Pipeline, batch_size: int, mesh
+    feature_fn: Callable, split: sources.Split | sources.Source, pipe: pipeline.Pipeline, batch_size: int, mesh
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features (pre_logits) as float64, labels) of a whole split, in order: one pass over it, in
     memory or streamed, through the pipeline's evaluation ops (at the model's resolution)."""
     feats, labels = [], []
-    for batch in data.eval_batches(split, pipe, batch_size):
+    for batch in pipeline.eval_batches(split, pipe, batch_size):
         out = feature_fn(sharding.put_batch({"image": batch["image"]}, mesh)["image"])
         feats.append(np.asarray(jax.device_get(out))[batch["mask"]])
         labels.append(batch["label"][batch["mask"]])
@@ -34,8 +35,8 @@ class FewShotEvaluator:
 
     def __init__(
         self,
-        datasets: Sequence[str],
-        pipe: data.Pipeline,
+        names: Sequence[str],
+        pipe: pipeline.Pipeline,
         *,
         shots: Sequence[int] = fewshot.DEFAULT_SHOTS,
         seeds: Sequence[int] = fewshot.DEFAULT_SEEDS,
@@ -47,11 +48,11 @@ class FewShotEvaluator:
         self.shots, self.seeds, self.l2 = tuple(shots), tuple(seeds), l2
         self.pipe, self.batch_size = pipe, batch_size
         self.splits = {}
-        for name in datasets:
-            pool_name, test_name = data.downstream_splits(name)
+        for name in names:
+            pool_name, test_name = datasets.downstream_splits(name)
             self.splits[name] = (
-                data.load(name, pool_name, data_dir, input),
-                data.load(name, test_name, data_dir, input),
+                sources.load(name, pool_name, data_dir, input),
+                sources.load(name, test_name, data_dir, input),
             )
 
     def evaluate(self, feature_fn: Callable, mesh) -> dict[str, dict[str, dict[str, object]]]:
@@ -77,5 +78,5 @@ class FewShotEvaluator:
         """Flat metrics for metrics.jsonl: fewshot/<dataset>/<k>shot (mean) and ..._std."""
         out: dict[str, float] = {}
         for name, result in self.evaluate(feature_fn, mesh).items():
-            out.update(fewshot.flatten(data.metric_name(name), result))
+            out.update(fewshot.flatten(datasets.metric_name(name), result))
         return out

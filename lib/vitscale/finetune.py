@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitscale import checkpoints, config, data, loop, metrics, optim, runs, train, weights
+from vitscale import checkpoints, config, loop, metrics, optim, runs, train, weights
+from vitscale.data import datasets, pipeline, sources
 from vitscale.models import vit
 
 RANDOM = config.RANDOM
@@ -85,7 +86,7 @@ class Pretrained:
 
 def num_classes(dataset: str, data_dir: str | None = None) -> int:
     """Class count from a dataset's metadata (no decoding)."""
-    builder = data.get_builder(dataset, data_dir)
+    builder = datasets.get_builder(dataset, data_dir)
     label_key = (builder.info.supervised_keys or ("image", "label"))[1]
     return builder.info.features[label_key].num_classes
 
@@ -140,8 +141,8 @@ def transfer_params(params: Any, model: vit.ViT, image_shape: tuple[int, int, in
 
 
 def holdout_split(
-    split: data.Split | data.Source, fraction: float = 0.02, seed: int = HOLDOUT_SEED
-) -> tuple[data.Split | data.Source, data.Split | data.Source]:
+    split: sources.Split | sources.Source, fraction: float = 0.02, seed: int = HOLDOUT_SEED
+) -> tuple[sources.Split | sources.Source, sources.Split | sources.Source]:
     """(train part, held-out part): a fixed random `fraction` of the split is held out for picking the
     learning rate. Disjoint, together the whole split, the same on every call (seeded permutation,
     robust to splits stored in class order)."""
@@ -151,9 +152,9 @@ def holdout_split(
         raise ValueError(f"holdout fraction {fraction} of the {n} images of {split.name} leaves an empty part")
     perm = np.random.default_rng(seed).permutation(n)
     keep, hold = np.sort(perm[n_holdout:]), np.sort(perm[:n_holdout])
-    if isinstance(split, data.Source):  # streamed: views over the same files
+    if isinstance(split, sources.Source):  # streamed: views over the same files
         return split.subset(keep, f"{1 - fraction:.0%}"), split.subset(hold, f"held-out {fraction:.0%}")
-    part = lambda idx, tag: data.Split(
+    part = lambda idx, tag: sources.Split(
         name=f"{split.name}({tag})", images=split.images[idx], labels=split.labels[idx], num_classes=split.num_classes
     )
     return part(keep, f"{1 - fraction:.0%}"), part(hold, f"held-out {fraction:.0%}")
@@ -172,7 +173,7 @@ class _Compiled:
     trainer: loop.Trainer
     schedule: optax.Schedule
     spec: loop.LoopSpec
-    pipe: data.Pipeline
+    pipe: pipeline.Pipeline
     image_shape: tuple[int, int, int]
 
 
@@ -195,7 +196,7 @@ def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: in
         checkpoint_every=cfg.finetune_steps,
         keep_checkpoints=1,
     )
-    pipe = data.Pipeline(
+    pipe = pipeline.Pipeline(
         image_size=res,
         channels=pre.channels,
         train_ops=tuple(cfg.pp_finetune) if cfg.pp_finetune else None,
@@ -208,8 +209,8 @@ def train_one(
     c: _Compiled,
     cfg: config.TransferConfig,
     params: Any,
-    train_split: data.Split | data.Source,
-    eval_split: data.Split | data.Source,
+    train_split: sources.Split | sources.Source,
+    eval_split: sources.Split | sources.Source,
     eval_prefix: str,
     run_dir: Path,
     desc: str,
@@ -222,7 +223,7 @@ def train_one(
         result = loop.evaluate(c.trainer, p, eval_split, c.pipe, cfg.eval_batch_size)
         return {metrics.on_split(eval_prefix, k): v for k, v in result.items()}
 
-    batches = lambda step: data.train_batches(
+    batches = lambda step: pipeline.train_batches(
         train_split,
         c.pipe,
         global_batch=c.spec.batch_size,
@@ -255,9 +256,9 @@ def finetune(
     """Fine-tune each model on `dataset`: pick the lr on the held-out part, then retrain on the whole
     training split (or keep the best grid run) and score the test split. Returns {model name: result}."""
     out = Path(out_dir)
-    train_name, test_name = data.finetune_splits(dataset)
-    full = data.load(dataset, train_name, cfg.data_dir, cfg.input)
-    test = data.load(dataset, test_name, cfg.data_dir, cfg.input)
+    train_name, test_name = datasets.finetune_splits(dataset)
+    full = sources.load(dataset, train_name, cfg.data_dir, cfg.input)
+    test = sources.load(dataset, test_name, cfg.data_dir, cfg.input)
     train_part, holdout = holdout_split(full, cfg.holdout_fraction)
     compiled: dict[float, _Compiled] = {}
 

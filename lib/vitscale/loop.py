@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vitscale import backend, checkpoints, data, metrics, progress, runs, sharding
+from vitscale import backend, checkpoints, metrics, progress, runs, sharding
+from vitscale.data import pipeline, sources
 from vitscale.models import vit
 
 
@@ -160,12 +161,12 @@ def make_trainer(
 
 
 def evaluate(
-    trainer: Trainer, params, split: data.Split | data.Source, pipe: data.Pipeline, batch_size: int
+    trainer: Trainer, params, split: sources.Split | sources.Source, pipe: pipeline.Pipeline, batch_size: int
 ) -> dict[str, float]:
     """Loss and top-1 accuracy over a whole split: {"loss": ..., "acc": ...}."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()  # padded batches split evenly
-    for batch in data.eval_batches(split, pipe, batch_size):
+    for batch in pipeline.eval_batches(split, pipe, batch_size):
         out = trainer.eval_step(params, sharding.put_batch(batch, trainer.mesh))
         totals = {k: totals[k] + out[k] for k in totals}
     totals = jax.device_get(totals)

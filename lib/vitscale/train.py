@@ -23,7 +23,6 @@ from vitscale import (
     checkpoints,
     checks,
     config,
-    data,
     evaluators,
     flops,
     loop,
@@ -33,6 +32,7 @@ from vitscale import (
     sharding,
     weights,
 )
+from vitscale.data import datasets, pipeline, sources
 from vitscale.models import vit
 
 
@@ -85,9 +85,9 @@ def build_optimizer(cfg: config.PretrainConfig, schedule: optax.Schedule) -> opt
     )
 
 
-def input_pipeline(cfg: config.PretrainConfig) -> data.Pipeline:
+def input_pipeline(cfg: config.PretrainConfig) -> pipeline.Pipeline:
     """pp_train / pp_eval when given, else today's pipeline from image_size, channels, crop_padding, flip."""
-    return data.Pipeline(
+    return pipeline.Pipeline(
         image_size=cfg.image_size,
         channels=cfg.channels,
         crop_padding=cfg.crop_padding,
@@ -125,7 +125,7 @@ def make_trainer(
 
 
 def make_evaluators(
-    cfg: config.PretrainConfig, trainer: loop.Trainer, test: data.Split | data.Source, pipe: data.Pipeline
+    cfg: config.PretrainConfig, trainer: loop.Trainer, test: sources.Split | sources.Source, pipe: pipeline.Pipeline
 ) -> loop.Evaluators:
     """Test-split loss and accuracy at every evaluation, plus few-shot linear transfer every
     `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
@@ -152,9 +152,9 @@ def make_evaluators(
     return evaluate
 
 
-def batches_from(cfg: config.PretrainConfig, train: data.Split | data.Source, pipe: data.Pipeline):
+def batches_from(cfg: config.PretrainConfig, train: sources.Split | sources.Source, pipe: pipeline.Pipeline):
     """step -> this host's training batches from that step on."""
-    return lambda step: data.train_batches(
+    return lambda step: pipeline.train_batches(
         train,
         pipe,
         global_batch=cfg.batch_size,
@@ -315,8 +315,8 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     t0 = time.time()
 
     # 1. Data: the training subset and the test split, in memory or streamed (cfg.input).
-    train = data.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
-    test = data.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
+    train = sources.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
+    test = sources.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
     pipe = input_pipeline(cfg)
 
     # 2. Compiled steps on the mesh.
@@ -350,9 +350,9 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     summary = make_summary(cfg, trainer.model, runs.read_metrics(out / "metrics.jsonl"), t0, branches, meta)
     summary["train_examples"] = len(train)  # the data axis, resolved when the parameter is None
     summary["input"] = {
-        "train": "stream" if isinstance(train, data.Source) else "memory",
-        "test": "stream" if isinstance(test, data.Source) else "memory",
-        "skipped_files": len(data.skipped_files(cfg.dataset, cfg.data_dir)),  # unreadable images of a folder
+        "train": "stream" if isinstance(train, sources.Source) else "memory",
+        "test": "stream" if isinstance(test, sources.Source) else "memory",
+        "skipped_files": len(datasets.skipped_files(cfg.dataset, cfg.data_dir)),  # unreadable images of a folder
     }
     runs.write_json(out / "summary.json", summary)
     return summary

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import checks, config, data, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train, weights
+from vitscale import checks, config, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train, weights
+from vitscale.data import datasets
 
 
 def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
@@ -61,7 +62,7 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
             )
     checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir, cfg.input)
     for name in cfg.finetune_datasets:
-        train_split, test_split = data.finetune_splits(name)
+        train_split, test_split = datasets.finetune_splits(name)
         n = checks.split_size(problems, "finetune_datasets", name, train_split, cfg.data_dir)
         checks.split_size(problems, "finetune_datasets", name, test_split, cfg.data_dir)
         if n is not None:
@@ -127,9 +128,9 @@ def make_summary(
     for m in models:
         prefix = "" if m.name == primary else f"{m.name}/"
         for name, result in few.get(m.name, {}).items():
-            final.update({prefix + k: v for k, v in fewshot.flatten(data.metric_name(name), result).items()})
+            final.update({prefix + k: v for k, v in fewshot.flatten(datasets.metric_name(name), result).items()})
         for name, by_model in fine.items():
-            final[prefix + metrics.finetune(data.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
+            final[prefix + metrics.finetune(datasets.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
     wall = time.time() - t0
     devices = int(mesh.devices.size)
     source = Path(models[0].source) / "summary.json"  # the pretraining run's compute, for plots against it

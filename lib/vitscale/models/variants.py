@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 # name: (width, depth, mlp_dim, heads). Paper Table 2 and big_vision; the CPU ladder is ours.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    # CPU-scale ladder for 28-32 px images (params at 28 px, patch 4, 10 classes, GAP head):
-    "Atto": (32, 2, 128, 2),  # ~27k
-    "Femto": (48, 3, 192, 3),  # ~87k
-    "Pico": (64, 4, 256, 4),  # ~0.20M
-    "Nano": (96, 6, 384, 4),  # ~0.67M
-    "Micro": (128, 8, 512, 4),  # ~1.6M
+    # CPU-scale ladder for 28-32 px images (parameters at 28 px, 10 classes, GAP head; the same at patch 7 and 4):
+    "Atto": (32, 2, 128, 2),  # 28k
+    "Femto": (48, 3, 192, 3),  # 89k
+    "Pico": (64, 4, 256, 4),  # 205k
+    "Nano": (96, 6, 384, 4),  # 679k
+    "Micro": (128, 8, 512, 4),  # 1.6M
     # The paper's family (Table 2) and the usual sizes:
     "s": (256, 6, 1024, 8),
     "Ti": (192, 12, 768, 3),

@@ -1,0 +1,172 @@
+"""Batches: training batches are a pure function of (seed, step), evaluation batches cover a split once.
+
+Training example g = step * global_batch + j is `index_shuffle(g mod N, seed=(seed, g div N))` of
+the split, and each random preprocessing op draws from stateless RNGs seeded by (seed, step) for the
+whole global batch. Each host of a multi-host job takes its own slice of it (and reads only those
+records). The same on both kinds of split (sources.py): in memory and streamed.
+
+Resume mechanism: random access, not a checkpointed iterator. Since batch = f(seed, step), a
+resumed run rebuilds the pipeline at the checkpoint's step (`start_step`) and sees exactly the
+batches it would have seen, with nothing but the step to save (loop.py records it as
+`meta["data_position"]`). Chosen because it needs no iterator state in checkpoints, is the same for
+any number of hosts (a host's slice never depends on another's progress), lets cooldown branches and
+fine-tuning restart anywhere, and keeps one mechanism for both paths. The price is random reads,
+which is what array_record (TFDS's `as_data_source`) is for; sequential-only TFRecord datasets use the
+in-memory path (or are prepared again with `--file_format=array_record`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from vitscale.data import ops, sources, tfsetup
+
+tf = tfsetup.tensorflow()
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """How images become model inputs [image_size, image_size, channels] float32: op lists for training
+    and evaluation (`train_ops`, `eval_ops`, data.ops), or today's fields when those are None."""
+
+    image_size: int
+    channels: int
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    crop_padding: int = 0
+    flip: bool = False
+    train_ops: tuple[str, ...] | None = None
+    eval_ops: tuple[str, ...] | None = None
+
+    def ops(self, train: bool) -> list[tuple[Callable | None, Callable]]:
+        given = self.train_ops if train else self.eval_ops
+        if given is None:
+            given = ops.default_ops(
+                self.image_size,
+                self.channels,
+                self.value_range,
+                *((self.crop_padding, self.flip) if train else (0, False)),
+            )
+        return [ops.build(text) for text in given]
+
+    def output_shape(self) -> list[int]:
+        return [self.image_size, self.image_size, self.channels]
+
+
+def _draws(chain, base: tf.Tensor, n: int) -> tuple:
+    return tuple(tf.zeros([n], tf.int32) if draw is None else draw(base, n) for draw, _ in chain)
+
+
+def _apply(chain, x: tf.Tensor, draws: tuple, shape: list[int], channels: int | None = None) -> tf.Tensor:
+    """The ops in order; an encoded image is decoded first (to the dataset's `channels`) if no op does."""
+    for (_, apply), d in zip(chain, draws):
+        if getattr(apply, "decodes", False):
+            x = apply(x, d, channels)
+            continue
+        if x.dtype == tf.string:
+            x = ops.decode()[1](x, None, channels)
+        x = apply(x, d)
+    x = tf.cast(x, tf.float32)
+    try:
+        return tf.ensure_shape(x, [*x.shape[: x.shape.rank - 3], *shape])
+    except ValueError as e:
+        raise ValueError(f"the preprocessing ops give images of shape {x.shape[-3:]}, the model takes {shape}") from e
+
+
+def _step_indices(step, seed: int, n: int, global_batch: int) -> tf.Tensor:
+    """Indices into the split of the global batch of `step`: g = step * B + j, then
+    index_shuffle(g mod n, seed=(seed, g div n)): every epoch a fresh permutation."""
+    g = step * global_batch + tf.range(global_batch, dtype=tf.int64)
+    epoch, pos = g // n, g % n
+    seeds = tf.stack([tf.fill(tf.shape(g), tf.cast(seed, tf.int64)), epoch, tf.zeros_like(g)], axis=1)
+    # The raw op: tf.random.experimental.index_shuffle mis-pads a batched [n, 2] seed.
+    return tf.raw_ops.RandomIndexShuffle(
+        index=pos, seed=seeds, max_index=tf.fill(tf.shape(g), tf.cast(n - 1, tf.int64)), rounds=4
+    )
+
+
+def train_batches(
+    split: sources.Split | sources.Source,
+    pipe: Pipeline,
+    *,
+    global_batch: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless training batches for steps start_step, start_step+1, ... (this host's slice), from a
+    split in memory or streamed from its files (a `sources.Source`): the same function of (seed, step)."""
+    if global_batch % process_count:
+        raise ValueError(f"batch_size {global_batch} is not divisible by the process count {process_count}")
+    n, local = len(split), global_batch // process_count
+    sl = slice(process_index * local, (process_index + 1) * local)
+    chain, shape = pipe.ops(train=True), pipe.output_shape()
+
+    def indices_and_draws(step):
+        idx = _step_indices(step, seed, n, global_batch)[sl]
+        base = tf.stack([tf.cast(seed, tf.int64), step])
+        return idx, tuple(d[sl] for d in _draws(chain, base, global_batch))
+
+    steps = tf.data.Dataset.range(start_step, 2**62)
+    if isinstance(split, sources.Source):
+        return _stream(split, steps.map(indices_and_draws), chain, shape, local)
+    images, labels = tf.constant(split.images), tf.constant(split.labels)
+
+    def batch_for_step(step):
+        idx, draws = indices_and_draws(step)
+        return {"image": _apply(chain, tf.gather(images, idx), draws, shape), "label": tf.gather(labels, idx)}
+
+    ds = steps.map(batch_for_step, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(2).as_numpy_iterator()
+
+
+def eval_batches(
+    split: sources.Split | sources.Source, pipe: Pipeline, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """The whole split in order; the last batch is padded and `mask` marks real examples."""
+    chain, shape = pipe.ops(train=False), pipe.output_shape()
+    n = len(split)
+    if isinstance(split, sources.Source):
+        num = -(-n // batch_size)
+
+        def indices_and_draws(b):
+            g = b * batch_size + tf.range(batch_size, dtype=tf.int64)
+            base = tf.stack([tf.constant(0, tf.int64), b])  # random ops in pp_eval: fixed draws
+            return tf.minimum(g, n - 1), _draws(chain, base, batch_size), g < n
+
+        return _stream(split, tf.data.Dataset.range(num).map(indices_and_draws), chain, shape, batch_size)
+    pad = (-n) % batch_size
+    images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
+    labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
+    mask = np.concatenate([np.ones((n,), bool), np.zeros((pad,), bool)])
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "mask": mask})
+    ds = ds.batch(batch_size).enumerate()
+
+    def prep(b, batch):
+        base = tf.stack([tf.constant(0, tf.int64), b])
+        return {**batch, "image": _apply(chain, batch["image"], _draws(chain, base, batch_size), shape)}
+
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(2).as_numpy_iterator()
+
+
+def _stream(
+    source: sources.Source, index_ds: tf.data.Dataset, chain, shape, size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches from (indices, draws[, mask]) elements: fetch the records of a batch (a few in flight),
+    then parse, decode and preprocess each example in parallel, in order, and batch them again."""
+
+    def fetch(idx, draws, *mask):
+        return (source.fetch(idx), draws, *mask)
+
+    def one(serialized, draws, *mask):
+        encoded, label = source.parse(serialized)
+        out = {"image": _apply(chain, encoded, draws, shape, source.channels), "label": label}
+        return {**out, "mask": mask[0]} if mask else out
+
+    ds = index_ds.map(fetch, num_parallel_calls=2, deterministic=True).unbatch()
+    ds = ds.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(size, drop_remainder=True).prefetch(2).as_numpy_iterator()
