@@ -285,7 +285,7 @@ def finetune(
                     holdout,
                     "val",
                     out / m.name / f"lr_{lr:g}",
-                    desc=f"{dataset} {m.name} lr={lr:g}",
+                    desc=f"{datasets.metric_name(dataset)} {m.name} lr={lr:g}",
                 )
                 row.update(
                     {
@@ -329,7 +329,7 @@ def finetune(
                 test,
                 "test",
                 out / m.name / f"final_lr_{best_lr:g}",
-                desc=f"{dataset} {m.name} final lr={best_lr:g}",
+                desc=f"{datasets.metric_name(dataset)} {m.name} final lr={best_lr:g}",
             )
             test_metrics = {"test/acc": final["test/acc"], "test/loss": final["test/loss"]}
             seconds = [final["device_seconds"]]

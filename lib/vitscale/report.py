@@ -23,6 +23,7 @@ __all__ = [
     "auto",
     "Html",
     "table",
+    "cell",
     "details",
     "section",
     "paragraph",
@@ -159,7 +160,8 @@ class Html:
         return f"Html({self.body[:80]!r}...)"
 
 
-def _cell(v: Any, fmt: Callable[[Any], str] | None) -> str:
+def cell(v: Any, fmt: Callable[[Any], str] | None = None) -> str:
+    """One <td>: the text `fmt` (default `auto`) gives, the exact number kept for sorting and hovering."""
     text = (fmt or auto)(v)
     if _finite(v):
         return f'<td class="num" data-sort="{float(v)!r}" title="{v!r}">{html.escape(text)}</td>'
@@ -181,7 +183,7 @@ def table(
     columns = list(columns or (rows[0].keys() if rows else []))
     formats = formats or {}
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "\n".join("<tr>" + "".join(_cell(r.get(c), formats.get(c)) for c in columns) + "</tr>" for r in rows)
+    body = "\n".join("<tr>" + "".join(cell(r.get(c), formats.get(c)) for c in columns) + "</tr>" for r in rows)
     cap = f"<caption>{html.escape(title)}</caption>" if title else ""
     tid = f' id="{html.escape(table_id)}"' if table_id else ""
     return Html(
