@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from vitscale import analysis, plots
+import browser
+from vitscale import analysis, notebooks, plots, report
 
 # ----------------------------------------------------------------------------- synthetic sweep
 # Frontier law in FLOP units: E*(C) = a (C + d)^-b + c. Its low-compute bend d sits inside the
@@ -351,10 +352,12 @@ def test_notebook_is_thin_with_parameters_cell(root):
 
 @pytest.mark.slow
 def test_notebook_through_papermill(root, tmp_path):
-    """A synthetic sweep folder (run folders as `runs.collect` reads them) → the notebook → summary.json."""
+    """A synthetic sweep folder (run folders as `runs.collect` reads them) → the notebook → summary.json,
+    and its report as headless Chromium shows it: headline first, every table cell there in full, offline."""
     import papermill
 
     rows, _ = frontier_sweep(noise=0.01, seed=2)
+    rows[0]["run_id"] = "pico_d6000_s250_long_name_with_underscores"  # issue 25: names were clipped
     for r in rows:
         run = tmp_path / "sweep" / r["run_id"]
         run.mkdir(parents=True)
@@ -396,6 +399,21 @@ def test_notebook_through_papermill(root, tmp_path):
     assert doc["metrics"]["test/acc"]["power_law"]["c"] == pytest.approx(TRUTH["c"], rel=0.3)
     assert set(doc["findings"]) == {"test/acc", "fewshot/mnist_5k/10shot"}
     assert set(doc["findings"]["test/acc"]) == {"saturation", "sample_efficiency", "double_saturation"}
+
+    page = notebooks.export_html(tmp_path / "report.ipynb")
+    source = page.read_text()
+    assert browser.remote_tags(source) == []  # no script or style sheet from a CDN
+    assert browser.external_requests(page, tmp_path) == []
+    dom = browser.rendered_dom(page, tmp_path)
+    text = browser.visible_text(dom)
+    cells = browser.cell_texts(source)
+    assert len(cells) > 12 * len(rows) and [c for c in cells if c not in text] == []
+    for r in rows:  # every run's full name and compute, as the formatting helpers write them
+        assert f"{r['run_id']}" in text and report.flops(r["train_flops"]) in text
+    # the headline (test error first) comes before any figure, and the details are collapsed
+    assert dom.index('class="vs-headline"') < dom.index("plotly-graph-div")
+    assert text.index("Headline") < text.index("test error") < text.index("10-shot error, mnist_5k")
+    assert dom.count('<details class="vs-details"') == 2 and '<details class="vs-details" open' not in dom
 
 
 def test_every_law_is_checked_and_the_best_named(fitted):
