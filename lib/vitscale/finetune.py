@@ -289,20 +289,22 @@ def finetune(
                 )
                 row.update(
                     {
-                        "val/acc": final["val/acc"],
-                        "val/loss": final["val/loss"],
-                        "train/loss": final.get("train/loss"),
+                        metrics.VAL_ACC: final[metrics.VAL_ACC],
+                        metrics.VAL_LOSS: final[metrics.VAL_LOSS],
+                        metrics.TRAIN_LOSS: final.get(metrics.TRAIN_LOSS),
                         "device_seconds": final["device_seconds"],
                         "diverged": False,
                     }
                 )
             except loop.NonFiniteLoss as e:
-                row.update({"val/acc": None, "val/loss": None, "diverged": True, "error": str(e)})
+                row.update({metrics.VAL_ACC: None, metrics.VAL_LOSS: None, "diverged": True, "error": str(e)})
                 state = None
             grid.append(row)
             # Best held-out accuracy; ties go to the lower held-out loss.
             if not row["diverged"] and (
-                best is None or (row["val/acc"], -row["val/loss"]) > (best[0]["val/acc"], -best[0]["val/loss"])
+                best is None
+                or (row[metrics.VAL_ACC], -row[metrics.VAL_LOSS])
+                > (best[0][metrics.VAL_ACC], -best[0][metrics.VAL_LOSS])
             ):
                 best = (row, state)
             del state
@@ -331,7 +333,7 @@ def finetune(
                 out / m.name / f"final_lr_{best_lr:g}",
                 desc=f"{datasets.metric_name(dataset)} {m.name} final lr={best_lr:g}",
             )
-            test_metrics = {"test/acc": final["test/acc"], "test/loss": final["test/loss"]}
+            test_metrics = {metrics.TEST_ACC: final[metrics.TEST_ACC], metrics.TEST_LOSS: final[metrics.TEST_LOSS]}
             seconds = [final["device_seconds"]]
         else:
             state, seconds = best[1], []

@@ -35,6 +35,11 @@ def fewshot(dataset: str, shots: int) -> str:
     return f"fewshot/{dataset}/{shots}shot"
 
 
+def spread(name: str) -> str:
+    """The name of a mean metric's spread over seeds: "fewshot/x/10shot" -> "fewshot/x/10shot_std"."""
+    return f"{name}_std"
+
+
 def finetune(dataset: str) -> str:
     return f"finetune/{dataset}/test/acc"
 

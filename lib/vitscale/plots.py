@@ -729,9 +729,10 @@ def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, An
 def _law_text(result: dict[str, Any]) -> str:
     pl = result["power_law"]
     iv = pl.intervals
-    const = ", ".join(
-        f"{k} = {report.with_interval(getattr(pl, k), iv.get(k), analysis._flags(pl.as_dict(), k))}" for k in "abcd"
-    )
+    flags = {k: analysis._flags(pl.as_dict(), k) for k in "abcd"}
+    const = [f"{k} = {report.with_interval(getattr(pl, k), iv.get(k), flags[k])}" for k in "abd"]
+    floor = report.percent(pl.c, iv.get("c")) + "".join(f" ({f})" for f in flags["c"])
+    const = ", ".join([*const[:2], f"c (error floor) = {floor}", const[2]])
     return f"E = a (x + d)^-b + c on {pl.n} frontier points: {const}"
 
 
@@ -755,7 +756,7 @@ def _extrapolation_text(result: dict[str, Any]) -> str:
     )
     if rest:
         second, name2, _ = rest[0]
-        ratio = f"{second / best:.3g}x" if best > 0 else "infinitely"
+        ratio = f"{second / best:.2f}x" if best > 0 else "infinitely"
         txt += f"; next: {analysis.law_label(name2)}, {ratio} the error"
     return txt + "."
 
@@ -775,9 +776,9 @@ def scaling_headline(results: dict[str, Any], found: dict[str, dict[str, Any]]) 
             continue
         lines = [_law_text(result), _extrapolation_text(result)]
         f = found.get(metric, {})
-        held = [k for k, v in f.items() if v["holds"] is True]
-        failed = [k for k, v in f.items() if v["holds"] is False]
-        untested = [k for k, v in f.items() if v["holds"] is None]
+        held = [k.replace("_", " ") for k, v in f.items() if v["holds"] is True]
+        failed = [k.replace("_", " ") for k, v in f.items() if v["holds"] is False]
+        untested = [k.replace("_", " ") for k, v in f.items() if v["holds"] is None]
         lines.append(
             "Findings that hold: "
             + (", ".join(held) or "none")

@@ -116,9 +116,9 @@ STYLE = """<style>
 .vs-table-wrap{overflow-x:auto;max-width:100%;margin:0.4em 0 1em 0}
 table.vs-table{border-collapse:collapse;font-size:13px;font-family:sans-serif}
 table.vs-table caption{text-align:left;font-weight:bold;padding:2px 0 6px 0}
-table.vs-table th,table.vs-table td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top;
-white-space:normal;overflow-wrap:anywhere}
-table.vs-table td.num{text-align:right;white-space:nowrap}
+table.vs-table th,table.vs-table td{border:1px solid #ccc !important;padding:3px 7px !important;
+text-align:left !important;vertical-align:top !important;white-space:normal;overflow-wrap:break-word;max-width:60em}
+table.vs-table td.num{text-align:right !important;white-space:nowrap}
 table.vs-table th{background:#f3f3f3;cursor:pointer}
 .vs-headline{border-left:4px solid #2a6;padding:4px 12px;margin:0.6em 0;background:#f6fbf8;font-family:sans-serif}
 .vs-headline h3{margin:0.3em 0}
