@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -415,6 +416,8 @@ def test_notebook_through_papermill(root, tmp_path):
     head = text.index("Headline")
     assert head < text.index("test error", head) < text.index("10-shot error, mnist_5k", head)
     assert dom.count('<details class="vs-details"') == 2 and '<details class="vs-details" open' not in dom
+    figures = len(re.findall(r'class="plotly-graph-div[^"]*"', dom))
+    assert figures == 2 * 4 and dom.count('class="main-svg"') >= figures  # drawn, even inside closed details
 
 
 def test_every_law_is_checked_and_the_best_named(fitted):

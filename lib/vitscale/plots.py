@@ -27,7 +27,15 @@ RENDERER = "plotly_mimetype+vitscale_notebook"
 
 
 class OfflineNotebookRenderer(NotebookRenderer):
-    """plotly's notebook renderer without its MathJax <script src> from a CDN in every figure."""
+    """plotly's notebook renderer without its MathJax <script src> from a CDN in every figure; plotly.js
+    is embedded by `setup_notebook` (`embed`), once, not on the first `show` (figures inside HTML
+    sections never call it)."""
+
+    def activate(self):
+        pass
+
+    def embed(self):
+        super().activate()
 
     def to_mimebundle(self, fig_dict):
         return {
@@ -67,6 +75,7 @@ NO_FINETUNING = Sentence("No fine-tuning in this run (parameter `finetune_datase
 def setup_notebook() -> None:
     """Use a renderer whose output survives into HTML and embeds plotly.js (offline)."""
     pio.renderers.default = RENDERER
+    pio.renderers["vitscale_notebook"].embed()
     pio.templates.default = "plotly_white"
 
 
