@@ -65,7 +65,7 @@ def test_pretrain_notebook_through_papermill(tiny_run):
     nb = nbformat.read(out / "run.ipynb", as_version=4)
     assert nb.metadata.papermill.parameters["params"]["name"] == "tiny"
     html = (out / "run.html").read_text()
-    assert len(re.findall(r'class="plotly-graph-div"', html)) >= 3
+    assert len(re.findall(r'class="plotly-graph-div"', html)) >= 2  # the curves (the summary is a table)
     assert "tiny step 6/6" in html  # a line per evaluation instead of a progress bar
     assert "train.run(cfg, out_dir)" not in html  # code cells are hidden in the report
     # Parameters first, no library chatter (it is in log.txt), a sentence instead of an empty figure.
@@ -83,7 +83,7 @@ def test_report_renders_its_plots_offline_in_chromium(tiny_run, tmp_path):
     dom = rendered_dom(tiny_run / "run.html", tmp_path)
     divs = len(re.findall(r'class="plotly-graph-div[^"]*"', dom))
     drawn = len(re.findall(r'class="main-svg"', dom))
-    assert divs >= 3
+    assert divs >= 2
     # plotly.js draws each figure as SVG layers: every figure div got drawn, without any network.
     assert drawn >= divs, (divs, drawn)
     assert 'class="annotation-text"' in dom  # subplot titles drawn as SVG text by plotly.js
