@@ -217,6 +217,8 @@ def parameters(cfg: Any, groups: dict[str, Sequence[str]] | None = None) -> repo
 
 
 def _param_text(v: Any) -> str:
+    if v is None:
+        return "None"
     if isinstance(v, dict | list):
         return json.dumps(v)
     return report.auto(v) if not isinstance(v, int) or isinstance(v, bool) else str(v)
