@@ -40,7 +40,7 @@ CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import jax, numpy as np
-from vitscale import config as config_lib, loop, sharding, train
+from vitscale import build, config as config_lib, loop, sharding
 t_import = time.perf_counter() - t0
 variant, size, channels, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 cfg = config_lib.validate(config_lib.PretrainConfig, {
@@ -48,7 +48,7 @@ cfg = config_lib.validate(config_lib.PretrainConfig, {
     "batch_size": batch, "total_steps": 1000, "optimizer": "adamw", "lr": 1e-3})
 mesh = sharding.make_mesh(cfg.mesh)
 t = time.perf_counter()
-trainer = loop.make_trainer(train.build_model(cfg, 10), train.build_optimizer(cfg, train.build_schedule(cfg)), mesh,
+trainer = loop.make_trainer(build.model(cfg, 10), build.optimizer(cfg, build.schedule(cfg)), mesh,
                              image_shape=(size, size, channels), loss=cfg.loss)
 state = trainer.init_fn()
 jax.block_until_ready(state)

@@ -28,8 +28,8 @@ import time
 
 import jax
 
+from vitscale import build, loop, sharding
 from vitscale import config as config_lib
-from vitscale import loop, sharding, train
 from vitscale.data import pipeline, sources
 
 
@@ -79,13 +79,13 @@ def make_case(case: Case, split: sources.Split, steps: int):
     )
     mesh = sharding.make_mesh(cfg.mesh)
     trainer = loop.make_trainer(
-        train.build_model(cfg, split.num_classes),
-        train.build_optimizer(cfg, train.build_schedule(cfg)),
+        build.model(cfg, split.num_classes),
+        build.optimizer(cfg, build.schedule(cfg)),
         mesh,
         image_shape=(cfg.image_size, cfg.image_size, cfg.channels),
         loss=cfg.loss,
     )
-    pipe = train.input_pipeline(cfg)
+    pipe = build.pipeline(cfg)
     batches = pipeline.train_batches(split, pipe, global_batch=case.batch, seed=0)
     state = trainer.init_fn()
     fixed = sharding.put_batch(next(batches), mesh)

@@ -1,6 +1,6 @@
 """Compiled memory of one train step with and without rematerialisation and layer scan.
 
-For each of the four (remat, scan) combinations, builds the trainer (`vitscale.train.make_trainer`,
+For each of the four (remat, scan) combinations, builds the trainer (`vitscale.build.trainer`,
 the same jitted step as a run uses: forward, backward, optimizer update, state donated), lowers
 the step from abstract shapes (nothing is allocated) and reads XLA's
 `compiled.memory_analysis()`: argument bytes (state + batch), output bytes, bytes aliased

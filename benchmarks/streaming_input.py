@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from natural_images import photos, write_folder  # noqa: E402
-from vitscale import config, sharding, train  # noqa: E402
+from vitscale import build, config, sharding  # noqa: E402
 from vitscale.data import datasets, pipeline, sources  # noqa: E402
 
 CHILD = """
@@ -175,7 +175,7 @@ def speed(tmp: Path, n: int = 600, batch: int = 64, batches: int = 30, rounds: i
 def train_step_rate(variant: str, image_size: int, channels: int, batch: int = 64, steps: int = 10) -> float:
     """Images/s of the training step alone (jitted, on batches already in memory)."""
     cfg = config.PretrainConfig(variant=variant, image_size=image_size, channels=channels, batch_size=batch)
-    trainer = train.make_trainer(cfg, sharding.make_mesh(), 1000)
+    trainer = build.trainer(cfg, sharding.make_mesh(), 1000)
     state = trainer.init_fn()
     b = {
         "image": np.random.default_rng(0).uniform(-1, 1, (batch, image_size, image_size, channels)).astype(np.float32),

@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from vitscale import sweep  # noqa: E402
+from vitscale import runs, sweep  # noqa: E402
 
 # JAX reads XLA_FLAGS once, when its CPU backend starts: start it here with the 8 devices, then give
 # the processes tests start (papermill kernels, `vitscale run`, benchmarks) the environment a user's
@@ -64,7 +64,7 @@ def killed_local_sweep(root, tmp_path_factory):
     ids = [r.run_id for r in sweep.load(root / "tests/data/tiny_sweep.yaml").runs]
     t0 = time.time()
     while time.time() - t0 < 400:
-        states = [sweep.status_of(out / i) for i in ids]
+        states = [runs.status_of(out / i) for i in ids]
         if states[0] == "done" and states[1] == "running":
             break
         assert p.poll() is None, p.stdout.read()[-3000:]
@@ -74,7 +74,7 @@ def killed_local_sweep(root, tmp_path_factory):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
     time.sleep(3)  # orphaned kernels notice their parent is gone and exit
-    assert sweep.status_of(out / ids[1]) == "interrupted"  # its process is gone: it will resume
+    assert runs.status_of(out / ids[1]) == "interrupted"  # its process is gone: it will resume
     first = out / ids[0]
     stamp = {f: (first / f).stat().st_mtime_ns for f in ("summary.json", "run.ipynb", "metrics.jsonl")}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

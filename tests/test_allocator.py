@@ -64,10 +64,10 @@ def test_wrapper_system_choice_runs_unchanged():
 # A training step (Femto/7, batch 256, one device), counted after warm-up, as in a run's steady state.
 STEP = """
 import resource, numpy as np, jax
-from vitscale import allocator, config, loop, sharding, train
+from vitscale import allocator, build, config, loop, sharding
 cfg = config.validate(config.PretrainConfig, dict(variant="Femto/7", batch_size=256))
 mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
-t = loop.make_trainer(train.build_model(cfg, 10), train.build_optimizer(cfg, train.build_schedule(cfg)), mesh,
+t = loop.make_trainer(build.model(cfg, 10), build.optimizer(cfg, build.schedule(cfg)), mesh,
                        image_shape=(28, 28, 1))
 b = sharding.put_batch({"image": np.ones((256, 28, 28, 1), np.float32), "label": np.zeros(256, np.int32)}, mesh)
 s = t.init_fn()

@@ -27,6 +27,12 @@ PartitionName=gpu Nodes=node[1-4] Default=YES
 """
 
 
+def sbatch_script(resources: config.SlurmResources, folder) -> str:
+    """The sbatch script submitit writes for one run of these resources (checked by `sbatch --test-only`)."""
+    ex = cluster.executor(folder, "slurm", resources)
+    return ex._executor._make_submission_file_text("python -m submitit.core._submit FOLDER", "UID")
+
+
 def sbatch() -> str:
     exe = shutil.which("sbatch")
     if exe is None:
@@ -48,7 +54,7 @@ def test_job_scripts_are_what_sbatch_accepts(tmp_path):
         account="vision",
         setup=["echo ready"],
     )
-    script = cluster.sbatch_script(resources, tmp_path / "jobs")
+    script = sbatch_script(resources, tmp_path / "jobs")
     for line in (
         "--partition=gpu",
         "--time=90",
@@ -98,7 +104,7 @@ def test_submitit_jobs_match_the_local_runner_and_a_killed_job_resumes(root, tmp
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     t0 = time.time()
     while time.time() - t0 < 400:  # both jobs run at once: kill when one has a checkpoint and is not done
-        started = [i for i in ids if sweep.status_of(out / i) == "running" and any((out / i / "ckpt").glob("[0-9]*"))]
+        started = [i for i in ids if runs.status_of(out / i) == "running" and any((out / i / "ckpt").glob("[0-9]*"))]
         if started:
             break
         assert p.poll() is None, p.stdout.read()[-3000:]
@@ -109,7 +115,7 @@ def test_submitit_jobs_match_the_local_runner_and_a_killed_job_resumes(root, tmp
     os.killpg(p.pid, signal.SIGKILL)  # the CLI, the job controllers and the jobs
     p.wait(timeout=30)
     time.sleep(3)
-    assert sweep.status_of(out / killed) == "interrupted"
+    assert runs.status_of(out / killed) == "interrupted"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"{killed}: submitted job" in r.stdout  # the killed run's job was resubmitted

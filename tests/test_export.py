@@ -2,12 +2,16 @@
 it reproduces the run folder's few-shot numbers exactly; a pretraining run starts from it
 (`init_from`); a file that does not fit the model is refused before any compute."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
 import yaml
 
-from vitscale import cli, config, export, sharding, train, transfer, weights
+from vitscale import build, cli, config, export, pretrained, sharding, train, transfer, weights
 
 pytestmark = pytest.mark.slow  # trains and exports runs (train.run starts git for the summary)
 
@@ -82,8 +86,8 @@ def test_init_from_starts_a_pretraining_run_from_the_file(root, tiny_run, export
     # unscanned and with another class count: blocks unstacked, the head a fresh one
     cfg = config.validate(config.PretrainConfig, {**base, "init_from": str(exported), "dataset": "sklearn_digits"})
     train.check(cfg)
-    trainer = train.make_trainer(cfg, sharding.make_mesh([-1, 1]), 10)
-    state, _ = train.start_from_file(cfg, trainer)
+    trainer = build.trainer(cfg, sharding.make_mesh([-1, 1]), 10)
+    state, _ = pretrained.start_from_file(cfg, trainer)
     flat = weights.flatten(jax.device_get(state.params))
     with np.load(exported) as f:
         np.testing.assert_array_equal(flat["cls"], f["cls"])
@@ -113,3 +117,33 @@ def test_a_file_that_does_not_fit_is_refused_before_any_compute(root, exported, 
         config.validate(config.TransferConfig, transfer_params(root, pretrained=str(exported)))
     with pytest.raises(config.ConfigError, match="vision_transformer has no MAP head"):
         export.check(config.PretrainConfig(pool_type="map"), "vision_transformer")
+
+
+def test_export_needs_no_dataset_after_the_run(tmp_path):
+    """The class count comes from the checkpoint's head: the run's images and prepared dataset moved away."""
+    from natural_images import write_folder
+
+    images = write_folder(tmp_path / "images", per_class=4, classes=3, photo_class=False)
+    params = dict(
+        name="moved",
+        dataset=f"folder:{images}",
+        data_dir=str(tmp_path / "tfds"),
+        variant="Atto/7",
+        channels=3,
+        total_steps=2,
+        batch_size=8,
+        warmup_steps=1,
+        eval_every=2,
+        log_every=1,
+        eval_batch_size=8,
+    )
+    run = tmp_path / "run"
+    train.run(config.validate(config.PretrainConfig, params), run)
+    (tmp_path / "images").rename(tmp_path / "images.moved")
+    (tmp_path / "tfds").rename(tmp_path / "tfds.moved")
+    # A fresh process, as `vitscale export` runs: nothing of the dataset cached from the training above.
+    vitscale = str(Path(sys.executable).parent / "vitscale")
+    r = subprocess.run([vitscale, "export", str(run)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shapes = weights.read_shapes(run / "export" / "big_vision_step2.npz")
+    assert shapes["head/kernel"] == (32, 3) and shapes["head/bias"] == (3,)  # 3 class folders, Atto width 32

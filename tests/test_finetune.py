@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vitscale import checkpoints, config, finetune, sharding, transfer
+from vitscale import build, checkpoints, config, finetune, pretrained, runs, sharding, transfer
 from vitscale.data import sources
 from vitscale.models import vit
 
@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory, mesh):
     run = tmp_path_factory.mktemp("pre")
     cfg = config.validate(config.PretrainConfig, PRE)
     (run / "params.yaml").write_text(config.dump(cfg))
-    trainer = finetune.pretrain_trainer(cfg, mesh, seed=3)
+    trainer = build.trainer(cfg, mesh, 10, seed=3)
     state = trainer.init_fn().replace(step=jax.numpy.asarray(6, jax.numpy.int32))
     head = state.params["head"]["kernel"]  # as if trained: a head that is not zero
     state.params["head"]["kernel"] = jax.device_put(np.full(head.shape, 0.5, np.float32), head.sharding)
@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory, mesh):
 
 def test_load_pretrained_restores_the_newest_checkpoint(run_dir, mesh):
     run, saved = run_dir
-    m = finetune.load_pretrained(run, mesh)
+    m = pretrained.load_run(run, mesh)
     assert m.step == 6 and m.name == "pretrained" and m.cfg.variant == "Atto/7" and m.source == str(run.resolve())
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(m.params), saved)
     feats = m.features(jax.numpy.zeros((8, 28, 28, 1)))
@@ -47,7 +47,7 @@ def test_load_pretrained_restores_the_newest_checkpoint(run_dir, mesh):
 def test_new_head_is_zero_initialised_with_the_new_class_count(run_dir):
     _, saved = run_dir
     model = vit.make_model("Atto/7", num_classes=7)
-    params = finetune.transfer_params(saved, model, (28, 28, 1))
+    params = pretrained.fit(saved, model, (28, 28, 1))
     assert params["head"]["kernel"].shape == (32, 7) and params["head"]["bias"].shape == (7,)
     assert not np.any(params["head"]["kernel"]) and not np.any(params["head"]["bias"])
     assert np.any(saved["head"]["kernel"])  # the pretrained head was not zero: it was replaced
@@ -60,7 +60,7 @@ def test_new_head_is_zero_initialised_with_the_new_class_count(run_dir):
 def test_position_embedding_is_resized_on_a_resolution_change(run_dir):
     _, saved = run_dir
     model = vit.make_model("Atto/7", num_classes=10)
-    params = finetune.transfer_params(saved, model, (42, 42, 1))  # 4x4 patches of 7 px -> 6x6
+    params = pretrained.fit(saved, model, (42, 42, 1))  # 4x4 patches of 7 px -> 6x6
     old, new = np.asarray(saved["pos_embedding"]), np.asarray(params["pos_embedding"])
     assert old.shape == (1, 16, 32) and new.shape == (1, 36, 32)
     np.testing.assert_allclose(new, vit.resize_posemb(old, (6, 6)), rtol=1e-6)
@@ -76,9 +76,9 @@ def test_transfer_params_names_a_mismatch():
     small = small["params"]
     wider = vit.ViT(num_classes=10, patch_size=7, width=48, depth=2, mlp_dim=128, num_heads=2)
     with pytest.raises(ValueError, match=r"parameter \S+: checkpoint shape .*32.* does not fit the model's .*48"):
-        finetune.transfer_params(small, wider, (28, 28, 1))
+        pretrained.fit(small, wider, (28, 28, 1))
     with pytest.raises(ValueError, match="lacks parameters.*encoderblock_2"):
-        finetune.transfer_params(small, vit.make_model("Femto/7", 10), (28, 28, 1))
+        pretrained.fit(small, vit.make_model("Femto/7", 10), (28, 28, 1))
 
 
 def _indexed_split(n: int, sorted_by_class: bool = False) -> sources.Split:
@@ -122,7 +122,7 @@ def test_finetune_recipe_is_sgd_without_weight_decay(run_dir, mesh):
             finetune_batch_size=16,
         ),
     )
-    pre = finetune.read_pretrain_config(run)
+    pre = pretrained.read_pretrain_config(run)
     c = finetune._compile(pre, cfg, 10, 0.03, mesh)
     assert c.image_shape == (42, 42, 1) and c.trainer.model.head_bias_init == 0.0
     assert (c.spec.total_steps, c.spec.batch_size) == (40, 16)
@@ -151,7 +151,7 @@ def test_find_run_resolves_relative_to_the_repository(root):
     (run / "ckpt" / "1").mkdir(parents=True)
     (run / "params.yaml").write_text(yaml.safe_dump(PRE))
     try:
-        assert finetune.find_run(f"outputs/{name}") == run.resolve()
+        assert runs.find_run(f"outputs/{name}") == run.resolve()
     finally:
         shutil.rmtree(run)
 
@@ -160,7 +160,7 @@ def test_params_yaml_of_the_run_is_checked(tmp_path):
     (tmp_path / "ckpt" / "5").mkdir(parents=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PRE, "variant": "Nope/7"}))
     with pytest.raises(config.ConfigError, match="(?s)params.yaml is not a valid pretraining parameter file.*Nope/7"):
-        finetune.read_pretrain_config(finetune.find_run(tmp_path))
+        pretrained.read_pretrain_config(runs.find_run(tmp_path))
 
 
 @pytest.mark.slow

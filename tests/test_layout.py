@@ -11,17 +11,21 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 
+PROGRAMS = {"train", "transfer", "analysis", "export"}
+
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "logs", "metrics", "progress", "report", "runs", "fewshot", "models.variants"}  # leaves
+    {"allocator", "logs", "metrics", "progress", "report", "fewshot", "models.variants"}  # leaves
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
     {"config"},  # pure schemas
+    {"runs"},  # run folders: finding, claiming (params.yaml), reading, their status records
     {"data.builders", "data.datasets", "data.sources", "data.pipeline"}  # blocks
     | {"models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},
     {"loop", "evaluators"},  # the one training loop
-    {"train", "finetune", "transfer", "analysis", "export"},  # programs: check(cfg), run(cfg, out_dir)
+    {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
+    PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program
     {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
     {"cli"},  # argparse only
 ]
@@ -103,6 +107,15 @@ def test_imports_point_down_and_form_no_cycle():
     assert find_cycle(edges) is None
 
 
+def sideways(edges: dict[str, set[str]]) -> list[str]:
+    """Imports between programs (a program's building blocks live in the layers below)."""
+    return sorted(f"{m} -> {t}" for m, ts in edges.items() if m in PROGRAMS for t in ts if t in PROGRAMS)
+
+
+def test_no_program_imports_a_program():
+    assert sideways(graph()) == []
+
+
 def test_no_function_level_import_of_a_vitscale_module():
     inner = [f"{m}:{line} imports {n}" for m, p in modules().items() for n, inside, line in imports(p) if inside]
     assert inner == []
@@ -116,6 +129,8 @@ def test_the_checks_catch_what_they_promise(tmp_path):
     assert imports(tmp_path / "a.py") == [("b", False, 1)]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}}) is None
+    assert sideways({"export": {"train", "runs"}, "train": {"build"}}) == ["export -> train"]
+    assert sideways({"export": {"pretrained"}, "pretrained": {"build"}}) == []
 
 
 PURE = textwrap.dedent(

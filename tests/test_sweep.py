@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from browser import remote_tags, rendered_dom
-from vitscale import config, flops, runs, sweep, train
+from vitscale import build, config, flops, runs, sweep
 
 
 def write(tmp_path, spec, name="s.yaml"):
@@ -45,9 +45,7 @@ def test_extends_overrides_the_parent_sweep(root):
     assert len(full.runs) == 20 and len(part.runs) == 4
     assert {r.run_id for r in part.runs} <= {r.run_id for r in full.runs}  # same parameters, same ids
     sizes = {r.params["variant"] for r in full.runs}
-    counts = sorted(
-        flops.count_params(train.build_model(config.PretrainConfig(variant=v), 10), (28, 28, 1)) for v in sizes
-    )
+    counts = sorted(flops.count_params(build.model(config.PretrainConfig(variant=v), 10), (28, 28, 1)) for v in sizes)
     assert len(sizes) >= 4 and counts[-1] / counts[0] >= 30
     assert len({r.params["train_examples"] for r in full.runs}) >= 3
     durations: dict[tuple, set[int]] = {}
@@ -115,17 +113,17 @@ def test_a_run_whose_process_lives_here_is_running_and_left_alone(tmp_path):
     folder = out / s.runs[0].run_id
     folder.mkdir(parents=True)
     here = {"status": "running", "host": socket.gethostname()}
-    runs.write_json(folder / sweep.STATUS, {**here, "pid": os.getpid()})
-    assert sweep.status_of(folder) == "running"
+    runs.write_json(folder / runs.STATUS, {**here, "pid": os.getpid()})
+    assert runs.status_of(folder) == "running"
     assert sweep.execute(s, out) == {s.runs[0].run_id: "running"}  # not started a second time
     assert not (folder / "params.yaml").exists()
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 60
-    while sweep._live_here({**here, "pid": zombie.pid}):  # alive, then a zombie until reaped
+    while runs.Status(**here, pid=zombie.pid).live_here():  # alive, then a zombie until reaped
         assert time.monotonic() < deadline, "an exited, unreaped child still counts as running"
         time.sleep(0.05)
     zombie.wait()
     dead = zombie.pid
     for record in ({**here, "pid": dead}, {**here, "pid": os.getpid(), "host": "elsewhere"}, here):
-        runs.write_json(folder / sweep.STATUS, record)
-        assert sweep.status_of(folder) == "interrupted", record
+        runs.write_json(folder / runs.STATUS, record)
+        assert runs.status_of(folder) == "interrupted", record

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from test_events import assert_same_scalars, read_events
-from vitscale import checks, config, loop, runs, sharding, train
+from vitscale import build, checks, config, loop, runs, sharding, train
 from vitscale.data import pipeline, sources
 
 
@@ -27,12 +27,10 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
         dict(variant="Atto/7", batch_size=32, total_steps=30, warmup_steps=0, lr=3e-3, schedule="constant"),
     )
     split = sources.load_split("fashion_mnist", "train[:32]")
-    batch = next(pipeline.train_batches(split, train.input_pipeline(cfg), global_batch=32, seed=0))
+    batch = next(pipeline.train_batches(split, build.pipeline(cfg), global_batch=32, seed=0))
     mesh = sharding.make_mesh(cfg.mesh)
-    model = train.build_model(cfg, 10)
-    trainer = loop.make_trainer(
-        model, train.build_optimizer(cfg, train.build_schedule(cfg)), mesh, image_shape=(28, 28, 1)
-    )
+    model = build.model(cfg, 10)
+    trainer = loop.make_trainer(model, build.optimizer(cfg, build.schedule(cfg)), mesh, image_shape=(28, 28, 1))
     state = trainer.init_fn()
     placed = sharding.put_batch(batch, mesh)
     losses = []
@@ -99,15 +97,15 @@ def _loss_curve(dtype: str, seed: int, steps: int = 300) -> np.ndarray:
     # One gradient chain: the chains only split the batch (test_gradient_chains_give_the_full_batch_update);
     # the comparison here is about bf16 arithmetic.
     trainer = loop.make_trainer(
-        train.build_model(cfg, 10),
-        train.build_optimizer(cfg, train.build_schedule(cfg)),
+        build.model(cfg, 10),
+        build.optimizer(cfg, build.schedule(cfg)),
         mesh,
         image_shape=(28, 28, 1),
         seed=seed,
         chains=1,
     )
     state = trainer.init_fn()
-    batches = pipeline.train_batches(split, train.input_pipeline(cfg), global_batch=64, seed=seed)
+    batches = pipeline.train_batches(split, build.pipeline(cfg), global_batch=64, seed=seed)
     losses = []
     for _ in range(steps):
         state, out = trainer.train_step(state, sharding.put_batch(next(batches), mesh))
@@ -137,8 +135,8 @@ def test_gradient_chains_give_the_full_batch_update(devices, chains):
         dict(variant="Atto/7", batch_size=64, total_steps=10, warmup_steps=0, lr=1e-3, grad_clip_norm=None),
     )
     mesh = sharding.make_mesh([devices, 1], devices=jax.devices()[:devices])
-    model = train.build_model(cfg, 10)
-    tx = train.build_optimizer(cfg, train.build_schedule(cfg))
+    model = build.model(cfg, 10)
+    tx = build.optimizer(cfg, build.schedule(cfg))
     trainer = loop.make_trainer(model, tx, mesh, image_shape=(28, 28, 1), chains=chains)
     rng = np.random.default_rng(0)
     batch = {

@@ -122,3 +122,31 @@ def test_the_notebook_fails_in_its_first_code_cell_with_the_same_message(root, t
     assert f"{field}: " in shown and "Traceback" not in shown and "File " not in shown  # problems, not a traceback
     assert not (tmp_path / "run").exists()
     assert json.loads(json.dumps(nb.metadata.papermill.parameters))["params"][field] == override[field]
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "transfer"])
+def test_checked_once_per_process_boundary(kind, monkeypatch, tmp_path):
+    """notebooks.check runs the program's check once and marks the config; run(cfg) then skips it;
+    a batch kernel told `checked` validates only; changed values count as unchecked."""
+    from vitscale import config, notebooks, runs
+
+    program = notebooks.PROGRAMS[kind]
+    calls = []
+    monkeypatch.setattr(program, "check", lambda cfg: calls.append(cfg))
+    monkeypatch.setattr(runs, "claim", lambda *a, **k: (_ for _ in ()).throw(_Stop()))  # stop before compute
+    params = PRETRAIN if kind == "pretrain" else TRANSFER
+    cfg = notebooks.check(kind, params)
+    assert len(calls) == 1 and config.is_checked(cfg)
+    with pytest.raises(_Stop):
+        program.run(cfg, tmp_path / "out")
+    assert len(calls) == 1  # run did not check again
+    assert config.is_checked(notebooks.check(kind, params, checked=True)) and len(calls) == 1
+    other = cfg.model_copy(update={"name": "other"})  # values changed behind validation: not the checked ones
+    assert not config.is_checked(other) and not config.is_checked(config.validate(type(cfg), params))
+    with pytest.raises(_Stop):
+        program.run(other, tmp_path / "out")
+    assert len(calls) == 2

@@ -592,7 +592,8 @@ def check(cfg: config.ScalingConfig) -> None:
 def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
     """The whole analysis of a sweep folder: rows, fits per metric, findings on test error; writes
     out_dir/summary.json and returns {"rows", "results", "findings"} (findings per metric, like results)."""
-    check(cfg)
+    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+        check(cfg)
     rows = runs.collect(cfg.sweep_dir)
     results = analyze_all(rows, cfg.metrics, x=cfg.x, n_bootstrap=cfg.n_bootstrap)
     found = {m: findings(rows, m, result=r) for m, r in results.items()}

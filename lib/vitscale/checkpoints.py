@@ -65,3 +65,41 @@ def restore_latest(
                 bad.rename(aside)
                 mngr.reload()
     return None, None
+
+
+def _newest_first(ckpt_dir: Path) -> list[int]:
+    return sorted((int(p.name) for p in Path(ckpt_dir).iterdir() if p.name.isdigit()), reverse=True)
+
+
+def param_shapes(ckpt_dir: Path) -> tuple[dict[str, Any], int] | tuple[None, None]:
+    """(the parameter tree's shapes, step) of the newest checkpoint whose metadata reads, read
+    without restoring any array (e.g. the head's class count), or (None, None)."""
+    for step in _newest_first(ckpt_dir):
+        try:
+            tree = ocp.StandardCheckpointer().metadata(Path(ckpt_dir).absolute() / str(step) / "state")
+            tree = tree.item_metadata.tree
+        except Exception:  # noqa: BLE001,S112 - an unreadable checkpoint: try the previous one
+            continue
+        return jax.tree.map(lambda m: tuple(m.shape), tree["params"]), step
+    return None, None
+
+
+def restore_params(ckpt_dir: Path) -> tuple[Any, int] | tuple[None, None]:
+    """(params as numpy arrays, step) of the newest readable checkpoint in `ckpt_dir` of another run,
+    without an optimizer to shape the restore (the saved tree is read as it is), or (None, None)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    for step in _newest_first(ckpt_dir):
+        path = Path(ckpt_dir).absolute() / str(step) / "state"
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                tree = ckptr.metadata(path).item_metadata.tree
+                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+                state = ckptr.restore(path, target)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
+            warnings.warn(
+                f"checkpoint at step {step} in {ckpt_dir} is unreadable ({type(e).__name__}); trying the previous one",
+                stacklevel=2,
+            )
+            continue
+        return jax.device_get(state["params"]), step
+    return None, None

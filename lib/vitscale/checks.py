@@ -1,21 +1,18 @@
 """The checks that read disk, datasets or devices: the building blocks of each program's `check(cfg)`.
 
 Each adds `config.Problem`s to a list rather than raising, so one check reports every problem at
-once; `raise_problems` ends it. `claim_run_dir` is the one writer of a run folder's params.yaml.
+once; `raise_problems` ends it.
 """
 
 from __future__ import annotations
 
-import datetime
-import shutil
+import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
-from pydantic import BaseModel
 
-from vitscale import config, runs, sharding
+from vitscale import config, sharding
 from vitscale.config import Problem
 from vitscale.data import datasets, sources
 
@@ -70,6 +67,13 @@ def input_path(problems: list[Problem], field: str, dataset: str, split: str, da
         problems.append(Problem(field, f"{input!r}: {e}"))
 
 
+@functools.lru_cache(maxsize=64)
+def class_counts(name: str, split: str, data_dir: str | None, input: str) -> np.ndarray:
+    """Images per class of a split, read once per process (a sweep checks many runs on the same pools)."""
+    source = sources.load(name, split, data_dir, input)
+    return np.bincount(source.labels, minlength=source.num_classes)
+
+
 def fewshot_pools(
     problems: list[Problem],
     field: str,
@@ -86,8 +90,7 @@ def fewshot_pools(
             continue
         if split_size(problems, field, name, test_split, data_dir) is None:
             continue
-        source = sources.load(name, pool_split, data_dir, input)
-        counts = np.bincount(source.labels, minlength=source.num_classes)
+        counts = class_counts(name, pool_split, data_dir, input)
         short = {c: int(n) for c, n in enumerate(counts) if n < k}
         if short:
             problems.append(
@@ -125,35 +128,3 @@ def devices(
                     f"{batch // n}); accepted: 'auto' or a divisor of {batch // n}",
                 )
             )
-
-
-def claim_run_dir(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
-    """Write params.yaml into `out`, or check that the run already there has the same parameters.
-    With `replace`, a run with other parameters is moved to outputs/.replaced/ first; nothing is
-    ever overwritten."""
-    params = out / "params.yaml"
-    if params.exists():
-        old = config.resolved(type(cfg), config.load_yaml(params))
-        new = cfg.model_dump(mode="json")
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if not diff:
-            return
-        if not replace:
-            raise config.ConfigError(
-                [
-                    Problem(
-                        "out",
-                        f"{out} holds a run with other parameters (differing: {', '.join(diff)}); nothing was "
-                        f"changed. Pass --replace to move it to {runs.OUTPUTS / '.replaced'}, or choose another "
-                        "output folder",
-                    )
-                ]
-            )
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        dest = runs.OUTPUTS / ".replaced" / f"{out.name}-{stamp}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(out), dest)
-        print(f"moved the previous run to {dest}")
-    elif out.exists() and any(out.iterdir()) and not replace:
-        raise config.ConfigError([Problem("out", f"{out} exists and is not a run folder; choose another folder")])
-    runs.atomic_write_text(params, config.dump(cfg))

@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         return _bad_input(e)
     try:
-        notebooks.execute(kind, cfg.model_dump(mode="json"), out)
+        notebooks.execute(kind, cfg.model_dump(mode="json"), out, checked=True)  # prepare_run checked
     except PapermillExecutionError as e:
         print(
             f"error: the run failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"

@@ -12,14 +12,12 @@ failed, preempted) is resubmitted and resumes from its newest checkpoint.
 from __future__ import annotations
 
 import os
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from vitscale import checks, config, notebooks, runs, sweep
+from vitscale import config, notebooks, runs, sweep
 
 LAUNCHERS = ("local", "slurm", "submitit-local")  # threads on this machine | SLURM | submitit's local processes
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
@@ -44,12 +42,6 @@ def executor(folder: Path, launcher: str, resources: config.SlurmResources) -> s
     return ex
 
 
-def sbatch_script(resources: config.SlurmResources, folder: Path) -> str:
-    """The sbatch script submitit writes for one run of these resources (checked by `sbatch --test-only`)."""
-    ex = executor(folder, "slurm", resources)
-    return ex._executor._make_submission_file_text("python -m submitit.core._submit FOLDER", "UID")
-
-
 def run_job(kind: str, params: dict[str, Any], folder: str) -> str:
     """What one job runs. Process 0 executes the notebook into the run folder (the report); the other
     processes of a multi-node run call the program directly and join the same JAX job."""
@@ -58,25 +50,13 @@ def run_job(kind: str, params: dict[str, Any], folder: str) -> str:
     if env.global_rank != 0:
         notebooks.PROGRAMS[kind].run(config.validate(config.KINDS[kind], params), folder_path)
         return "done"
-    runs.write_json(
-        folder_path / sweep.STATUS,
-        {"status": "running", "started": time.time(), "job": env.job_id, "host": env.hostname, "pid": os.getpid()},
-    )
+    runs.Status.running(job=env.job_id, host=env.hostname).write(folder_path)
     try:
         notebooks.execute(kind, params, folder_path, quiet=True)
     except Exception as e:  # noqa: BLE001 - a failed run is recorded, as by the local runner
-        runs.write_json(
-            folder_path / sweep.STATUS,
-            {
-                "status": "failed",
-                "ended": time.time(),
-                "job": env.job_id,
-                "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc()[-4000:],
-            },
-        )
+        runs.Status.failed(e, job=env.job_id).write(folder_path)
         return "failed"
-    runs.write_json(folder_path / sweep.STATUS, {"status": "done", "ended": time.time(), "job": env.job_id})
+    runs.Status.done(job=env.job_id).write(folder_path)
     return "done"
 
 
@@ -110,18 +90,15 @@ def submit(
     jobs = []
     for r in sweep.shard_of(spec, shard):
         folder = out / r.run_id
-        status = sweep.status_of(folder)
+        status = runs.status_of(folder)
         if status in ("done", "running") or (status == "failed" and not retry_failed):
             continue
-        record = runs.read_json(folder / sweep.STATUS) if (folder / sweep.STATUS).is_file() else {}
-        if status in ("submitted", "interrupted") and job_state(jobs_dir, launcher, record.get("job")) in ALIVE:
+        record = runs.Status.read(folder)
+        if status in ("submitted", "interrupted") and job_state(jobs_dir, launcher, record and record.job) in ALIVE:
             continue
-        checks.claim_run_dir(folder, config.validate(config.KINDS[spec.notebook], r.params))
+        runs.claim(folder, config.validate(config.KINDS[spec.notebook], r.params))
         job = ex.submit(run_job, spec.notebook, r.params, str(folder))
-        runs.write_json(
-            folder / sweep.STATUS,
-            {"status": "submitted", "job": job.job_id, "launcher": launcher, "submitted": time.time()},
-        )
+        runs.Status.submitted_as(job.job_id, launcher).write(folder)
         jobs.append(job)
         print(f"{r.run_id}: submitted job {job.job_id} ({launcher})")
     sweep.write_index(out, spec)
@@ -139,11 +116,7 @@ def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     """sweep.statuses with the scheduler's state of each run's job."""
     rows = sweep.statuses(sweep_dir)
     for r in rows:
-        record = (
-            runs.read_json(sweep_dir / r["run"] / sweep.STATUS)
-            if (sweep_dir / r["run"] / sweep.STATUS).is_file()
-            else {}
-        )
+        record = runs.Status.read(sweep_dir / r["run"])
         if r["job"]:
-            r["scheduler"] = job_state(sweep_dir / ".submitit", record.get("launcher", "local"), r["job"])
+            r["scheduler"] = job_state(sweep_dir / ".submitit", (record and record.launcher) or "local", r["job"])
     return rows

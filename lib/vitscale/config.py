@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from vitscale import metrics
 from vitscale.data import ops
@@ -75,6 +75,20 @@ def _problems_text(problems: list[Problem]) -> str:
 class _Schema(BaseModel):
     # Frozen values; unknown names refused; NaN and infinity refused for every float field.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+    # The values a program's check(cfg) passed with (`mark_checked`); not a parameter, not dumped.
+    _checked: dict | None = PrivateAttr(default=None)
+
+
+def mark_checked(cfg: _Schema) -> _Schema:
+    """Record on `cfg` that its program's check(cfg) passed in this process (or in the process that
+    started this one, for a batch kernel): `run(cfg, out_dir)` then does not check again."""
+    cfg._checked = cfg.model_dump()
+    return cfg
+
+
+def is_checked(cfg: _Schema) -> bool:
+    """Whether `cfg`, with exactly these values (a `model_copy(update=...)` changes them), was checked."""
+    return cfg._checked is not None and cfg._checked == cfg.model_dump()
 
 
 def _positive_unique(values: list, what: str) -> list:
@@ -98,6 +112,9 @@ class CooldownBranch(_Schema):
     steps: int = Field(gt=0)
 
 
+MODEL = {"model": True}  # marks the PretrainConfig fields that describe the model (its weights' shapes)
+
+
 class PretrainConfig(_Schema):
     """Parameters of a pretraining run (notebooks/pretrain.ipynb)."""
 
@@ -108,8 +125,8 @@ class PretrainConfig(_Schema):
     train_split: str = "train"
     test_split: str = "test"
     train_examples: int | None = Field(default=None, gt=0)  # data axis: first n of train_split
-    image_size: int = Field(default=28, gt=0)
-    channels: int = Field(default=1, ge=1, le=3)
+    image_size: int = Field(default=28, gt=0, json_schema_extra=MODEL)
+    channels: int = Field(default=1, ge=1, le=3, json_schema_extra=MODEL)
     crop_padding: int = Field(default=2, ge=0)  # random crop: reflect-pad then crop back
     flip: bool = True  # random horizontal flip
     # How splits are read (vitscale.data.sources): "memory" decodes a split into one array; "stream" reads the
@@ -121,20 +138,24 @@ class PretrainConfig(_Schema):
     pp_train: list[str] | None = None
     pp_eval: list[str] | None = None  # test split and few-shot features; None: resize to image_size
     # --- model
-    variant: str = "Pico/4"  # NAME/PATCH, see vitscale.models.vit.VARIANTS
-    width: int | None = Field(default=None, gt=0)  # overrides of the variant's shape
-    depth: int | None = Field(default=None, gt=0)
-    mlp_dim: int | None = Field(default=None, gt=0)
-    num_heads: int | None = Field(default=None, gt=0)
-    pool_type: Literal["gap", "tok", "map", "none"] = "gap"
-    posemb: Literal["learn", "sincos2d"] = "learn"
+    variant: str = Field(default="Pico/4", json_schema_extra=MODEL)  # NAME/PATCH, see vitscale.models.vit.VARIANTS
+    width: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)  # overrides of the variant's shape
+    depth: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
+    mlp_dim: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
+    num_heads: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
+    pool_type: Literal["gap", "tok", "map", "none"] = Field(default="gap", json_schema_extra=MODEL)
+    posemb: Literal["learn", "sincos2d"] = Field(default="learn", json_schema_extra=MODEL)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     head_bias_init: float | None = None  # None: 0 for softmax_xent, -10 for sigmoid_xent (paper)
     remat: bool = False  # recompute each block's activations in the backward pass
-    scan: bool = False  # one compiled block scanned over depth
+    scan: bool = Field(default=False, json_schema_extra=MODEL)  # one compiled block scanned over depth
     dtype: Literal["float32", "bfloat16"] = "float32"  # activations; parameters stay float32
-    representation_size: int | None = Field(default=None, gt=0)  # tanh layer `pre_logits` (original ViT)
-    gelu: Literal["tanh", "erf"] = "tanh"  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
+    representation_size: int | None = Field(
+        default=None, gt=0, json_schema_extra=MODEL
+    )  # tanh layer `pre_logits` (original ViT)
+    gelu: Literal["tanh", "erf"] = Field(
+        default="tanh", json_schema_extra=MODEL
+    )  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
     init_from: str | None = None  # a released or exported .npz (vitscale.weights) as the step-0 weights
     # --- optimisation
     loss: Literal["softmax_xent", "sigmoid_xent"] = "softmax_xent"
@@ -242,6 +263,12 @@ class PretrainConfig(_Schema):
         if problems:
             raise ValueError(_problems_text(problems))
         return self
+
+    @classmethod
+    def model_field_names(cls) -> tuple[str, ...]:
+        """The fields that describe the model (what `pretrained_model` carries, what export writes)."""
+        names = [k for k, f in cls.model_fields.items() if (f.json_schema_extra or {}).get("model")]
+        return tuple(sorted(names, key=lambda k: k != "variant"))  # the variant first, as files show it
 
     def model_shape(self) -> dict[str, int]:
         """The variant's shape with any explicit overrides applied."""

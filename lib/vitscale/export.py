@@ -11,32 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
 import yaml
 
-from vitscale import config, finetune, sharding, weights
-
-# The PretrainConfig fields that describe the model (what `pretrained_model` carries), with their defaults.
-MODEL_FIELDS = (
-    "variant",
-    "width",
-    "depth",
-    "mlp_dim",
-    "num_heads",
-    "image_size",
-    "channels",
-    "pool_type",
-    "posemb",
-    "scan",
-    "representation_size",
-    "gelu",
-)
+from vitscale import config, pretrained, runs, weights
 
 
 def model_description(cfg: config.PretrainConfig) -> dict[str, Any]:
     """The model fields of `cfg` that differ from the defaults (the variant always): `pretrained_model`."""
     defaults = config.PretrainConfig.model_fields
-    return {k: getattr(cfg, k) for k in MODEL_FIELDS if k == "variant" or getattr(cfg, k) != defaults[k].get_default()}
+    return {
+        k: getattr(cfg, k)
+        for k in config.PretrainConfig.model_field_names()
+        if k == "variant" or getattr(cfg, k) != defaults[k].get_default()
+    }
 
 
 def check(cfg: config.PretrainConfig, layout: str) -> None:
@@ -55,18 +42,17 @@ def check(cfg: config.PretrainConfig, layout: str) -> None:
 
 def run(run_dir: str | Path, out: str | Path | None = None, layout: str = "big_vision") -> Path:
     """Write the newest readable checkpoint of `run_dir` as a `layout` .npz; returns its path."""
-    run = finetune.find_run(run_dir)
-    cfg = finetune.read_pretrain_config(run)
-    check(cfg, layout)
-    pre = finetune.load_pretrained(run, sharding.make_mesh([-1, 1]))
-    flat = weights.flatten(jax.device_get(pre.params))
-    path = Path(out) if out else run / "export" / f"{layout}_step{pre.step}.npz"
+    run = runs.find_run(run_dir)
+    check(pretrained.read_pretrain_config(run), layout)
+    run, cfg, params, step = pretrained.read_run(run)  # no optimizer, no dataset: the checkpoint's params
+    flat = weights.flatten(params)
+    path = Path(out) if out else run / "export" / f"{layout}_step{step}.npz"
     weights.save(path, weights.to_file(flat, weights.spec_of(cfg), layout))
     lines = {
         "pretrained": str(path.resolve()),
         "pretrained_model": model_description(cfg),
         # (not parameters) where the weights come from
-        "exported_from": {"run": str(run), "step": pre.step, "layout": layout},
+        "exported_from": {"run": str(run), "step": step, "layout": layout},
     }
     path.with_suffix(".yaml").write_text(yaml.safe_dump(lines, sort_keys=False))
     return path

@@ -21,125 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitscale import checkpoints, config, loop, metrics, optim, runs, train, weights
+from vitscale import build, config, loop, metrics, optim, pretrained, runs
 from vitscale.data import datasets, pipeline, sources
-from vitscale.models import vit
 
-RANDOM = config.RANDOM
 HOLDOUT_SEED = 0  # the held-out part is a property of the dataset: the same for every model, lr and seed
 
 
-# ----------------------------------------------------------------------------- the pretrained model
-def find_run(path: str | Path) -> Path:
-    """The pretraining run folder `path` names: absolute, or relative to the working directory or to
-    the repository root (so `outputs/demo` works from the repository and from notebooks/ alike).
-    Raises ConfigError naming the folder if it is missing, has no params.yaml or no checkpoint."""
-    given = Path(path).expanduser()
-    tried = [given] if given.is_absolute() else [Path.cwd() / given, runs.ROOT / given]
-    run = next((p for p in tried if p.is_dir()), None)
-    problem = lambda msg: config.ConfigError([config.Problem("pretrained", msg)])
-    if run is None:
-        looked = ", ".join(str(p) for p in dict.fromkeys(tried))
-        raise problem(
-            f"run folder {str(path)!r} does not exist (looked at {looked}); accepted: a pretraining run folder "
-            "holding params.yaml and ckpt/, or 'random'"
-        )
-    run = run.resolve()
-    if not (run / "params.yaml").is_file():
-        raise problem(f"{run} has no params.yaml, so it is not a pretraining run folder")
-    ckpt = run / "ckpt"
-    if not ckpt.is_dir() or not any(p.name.isdigit() for p in ckpt.iterdir()):
-        raise problem(f"{run} has no checkpoint (no step folder in {ckpt}); run or resume its pretraining first")
-    return run
-
-
-def read_pretrain_config(run_dir: Path) -> config.PretrainConfig:
-    """The PretrainConfig a run folder was made with (its params.yaml)."""
-    try:
-        return config.validate(config.PretrainConfig, config.load_yaml(run_dir / "params.yaml"))
-    except config.ConfigError as e:
-        raise config.ConfigError(
-            [config.Problem("pretrained", f"{run_dir / 'params.yaml'} is not a valid pretraining parameter file: {e}")]
-        ) from None
-
-
-@dataclasses.dataclass
-class Pretrained:
-    """A model to transfer: its pretraining parameters, its weights, and the trainer of its shape
-    (whose `features` gives the frozen pre_logits for few-shot evaluation)."""
-
-    name: str  # "pretrained" or "random": how reports label it
-    cfg: config.PretrainConfig
-    params: Any
-    step: int | None  # pretraining steps behind the weights (0: a random init; None: a weights file's)
-    source: str  # the run folder, the .npz file, or "random"
-    trainer: loop.Trainer
-    origin: dict[str, Any] = dataclasses.field(default_factory=dict)  # where the weights came from (reports)
-
-    def features(self, images: jax.Array) -> jax.Array:
-        return self.trainer.features(self.params, images)
-
-
-def num_classes(dataset: str, data_dir: str | None = None) -> int:
-    """Class count from a dataset's metadata (no decoding)."""
-    builder = datasets.get_builder(dataset, data_dir)
-    label_key = (builder.info.supervised_keys or ("image", "label"))[1]
-    return builder.info.features[label_key].num_classes
-
-
-def pretrain_trainer(cfg: config.PretrainConfig, mesh, seed: int | None = None) -> loop.Trainer:
-    """The trainer of a pretraining run's shape (its state is what the run's checkpoints hold)."""
-    return train.make_trainer(cfg, mesh, num_classes(cfg.dataset, cfg.data_dir), seed=seed)
-
-
-def load_pretrained(path: str | Path, mesh) -> Pretrained:
-    """The newest readable checkpoint of a pretraining run folder: restore the state, keep its params."""
-    run = find_run(path)
-    cfg = read_pretrain_config(run)
-    trainer = pretrain_trainer(cfg, mesh)
-    mngr = checkpoints.manager(run / "ckpt", keep=cfg.keep_checkpoints)
-    state, _ = checkpoints.restore_latest(mngr, trainer.abstract_state(), move_aside=False)
-    if state is None:
-        raise config.ConfigError([config.Problem("pretrained", f"no checkpoint in {run / 'ckpt'} could be read")])
-    step = int(jax.device_get(state.step))
-    origin = {"file": str(run), "layout": "vitscale run folder (orbax)", "variant": cfg.variant, "step": step}
-    return Pretrained("pretrained", cfg, state.params, step, str(run), trainer, origin)
-
-
-def load_npz(path: str | Path, cfg: config.PretrainConfig, mesh) -> Pretrained:
-    """Released or exported weights (vitscale.weights) for the model `cfg` describes, head and all."""
-    loaded, found = weights.load(path, weights.spec_of(cfg))
-    classes = found["num_classes"] or 1
-    trainer = train.make_trainer(cfg, mesh, classes)
-    params = train.fill_params(loaded, trainer.model, train.image_shape(cfg))
-    params = jax.device_put(params, trainer.state_shardings.params)
-    return Pretrained("pretrained", cfg, params, None, found["file"], trainer, found)
-
-
-def random_init(cfg: config.PretrainConfig, mesh, seed: int = 0) -> Pretrained:
-    """An untrained model of the shape `cfg` describes (the baseline a pretrained model must beat)."""
-    trainer = pretrain_trainer(cfg, mesh, seed=seed)
-    params = trainer.init_fn().params
-    origin = {"file": RANDOM, "layout": "random init", "variant": cfg.variant, "seed": seed}
-    return Pretrained(RANDOM, cfg, params, 0, RANDOM, trainer, origin)
-
-
-# ----------------------------------------------------------------------------- surgery and data
-def transfer_params(params: Any, model: vit.ViT, image_shape: tuple[int, int, int]) -> Any:
-    """Pretrained `params` fitted to `model`: a zero-initialised head for its class count, the
-    position embedding resized (bilinearly) to its patch grid at `image_shape`, the rest as loaded.
-    Any other shape mismatch is an error naming the parameter (vit.adapt_params)."""
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))["params"])
-    if "head" not in params:
-        raise ValueError(f"pretrained parameters have no 'head' to replace (top level: {sorted(params)})")
-    head = {k: np.zeros(v.shape, v.dtype) for k, v in target["head"].items()}
-    return vit.adapt_params({**{k: v for k, v in params.items() if k != "head"}, "head": head}, target)
-
-
+# ----------------------------------------------------------------------------- data
 def holdout_split(
     split: sources.Split | sources.Source, fraction: float = 0.02, seed: int = HOLDOUT_SEED
 ) -> tuple[sources.Split | sources.Source, sources.Split | sources.Source]:
@@ -185,7 +76,7 @@ def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: in
     tx = optim.make_optimizer(
         "sgd", schedule, weight_decay=0.0, grad_clip_norm=cfg.grad_clip_norm, momentum=cfg.momentum
     )
-    model = train.build_model(pre, classes).clone(head_bias_init=0.0)
+    model = build.model(pre, classes).clone(head_bias_init=0.0)
     shape = (res, res, pre.channels)
     trainer = loop.make_trainer(model, tx, mesh, image_shape=shape, loss="softmax_xent", seed=cfg.seed)
     spec = loop.LoopSpec(
@@ -251,7 +142,7 @@ def train_one(
 
 # ----------------------------------------------------------------------------- lr selection, then the final run
 def finetune(
-    models: list[Pretrained], dataset: str, cfg: config.TransferConfig, out_dir: str | Path, mesh
+    models: list[pretrained.Pretrained], dataset: str, cfg: config.TransferConfig, out_dir: str | Path, mesh
 ) -> dict[str, dict[str, Any]]:
     """Fine-tune each model on `dataset`: pick the lr on the held-out part, then retrain on the whole
     training split (or keep the best grid run) and score the test split. Returns {model name: result}."""
@@ -274,7 +165,7 @@ def finetune(
         for lr in cfg.lr_grid:
             c = setup(m.cfg, lr)
             if init_params is None:
-                init_params = transfer_params(m.params, c.trainer.model, c.image_shape)
+                init_params = pretrained.fit(m.params, c.trainer.model, c.image_shape)
             row: dict[str, Any] = {"lr": lr}
             try:
                 final, state = train_one(

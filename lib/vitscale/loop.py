@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vitscale import backend, checkpoints, metrics, progress, runs, sharding
+from vitscale import backend, checkpoints, config, metrics, progress, runs, sharding
 from vitscale.data import pipeline, sources
 from vitscale.models import vit
+
+_DEFAULTS = config.PretrainConfig.model_fields
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,11 +43,12 @@ class LoopSpec:
 
     total_steps: int
     batch_size: int  # global
-    log_every: int = 25
-    eval_every: int = 500
-    checkpoint_every: int | None = None  # None: at eval_every
-    keep_checkpoints: int = 2
-    keep_every: int | None = None
+    # Defaults: the pretraining schema's (config.PretrainConfig), the one source of them.
+    log_every: int = _DEFAULTS["log_every"].default
+    eval_every: int = _DEFAULTS["eval_every"].default
+    checkpoint_every: int | None = _DEFAULTS["checkpoint_every"].default  # None: at eval_every
+    keep_checkpoints: int = _DEFAULTS["keep_checkpoints"].default
+    keep_every: int | None = _DEFAULTS["keep_every"].default
 
 
 # ----------------------------------------------------------------------------- losses
@@ -321,17 +324,20 @@ def fit(
         print(f"resuming {run_dir} from step {step}")
     if params_text and step < end_step:
         log.text("parameters", f"```\n{params_text}```", step=step)
-    return train_loop(
-        trainer,
-        state,
-        spec,
-        schedule=schedule,
-        batches=batches(step),
-        end_step=end_step,
-        log=log,
-        mngr=mngr,
-        evaluators=evaluators,
-        desc=desc,
-        checkpoint_at=protect,
-        meta=meta,
-    )
+    try:
+        return train_loop(
+            trainer,
+            state,
+            spec,
+            schedule=schedule,
+            batches=batches(step),
+            end_step=end_step,
+            log=log,
+            mngr=mngr,
+            evaluators=evaluators,
+            desc=desc,
+            checkpoint_at=protect,
+            meta=meta,
+        )
+    finally:
+        mngr.close()

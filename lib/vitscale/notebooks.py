@@ -14,24 +14,27 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from vitscale import analysis, checks, config, runs, train, transfer
+from vitscale import analysis, config, runs, train, transfer
 
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
 PROGRAMS: dict[str, ModuleType] = {"pretrain": train, "transfer": transfer, "scaling_analysis": analysis}
-ANALYSIS_DEFAULTS = {"metrics": None, "x": "train_flops", "n_bootstrap": 200}
 
 
-def check(kind: str, params: dict[str, Any], source: str | Path | None = None) -> Any:
-    """The validated config of `params` for notebook `kind`, after the program's own checks."""
+def check(kind: str, params: dict[str, Any], source: str | Path | None = None, checked: bool = False) -> Any:
+    """The validated config of `params` for notebook `kind`, after the program's own checks, marked
+    checked (config.mark_checked) so that the program's run does not check again. Once per process
+    boundary: `checked` (a batch kernel whose parent, the CLI or the local sweep, has just checked the
+    same values) validates the schema only."""
     if kind not in PROGRAMS:
         raise config.ConfigError([config.Problem("notebook", f"{kind!r} is not one of {sorted(PROGRAMS)}")], source)
     try:
         cfg = config.validate(config.KINDS[kind], params)
-        PROGRAMS[kind].check(cfg)
+        if not checked:
+            PROGRAMS[kind].check(cfg)
     except config.ConfigError as e:
         raise e.with_source(source) if source else e from None
-    return cfg
+    return config.mark_checked(cfg)
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -124,10 +127,13 @@ def export_html(notebook: Path, html: Path | None = None) -> Path:
     return html
 
 
-def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False) -> Path:
+def execute(
+    kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False, checked: bool = False
+) -> Path:
     """Execute notebooks/<kind>.ipynb with `params` into out/<name>.ipynb, then render <name>.html.
     Raises papermill's PapermillExecutionError after saving both if a cell failed. `quiet` does not
-    stream the kernel's output here (parallel sweep workers)."""
+    stream the kernel's output here (parallel sweep workers); `checked`: this process has checked
+    `params` (notebooks.check), so the kernel's first cell validates them only."""
     import papermill as pm
 
     ensure_kernel()
@@ -140,7 +146,7 @@ def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", 
         pm.execute_notebook(
             runs.NOTEBOOKS / f"{kind}.ipynb",
             run_nb,
-            parameters={"params": params, "out_dir": str(out)},
+            parameters={"params": params, "out_dir": str(out), **({"checked": True} if checked else {})},
             kernel_name=KERNEL,
             cwd=str(runs.NOTEBOOKS),
             progress_bar=False,
@@ -150,11 +156,6 @@ def execute(kind: str, params: dict[str, Any], out: Path, *, name: str = "run", 
         if run_nb.exists():
             export_html(run_nb)
     return out
-
-
-def default_out(kind: str, params_file: Path) -> Path:
-    """outputs/<name> for pretraining, outputs/<kind>/<name> otherwise."""
-    return runs.OUTPUTS / params_file.stem if kind == "pretrain" else runs.OUTPUTS / kind / params_file.stem
 
 
 def prepare_run(
@@ -174,13 +175,14 @@ def prepare_run(
             params_file,
         )
     cfg = check(kind, config.load_yaml(params_file), params_file)
-    out = (out or default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
-    checks.claim_run_dir(out, cfg, replace=replace)
+    out = (out or runs.default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
+    runs.claim(out, cfg, replace=replace)
     return kind, cfg, out
 
 
 def analyze(sweep_dir: Path, quiet: bool = False) -> Path:
     """Execute notebooks/scaling_analysis.ipynb over a sweep's runs into <sweep>/scaling/report.html."""
     out = sweep_dir / "scaling"
-    execute("scaling_analysis", {"sweep_dir": str(sweep_dir), **ANALYSIS_DEFAULTS}, out, name="report", quiet=quiet)
+    params = config.ScalingConfig(sweep_dir=str(sweep_dir)).model_dump(mode="json")  # the schema's defaults
+    execute("scaling_analysis", params, out, name="report", quiet=quiet)
     return out / "report.html"

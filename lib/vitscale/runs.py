@@ -6,26 +6,37 @@ outputs/<sweep>/<run>/
   summary.json    final metrics, compute, seed, package versions, git commit
   ckpt/           orbax checkpoints
   run.ipynb, run.html   the executed notebook and its rendered report (batch runs)
+  status.json     (sweep runs) running | done | failed | submitted: `Status`, for the local runner and
+                  the cluster launcher alike
+
+Finding a run by path (`locate`, `find_run`), claiming a folder (`claim`, the one writer of
+params.yaml), naming default output folders (`default_out`) and the status records live here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import hashlib
 import json
 import math
 import os
 import platform
+import shutil
+import socket
 import subprocess
 import tempfile
 import time
+import traceback
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
-from vitscale import allocator, metrics
+from vitscale import allocator, config, metrics
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (src layout: lib/vitscale)
 NOTEBOOKS = ROOT / "notebooks"
@@ -43,6 +54,74 @@ PACKAGES = (
     "papermill",
     "numpy",
 )
+
+
+def locate(path: str | Path, exists=Path.exists) -> tuple[Path | None, list[Path]]:
+    """(the path `path` names: absolute, or relative to the working directory or to the repository
+    root, so `outputs/demo` works from the repository and from notebooks/ alike; the places tried).
+    The found path is None when none of them passes `exists`."""
+    given = Path(path).expanduser()
+    tried = list(dict.fromkeys([given] if given.is_absolute() else [Path.cwd() / given, ROOT / given]))
+    found = next((p for p in tried if exists(p)), None)
+    return (found.resolve() if found else None), tried
+
+
+def find_run(path: str | Path, field: str = "pretrained") -> Path:
+    """The pretraining run folder `path` names (see `locate`). Raises ConfigError naming the folder if
+    it is missing, has no params.yaml or no checkpoint."""
+    run, tried = locate(path, Path.is_dir)
+    problem = lambda msg: config.ConfigError([config.Problem(field, msg)])
+    if run is None:
+        looked = ", ".join(str(p) for p in tried)
+        raise problem(
+            f"run folder {str(path)!r} does not exist (looked at {looked}); accepted: a pretraining run folder "
+            "holding params.yaml and ckpt/, or 'random'"
+        )
+    if not (run / "params.yaml").is_file():
+        raise problem(f"{run} has no params.yaml, so it is not a pretraining run folder")
+    ckpt = run / "ckpt"
+    if not ckpt.is_dir() or not any(p.name.isdigit() for p in ckpt.iterdir()):
+        raise problem(f"{run} has no checkpoint (no step folder in {ckpt}); run or resume its pretraining first")
+    return run
+
+
+def default_out(kind: str, params_file: Path) -> Path:
+    """outputs/<name> for pretraining, outputs/<kind>/<name> otherwise."""
+    return OUTPUTS / params_file.stem if kind == "pretrain" else OUTPUTS / kind / params_file.stem
+
+
+def claim(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
+    """Write params.yaml into `out`, or check that the run already there has the same parameters.
+    With `replace`, a run with other parameters is moved to outputs/.replaced/ first; nothing is
+    ever overwritten."""
+    params = out / "params.yaml"
+    if params.exists():
+        old = config.resolved(type(cfg), config.load_yaml(params))
+        new = cfg.model_dump(mode="json")
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if not diff:
+            return
+        if not replace:
+            raise config.ConfigError(
+                [
+                    config.Problem(
+                        "out",
+                        f"{out} holds a run with other parameters (differing: {', '.join(diff)}); nothing was "
+                        f"changed. Pass --replace to move it to {OUTPUTS / '.replaced'}, or choose another "
+                        "output folder",
+                    )
+                ]
+            )
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        dest = OUTPUTS / ".replaced" / f"{out.name}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(out), dest)
+        print(f"moved the previous run to {dest}")
+    elif out.exists() and any(out.iterdir()) and not replace:
+        raise config.ConfigError(
+            [config.Problem("out", f"{out} exists and is not a run folder; choose another folder")]
+        )
+    atomic_write_text(params, config.dump(cfg))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -261,3 +340,82 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def _metric_columns(final: dict[str, Any]) -> dict[str, Any]:
     """The analysable metrics of a run's final record, under their own names."""
     return {k: v for k, v in final.items() if metrics.ANALYSABLE.fullmatch(k)}
+
+
+# ----------------------------------------------------------------------------- status records
+STATUS = "status.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """A run folder's status.json, as the local runner (sweep) and the cluster launcher (cluster) write it."""
+
+    status: Literal["running", "done", "failed", "submitted"]
+    started: float | None = None
+    ended: float | None = None
+    submitted: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    job: str | None = None  # the scheduler's job id (cluster runs)
+    launcher: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    @classmethod
+    def running(cls, job: str | None = None, host: str | None = None) -> Status:
+        return cls("running", started=time.time(), host=host or socket.gethostname(), pid=os.getpid(), job=job)
+
+    @classmethod
+    def done(cls, job: str | None = None) -> Status:
+        return cls("done", ended=time.time(), job=job)
+
+    @classmethod
+    def failed(cls, e: BaseException, job: str | None = None) -> Status:
+        """From inside the `except` block that caught `e` (keeps the end of its traceback)."""
+        tb = traceback.format_exc()[-4000:]
+        return cls("failed", ended=time.time(), job=job, error=f"{type(e).__name__}: {e}", traceback=tb)
+
+    @classmethod
+    def submitted_as(cls, job: str, launcher: str) -> Status:
+        return cls("submitted", submitted=time.time(), job=job, launcher=launcher)
+
+    @classmethod
+    def read(cls, folder: Path) -> Status | None:
+        """The folder's record, or None without one (keys this version does not know are ignored)."""
+        path = folder / STATUS
+        if not path.is_file():
+            return None
+        record = read_json(path)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
+
+    def write(self, folder: Path) -> None:
+        write_json(folder / STATUS, {k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+    def live_here(self) -> bool:
+        """Its process runs on this host (a run another sweep process is executing)."""
+        if self.host != socket.gethostname() or not isinstance(self.pid, int):
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:  # a killed child not yet reaped is a zombie: it runs nothing
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
+
+
+def status_of(folder: Path) -> str:
+    """done | failed | submitted (to a scheduler, not started) | running (its process lives on this
+    host) | interrupted (started, not finished, no live process here: resumes) | pending."""
+    record = Status.read(folder)
+    if record is None:
+        return "pending"
+    if record.status == "done" and (folder / "summary.json").exists():
+        return "done"
+    if record.status == "running" and record.live_here():
+        return "running"
+    return record.status if record.status in ("failed", "submitted") else "interrupted"

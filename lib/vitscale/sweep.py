@@ -19,6 +19,7 @@ their checkpoints, failed ones are tried again (their executed notebook keeps th
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import hashlib
 import html
@@ -26,15 +27,11 @@ import itertools
 import json
 import os
 import re
-import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from vitscale import checks, config, metrics, notebooks, progress, report, runs
-
-STATUS = "status.json"
+from vitscale import config, metrics, notebooks, progress, report, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +57,9 @@ def run_id(params: dict[str, Any], keys: list[str]) -> str:
     return f"{label}_{digest}" if label else digest
 
 
-def load(path: str | Path) -> Sweep:
-    """Expand and validate a sweep file; every run is checked before anything runs."""
-    path = Path(path)
+def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
+    """A sweep file with the one it `extends` merged in, its keys and SLURM resources checked:
+    (spec, slurm, notebook kind)."""
     spec = config.load_yaml(path)
     if "extends" in spec:  # another sweep file whose keys this one overrides (e.g. a smaller grid)
         parent_path = path.parent / spec.pop("extends")
@@ -86,6 +83,13 @@ def load(path: str | Path) -> Sweep:
             "notebook", f"{notebook!r} is not a notebook kind (accepted: {list(config.RUN_KINDS)})"
         )
         raise config.ConfigError([problem], path)
+    return spec, slurm, notebook
+
+
+def load(path: str | Path) -> Sweep:
+    """Expand and validate a sweep file; every run is checked before anything runs."""
+    path = Path(path)
+    spec, slurm, notebook = _read_spec(path)
     base = spec.get("base") or {}
     if isinstance(base, str):
         base = config.load_yaml(path.parent / base)
@@ -140,52 +144,18 @@ def shard_of(sweep: Sweep, shard: tuple[int, int]) -> list[Run]:
     return [r for k, r in enumerate(sweep.runs) if k % shard[1] == shard[0]]
 
 
-def _live_here(record: dict[str, Any]) -> bool:
-    """The record's process runs on this host (a run another sweep process is executing)."""
-    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
-        return False
-    try:
-        os.kill(record["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not yet reaped is a zombie: it runs nothing
-        return Path(f"/proc/{record['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def status_of(folder: Path) -> str:
-    """done | failed | submitted (to a scheduler, not started) | running (its process lives on this
-    host) | interrupted (started, not finished, no live process here: resumes) | pending."""
-    if (
-        (folder / "summary.json").exists()
-        and (folder / STATUS).exists()
-        and runs.read_json(folder / STATUS).get("status") == "done"
-    ):
-        return "done"
-    if (folder / STATUS).exists():
-        record = runs.read_json(folder / STATUS)
-        s = record.get("status")
-        if s == "running" and _live_here(record):
-            return "running"
-        return s if s in ("failed", "submitted") else "interrupted"
-    return "pending"
-
-
 def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every run folder of a sweep folder: its status and, for a scheduled run, the job that ran it."""
     out = []
     for folder in sorted(p.parent for p in sweep_dir.glob("*/params.yaml")):
-        status = runs.read_json(folder / STATUS) if (folder / STATUS).is_file() else {}
-        out.append({"run": folder.name, "status": status_of(folder), "job": status.get("job")})
+        record = runs.Status.read(folder)
+        out.append({"run": folder.name, "status": runs.status_of(folder), "job": record and record.job})
     return out
 
 
 def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
     """outputs/<sweep>/index.json: every run's status, recomputed from the run folders."""
-    index = {r.run_id: status_of(out / r.run_id) for r in sweep.runs}
+    index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
     runs.write_json(
         out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
     )
@@ -248,25 +218,31 @@ def thread_env(workers: int) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def scoped_environ(env: dict[str, str]):
+    """`env` set in os.environ (which the kernels started inside inherit) and restored on exit."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
     folder = out / run.run_id
-    checks.claim_run_dir(folder, config.validate(config.KINDS[sweep.notebook], run.params))
-    record = {"status": "running", "started": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
-    runs.write_json(folder / STATUS, record)
+    runs.claim(folder, config.validate(config.KINDS[sweep.notebook], run.params))
+    runs.Status.running().write(folder)
     try:
-        notebooks.execute(sweep.notebook, run.params, folder, quiet=True)
+        notebooks.execute(sweep.notebook, run.params, folder, quiet=True, checked=True)  # load checked
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
-        runs.write_json(
-            folder / STATUS,
-            {
-                "status": "failed",
-                "ended": time.time(),
-                "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc()[-4000:],
-            },
-        )
+        runs.Status.failed(e).write(folder)
         return "failed"
-    runs.write_json(folder / STATUS, {"status": "done", "ended": time.time()})
+    runs.Status.done().write(folder)
     return "done"
 
 
@@ -277,14 +253,14 @@ def execute(
     out.mkdir(parents=True, exist_ok=True)
     mine = shard_of(sweep, shard)
     skip = {"done", "running"} | (set() if retry_failed else {"failed"})  # running: by another process here
-    todo = [r for r in mine if status_of(out / r.run_id) not in skip]
-    os.environ.update(thread_env(workers))
+    todo = [r for r in mine if runs.status_of(out / r.run_id) not in skip]
     print(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run with {workers} worker(s)"
     )
     results = {}
     with (
+        scoped_environ(thread_env(workers)),  # for this sweep's kernels only, not the rest of the process
         progress.bar(
             total=len(mine), initial=len(mine) - len(todo), desc=sweep.name, unit="run", mininterval=0
         ) as pbar,

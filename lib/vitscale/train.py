@@ -14,175 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
 from vitscale import (
     allocator,
+    build,
     checkpoints,
     checks,
     config,
-    evaluators,
     flops,
     loop,
     metrics,
     optim,
+    pretrained,
     runs,
     sharding,
     weights,
 )
-from vitscale.data import datasets, pipeline, sources
+from vitscale.data import datasets, sources
 from vitscale.models import vit
-
-
-# ----------------------------------------------------------------------------- what a config builds
-def build_model(cfg: config.PretrainConfig, num_classes: int, image_size: int | None = None) -> vit.ViT:
-    """The ViT of `cfg` (its variant with any shape overrides) for `num_classes`."""
-    shape = cfg.model_shape()
-    head_bias = cfg.head_bias_init
-    if head_bias is None:
-        head_bias = -10.0 if cfg.loss == "sigmoid_xent" else 0.0  # the paper's sigmoid head starts at p ~ 0
-    return vit.ViT(
-        num_classes=num_classes,
-        pool_type=cfg.pool_type,
-        posemb=cfg.posemb,
-        dropout=cfg.dropout,
-        head_bias_init=head_bias,
-        remat=cfg.remat,
-        scan=cfg.scan,
-        dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
-        representation_size=cfg.representation_size,
-        gelu=cfg.gelu,
-        **shape,
-    )
-
-
-def image_shape(cfg: config.PretrainConfig) -> tuple[int, int, int]:
-    return (cfg.image_size, cfg.image_size, cfg.channels)
-
-
-def build_schedule(cfg: config.PretrainConfig) -> optax.Schedule:
-    return optim.make_schedule(
-        cfg.schedule,
-        cfg.lr,
-        cfg.total_steps,
-        warmup_steps=cfg.warmup_steps,
-        timescale=cfg.timescale,
-        cooldown_steps=cfg.cooldown_steps,
-    )
-
-
-def build_optimizer(cfg: config.PretrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
-    rules = optim.DEFAULT_WD_RULES if cfg.wd_rules is None else tuple(tuple(r) for r in cfg.wd_rules)
-    return optim.make_optimizer(
-        cfg.optimizer,
-        schedule,
-        weight_decay=cfg.weight_decay,
-        wd_rules=rules,
-        grad_clip_norm=cfg.grad_clip_norm,
-        b2=cfg.b2,
-    )
-
-
-def input_pipeline(cfg: config.PretrainConfig) -> pipeline.Pipeline:
-    """pp_train / pp_eval when given, else today's pipeline from image_size, channels, crop_padding, flip."""
-    return pipeline.Pipeline(
-        image_size=cfg.image_size,
-        channels=cfg.channels,
-        crop_padding=cfg.crop_padding,
-        flip=cfg.flip,
-        train_ops=tuple(cfg.pp_train) if cfg.pp_train else None,
-        eval_ops=tuple(cfg.pp_eval) if cfg.pp_eval else None,
-    )
-
-
-def loop_spec(cfg: config.PretrainConfig) -> loop.LoopSpec:
-    return loop.LoopSpec(
-        total_steps=cfg.total_steps,
-        batch_size=cfg.batch_size,
-        log_every=cfg.log_every,
-        eval_every=cfg.eval_every,
-        checkpoint_every=cfg.checkpoint_every,
-        keep_checkpoints=cfg.keep_checkpoints,
-        keep_every=cfg.keep_every,
-    )
-
-
-def make_trainer(
-    cfg: config.PretrainConfig, mesh, num_classes: int, schedule: optax.Schedule | None = None, seed: int | None = None
-) -> loop.Trainer:
-    """The compiled steps of a pretraining run (`schedule`: the run's own unless given, e.g. a branch's)."""
-    return loop.make_trainer(
-        build_model(cfg, num_classes),
-        build_optimizer(cfg, schedule or build_schedule(cfg)),
-        mesh,
-        image_shape=image_shape(cfg),
-        loss=cfg.loss,
-        seed=cfg.seed if seed is None else seed,
-        chains=None if cfg.grad_chains == "auto" else cfg.grad_chains,
-    )
-
-
-def make_evaluators(
-    cfg: config.PretrainConfig, trainer: loop.Trainer, test: sources.Split | sources.Source, pipe: pipeline.Pipeline
-) -> loop.Evaluators:
-    """Test-split loss and accuracy at every evaluation, plus few-shot linear transfer every
-    `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
-    fewshot = None
-    if cfg.fewshot_datasets:
-        fewshot = evaluators.FewShotEvaluator(
-            cfg.fewshot_datasets,
-            pipe,
-            shots=tuple(cfg.fewshot_shots),
-            seeds=tuple(range(cfg.fewshot_seeds)),
-            data_dir=cfg.data_dir,
-            batch_size=cfg.eval_batch_size,
-            input=cfg.input,
-        )
-    every = cfg.fewshot_every or cfg.eval_every
-
-    def evaluate(params, step: int, final: bool = False) -> dict[str, float]:
-        test_metrics = loop.evaluate(trainer, params, test, pipe, cfg.eval_batch_size)
-        record = {metrics.on_split("test", k): v for k, v in test_metrics.items()}
-        if fewshot is not None and (step % every == 0 or final):
-            record.update(fewshot.run(lambda x: trainer.features(params, x), trainer.mesh))
-        return record
-
-    return evaluate
-
-
-def batches_from(cfg: config.PretrainConfig, train: sources.Split | sources.Source, pipe: pipeline.Pipeline):
-    """step -> this host's training batches from that step on."""
-    return lambda step: pipeline.train_batches(
-        train,
-        pipe,
-        global_batch=cfg.batch_size,
-        seed=cfg.seed,
-        start_step=step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-
-
-def fill_params(loaded: dict[str, Any], model: vit.ViT, image_shape: tuple[int, int, int], fresh: Any = None) -> Any:
-    """Flat '/'-keyed weights read from a file, as `model`'s parameter tree: the position embedding
-    resized to its grid; a head the file lacks or of another class count from `fresh` (default: zeros)."""
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))["params"])
-    tree = weights.unflatten(loaded)
-    if "head" not in tree or any(tree["head"][k].shape != v.shape for k, v in target["head"].items()):
-        tree["head"] = (
-            fresh["head"] if fresh is not None else {k: np.zeros(v.shape, v.dtype) for k, v in target["head"].items()}
-        )
-    return vit.adapt_params(tree, target)
-
-
-def start_from_file(cfg: config.PretrainConfig, trainer: loop.Trainer):
-    """Step 0 of a run with `init_from`: the file's weights (a head of another class count: the fresh init's)."""
-    loaded, _ = weights.load(cfg.init_from, weights.spec_of(cfg), field="init_from")
-    fresh = trainer.init_fn().params
-    params = fill_params(loaded, trainer.model, image_shape(cfg), fresh)
-    return trainer.start_from(params), None
 
 
 # ----------------------------------------------------------------------------- cooldown branches
@@ -208,11 +57,14 @@ def run_branch(
         warmup_steps=cfg.warmup_steps,
         timescale=cfg.timescale,
     )
-    trainer = make_trainer(cfg, mesh, num_classes, schedule)
+    trainer = build.trainer(cfg, mesh, num_classes, schedule)
 
     def from_main_run():
         main = checkpoints.manager(out / "ckpt", protect={branch.start})
-        state, meta = checkpoints.restore_latest(main, trainer.abstract_state(), max_step=branch.start)
+        try:
+            state, meta = checkpoints.restore_latest(main, trainer.abstract_state(), max_step=branch.start)
+        finally:
+            main.close()
         if state is None or int(state.step) != branch.start:
             raise RuntimeError(f"cooldown branch {name}: the main run has no checkpoint at step {branch.start}")
         return state, meta
@@ -220,7 +72,7 @@ def run_branch(
     end = branch.start + branch.steps
     _, meta = loop.fit(
         trainer,
-        loop_spec(cfg),
+        build.loop_spec(cfg),
         out / "branches" / name,
         schedule=schedule,
         batches=batches,
@@ -247,10 +99,11 @@ def make_summary(
     cfg: config.PretrainConfig, model: vit.ViT, records: list[dict], t0: float, branches: list[dict], meta: dict
 ) -> dict[str, Any]:
     """summary.json: final metrics, size and compute (FLOPs, device-seconds), and the environment."""
-    fwd = flops.forward_flops(model, image_shape(cfg))
+    fwd = flops.forward_flops(model, build.image_shape(cfg))
     images_seen = cfg.total_steps * cfg.batch_size
+    shape = build.image_shape(cfg)
     for b in branches:
-        b["train_flops"] = 3 * fwd * b["images_seen"]
+        b["train_flops"] = flops.train_flops(model, shape, b["images_seen"])
     return {
         "kind": "pretrain",
         "name": cfg.name,
@@ -261,9 +114,9 @@ def make_summary(
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "images_seen": images_seen,
-        "num_params": flops.count_params(model, image_shape(cfg)),
+        "num_params": flops.count_params(model, build.image_shape(cfg)),
         "forward_flops_per_image": fwd,
-        "train_flops": 3 * fwd * images_seen,
+        "train_flops": flops.train_flops(model, shape, images_seen),
         "final": runs.final_metrics(records),
         "best": {metrics.TEST_ACC: max((r[metrics.TEST_ACC] for r in records if metrics.TEST_ACC in r), default=None)},
         "device_seconds": meta.get("device_seconds"),
@@ -310,37 +163,38 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     """Pretrain as `cfg` says into `out_dir`, resuming from its checkpoints; returns the summary."""
     out = Path(out_dir)
     sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
-    check(cfg)
-    checks.claim_run_dir(out, cfg)
+    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+        check(cfg)
+    runs.claim(out, cfg)
     t0 = time.time()
 
     # 1. Data: the training subset and the test split, in memory or streamed (cfg.input).
     train = sources.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
     test = sources.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
-    pipe = input_pipeline(cfg)
+    pipe = build.pipeline(cfg)
 
     # 2. Compiled steps on the mesh.
     mesh = sharding.make_mesh(cfg.mesh)
     if advice := allocator.check(mesh.devices.flat[0].platform):
         warnings.warn(advice, stacklevel=2)
-    trainer = make_trainer(cfg, mesh, train.num_classes)
-    make_evals = lambda t: make_evaluators(cfg, t, test, pipe)
-    batches = batches_from(cfg, train, pipe)
+    trainer = build.trainer(cfg, mesh, train.num_classes)
+    make_evals = lambda t: build.evaluators_of(cfg, t, test, pipe)
+    batches = build.batches(cfg, train, pipe)
 
     # 3. The main run, keeping the checkpoints the branches start from.
     starts = {b.start for b in cfg.cooldown_branches}
-    spec = loop_spec(cfg)
+    spec = build.loop_spec(cfg)
     _, meta = loop.fit(
         trainer,
         spec,
         out,
-        schedule=build_schedule(cfg),
+        schedule=build.schedule(cfg),
         batches=batches,
         evaluators=make_evals(trainer),
         desc=cfg.name,
         protect=starts,
         params_text=config.dump(cfg),
-        start=(lambda: start_from_file(cfg, trainer)) if cfg.init_from else None,
+        start=(lambda: pretrained.start_from_file(cfg, trainer)) if cfg.init_from else None,
     )
 
     # 4. Cooldown branches, each from its start checkpoint.

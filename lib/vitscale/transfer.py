@@ -20,7 +20,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import checks, config, evaluators, fewshot, finetune, flops, metrics, runs, sharding, train, weights
+from vitscale import (
+    build,
+    checks,
+    config,
+    evaluators,
+    fewshot,
+    finetune,
+    flops,
+    metrics,
+    pretrained,
+    runs,
+    sharding,
+    weights,
+)
 from vitscale.data import datasets
 
 
@@ -31,7 +44,7 @@ def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
         return config.PretrainConfig(**cfg.random_model)
     if cfg.pretrained.endswith(config.NPZ):
         return config.PretrainConfig(**cfg.pretrained_model)
-    return finetune.read_pretrain_config(finetune.find_run(cfg.pretrained))
+    return pretrained.read_pretrain_config(runs.find_run(cfg.pretrained))
 
 
 def check(cfg: config.TransferConfig) -> config.PretrainConfig:
@@ -80,21 +93,21 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
     return pre
 
 
-def load_models(cfg: config.TransferConfig, mesh) -> list[finetune.Pretrained]:
+def load_models(cfg: config.TransferConfig, mesh) -> list[pretrained.Pretrained]:
     """The model `pretrained` names, then (compare_random) a random init of the same shape."""
     if cfg.pretrained == config.RANDOM:
-        return [finetune.random_init(pretrain_config(cfg), mesh, seed=cfg.seed)]
+        return [pretrained.random_init(pretrain_config(cfg), mesh, seed=cfg.seed)]
     if cfg.pretrained.endswith(config.NPZ):
-        models = [finetune.load_npz(cfg.pretrained, pretrain_config(cfg), mesh)]
+        models = [pretrained.load_npz(cfg.pretrained, pretrain_config(cfg), mesh)]
     else:
-        models = [finetune.load_pretrained(cfg.pretrained, mesh)]
+        models = [pretrained.load_run(cfg.pretrained, mesh)]
     if cfg.compare_random:
-        models.append(finetune.random_init(models[0].cfg, mesh, seed=cfg.seed))
+        models.append(pretrained.random_init(models[0].cfg, mesh, seed=cfg.seed))
     return models
 
 
 def fewshot_eval(
-    models: list[finetune.Pretrained], cfg: config.TransferConfig, mesh
+    models: list[pretrained.Pretrained], cfg: config.TransferConfig, mesh
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """{model: {dataset: {"<k>shot": {mean, std, per_seed}}}} from frozen features at the pretraining resolution."""
     if not cfg.fewshot_datasets:
@@ -102,7 +115,7 @@ def fewshot_eval(
     pre = models[0].cfg
     evaluator = evaluators.FewShotEvaluator(
         cfg.fewshot_datasets,
-        train.input_pipeline(pre),  # the pretraining's evaluation ops, at its resolution
+        build.pipeline(pre),  # the pretraining's evaluation ops, at its resolution
         shots=tuple(cfg.fewshot_shots),
         seeds=tuple(range(cfg.fewshot_seeds)),
         l2=cfg.fewshot_l2,
@@ -119,7 +132,7 @@ def fewshot_eval(
 
 
 def make_summary(
-    cfg: config.TransferConfig, models: list[finetune.Pretrained], few: dict, fine: dict, t0: float, mesh
+    cfg: config.TransferConfig, models: list[pretrained.Pretrained], few: dict, fine: dict, t0: float, mesh
 ) -> dict[str, Any]:
     """Everything a reader needs: the source model, few-shot and fine-tuning results per model, and
     flat `final` metrics (the model `pretrained` names unprefixed, the random baseline under random/).
@@ -154,7 +167,7 @@ def make_summary(
         "pretrain_image_size": pre.image_size,
         "finetune_resolution": finetune.resolution(cfg, pre),
         "models": [m.name for m in models],
-        "num_params": flops.count_params(model, train.image_shape(pre)),
+        "num_params": flops.count_params(model, build.image_shape(pre)),
         "datasets": {datasets.metric_name(n): n for n in [*cfg.fewshot_datasets, *cfg.finetune_datasets]},
         "fewshot": few,
         "finetune": fine,
@@ -193,8 +206,9 @@ def load_curves(out_dir: str | Path, names: list[str] | None = None) -> list[dic
 def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
     out = Path(out_dir)
-    check(cfg)
-    checks.claim_run_dir(out, cfg)
+    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+        check(cfg)
+    runs.claim(out, cfg)
     t0 = time.time()
 
     mesh = sharding.make_mesh(cfg.mesh)

@@ -87,18 +87,15 @@ def spec_of(cfg: config.PretrainConfig) -> Spec:
 
 def find_file(path: str | Path, field: str = "pretrained") -> Path:
     """A .npz file named absolute or relative to the working directory or the repository root."""
-    given = Path(path).expanduser()
-    tried = [given] if given.is_absolute() else [Path.cwd() / given, runs.ROOT / given]
-    found = next((p for p in tried if p.is_file()), None)
+    found, tried = runs.locate(path, Path.is_file)
     if found is None:
-        looked = ", ".join(str(p) for p in dict.fromkeys(tried))
+        looked = ", ".join(str(p) for p in tried)
         raise config.ConfigError(
             [config.Problem(field, f"weights file {str(path)!r} does not exist (looked at {looked})")]
         )
-    return found.resolve()
+    return found
 
 
-# ----------------------------------------------------------------------------- reading a file
 def read_shapes(path: Path, field: str = "pretrained") -> dict[str, tuple[int, ...]]:
     """Every array's key and shape, from the .npy headers inside the .npz (no array is read)."""
     shapes = {}

@@ -293,11 +293,23 @@ class ViT(nn.Module):
         return logits, out
 
 
-def make_model(variant: str, num_classes: int, **kw) -> ViT:
-    """A ViT for a variant string; keyword arguments are the ViT's options (pool_type, ...)."""
+def make_model(
+    variant: str,
+    num_classes: int,
+    *,
+    width: int | None = None,
+    depth: int | None = None,
+    mlp_dim: int | None = None,
+    num_heads: int | None = None,
+    **kw,
+) -> ViT:
+    """The one model factory: a ViT for a variant string, any of its shape overridden (None: the
+    variant's); other keyword arguments are the ViT's options (pool_type, dtype, ...)."""
     v = decode_variant(variant)
-    if v.width % v.num_heads:
-        raise ValueError(f"variant {variant!r}: width {v.width} is not divisible by heads {v.num_heads}")
+    width, depth = width or v.width, depth or v.depth
+    mlp_dim, num_heads = mlp_dim or v.mlp_dim, num_heads or v.num_heads
+    if width % num_heads:
+        raise ValueError(f"variant {variant!r}: width {width} is not divisible by heads {num_heads}")
     if kw.get("dtype") in ("bfloat16", "bf16"):
         kw["dtype"] = jnp.bfloat16
     elif kw.get("dtype") in ("float32", "f32", None):
@@ -305,10 +317,10 @@ def make_model(variant: str, num_classes: int, **kw) -> ViT:
     return ViT(
         num_classes=num_classes,
         patch_size=v.patch_size,
-        width=v.width,
-        depth=v.depth,
-        mlp_dim=v.mlp_dim,
-        num_heads=v.num_heads,
+        width=width,
+        depth=depth,
+        mlp_dim=mlp_dim,
+        num_heads=num_heads,
         **kw,
     )
 

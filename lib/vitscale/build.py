@@ -1,0 +1,143 @@
+"""The front door: what a pretraining config builds (model, schedule, optimizer, input pipeline,
+loop spec, trainer, evaluators, batches). Programs, tests and benchmarks build through here."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from vitscale import config, evaluators, loop, metrics, optim
+from vitscale.data import pipeline as data_pipeline
+from vitscale.data import sources
+from vitscale.models import vit
+
+
+def model(cfg: config.PretrainConfig, num_classes: int) -> vit.ViT:
+    """The ViT of `cfg` (its variant with any shape overrides) for `num_classes`, via vit.make_model."""
+    head_bias = cfg.head_bias_init
+    if head_bias is None:
+        head_bias = -10.0 if cfg.loss == "sigmoid_xent" else 0.0  # the paper's sigmoid head starts at p ~ 0
+    return vit.make_model(
+        cfg.variant,
+        num_classes,
+        width=cfg.width,
+        depth=cfg.depth,
+        mlp_dim=cfg.mlp_dim,
+        num_heads=cfg.num_heads,
+        pool_type=cfg.pool_type,
+        posemb=cfg.posemb,
+        dropout=cfg.dropout,
+        head_bias_init=head_bias,
+        remat=cfg.remat,
+        scan=cfg.scan,
+        dtype=cfg.dtype,
+        representation_size=cfg.representation_size,
+        gelu=cfg.gelu,
+    )
+
+
+def image_shape(cfg: config.PretrainConfig) -> tuple[int, int, int]:
+    return (cfg.image_size, cfg.image_size, cfg.channels)
+
+
+def schedule(cfg: config.PretrainConfig) -> optax.Schedule:
+    return optim.make_schedule(
+        cfg.schedule,
+        cfg.lr,
+        cfg.total_steps,
+        warmup_steps=cfg.warmup_steps,
+        timescale=cfg.timescale,
+        cooldown_steps=cfg.cooldown_steps,
+    )
+
+
+def optimizer(cfg: config.PretrainConfig, sched: optax.Schedule) -> optax.GradientTransformation:
+    rules = optim.DEFAULT_WD_RULES if cfg.wd_rules is None else tuple(tuple(r) for r in cfg.wd_rules)
+    return optim.make_optimizer(
+        cfg.optimizer,
+        sched,
+        weight_decay=cfg.weight_decay,
+        wd_rules=rules,
+        grad_clip_norm=cfg.grad_clip_norm,
+        b2=cfg.b2,
+    )
+
+
+def pipeline(cfg: config.PretrainConfig) -> data_pipeline.Pipeline:
+    """pp_train / pp_eval when given, else today's pipeline from image_size, channels, crop_padding, flip."""
+    return data_pipeline.Pipeline(
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        crop_padding=cfg.crop_padding,
+        flip=cfg.flip,
+        train_ops=tuple(cfg.pp_train) if cfg.pp_train else None,
+        eval_ops=tuple(cfg.pp_eval) if cfg.pp_eval else None,
+    )
+
+
+def loop_spec(cfg: config.PretrainConfig) -> loop.LoopSpec:
+    return loop.LoopSpec(
+        total_steps=cfg.total_steps,
+        batch_size=cfg.batch_size,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every,
+        checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints,
+        keep_every=cfg.keep_every,
+    )
+
+
+def trainer(
+    cfg: config.PretrainConfig, mesh, num_classes: int, sched: optax.Schedule | None = None, seed: int | None = None
+) -> loop.Trainer:
+    """The compiled steps of a pretraining run (`sched`: the run's own unless given, e.g. a branch's)."""
+    return loop.make_trainer(
+        model(cfg, num_classes),
+        optimizer(cfg, sched or schedule(cfg)),
+        mesh,
+        image_shape=image_shape(cfg),
+        loss=cfg.loss,
+        seed=cfg.seed if seed is None else seed,
+        chains=None if cfg.grad_chains == "auto" else cfg.grad_chains,
+    )
+
+
+def evaluators_of(
+    cfg: config.PretrainConfig, t: loop.Trainer, test: sources.Split | sources.Source, pipe: data_pipeline.Pipeline
+) -> loop.Evaluators:
+    """Test-split loss and accuracy at every evaluation, plus few-shot linear transfer every
+    `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
+    fewshot = None
+    if cfg.fewshot_datasets:
+        fewshot = evaluators.FewShotEvaluator(
+            cfg.fewshot_datasets,
+            pipe,
+            shots=tuple(cfg.fewshot_shots),
+            seeds=tuple(range(cfg.fewshot_seeds)),
+            data_dir=cfg.data_dir,
+            batch_size=cfg.eval_batch_size,
+            input=cfg.input,
+        )
+    every = cfg.fewshot_every or cfg.eval_every
+
+    def evaluate(params, step: int, final: bool = False) -> dict[str, float]:
+        test_metrics = loop.evaluate(t, params, test, pipe, cfg.eval_batch_size)
+        record = {metrics.on_split("test", k): v for k, v in test_metrics.items()}
+        if fewshot is not None and (step % every == 0 or final):
+            record.update(fewshot.run(lambda x: t.features(params, x), t.mesh))
+        return record
+
+    return evaluate
+
+
+def batches(cfg: config.PretrainConfig, train: sources.Split | sources.Source, pipe: data_pipeline.Pipeline):
+    """step -> this host's training batches from that step on."""
+    return lambda step: data_pipeline.train_batches(
+        train,
+        pipe,
+        global_batch=cfg.batch_size,
+        seed=cfg.seed,
+        start_step=step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
