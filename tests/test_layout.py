@@ -21,9 +21,10 @@ LAYERS = [
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
     {"config"},  # pure schemas
     {"runs"},  # run folders: finding, claiming (params.yaml), reading, their status records
-    {"data.builders", "data.datasets", "data.sources", "data.pipeline"}  # blocks
+    {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
     | {"models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},
-    {"loop", "evaluators"},  # the one training loop
+    {"loop", "evaluators.fewshot", "evaluators.classify", "evaluators.real", "evaluators.imagenet_v2"}  # the loop,
+    | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
     {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
     PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program
     {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration

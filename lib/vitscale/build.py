@@ -6,9 +6,10 @@ from __future__ import annotations
 import jax
 import optax
 
-from vitscale import config, evaluators, loop, metrics, optim
+from vitscale import config, loop, metrics, optim
 from vitscale.data import pipeline as data_pipeline
 from vitscale.data import sources
+from vitscale.evaluators import fewshot as fewshot_evaluator
 from vitscale.models import vit
 
 
@@ -109,7 +110,7 @@ def evaluators_of(
     `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
     fewshot = None
     if cfg.fewshot_datasets:
-        fewshot = evaluators.FewShotEvaluator(
+        fewshot = fewshot_evaluator.FewShotEvaluator(
             cfg.fewshot_datasets,
             pipe,
             shots=tuple(cfg.fewshot_shots),

@@ -330,6 +330,32 @@ class TransferConfig(_Schema):
     log_every: int = Field(default=25, gt=0)
     seed: int = Field(default=0, ge=0)  # fine-tuning batches and the random init
     mesh: list[int] = [-1, 1]  # (data, fsdp) axis sizes; -1 takes the remaining devices
+    # --- VTAB-1k (data/vtab.py, google-research/task_adaptation's definition): per task and seed,
+    #     fine-tune on train800 over vtab_steps x vtab_lr_grid, pick on val200, retrain on train800val200,
+    #     score test. Fine-tuning as above (SGD momentum, cosine, finetune_resolution, finetune_batch_size).
+    #     Its splits are read into memory whatever `input` says (test splits at finetune_resolution at most).
+    vtab_tasks: list[str] = []  # task names (TASKS in data/vtab.py), "vtab-1k" for all 19,
+    #                             or standin:<dataset> (an offline dataset in the same protocol, not VTAB)
+    vtab_steps: list[int] = [500, 2500]  # AugReg's grid (Steiner et al. 2021)
+    vtab_lr_grid: list[float] = [0.001, 0.003, 0.01, 0.03]  # AugReg's grid
+    vtab_seeds: int = Field(default=1, gt=0)  # fine-tuning runs per task (seeds 0..n-1)
+    vtab_warmup_steps: int = Field(default=0, ge=0)  # linear warmup of each VTAB run (< the smallest vtab_steps)
+    # --- ImageNet robustness (evaluators/real.py, imagenet_v2.py, objectnet.py): an ImageNet-1k classifier,
+    #     the model fine-tuned on imagenet2012 here (in finetune_datasets), else `pretrained` itself when its
+    #     head has 1000 classes, scored with the fine-tuning's evaluation preprocessing (pp_finetune_eval)
+    imagenet_evals: list[Literal["real", "v2", "objectnet"]] = []
+    imagenet_v2_variant: Literal["matched-frequency", "threshold-0.7", "topimages"] = "matched-frequency"
+    objectnet_dir: str | None = None  # the ObjectNet folder as distributed (objectnet-1.0/ with images/, mappings/)
+
+    @field_validator("vtab_steps")
+    @classmethod
+    def _vtab_steps(cls, v: list[int]) -> list[int]:
+        return _positive_unique(v, "step counts")
+
+    @field_validator("vtab_lr_grid")
+    @classmethod
+    def _vtab_lrs(cls, v: list[float]) -> list[float]:
+        return _positive_unique(v, "learning rates")
 
     @field_validator("fewshot_shots")
     @classmethod
@@ -387,6 +413,22 @@ class TransferConfig(_Schema):
                     "random_model",
                     f"is only used with pretrained 'random'; the model of run "
                     f"{self.pretrained!r} comes from its params.yaml",
+                )
+            )
+        if self.vtab_tasks and self.vtab_warmup_steps >= min(self.vtab_steps):
+            problems.append(
+                Problem("vtab_warmup_steps", f"{self.vtab_warmup_steps} is not below the smallest vtab_steps")
+            )
+        if "objectnet" in self.imagenet_evals and not self.objectnet_dir:
+            problems.append(
+                Problem("objectnet_dir", "imagenet_evals has objectnet: name the ObjectNet folder (objectnet-1.0/)")
+            )
+        if self.imagenet_evals and "imagenet2012" not in self.finetune_datasets and not self.pretrained.endswith(NPZ):
+            problems.append(
+                Problem(
+                    "imagenet_evals",
+                    "needs an ImageNet-1k classifier: add imagenet2012 to finetune_datasets, or name ImageNet "
+                    "fine-tuned weights (a .npz with a 1000-class head) as pretrained",
                 )
             )
         if self.warmup_steps > self.finetune_steps:

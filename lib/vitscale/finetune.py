@@ -141,6 +141,65 @@ def train_one(
 
 
 # ----------------------------------------------------------------------------- lr selection, then the final run
+@dataclasses.dataclass
+class _Splits:
+    """A fine-tuning dataset's splits: the whole training split, its two parts, and the test split."""
+
+    full: sources.Split | sources.Source
+    train_part: sources.Split | sources.Source
+    holdout: sources.Split | sources.Source
+    test: sources.Split | sources.Source
+
+
+def _grid_run(
+    c: _Compiled, lr: float, cfg: config.TransferConfig, init_params: Any, d: _Splits, run_dir: Path, desc: str
+):
+    """One lr of the grid, trained on the training part and scored on the held-out part: (row, state)."""
+    row: dict[str, Any] = {"lr": lr}
+    try:
+        final, state = train_one(c, cfg, init_params, d.train_part, d.holdout, "val", run_dir, desc=desc)
+    except loop.NonFiniteLoss as e:
+        return {**row, metrics.VAL_ACC: None, metrics.VAL_LOSS: None, "diverged": True, "error": str(e)}, None
+    keep = {
+        metrics.VAL_ACC: final[metrics.VAL_ACC],
+        metrics.VAL_LOSS: final[metrics.VAL_LOSS],
+        metrics.TRAIN_LOSS: final.get(metrics.TRAIN_LOSS),
+    }
+    return {**row, **keep, "device_seconds": final["device_seconds"], "diverged": False}, state
+
+
+def _search(m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, d: _Splits, setup, out: Path):
+    """Every lr of the grid for model `m`: (grid rows, best row, its state, the fitted start params).
+    Best: the highest held-out accuracy; ties go to the lower held-out loss."""
+    init_params = None  # the model's params with a new head at the fine-tuning resolution
+    grid, best, best_state = [], None, None
+    for lr in cfg.lr_grid:
+        c = setup(m.cfg, lr)
+        if init_params is None:
+            init_params = pretrained.fit(m.params, c.trainer.model, c.image_shape)
+        row, state = _grid_run(
+            c,
+            lr,
+            cfg,
+            init_params,
+            d,
+            out / m.name / f"lr_{lr:g}",
+            f"{datasets.metric_name(dataset)} {m.name} lr={lr:g}",
+        )
+        grid.append(row)
+        if not row["diverged"] and (
+            best is None
+            or (row[metrics.VAL_ACC], -row[metrics.VAL_LOSS]) > (best[metrics.VAL_ACC], -best[metrics.VAL_LOSS])
+        ):
+            best, best_state = row, state
+        del state
+    if best is None:
+        raise RuntimeError(
+            f"fine-tuning {m.name} on {dataset}: every lr in lr_grid {cfg.lr_grid} diverged; try smaller learning rates"
+        )
+    return grid, best, best_state, init_params
+
+
 def finetune(
     models: list[pretrained.Pretrained], dataset: str, cfg: config.TransferConfig, out_dir: str | Path, mesh
 ) -> dict[str, dict[str, Any]]:
@@ -149,8 +208,9 @@ def finetune(
     out = Path(out_dir)
     train_name, test_name = datasets.finetune_splits(dataset)
     full = sources.load(dataset, train_name, cfg.data_dir, cfg.input)
-    test = sources.load(dataset, test_name, cfg.data_dir, cfg.input)
-    train_part, holdout = holdout_split(full, cfg.holdout_fraction)
+    d = _Splits(
+        full, *holdout_split(full, cfg.holdout_fraction), sources.load(dataset, test_name, cfg.data_dir, cfg.input)
+    )
     compiled: dict[float, _Compiled] = {}
 
     def setup(pre: config.PretrainConfig, lr: float) -> _Compiled:
@@ -160,51 +220,8 @@ def finetune(
 
     results = {}
     for m in models:
-        init_params = None  # the model's params with a new head at the fine-tuning resolution
-        grid, best = [], None
-        for lr in cfg.lr_grid:
-            c = setup(m.cfg, lr)
-            if init_params is None:
-                init_params = pretrained.fit(m.params, c.trainer.model, c.image_shape)
-            row: dict[str, Any] = {"lr": lr}
-            try:
-                final, state = train_one(
-                    c,
-                    cfg,
-                    init_params,
-                    train_part,
-                    holdout,
-                    "val",
-                    out / m.name / f"lr_{lr:g}",
-                    desc=f"{datasets.metric_name(dataset)} {m.name} lr={lr:g}",
-                )
-                row.update(
-                    {
-                        metrics.VAL_ACC: final[metrics.VAL_ACC],
-                        metrics.VAL_LOSS: final[metrics.VAL_LOSS],
-                        metrics.TRAIN_LOSS: final.get(metrics.TRAIN_LOSS),
-                        "device_seconds": final["device_seconds"],
-                        "diverged": False,
-                    }
-                )
-            except loop.NonFiniteLoss as e:
-                row.update({metrics.VAL_ACC: None, metrics.VAL_LOSS: None, "diverged": True, "error": str(e)})
-                state = None
-            grid.append(row)
-            # Best held-out accuracy; ties go to the lower held-out loss.
-            if not row["diverged"] and (
-                best is None
-                or (row[metrics.VAL_ACC], -row[metrics.VAL_LOSS])
-                > (best[0][metrics.VAL_ACC], -best[0][metrics.VAL_LOSS])
-            ):
-                best = (row, state)
-            del state
-        if best is None:
-            raise RuntimeError(
-                f"fine-tuning {m.name} on {dataset}: every lr in lr_grid {cfg.lr_grid} diverged; "
-                "try smaller learning rates"
-            )
-        best_lr = best[0]["lr"]
+        grid, best, state, init_params = _search(m, dataset, cfg, d, setup, out)
+        best_lr = best["lr"]
         at_edge = len(cfg.lr_grid) > 1 and best_lr in (min(cfg.lr_grid), max(cfg.lr_grid))
         if at_edge:
             print(
@@ -213,25 +230,17 @@ def finetune(
             )
         c = setup(m.cfg, best_lr)
         if cfg.retrain:
-            best = None  # free the grid run's state before the final run
-            final, state = train_one(
-                c,
-                cfg,
-                init_params,
-                full,
-                test,
-                "test",
+            state = None  # free the grid run's state before the final run
+            run_dir, desc = (
                 out / m.name / f"final_lr_{best_lr:g}",
-                desc=f"{datasets.metric_name(dataset)} {m.name} final lr={best_lr:g}",
+                f"{datasets.metric_name(dataset)} {m.name} final lr={best_lr:g}",
             )
+            final, state = train_one(c, cfg, init_params, d.full, d.test, "test", run_dir, desc=desc)
             test_metrics = {metrics.TEST_ACC: final[metrics.TEST_ACC], metrics.TEST_LOSS: final[metrics.TEST_LOSS]}
             seconds = [final["device_seconds"]]
         else:
-            state, seconds = best[1], []
-            test_metrics = {
-                f"test/{k}": v
-                for k, v in loop.evaluate(c.trainer, state.params, test, c.pipe, cfg.eval_batch_size).items()
-            }
+            scores = loop.evaluate(c.trainer, state.params, d.test, c.pipe, cfg.eval_batch_size)
+            test_metrics, seconds = {f"test/{k}": v for k, v in scores.items()}, []
         seconds += [g.get("device_seconds") for g in grid]
         results[m.name] = {
             "dataset": dataset,
@@ -243,9 +252,9 @@ def finetune(
             "best_lr": best_lr,
             "best_lr_at_grid_edge": at_edge,
             "retrained": cfg.retrain,
-            "train_images": len(full) if cfg.retrain else len(train_part),
-            "holdout_images": len(holdout),
-            "test_images": len(test),
+            "train_images": len(d.full) if cfg.retrain else len(d.train_part),
+            "holdout_images": len(d.holdout),
+            "test_images": len(d.test),
             **test_metrics,
             # Training device-seconds of the grid runs and the final run (kept across resumes).
             "device_seconds": sum(x for x in seconds if x is not None),

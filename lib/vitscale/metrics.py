@@ -21,6 +21,10 @@ IMAGES_PER_S = "images_per_s"
 
 _FEWSHOT = re.compile(r"fewshot/(?P<dataset>[^/]+)/(?P<shots>\d+)shot")
 _FINETUNE = re.compile(r"finetune/(?P<dataset>[^/]+)/test/acc")
+# The paper's table beyond fine-tuning: ImageNet-ReaL / -v2 / ObjectNet accuracy of the ImageNet
+# classifier, and VTAB-1k per task, mean and group (vtab/<task|mean|natural|...>/test/acc).
+_IMAGENET_EVAL = re.compile(r"(?P<eval>real|v2|objectnet)/acc")
+_VTAB = re.compile(r"vtab/(?P<task>[^/]+)/test/acc")
 # The metrics a scaling analysis can fit (`ScalingConfig.metrics`), as a pattern and in words.
 ANALYSABLE = re.compile(rf"{TEST_ACC}|{TEST_LOSS}|{_FEWSHOT.pattern}")
 ANALYSABLE_TEXT = f"{TEST_ACC}, {TEST_LOSS} or fewshot/<dataset>/<k>shot"
@@ -54,6 +58,16 @@ def fewshot_label(name: str) -> str:
     return name.removeprefix("fewshot/")
 
 
+def vtab(task: str) -> str:
+    """VTAB-1k test accuracy of a task, or of "mean" / a group."""
+    return f"vtab/{task}/test/acc"
+
+
+def imagenet_eval(name: str) -> str:
+    """ "real" | "v2" | "objectnet" -> its accuracy's metric name."""
+    return f"{name}/acc"
+
+
 def is_accuracy(name: str) -> bool:
     return name.endswith("/acc") or bool(_FEWSHOT.fullmatch(name))
 
@@ -79,5 +93,9 @@ def title(name: str) -> str:
         return f"{m['shots']}-shot error, {m['dataset']}"
     if m := _FINETUNE.fullmatch(name):
         return f"fine-tuning error, {m['dataset']}"
+    if m := _VTAB.fullmatch(name):
+        return f"VTAB-1k error, {m['task']}"
+    if m := _IMAGENET_EVAL.fullmatch(name):
+        return {"real": "ImageNet-ReaL error", "v2": "ImageNet-v2 error", "objectnet": "ObjectNet error"}[m["eval"]]
     split, _, quantity = name.partition("/")
     return f"{split} error" if quantity == "acc" else name.replace("/", " ")

@@ -312,6 +312,43 @@ def finetune_table(summary: dict[str, Any]) -> report.Html | Sentence:
     )
 
 
+def paper_table(summary: dict[str, Any]) -> report.Html | Sentence:
+    """The paper's evaluation table, one row per model: ImageNet fine-tune and 10-shot, ReaL, v2,
+    ObjectNet, VTAB-1k mean and groups (top-1 %); "not prepared" / "not run" where there is no number."""
+    rows = [
+        {"model": model, **{c: _pct(v) if isinstance(v, float) else v for c, v in row.items()}}
+        for model, row in summary.get("paper_table", {}).items()
+    ]
+    if not rows:
+        return Sentence("No evaluation table: this run predates it.")
+    return table(rows, title="the paper's table: top-1 accuracy (%)")
+
+
+def vtab_table(summary: dict[str, Any]) -> report.Html | Sentence:
+    """VTAB-1k per task and model: the (steps, lr) picked on val200 and the test accuracy (mean ± spread
+    over seeds); stand-in tasks are marked as not VTAB."""
+    rows = []
+    for model, result in summary.get("vtab", {}).items():
+        for task, r in result["tasks"].items():
+            picks = ", ".join(f"{s['best_steps']}/{s['best_lr']:g}" for s in r["seeds"])
+            group = "stand-in (not VTAB)" if r["standin"] else r["group"]
+            rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "group": group,
+                    "seeds": len(r["seeds"]),
+                    "picked steps/lr": picks,
+                    "test acc (%)": _pct(
+                        r[metrics.TEST_ACC], r[metrics.spread(metrics.TEST_ACC)] if len(r["seeds"]) > 1 else None
+                    ),
+                }
+            )
+    if not rows:
+        return Sentence("No VTAB-1k tasks in this run (vtab_tasks).")
+    return table(rows, title="VTAB-1k: fine-tuned on train800, picked on val200, retrained on train800val200")
+
+
 def finetune_curves(curves: Sequence[dict[str, Any]]) -> go.Figure | Sentence:
     """Fine-tuning curves, one row per dataset: train loss, held-out accuracy of the lr grid runs,
     test accuracy of the final runs; one colour per model, one dash per lr of the grid, the final
