@@ -78,7 +78,9 @@ def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: in
     )
     model = build.model(pre, classes).clone(head_bias_init=0.0)
     shape = (res, res, pre.channels)
-    trainer = loop.make_trainer(model, tx, mesh, image_shape=shape, loss="softmax_xent", seed=cfg.seed)
+    trainer = loop.make_trainer(
+        model, tx, mesh, image_shape=shape, loss="softmax_xent", seed=cfg.seed, peak_flops=cfg.peak_flops
+    )
     spec = loop.LoopSpec(
         total_steps=cfg.finetune_steps,
         batch_size=cfg.finetune_batch_size,
@@ -111,7 +113,9 @@ def train_one(
     device_seconds, state)."""
 
     def evaluate(p, step: int, final: bool = False) -> dict[str, float]:
-        result = loop.evaluate(c.trainer, p, eval_split, c.pipe, cfg.eval_batch_size)
+        result = loop.evaluate(
+            c.trainer, p, pipeline.eval_batches(eval_split, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
+        )
         return {metrics.on_split(eval_prefix, k): v for k, v in result.items()}
 
     batches = lambda step: pipeline.train_batches(
@@ -239,7 +243,8 @@ def finetune(
             test_metrics = {metrics.TEST_ACC: final[metrics.TEST_ACC], metrics.TEST_LOSS: final[metrics.TEST_LOSS]}
             seconds = [final["device_seconds"]]
         else:
-            scores = loop.evaluate(c.trainer, state.params, d.test, c.pipe, cfg.eval_batch_size)
+            batches = pipeline.eval_batches(d.test, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
+            scores = loop.evaluate(c.trainer, state.params, batches)
             test_metrics, seconds = {f"test/{k}": v for k, v in scores.items()}, []
         seconds += [g.get("device_seconds") for g in grid]
         results[m.name] = {

@@ -18,6 +18,8 @@ VAL_ACC = "val/acc"
 VAL_LOSS = "val/loss"
 LR = "lr"
 IMAGES_PER_S = "images_per_s"
+IMAGES_PER_S_PER_DEVICE = "perf/images_per_s_per_device"
+MFU = "perf/mfu"  # model FLOPs utilisation of the logged interval (vitscale.perf)
 
 _FEWSHOT = re.compile(r"fewshot/(?P<dataset>[^/]+)/(?P<shots>\d+)shot")
 _FINETUNE = re.compile(r"finetune/(?P<dataset>[^/]+)/test/acc")
