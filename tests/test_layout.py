@@ -16,7 +16,7 @@ PROGRAMS = {"train", "transfer", "analysis", "export", "plan"}
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "logs", "metrics", "progress", "fewshot", "models.variants"}  # leaves
+    {"allocator", "logs", "metrics", "progress", "report", "fewshot", "models.variants"}  # leaves
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
     | {"scaling.table", "scaling.isoflop", "scaling.allocation"},

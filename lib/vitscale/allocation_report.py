@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plotly
 import plotly.graph_objects as go
 
-from vitscale import runs
+from vitscale import report, runs
 from vitscale.scaling import allocation, table
 
 
@@ -114,33 +115,34 @@ def profiles(summary: dict[str, Any]) -> go.Figure:
     )
 
 
-def _table_html(rows: list[dict[str, str]]) -> str:
-    if not rows:
-        return "<p>none</p>"
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def section_html(res: dict[str, Any]) -> str:
-    """The Allocation section as HTML (tables, sentences, figures; plotly.js embedded)."""
+def section(res: Any) -> report.Html:
+    """The Allocation section: sentences, the exponent, constant and plan tables, the figures; or the
+    one sentence saying why there is none (`res` is allocate's result or an analysis.Failed)."""
+    if not isinstance(res, dict):
+        return report.section(
+            report.Html("<h2>Allocation</h2>"), report.paragraph(f"No allocation analysis: {res.reason}.")
+        )
     s = res["summary"]
-    figs = [contours(res), profiles(s)]
-    parts = [
-        "<h2>Allocation</h2>",
-        "<p>How big a model, trained on how much data, for a compute budget (Hoffmann et al. 2022, three approaches;"
-        " the joint law fitted as Besiroglu et al. 2024 do).</p>",
-        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in s["notes"]) + "</ul>",
-        f"<p><b>Exponents.</b> {html.escape(s['agreement'])}.</p>",
-        _table_html(exponent_rows(s)),
-        "<h3>Joint law constants</h3>",
-        _table_html(constant_rows(s)),
-        "<h3>Plan</h3>",
-        _table_html(plan_rows(s)),
-        f"<p>{html.escape(s['support'])}</p>",
-    ]
-    parts += [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
-    return "\n".join(parts)
+    return report.section(
+        report.Html("<h2>Allocation</h2>"),
+        report.paragraph(
+            "How big a model, trained on how much data, for a compute budget (Hoffmann et al. 2022, three "
+            "approaches; the joint law fitted as Besiroglu et al. 2024 do)."
+        ),
+        report.Html("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in s["notes"]) + "</ul>"),
+        report.paragraph(f"Exponents: {s['agreement']}."),
+        report.table(plan_rows(s), title="Plan: the compute-optimal next run at each budget"),
+        report.table(exponent_rows(s), title="Allocation exponent a (N* ~ C^a), three approaches"),
+        report.table(constant_rows(s), title="Joint law E(N, D) = E + A / N^alpha + B / D^beta"),
+        report.paragraph(s["support"]),
+        contours(res),
+        profiles(s),
+    )
+
+
+def show(res: Any) -> None:
+    """The Allocation section in a notebook (plotly.js is on the page already)."""
+    section(res).show()
 
 
 def write(points: table.Points, out_dir: str | Path, *, source: str = "", budgets: Any = None, **kw: Any) -> Path:
@@ -149,26 +151,12 @@ def write(points: table.Points, out_dir: str | Path, *, source: str = "", budget
     out_dir = Path(out_dir)
     res = allocation.allocate(points, budgets=budgets, **kw)
     runs.write_json(out_dir / "summary.json", {"source": str(source), "allocation": res["summary"]})
-    style = "body{font-family:sans-serif;max-width:1100px;margin:auto} td,th{border:1px solid #ccc;padding:3px 6px}"
     title = html.escape(str(source))
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>Allocation: {title}</title>"
-    page += f"<style>{style} table{{border-collapse:collapse}}</style></head><body>"
-    page += f"<h1>Allocation report: {html.escape(str(source))}</h1>" + section_html(res) + "</body></html>"
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Allocation: {title}</title>"
+        f"<script>{plotly.offline.get_plotlyjs()}</script></head>"
+        f"<body style='font-family:sans-serif;max-width:1100px;margin:auto'><h1>Allocation report: {title}</h1>"
+        f"{section(res)._repr_html_()}</body></html>"
+    )
     runs.atomic_write_text(out_dir / "report.html", page)
     return out_dir / "report.html"
-
-
-def show(res: dict[str, Any]) -> None:
-    """The Allocation section in a notebook: sentences, tables and figures (or why there is none)."""
-    from IPython.display import HTML, Markdown, display  # IPython is there wherever a report is shown
-
-    if "error" in res:
-        display(Markdown(f"No allocation analysis: {res['error']}."))
-        return
-    s = res["summary"]
-    display(Markdown("\n".join(f"- {n}" for n in s["notes"]) + f"\n\n**Exponents.** {s['agreement']}."))
-    for title, rows in (("Exponents", exponent_rows(s)), ("Joint law", constant_rows(s)), ("Plan", plan_rows(s))):
-        display(HTML(f"<h4>{title}</h4>" + _table_html(rows)))
-    display(Markdown(s["support"]))
-    contours(res).show()
-    profiles(s).show()
