@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vitscale import metrics
 from vitscale.data import ops
@@ -453,6 +462,9 @@ class ScalingConfig(_Schema):
     metrics: list[str] | None = None  # e.g. ["test/acc", "fewshot/mnist_5k/10shot"]; None: all found
     x: Literal["train_flops", "images_seen", "device_seconds", "num_params"] = "train_flops"  # compute axis
     n_bootstrap: int = Field(default=200, ge=0)  # bootstrap resamples of the frontier
+    # Training FLOPs the allocation section plans for (compute-optimal N, D, predicted error); None:
+    # 1x, 4x and 16x the largest run's compute.
+    budgets: list[PositiveFloat] | None = None
 
     @field_validator("metrics")
     @classmethod
