@@ -194,7 +194,7 @@ def test_folder_dataset_is_prepared_with_a_stratified_split_and_skips_corrupt_fi
     assert isinstance(train, sources.Source) and train.num_classes == 11
     assert np.all(np.bincount(test.labels, minlength=11) == 1) and np.all(np.bincount(train.labels) == 9)
     with pytest.raises(ValueError, match="images of different shapes"):
-        sources.load(name, "test", data_dir, input="memory")
+        sources.load(name, "test", data_dir, mode="memory")
 
 
 INCEPTION = ("decode", "inception_crop(32)", "flip_lr", "value_range(-1, 1)")
@@ -202,7 +202,7 @@ INCEPTION = ("decode", "inception_crop(32)", "flip_lr", "value_range(-1, 1)")
 
 def test_streamed_batches_are_a_function_of_seed_and_step_and_hosts_take_slices(photos_dataset):
     name, data_dir = photos_dataset
-    src = sources.load(name, "train", data_dir, input="stream")
+    src = sources.load(name, "train", data_dir, mode="stream")
     pipe = pipeline.Pipeline(32, 3, train_ops=INCEPTION)
     a = _take(pipeline.train_batches(src, pipe, global_batch=24, seed=3), 6)
     assert a[0]["image"].shape == (24, 32, 32, 3) and a[0]["image"].dtype == np.float32

@@ -2,6 +2,7 @@
 function-level import of a vitscale module; schemas are values (no framework, no file)."""
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -192,3 +193,26 @@ def test_static_problems_are_found_by_the_schema_alone(bad):
     with pytest.raises(config.ConfigError) as e:
         config.validate(config.PretrainConfig, bad)
     assert [p.field for p in e.value.problems] == list(bad)
+
+
+def docstrings():
+    """(module, line, text) of every docstring in the package."""
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node, clean=False)
+                if doc:
+                    yield name, getattr(node, "lineno", 1), doc
+
+
+def test_one_docstring_dialect():
+    """Markdown-flavoured prose (single backticks), never reST roles, double backticks or section underlines."""
+    bad = [
+        f"{m}:{line}"
+        for m, line, doc in docstrings()
+        if "``" in doc.replace("```", "")
+        or re.search(r":(func|class|meth|data|attr|mod):`", doc)
+        or re.search(r"\n\s*-{3,}\s*\n", doc)
+    ]
+    assert bad == []

@@ -82,7 +82,7 @@ def environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def current() -> str:
-    """ "jemalloc" if this process runs with jemalloc loaded, else "system"."""
+    """The allocator in use: "jemalloc" if this process runs with jemalloc loaded, else "system"."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:

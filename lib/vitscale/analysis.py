@@ -334,7 +334,7 @@ def write_summary(
 
 # ----------------------------------------------------------------------------- tables
 def _interval_text(value: float, interval: Sequence[float] | None, flags: Sequence[str] = ()) -> str:
-    """ "value [lo, hi]", marked "(at bound)" when the fit sits on a constraint and "(unresolved)" when
+    """The text "value [lo, hi]", marked "(at bound)" when the fit sits on a constraint and "(unresolved)" when
     the interval spans more than a decade (scaling.resolved): the curve does not determine it."""
     return report.with_interval(value, interval, flags)
 

@@ -118,7 +118,7 @@ def evaluators_of(
             seeds=tuple(range(cfg.fewshot_seeds)),
             data_dir=cfg.data_dir,
             batch_size=cfg.eval_batch_size,
-            input=cfg.input,
+            mode=cfg.input,
         )
     every = cfg.fewshot_every or cfg.eval_every
 

@@ -88,11 +88,11 @@ def pp_shapes(
             )
 
 
-def input_path(problems: list[Problem], field: str, dataset: str, split: str, data_dir: str | None, input: str) -> None:
-    """The split can be read the way `input` says: streamed splits need array_record files, and a
+def input_path(problems: list[Problem], field: str, dataset: str, split: str, data_dir: str | None, mode: str) -> None:
+    """The split can be read the way `mode` (the `input` parameter) says: streamed splits need array_record files, and a
     split of images that vary in shape cannot be held in memory."""
     try:
-        if sources.choose_input(dataset, split, data_dir, input) == "stream":
+        if sources.choose_input(dataset, split, data_dir, mode) == "stream":
             sources.open_source(dataset, split, data_dir)
         else:
             builder = datasets.get_builder(dataset, data_dir)
@@ -101,18 +101,18 @@ def input_path(problems: list[Problem], field: str, dataset: str, split: str, da
                 problems.append(
                     Problem(
                         field,
-                        f"{input!r}: the images of {dataset!r} vary in shape, so a split cannot be one array "
+                        f"{mode!r}: the images of {dataset!r} vary in shape, so a split cannot be one array "
                         "(accepted: 'stream' or 'auto')",
                     )
                 )
     except (ValueError, FileNotFoundError) as e:
-        problems.append(Problem(field, f"{input!r}: {e}"))
+        problems.append(Problem(field, f"{mode!r}: {e}"))
 
 
 @functools.lru_cache(maxsize=64)
-def class_counts(name: str, split: str, data_dir: str | None, input: str) -> np.ndarray:
+def class_counts(name: str, split: str, data_dir: str | None, mode: str) -> np.ndarray:
     """Images per class of a split, read once per process (a sweep checks many runs on the same pools)."""
-    source = sources.load(name, split, data_dir, input)
+    source = sources.load(name, split, data_dir, mode)
     return np.bincount(source.labels, minlength=source.num_classes)
 
 
@@ -122,7 +122,7 @@ def fewshot_pools(
     names: Sequence[str],
     shots: Sequence[int],
     data_dir: str | None,
-    input: str = "auto",
+    mode: str = "auto",
 ) -> None:
     """Every few-shot dataset is readable and has at least max(shots) images in each class of its pool."""
     k = max(shots)
@@ -132,7 +132,7 @@ def fewshot_pools(
             continue
         if split_size(problems, field, name, test_split, data_dir) is None:
             continue
-        counts = class_counts(name, pool_split, data_dir, input)
+        counts = class_counts(name, pool_split, data_dir, mode)
         short = {c: int(n) for c, n in enumerate(counts) if n < k}
         if short:
             problems.append(

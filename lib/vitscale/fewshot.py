@@ -1,35 +1,35 @@
 """Closed-form few-shot linear evaluation ("fewshot_lsr") on frozen features.
 
 This is the evaluator used by "Scaling Vision Transformers" (Zhai et al.,
-CVPR 2022) and big_vision's ``evaluators/fewshot_lsr.py``: for every shot
-count ``k`` and seed, draw exactly ``k`` training images per class, standardize
+CVPR 2022) and big_vision's `evaluators/fewshot_lsr.py`: for every shot
+count `k` and seed, draw exactly `k` training images per class, standardize
 their frozen features with the few-shot set's own statistics, append a bias
 column, fit L2-regularised least squares to {-1, +1} one-vs-rest targets in
-closed form and score top-1 accuracy of ``argmax(x_test @ W)`` on the full
+closed form and score top-1 accuracy of `argmax(x_test @ W)` on the full
 test split.
 
 Everything is plain numpy in float64: the few-shot set has at most
-``25 * num_classes`` rows and features are at most a few thousand wide, so the
+`25 * num_classes` rows and features are at most a few thousand wide, so the
 exact solve is cheap on CPU and independent of the accelerator.
 
 Conventions (deliberate; see the notes on each function):
 
-* **Sampling** -- one ``np.random.default_rng(seed)`` permutation of every
-  class's indices, then the first ``k``.  Hence, for one seed, the 1-shot set
+* **Sampling** -- one `np.random.default_rng(seed)` permutation of every
+  class's indices, then the first `k`.  Hence, for one seed, the 1-shot set
   is contained in the 5-shot set, which is contained in the 10-shot set, ...
   (the same nesting as big_vision).
 * **Standardization** -- per-feature mean and *population* std (ddof=0) of the
-  few-shot set; the std is floored at ``STD_FLOOR`` (``max(std, 1e-5)``) so a
+  few-shot set; the std is floored at `STD_FLOOR` (`max(std, 1e-5)`) so a
   feature that is constant on the few-shot set maps to 0 instead of dividing by
   zero.  The same mean/std is applied to the test features.  (big_vision adds
   1e-5 to the std instead of flooring; the difference is ~1e-5 relative for any
   feature that actually varies.)
-* **Bias** -- a constant column (``BIAS_VALUE = 1.0``) regularised like every
-  other weight, i.e. exactly ``sklearn.linear_model.Ridge(alpha=l2,
-  fit_intercept=False)`` on the augmented features.  big_vision instead uses a
+* **Bias** -- a constant column (`BIAS_VALUE = 1.0`) regularised like every
+  other weight, i.e. exactly `sklearn.linear_model.Ridge(alpha=l2,
+  fit_intercept=False)` on the augmented features.  big_vision instead uses a
   constant of 100 so that the bias is almost unregularised; pass
-  ``bias_value=100.0`` to reproduce that.
-* **Spread over seeds** -- ``std`` is the population std (``np.std``, ddof=0)
+  `bias_value=100.0` to reproduce that.
+* **Spread over seeds** -- `std` is the population std (`np.std`, ddof=0)
   of the per-seed accuracies.
 """
 
@@ -74,7 +74,7 @@ def _is_int(v: object) -> bool:
 
 
 def _check_features(x: np.ndarray, name: str) -> np.ndarray:
-    """Return ``x`` as a 2-D float64 array; raise ValueError naming ``name``."""
+    """Return `x` as a 2-D float64 array; raise ValueError naming `name`."""
     arr = np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D [num_examples, num_features], got shape {arr.shape}")
@@ -90,7 +90,7 @@ def _check_features(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_labels(y: np.ndarray, name: str, num_classes: int | None = None) -> np.ndarray:
-    """Return ``y`` as a 1-D int64 array; raise ValueError naming ``name``."""
+    """Return `y` as a 1-D int64 array; raise ValueError naming `name`."""
     arr = np.asarray(y)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D [num_examples], got shape {arr.shape}")
@@ -146,17 +146,17 @@ def _check_int_tuple(values: object, name: str, minimum: int) -> tuple[int, ...]
 # Sampling
 # --------------------------------------------------------------------------- #
 def sample_few_shot(labels: np.ndarray, shots: int, seed: int, num_classes: int | None = None) -> np.ndarray:
-    """Indices of exactly ``shots`` examples of every class, deterministic in ``seed``.
+    """Indices of exactly `shots` examples of every class, deterministic in `seed`.
 
-    Classes are ``range(num_classes)`` if given, else the distinct labels
+    Classes are `range(num_classes)` if given, else the distinct labels
     present.  For each class (in increasing order) the class's indices are
-    permuted with ``np.random.default_rng(seed)`` and the first ``shots`` taken,
+    permuted with `np.random.default_rng(seed)` and the first `shots` taken,
     so for a fixed seed smaller shot sets are prefixes of larger ones.  The
-    result is grouped by class: ``shots`` indices of the first class, then of
-    the second, ... (int64, length ``shots * num_classes``).
+    result is grouped by class: `shots` indices of the first class, then of
+    the second, ... (int64, length `shots * num_classes`).
 
-    Raises ValueError if ``shots`` is not a positive int, or if any class has
-    fewer than ``shots`` examples (the message lists those classes and counts).
+    Raises ValueError if `shots` is not a positive int, or if any class has
+    fewer than `shots` examples (the message lists those classes and counts).
     """
     if not _is_int(shots) or int(shots) <= 0:
         raise ValueError(f"shots must be a positive int, got {shots!r}")
@@ -186,10 +186,10 @@ def sample_few_shot(labels: np.ndarray, shots: int, seed: int, num_classes: int 
 # Feature preprocessing
 # --------------------------------------------------------------------------- #
 def standardize(train_x: np.ndarray, test_x: np.ndarray, std_floor: float = STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
-    """Z-score both arrays with ``train_x``'s per-feature mean and std (float64).
+    """Z-score both arrays with `train_x`'s per-feature mean and std (float64).
 
-    The std is the population std (ddof=0) floored at ``std_floor`` so that
-    features constant on ``train_x`` become 0 rather than NaN/inf.  ``test_x``
+    The std is the population std (ddof=0) floored at `std_floor` so that
+    features constant on `train_x` become 0 rather than NaN/inf.  `test_x`
     uses the *same* (few-shot) statistics.
     """
     tr = _check_features(train_x, "train_x")
@@ -204,7 +204,7 @@ def standardize(train_x: np.ndarray, test_x: np.ndarray, std_floor: float = STD_
 
 
 def add_bias(x: np.ndarray, value: float = BIAS_VALUE) -> np.ndarray:
-    """Append a constant column (default 1.0) to 2-D ``x``; returns float64."""
+    """Append a constant column (default 1.0) to 2-D `x`; returns float64."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"x must be 2-D, got shape {arr.shape}")
@@ -224,15 +224,15 @@ def _pm1_targets(y: np.ndarray, num_classes: int) -> np.ndarray:
 def ridge_solve(x: np.ndarray, y: np.ndarray, l2: float, form: str = "auto") -> np.ndarray:
     """Closed-form ridge regression without intercept, in float64.
 
-    Minimises ``||x W - y||^2 + l2 ||W||^2`` and returns ``W`` of shape
-    ``[d, c]`` (``[d]`` if ``y`` is 1-D).  ``form`` chooses the identity used:
+    Minimises `||x W - y||^2 + l2 ||W||^2` and returns `W` of shape
+    `[d, c]` (`[d]` if `y` is 1-D).  `form` chooses the identity used:
 
-    * ``"primal"``: ``W = (x^T x + l2 I_d)^-1 x^T y``  (a d x d solve)
-    * ``"dual"``:   ``W = x^T (x x^T + l2 I_n)^-1 y``  (an n x n solve)
-    * ``"auto"``:   primal if ``n >= d`` else dual (the smaller system).
+    * `"primal"`: `W = (x^T x + l2 I_d)^-1 x^T y`  (a d x d solve)
+    * `"dual"`:   `W = x^T (x x^T + l2 I_n)^-1 y`  (an n x n solve)
+    * `"auto"`:   primal if `n >= d` else dual (the smaller system).
 
-    Both are exact and agree to rounding for ``l2 > 0``.  Matches
-    ``sklearn.linear_model.Ridge(alpha=l2, fit_intercept=False).coef_.T``.
+    Both are exact and agree to rounding for `l2 > 0`.  Matches
+    `sklearn.linear_model.Ridge(alpha=l2, fit_intercept=False).coef_.T`.
     """
     if form not in _FORMS:
         raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
@@ -276,12 +276,12 @@ def fewshot_accuracy(
     bias_value: float = BIAS_VALUE,
     std_floor: float = STD_FLOOR,
 ) -> float:
-    """Top-1 test accuracy of the closed-form ridge classifier fit on ``train_x``.
+    """Top-1 test accuracy of the closed-form ridge classifier fit on `train_x`.
 
-    ``train_x``/``train_y`` is the (already sampled) few-shot set.  Features are
+    `train_x`/`train_y` is the (already sampled) few-shot set.  Features are
     standardized with its statistics, a bias column is appended, ±1
-    one-vs-rest targets are regressed with ``ridge_solve`` and test predictions
-    are ``argmax(test_z @ W)``.
+    one-vs-rest targets are regressed with `ridge_solve` and test predictions
+    are `argmax(test_z @ W)`.
     """
     num_classes = _check_num_classes(num_classes)
     tr_x = _check_features(train_x, "train_x")
@@ -315,14 +315,14 @@ def evaluate_features(
 ) -> dict[str, dict[str, object]]:
     """Few-shot accuracy for every shot count, averaged over seeds.
 
-    ``train_x``/``test_x`` are the frozen features (pre_logits) of the full
-    train and test splits.  ``num_classes`` defaults to ``max label + 1`` over
-    both splits; every class in ``range(num_classes)`` must have at least
-    ``max(shots)`` training examples.
+    `train_x`/`test_x` are the frozen features (pre_logits) of the full
+    train and test splits.  `num_classes` defaults to `max label + 1` over
+    both splits; every class in `range(num_classes)` must have at least
+    `max(shots)` training examples.
 
-    Returns ``{"<k>shot": {"mean": float, "std": float, "per_seed": [float,
-    ...]}}`` in the order of ``shots``; ``per_seed`` follows ``seeds`` and
-    ``std`` is the population std over seeds.
+    Returns `{"<k>shot": {"mean": float, "std": float, "per_seed": [float,
+    ...]}}` in the order of `shots`; `per_seed` follows `seeds` and
+    `std` is the population std over seeds.
     """
     shots_t = _check_int_tuple(shots, "shots", minimum=1)
     seeds_t = _check_int_tuple(seeds, "seeds", minimum=0)
@@ -371,10 +371,10 @@ def evaluate_features(
 
 
 def flatten(name: str, result: Mapping[str, Mapping[str, object]]) -> dict[str, float]:
-    """Flat metrics for metrics.jsonl from an ``evaluate_features`` result.
+    """Flat metrics for metrics.jsonl from an `evaluate_features` result.
 
-    ``flatten("mnist_5k", res)`` -> ``{"fewshot/mnist_5k/10shot": mean,
-    "fewshot/mnist_5k/10shot_std": std, ...}``.
+    `flatten("mnist_5k", res)` -> `{"fewshot/mnist_5k/10shot": mean,
+    "fewshot/mnist_5k/10shot_std": std, ...}`.
     """
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")

@@ -33,7 +33,7 @@ ANALYSABLE_TEXT = f"{TEST_ACC}, {TEST_LOSS} or fewshot/<dataset>/<k>shot"
 
 
 def on_split(split: str, quantity: str) -> str:
-    """ "test", "acc" -> "test/acc"."""
+    """A metric's name from its split and kind: "test", "acc" -> "test/acc"."""
     return f"{split}/{quantity}"
 
 
@@ -56,7 +56,7 @@ def is_fewshot(name: str) -> bool:
 
 
 def fewshot_label(name: str) -> str:
-    """ "fewshot/mnist_5k/10shot" -> "mnist_5k/10shot" (how a legend names it)."""
+    """A few-shot metric's label, "fewshot/mnist_5k/10shot" -> "mnist_5k/10shot" (how a legend names it)."""
     return name.removeprefix("fewshot/")
 
 
@@ -66,7 +66,7 @@ def vtab(task: str) -> str:
 
 
 def imagenet_eval(name: str) -> str:
-    """ "real" | "v2" | "objectnet" -> its accuracy's metric name."""
+    """An ImageNet evaluation's accuracy metric: "real" | "v2" | "objectnet" -> its name."""
     return f"{name}/acc"
 
 

@@ -169,7 +169,7 @@ def forwarding_signals() -> Iterator[None]:
 
 
 def preempted_step(e: BaseException) -> str | None:
-    """ "preempted at step N (...)" when a kernel's run stopped on a signal, else None."""
+    """The reason "preempted at step N (...)" when a kernel's run stopped on a signal, else None."""
     if getattr(e, "ename", None) == "Preempted" or isinstance(e, loop.Preempted):
         return str(getattr(e, "evalue", None) or e)
     return None

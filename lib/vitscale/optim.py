@@ -5,12 +5,12 @@ Everything is a small composable optax transformation (big_vision style):
   clip_by_global_norm -> scale_by_<rule> -> decoupled weight decay by path
   -> scale_by_learning_rate(schedule)
 
-so the final update of a parameter ``p`` with multiplier ``mult`` is
-``-lr(t) * (u + weight_decay * mult * p)``. Weight decay is "decoupled": it is
+so the final update of a parameter `p` with multiplier `mult` is
+`-lr(t) * (u + weight_decay * mult * p)`. Weight decay is "decoupled": it is
 added after clipping and after the Adafactor/Adam normalisation, but it *is*
 scaled by the learning rate (the paper's head wd 3.0 / body wd 0.03 only make
 sense that way). Note that big_vision scales wd by the schedule's shape but not
-by the base lr; our ``weight_decay`` is therefore relative to the base lr.
+by the base lr; our `weight_decay` is therefore relative to the base lr.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def load(path: str | Path) -> Sweep:
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """ "i/N" → (i, N) with 0 <= i < N."""
+    """A shard string to numbers: "i/N" → (i, N) with 0 <= i < N."""
     if not text:
         return 0, 1
     m = re.fullmatch(r"(\d+)/(\d+)", text)

@@ -216,7 +216,7 @@ def fewshot_eval(
         l2=cfg.fewshot_l2,
         data_dir=cfg.data_dir,
         batch_size=cfg.eval_batch_size,
-        input=cfg.input,
+        mode=cfg.input,
     )
     results = {}
     for m in models:

@@ -6,7 +6,7 @@
   parsed, decoded and preprocessed on its own in tf.data's parallel map, batched, prefetched. Memory
   holds a few batches, whatever the split's size; images may differ in size.
 
-`load(..., input="auto")` picks: streamed when the files are array_record and the images vary in
+`load(..., mode="auto")` (the `input` parameter) picks: streamed when the files are array_record and the images vary in
 shape or exceed MEMORY_LIMIT_BYTES decoded, else in memory (TFRecord files only allow the latter).
 """
 
@@ -181,11 +181,11 @@ def open_source(dataset: str, split: str, data_dir: str | None = None) -> Source
 MEMORY_LIMIT_BYTES = int(os.environ.get("VITSCALE_MEMORY_LIMIT_BYTES", 2 * 2**30))  # auto: above this, stream
 
 
-def choose_input(dataset: str, split: str, data_dir: str | None = None, input: str = "auto") -> str:
-    """ "memory" or "stream" for a split: `input` unless "auto", which streams a split prepared as
+def choose_input(dataset: str, split: str, data_dir: str | None = None, mode: str = "auto") -> str:
+    """Where a split is read from, "memory" or "stream": `mode` unless "auto", which streams a split prepared as
     array_record whose images vary in shape or whose decoded pixels exceed MEMORY_LIMIT_BYTES."""
-    if input != "auto":
-        return input
+    if mode != "auto":
+        return mode
     builder = datasets.get_builder(dataset, data_dir)
     if builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
         return "memory"  # TFRecord files are read in sequence: only the in-memory path can shuffle them
@@ -197,8 +197,8 @@ def choose_input(dataset: str, split: str, data_dir: str | None = None, input: s
     return "stream" if n * int(np.prod(shape)) > MEMORY_LIMIT_BYTES else "memory"
 
 
-def load(dataset: str, split: str, data_dir: str | None = None, input: str = "auto") -> Split | Source:
+def load(dataset: str, split: str, data_dir: str | None = None, mode: str = "auto") -> Split | Source:
     """A split as the input parameter says: in memory (`load_split`) or streamed (`open_source`)."""
-    if choose_input(dataset, split, data_dir, input) == "stream":
+    if choose_input(dataset, split, data_dir, mode) == "stream":
         return open_source(dataset, split, data_dir)
     return load_split(dataset, split, data_dir)

@@ -43,7 +43,7 @@ class FewShotEvaluator:
         l2: float = fewshot.DEFAULT_L2,
         data_dir: str | None = None,
         batch_size: int = 512,
-        input: str = "auto",
+        mode: str = "auto",
     ):
         self.shots, self.seeds, self.l2 = tuple(shots), tuple(seeds), l2
         self.pipe, self.batch_size = pipe, batch_size
@@ -51,8 +51,8 @@ class FewShotEvaluator:
         for name in names:
             pool_name, test_name = datasets.downstream_splits(name)
             self.splits[name] = (
-                sources.load(name, pool_name, data_dir, input),
-                sources.load(name, test_name, data_dir, input),
+                sources.load(name, pool_name, data_dir, mode),
+                sources.load(name, test_name, data_dir, mode),
             )
 
     def evaluate(self, feature_fn: Callable, mesh) -> dict[str, dict[str, dict[str, object]]]:

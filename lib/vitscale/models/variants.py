@@ -46,7 +46,7 @@ class Variant:
 
 
 def decode_variant(variant: str) -> Variant:
-    """ "B/16" → Variant(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16)."""
+    """A variant to its shape: "B/16" → Variant(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16)."""
     m = re.fullmatch(r"([A-Za-z0-9]+)/(\d+)", variant or "")
     if not m or m.group(1) not in VARIANTS:
         raise ValueError(f"variant {variant!r} is not NAME/PATCH with NAME in {list(VARIANTS)} (e.g. 'B/16', 'Pico/4')")

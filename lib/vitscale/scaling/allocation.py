@@ -3,7 +3,7 @@
     E(N, D) = E + A / N^alpha + B / D^beta
 
 fitted by L-BFGS on a Huber loss (delta 1e-3) of log error, in the log-sum-exp parameterisation
-``log E(N, D) = LSE(a - alpha log N, b - beta log D, e)`` with A = e^a, B = e^b, E = e^e, from a grid
+`log E(N, D) = LSE(a - alpha log N, b - beta log D, e)` with A = e^a, B = e^b, E = e^e, from a grid
 of starting points (the best objective wins), with percentile-bootstrap intervals. For compute
 C = k N D the optimum is closed-form: N* = G (C/k)^a, D* = (C/k)^b / G, a = beta/(alpha+beta),
 b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)).
@@ -56,7 +56,7 @@ def _objective(theta: np.ndarray, logn: np.ndarray, logd: np.ndarray, loge: np.n
 
 
 def _screen(starts: np.ndarray, logn, logd, loge, delta: float) -> np.ndarray:
-    """The objective at many starting points at once (rows of ``starts``)."""
+    """The objective at many starting points at once (rows of `starts`)."""
     a, b, e, al, be = (starts[:, i : i + 1] for i in range(5))
     t = np.stack(np.broadcast_arrays(a - al * logn, b - be * logd, e + 0 * logn))
     m = t.max(axis=0)
@@ -98,8 +98,8 @@ def optimum(C: Any, *, A: float, B: float, alpha: float, beta: float, k: float =
 
 @dataclass
 class JointFit:
-    """The fitted joint law; ``k`` relates compute to N and D (C = k N D). ``samples`` holds one row of
-    (E, A, B, alpha, beta) per bootstrap fit; ``intervals`` the percentile interval of each name in NAMES."""
+    """The fitted joint law; `k` relates compute to N and D (C = k N D). `samples` holds one row of
+    (E, A, B, alpha, beta) per bootstrap fit; `intervals` the percentile interval of each name in NAMES."""
 
     E: float
     A: float
@@ -171,10 +171,10 @@ def fit_joint(
 ) -> JointFit:
     """Fit E + A/N^alpha + B/D^beta to (N, D, error) points (Approach 3).
 
-    The objective is evaluated at every point of ``grid`` (one axis per a, b, e, alpha, beta; default
+    The objective is evaluated at every point of `grid` (one axis per a, b, e, alpha, beta; default
     Hoffmann's, its e axis widened below log(min error) so that small error floors, as classification
     errors have, are within reach); L-BFGS
-    runs from the ``n_starts`` best of them (None: from all) and the lowest objective wins. Each
+    runs from the `n_starts` best of them (None: from all) and the lowest objective wins. Each
     bootstrap resample (points with replacement) starts from that winner and the two next-best
     local optima, so the intervals cost a few fits each, not the whole grid.
     """
@@ -263,8 +263,8 @@ def allocate(
     seed: int = 0,
     **fit_kw: Any,
 ) -> dict[str, Any]:
-    """All three approaches on ``points`` and the plan at each of ``budgets`` (compute). Points that
-    repeat their data more than ``max_epochs`` are left out (None: keep all). Returns {"fit": JointFit,
+    """All three approaches on `points` and the plan at each of `budgets` (compute). Points that
+    repeat their data more than `max_epochs` are left out (None: keep all). Returns {"fit": JointFit,
     "points": the points used, "summary": JSON-safe: k, joint, isoflop, envelope, plans, agreement, support}."""
     notes = list(points.notes)
     keep = np.ones(len(points.N), dtype=bool)

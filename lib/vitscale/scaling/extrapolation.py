@@ -27,27 +27,27 @@ def extrapolation_check(
     n_bootstrap: int = 0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Fit on ``x < cut``, predict ``x >= cut``, report the extrapolation error.
+    """Fit on `x < cut`, predict `x >= cut`, report the extrapolation error.
 
-    Fit points (``frontier=True``, the default): the Pareto frontier of *all* runs, below the
+    Fit points (`frontier=True`, the default): the Pareto frontier of *all* runs, below the
     cut (frontier membership of a point below the cut does not depend on points above it, so no
-    test information leaks into the fit); ``frontier=False`` fits all runs below the cut.
+    test information leaks into the fit); `frontier=False` fits all runs below the cut.
 
-    Scored points (``score``): ``"all"``: every run at or above the cut, as the M4 paper scores
-    held-out points of a learning curve; ``"frontier"`` (default): only the frontier runs at or
+    Scored points (`score`): `"all"`: every run at or above the cut, as the M4 paper scores
+    held-out points of a learning curve; `"frontier"` (default): only the frontier runs at or
     above the cut, i.e. those that set a new running minimum.  On a single noisy curve use
-    ``"all"``: the filter can reverse which law looks better (a law that keeps falling is rewarded
+    `"all"`: the filter can reverse which law looks better (a law that keeps falling is rewarded
     on the few record-setting points and not penalised on the rest).  The default stays
-    ``"frontier"`` because :func:`vitscale.analysis.analyze` passes whole sweeps, whose dominated
+    `"frontier"` because `vitscale.analysis.analyze` passes whole sweeps, whose dominated
     runs (worse hyper-parameters) no law of the best reachable error is meant to predict.
 
-    ``fitters``: names from :data:`LAWS` (``"m4"`` is an alias of ``"M4"``); ``e0`` (random-guess
+    `fitters`: names from `LAWS` (`"m4"` is an alias of `"M4"`); `e0` (random-guess
     error) is required for M4.
 
-    Returns a dict with ``cut``, ``score``, ``train_x``/``train_e``, ``test_x``/``test_e`` (lists)
-    and ``results[name]`` holding ``params`` (``as_dict()`` of the fit), ``pred`` (predictions at
-    ``test_x``), ``rmse_log`` (RMSE of ``log e``) and ``mare`` (mean |pred - e| / e) over the test
-    points, and ``fit`` (the fit object itself; drop it before ``json.dumps``).
+    Returns a dict with `cut`, `score`, `train_x`/`train_e`, `test_x`/`test_e` (lists)
+    and `results[name]` holding `params` (`as_dict()` of the fit), `pred` (predictions at
+    `test_x`), `rmse_log` (RMSE of `log e`) and `mare` (mean |pred - e| / e) over the test
+    points, and `fit` (the fit object itself; drop it before `json.dumps`).
     """
     x, e = _validate(x, e, x_name="x", min_points=None)
     fitters = tuple(fitters)

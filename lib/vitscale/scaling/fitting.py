@@ -11,7 +11,7 @@ from scipy import optimize
 #: The power law and M4 have four free parameters (M4 five with e0); the fewest points any fit accepts.
 MIN_POINTS = 4
 
-#: Names accepted by :func:`fit_law` and :func:`extrapolation_check` ("m4" is an alias of "M4").
+#: Names accepted by `fit_law` and `extrapolation_check` ("m4" is an alias of "M4").
 LAWS = ("power_law", "M1", "M2", "M3", "M4")
 
 #: The authors' margin between e_inf and min(e), and between e0 and max(e) (methods/base.py ERR_MARGIN).
@@ -98,15 +98,15 @@ def _bootstrap_indices(rng: np.random.Generator, x: np.ndarray) -> np.ndarray | 
 
 
 def rmse_log(pred: Any, e: Any) -> float:
-    """RMSE of ``log pred - log e``: the M4 paper's extrapolation metric."""
+    """RMSE of `log pred - log e`: the M4 paper's extrapolation metric."""
     pred, e = np.asarray(pred, dtype=float), np.asarray(e, dtype=float)
     return float(np.sqrt(np.mean((np.log(pred) - np.log(e)) ** 2)))
 
 
 def resolved(interval: tuple[float, float], max_ratio: float = 10.0) -> bool:
-    """Whether a bootstrap interval pins its parameter down to within a factor ``max_ratio``.
+    """Whether a bootstrap interval pins its parameter down to within a factor `max_ratio`.
 
-    False when it is not finite, reaches or crosses zero, or ``|hi| / |lo| > max_ratio`` (it spans
+    False when it is not finite, reaches or crosses zero, or `|hi| / |lo| > max_ratio` (it spans
     an order of magnitude or more by default): such a parameter is not determined by the data.
     """
     lo, hi = float(interval[0]), float(interval[1])
@@ -117,7 +117,7 @@ def resolved(interval: tuple[float, float], max_ratio: float = 10.0) -> bool:
 
 
 def _unresolved(intervals: dict[str, tuple[float, float]], estimates: dict[str, float]) -> list[str]:
-    """Parameters whose interval fails :func:`resolved` or does not contain the estimate (a fit on
+    """Parameters whose interval fails `resolved` or does not contain the estimate (a fit on
     a bound sits at one end of its bootstrap distribution; the percentiles can leave it out)."""
     return [k for k, v in intervals.items() if not resolved(v) or not v[0] <= estimates[k] <= v[1]]
 
@@ -127,7 +127,7 @@ def _margin(e: np.ndarray) -> float:
 
 
 def _box_lstsq(A: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[float, np.ndarray]:
-    """Exact ``min |A v - y|^2`` s.t. ``lo <= v <= hi`` (each bound one-sided or none; few columns).
+    """Exact `min |A v - y|^2` s.t. `lo <= v <= hi` (each bound one-sided or none; few columns).
 
     Enumerates which bounded variables sit on their bound and keeps the best feasible solution;
     for a convex problem with one-sided bounds that is the optimum.

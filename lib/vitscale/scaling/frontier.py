@@ -27,13 +27,13 @@ from vitscale.scaling.fitting import (
 # Pareto frontier
 # --------------------------------------------------------------------------
 def pareto_frontier(x: Any, y: Any) -> np.ndarray:
-    """Mask of the points on the lower-left (min ``x``, min ``y``) frontier.
+    """Mask of the points on the lower-left (min `x`, min `y`) frontier.
 
-    Point ``i`` is on the frontier iff no point ``j`` has ``x_j <= x_i`` and
-    ``y_j < y_i``; i.e. ``y_i`` equals the best ``y`` achieved at or below
-    compute ``x_i``.  Ties: exact duplicates are all kept; among points with
-    the same ``x`` only those with the lowest ``y`` are kept; a point with
-    larger ``x`` but *equal* ``y`` to an earlier frontier point is kept (it is
+    Point `i` is on the frontier iff no point `j` has `x_j <= x_i` and
+    `y_j < y_i`; i.e. `y_i` equals the best `y` achieved at or below
+    compute `x_i`.  Ties: exact duplicates are all kept; among points with
+    the same `x` only those with the lowest `y` are kept; a point with
+    larger `x` but *equal* `y` to an earlier frontier point is kept (it is
     not strictly worse).  O(n log n).
     """
     x, y = _validate(x, y, x_name="x", e_name="y", min_points=None, positive=False)
@@ -55,14 +55,14 @@ _PL_NAMES = ("a", "b", "c", "d")
 
 @dataclass
 class PowerLawFit:
-    """Result of :func:`fit_power_law`: ``E(C) = a (C + d)^-b + c``.
+    """Result of `fit_power_law`: `E(C) = a (C + d)^-b + c`.
 
-    ``intervals`` maps each parameter to its bootstrap percentile interval at
-    ``ci_level`` (empty when ``n_bootstrap=0``).  ``rmse_log`` is the RMS of
-    ``log E_pred - log E`` on the fitted points.  ``at_bound`` names the
-    parameters the fit left on a bound (``b`` at 0.01 or 2, ``c`` at 0 or
-    ``min(E)``, ``d`` at 0 or ``max(C)``); ``unresolved`` those whose
-    interval fails :func:`resolved`.
+    `intervals` maps each parameter to its bootstrap percentile interval at
+    `ci_level` (empty when `n_bootstrap=0`).  `rmse_log` is the RMS of
+    `log E_pred - log E` on the fitted points.  `at_bound` names the
+    parameters the fit left on a bound (`b` at 0.01 or 2, `c` at 0 or
+    `min(E)`, `d` at 0 or `max(C)`); `unresolved` those whose
+    interval fails `resolved`.
     """
 
     a: float
@@ -84,12 +84,12 @@ class PowerLawFit:
     bootstrap_params: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)), repr=False)
 
     def predict(self, C: Any) -> np.ndarray:
-        """Predicted error at compute ``C`` (array or scalar)."""
+        """Predicted error at compute `C` (array or scalar)."""
         C = np.asarray(C, dtype=float)
         return _pl_eval(C / self.c_ref, self.a_n, self.b, self.c, self.d_n)
 
     def predict_band(self, C: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Pointwise bootstrap percentile band of the prediction at ``C``."""
+        """Pointwise bootstrap percentile band of the prediction at `C`."""
         if self.bootstrap_params.shape[0] == 0:
             raise ValueError("no bootstrap samples: refit with n_bootstrap > 0")
         level = self.ci_level if level is None else level
@@ -105,7 +105,7 @@ class PowerLawFit:
         return {"a": self.a, "b": self.b, "c": self.c, "d": self.d}
 
     def rmse_log_on(self, C: Any, E: Any) -> float:
-        """RMSE of log error of the prediction at ``C`` against ``E``."""
+        """RMSE of log error of the prediction at `C` against `E`."""
         return rmse_log(self.predict(C), E)
 
     def as_dict(self) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def _pl_unpack(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[float]:
 
 
 def _pl_solve(Cn, E, starts, lo, hi, keep: int = 1):
-    """Run least_squares from each start; return the ``keep`` best distinct optima."""
+    """Run least_squares from each start; return the `keep` best distinct optima."""
     fun, jac = _pl_fun_jac(Cn, np.log(E))
     sols: list[tuple[float, np.ndarray]] = []
     for p0 in starts:
@@ -235,11 +235,11 @@ def fit_power_law(
     seed: int = 0,
     ci_level: float = 0.95,
 ) -> PowerLawFit:
-    """Fit ``E = a (C + d)^-b + c`` in log space (see module docstring).
+    """Fit `E = a (C + d)^-b + c` in log space (see module docstring).
 
-    ``ci_level=0.95`` gives 2.5/97.5 percentile bootstrap intervals; use
-    ``0.68`` for 16/84. With only 4 distinct ``C`` (as many as constants) there is nothing to
-    resample: no intervals, and every constant is listed as unresolved.  Raises ``ValueError`` for fewer than 4 points,
+    `ci_level=0.95` gives 2.5/97.5 percentile bootstrap intervals; use
+    `0.68` for 16/84. With only 4 distinct `C` (as many as constants) there is nothing to
+    resample: no intervals, and every constant is listed as unresolved.  Raises `ValueError` for fewer than 4 points,
     non-positive or non-finite values, or mismatched lengths.
     """
     C, E = _validate(C, E, x_name="compute", what="the power-law fit")
@@ -317,8 +317,8 @@ def fit_power_law(
 def frontier_fit(C: Any, E: Any, **kw: Any) -> tuple[PowerLawFit, np.ndarray]:
     """Select the Pareto frontier of all runs and fit the power law to it.
 
-    Returns ``(fit, mask)`` where ``mask`` marks the frontier runs (the fitted
-    points).  Keyword arguments go to :func:`fit_power_law`.
+    Returns `(fit, mask)` where `mask` marks the frontier runs (the fitted
+    points).  Keyword arguments go to `fit_power_law`.
     """
     C, E = _validate(C, E, x_name="compute", min_points=None)
     mask = pareto_frontier(C, E)

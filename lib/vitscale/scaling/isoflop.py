@@ -58,7 +58,7 @@ def default_budgets(curves_: dict[float, tuple[np.ndarray, np.ndarray]], n: int 
 
 
 def profile(N: np.ndarray, e: np.ndarray, window: int = 3) -> dict[str, Any]:
-    """Parabola of error in log N over the lowest-error size and up to ``window`` sizes either side
+    """Parabola of error in log N over the lowest-error size and up to `window` sizes either side
     (a parabola only describes the profile near its minimum); {"N_opt", "error_opt", "edge", "why",
     "coef", "fitted"} with "N_opt" None when the minimum is at an edge."""
     order = np.argsort(N)

@@ -31,12 +31,12 @@ from vitscale.scaling.frontier import PowerLawFit, fit_power_law
 # M4
 # --------------------------------------------------------------------------
 def m4_solve(x: Any, *, e_inf: float, beta: float, c: float, alpha: float, e0: float) -> np.ndarray:
-    """Solve ``(e - e_inf)/(e0 - e)^alpha = beta x^c`` for ``e`` (vectorised).
+    """Solve `(e - e_inf)/(e0 - e)^alpha = beta x^c` for `e` (vectorised).
 
-    Writes ``e = e_inf + B*sigmoid(u)`` with ``B = e0 - e_inf`` and bisects on
-    ``u`` (the left side is increasing in ``u``), which keeps full relative
-    precision of ``e - e_inf`` even when it is tiny.  ``alpha == 0`` is the
-    explicit law ``e = e_inf + beta x^c``.
+    Writes `e = e_inf + B*sigmoid(u)` with `B = e0 - e_inf` and bisects on
+    `u` (the left side is increasing in `u`), which keeps full relative
+    precision of `e - e_inf` even when it is tiny.  `alpha == 0` is the
+    explicit law `e = e_inf + beta x^c`.
     """
     x = np.asarray(x, dtype=float)
     logf = math.log(beta) + c * np.log(x)
@@ -70,15 +70,15 @@ _M4_NAMES = ("e_inf", "beta", "c", "alpha", "e0")
 
 @dataclass
 class M4Fit:
-    """Result of :func:`fit_m4`: ``(e - e_inf)/(e0 - e)^alpha = beta x^c``.
+    """Result of `fit_m4`: `(e - e_inf)/(e0 - e)^alpha = beta x^c`.
 
-    ``rmse_log_objective`` is the RMS residual of the fitting objective (log
-    of both sides); ``rmse_log`` is the RMS of ``log e_pred - log e`` on the
-    fitted points.  ``e0`` is the fitted value (learned unless
-    ``learn_e0=False``), ``e0_init`` the random-guess error passed in.
-    ``at_bound`` names the parameters left on a constraint (``e_inf`` at 0
-    or ``min(e) - m``, ``e0`` at ``max(e) + m`` or its cap, ``c`` at 0,
-    ``alpha`` at 0, ``beta`` at 1).
+    `rmse_log_objective` is the RMS residual of the fitting objective (log
+    of both sides); `rmse_log` is the RMS of `log e_pred - log e` on the
+    fitted points.  `e0` is the fitted value (learned unless
+    `learn_e0=False`), `e0_init` the random-guess error passed in.
+    `at_bound` names the parameters left on a constraint (`e_inf` at 0
+    or `min(e) - m`, `e0` at `max(e) + m` or its cap, `c` at 0,
+    `alpha` at 0, `beta` at 1).
     """
 
     e_inf: float
@@ -108,7 +108,7 @@ class M4Fit:
         return {"e_inf": self.e_inf, "beta": self.beta, "c": self.c, "alpha": self.alpha, "e0": self.e0}
 
     def rmse_log_on(self, x: Any, e: Any) -> float:
-        """RMSE of log error of the prediction at ``x`` against ``e``."""
+        """RMSE of log error of the prediction at `x` against `e`."""
         return rmse_log(self.predict(x), e)
 
     def as_dict(self) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def _m4_core(
 ):
     """Minimise the M4 objective over (e_inf, e0) with (log beta, c, alpha) profiled out.
 
-    ``start`` (a previous optimum's (s, t)) replaces the grid by a local polish (bootstrap).
+    `start` (a previous optimum's (s, t)) replaces the grid by a local polish (bootstrap).
     Returns (e_inf, e0, log_beta, c, alpha, cost, at_bound, (s, t)).
     """
     m = _margin(e)
@@ -245,12 +245,12 @@ def fit_m4(
     seed: int = 0,
     ci_level: float = 0.95,
 ) -> M4Fit:
-    """Fit M4 as published by Alabdulmohsin et al. (2022): ``e0`` learned (module docstring).
+    """Fit M4 as published by Alabdulmohsin et al. (2022): `e0` learned (module docstring).
 
-    ``e0`` is the random-guess error, e.g. ``1 - 1/num_classes``: all errors must lie below it; it
-    is the value held fixed with ``learn_e0=False`` (None: no such check, and e0 must be learned).
-    ``beta_min`` is the authors' ``log(beta) >= 0`` (in the units of ``x``); None drops it.
-    Bootstrap intervals as in :func:`fit_power_law` when ``n_bootstrap > 0``.
+    `e0` is the random-guess error, e.g. `1 - 1/num_classes`: all errors must lie below it; it
+    is the value held fixed with `learn_e0=False` (None: no such check, and e0 must be learned).
+    `beta_min` is the authors' `log(beta) >= 0` (in the units of `x`); None drops it.
+    Bootstrap intervals as in `fit_power_law` when `n_bootstrap > 0`.
     """
     x, e = _validate(x, e, x_name="x", what="the M4 fit")
     _check_level(ci_level)
@@ -332,10 +332,10 @@ _LAW_TEXT = {
 
 @dataclass
 class LawFit:
-    """Result of :func:`fit_m1`, :func:`fit_m2` or :func:`fit_m3` (laws in the module docstring).
+    """Result of `fit_m1`, `fit_m2` or `fit_m3` (laws in the module docstring).
 
-    ``params`` holds the parameters in the units of ``x`` as passed; ``rmse_log`` is on the fitted
-    points, ``rmse_log_objective`` the RMS residual of the fitting objective; ``at_bound`` names
+    `params` holds the parameters in the units of `x` as passed; `rmse_log` is on the fitted
+    points, `rmse_log_objective` the RMS residual of the fitting objective; `at_bound` names
     the parameters left on a constraint.
     """
 
@@ -363,7 +363,7 @@ class LawFit:
         return p["beta"] * xr ** (-p["c"]) * np.power(xr / x + p["gamma"] * xr, p["c"])
 
     def rmse_log_on(self, x: Any, e: Any) -> float:
-        """RMSE of log error of the prediction at ``x`` against ``e``."""
+        """RMSE of log error of the prediction at `x` against `e`."""
         return rmse_log(self.predict(x), e)
 
     def as_dict(self) -> dict[str, Any]:
@@ -383,7 +383,7 @@ def _check_distinct(x: np.ndarray, what: str, k: int) -> None:
 
 
 def fit_m1(x: Any, e: Any) -> LawFit:
-    """Fit M1, ``e = beta x^c``: ordinary least squares of ``log e`` on ``log x`` (c unconstrained)."""
+    """Fit M1, `e = beta x^c`: ordinary least squares of `log e` on `log x` (c unconstrained)."""
     x, e = _validate(x, e, x_name="x", what="the M1 fit", min_points=2)
     _check_distinct(x, "the M1 fit", 2)
     A = np.column_stack([np.ones_like(x), np.log(x)])
@@ -394,7 +394,7 @@ def fit_m1(x: Any, e: Any) -> LawFit:
 
 
 def fit_m2(x: Any, e: Any) -> LawFit:
-    """Fit M2, ``e = e_inf + beta x^c``: least squares of ``log(e - e_inf)`` on ``log x``, e_inf profiled."""
+    """Fit M2, `e = e_inf + beta x^c`: least squares of `log(e - e_inf)` on `log x`, e_inf profiled."""
     x, e = _validate(x, e, x_name="x", what="the M2 fit", min_points=3)
     _check_distinct(x, "the M2 fit", 3)
     logx = np.log(x)
@@ -416,7 +416,7 @@ def fit_m2(x: Any, e: Any) -> LawFit:
 
 
 def fit_m3(x: Any, e: Any) -> LawFit:
-    """Fit M3, ``e = beta (1/x + gamma)^c`` with ``c, gamma >= 0``: least squares in log space, gamma profiled."""
+    """Fit M3, `e = beta (1/x + gamma)^c` with `c, gamma >= 0`: least squares in log space, gamma profiled."""
     x, e = _validate(x, e, x_name="x", what="the M3 fit", min_points=3)
     _check_distinct(x, "the M3 fit", 3)
     x_ref = float(np.exp(np.mean(np.log(x))))
@@ -455,11 +455,11 @@ def _law_name(name: str) -> str:
 
 
 def fit_law(name: str, x: Any, e: Any, *, e0: float | None = None, **kw: Any) -> LawFit | M4Fit | PowerLawFit:
-    """Fit the law ``name`` (one of :data:`LAWS`) to errors ``e`` at ``x``.
+    """Fit the law `name` (one of `LAWS`) to errors `e` at `x`.
 
-    ``e0`` (random-guess error) is passed to M4 only.  Extra keywords go to the law's fitter
-    (:func:`fit_power_law` defaults to ``n_bootstrap=0`` here).  Every result has ``predict``,
-    ``params``, ``at_bound``, ``rmse_log`` and ``rmse_log_on``.
+    `e0` (random-guess error) is passed to M4 only.  Extra keywords go to the law's fitter
+    (`fit_power_law` defaults to `n_bootstrap=0` here).  Every result has `predict`,
+    `params`, `at_bound`, `rmse_log` and `rmse_log_on`.
     """
     law = _law_name(name)
     if law == "power_law":

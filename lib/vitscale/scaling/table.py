@@ -1,7 +1,7 @@
 """Points (N, D, C, error) for the allocation fits: from a CSV of runs, or from a sweep's rows.
 
-CSV columns: ``params`` (N), ``images_seen`` or ``tokens`` (D), ``error`` or ``loss``, optional
-``flops`` (training compute C; absent: k N D with k = 6, the transformer count), ``run``, ``group``.
+CSV columns: `params` (N), `images_seen` or `tokens` (D), `error` or `loss`, optional
+`flops` (training compute C; absent: k N D with k = 6, the transformer count), `run`, `group`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class TableError(ValueError):
 
 @dataclass
 class Points:
-    """One entry per trained model: parameters N, data D (items seen), compute C, error. ``k`` is
-    the median C / (N D); ``k_given`` says whether C came with the data or is k N D."""
+    """One entry per trained model: parameters N, data D (items seen), compute C, error. `k` is
+    the median C / (N D); `k_given` says whether C came with the data or is k N D."""
 
     N: np.ndarray
     D: np.ndarray
@@ -107,7 +107,7 @@ def read_csv(path: str | Path, *, k: float | None = None) -> Points:
 
 def from_rows(rows: Sequence[Mapping[str, Any]], error_of, *, metric: str) -> Points:
     """Points from a sweep's rows (`runs.collect`: each finished run and cooldown branch, i.e. the
-    points its schedule makes meaningful), error by ``error_of(row, metric)``; rows without the
+    points its schedule makes meaningful), error by `error_of(row, metric)`; rows without the
     metric are left out. k = C / (N D) = 3 x forward FLOPs per image per parameter, per row."""
     keep = [r for r in rows if math.isfinite(error_of(r, metric)) and r.get("train_flops") and r.get("images_seen")]
     N = np.array([float(r["num_params"]) for r in keep])
