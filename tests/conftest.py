@@ -18,6 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["VITSCALE_BATCH"] = "1"
 # Runs started by tests (papermill kernels, workers) share a compilation cache outside the repository.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="vitscale_test_jaxcache_"))
+# The CPU matmul peak (vitscale.perf) is measured once per test session, not cached in the home folder.
+os.environ.setdefault("VITSCALE_CACHE_DIR", tempfile.mkdtemp(prefix="vitscale_test_cache_"))
 
 from pathlib import Path  # noqa: E402
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from vitscale import analysis, plots
+import browser
+from vitscale import analysis, notebooks, plots, report
 
 # ----------------------------------------------------------------------------- synthetic sweep
 # Frontier law in FLOP units: E*(C) = a (C + d)^-b + c. Its low-compute bend d sits inside the
@@ -217,15 +219,15 @@ def test_analyze_all_reports_unfittable_metric(sweep):
     out = analysis.analyze_all(rows, n_bootstrap=0)
     assert set(out) == {"test/acc", "fewshot/mnist_5k/10shot"}
     assert "power_law" in out["test/acc"]
-    err = out["fewshot/mnist_5k/10shot"]["error"]
+    err = out["fewshot/mnist_5k/10shot"].reason
     assert "fewshot/mnist_5k/10shot" in err and "3 runs" in err
     assert analysis.analyze_all(rows, ["test/acc"], n_bootstrap=0).keys() == {"test/acc"}
 
 
 def test_write_summary(tmp_path, sweep, fitted):
     rows, _ = sweep
-    results = {"test/acc": fitted, "fewshot/x/1shot": {"metric": "fewshot/x/1shot", "error": "too few"}}
-    found = analysis.findings(rows, result=fitted)
+    results = {"test/acc": fitted, "fewshot/x/1shot": analysis.Failed("too few", "fewshot/x/1shot")}
+    found = {"test/acc": analysis.findings(rows, result=fitted)}
     path = analysis.write_summary(results, tmp_path / "scaling", findings=found)
     doc = json.loads(path.read_text())
     pl = doc["metrics"]["test/acc"]["power_law"]
@@ -235,11 +237,11 @@ def test_write_summary(tmp_path, sweep, fitted):
     assert "e_inf" in doc["metrics"]["test/acc"]["m4"]
     assert doc["metrics"]["test/acc"]["extrapolation"]["results"]["power_law"]["rmse_log"] < 1e-4
     assert doc["metrics"]["fewshot/x/1shot"] == {"error": "too few"}
-    assert doc["findings"]["double_saturation"]["holds"] is True
+    assert doc["findings"]["test/acc"]["double_saturation"]["holds"] is True
 
 
 # ----------------------------------------------------------------------------- findings
-NOT_FITTED = {"metric": "test/acc", "error": "not fitted in this test"}
+NOT_FITTED = analysis.Failed("not fitted in this test", "test/acc")
 
 
 def toy_sweep(error_fn, variants=VARIANTS, data=DATA, steps=STEPS):
@@ -319,16 +321,17 @@ def test_figures_have_expected_traces(sweep, fitted):
     assert len(plots.scaling_best_vs_size(rows, "test/acc").data) == len(DATA)
     assert len(plots.scaling_error_vs_images(rows, "test/acc").data) == len(DATA) * len(VARIANTS)
     assert len(plots.scaling_extrapolation(fitted).data) == 5  # fitted, held out, cut, power law, M4
-    failed = {"metric": "fewshot/x/1shot", "error": "too few"}
+    failed = analysis.Failed("too few", "fewshot/x/1shot")
     results = {"test/acc": fitted, "fewshot/x/1shot": failed}
-    assert len(plots.scaling_error_vs_compute(rows, failed).data) == 0  # nobody has that metric
-    assert len(plots.scaling_extrapolation(failed).data) == 0
-    table = plots.scaling_constants_table(results)
-    assert list(table.data[0].header.values) == ["quantity", "test/acc", "fewshot/x/1shot"]
-    assert "too few" in table.data[0].cells.values[2]  # the unfittable metric says why
-    found = analysis.findings(rows, result=fitted)
-    assert len(plots.scaling_findings_table(found).data[0].cells.values[0]) == 3
-    assert len(plots.scaling_runs_table(rows).data[0].cells.values[0]) == len(rows)
+    # nobody has that metric: a sentence, not an empty frame
+    assert isinstance(plots.scaling_error_vs_compute(rows, failed), plots.Sentence)
+    assert "too few" in plots.scaling_extrapolation(failed).text
+    table = str(plots.scaling_constants_table(results))
+    assert "<th>test/acc</th><th>fewshot/x/1shot</th>" in table
+    assert "too few" in table  # the unfittable metric says why
+    found = {"test/acc": analysis.findings(rows, result=fitted)}
+    assert str(plots.scaling_findings_table(found)).count("<tr>") == 1 + 3
+    assert str(plots.scaling_runs_table(rows)).count("<tr>") == 1 + len(rows)
     assert len(plots.scaling_report_figures(rows, results)) == 8
 
 
@@ -350,10 +353,12 @@ def test_notebook_is_thin_with_parameters_cell(root):
 
 @pytest.mark.slow
 def test_notebook_through_papermill(root, tmp_path):
-    """A synthetic sweep folder (run folders as `runs.collect` reads them) → the notebook → summary.json."""
+    """A synthetic sweep folder (run folders as `runs.collect` reads them) → the notebook → summary.json,
+    and its report as headless Chromium shows it: headline first, every table cell there in full, offline."""
     import papermill
 
     rows, _ = frontier_sweep(noise=0.01, seed=2)
+    rows[0]["run_id"] = "pico_d6000_s250_long_name_with_underscores"  # issue 25: names were clipped
     for r in rows:
         run = tmp_path / "sweep" / r["run_id"]
         run.mkdir(parents=True)
@@ -393,7 +398,28 @@ def test_notebook_through_papermill(root, tmp_path):
     assert set(doc["metrics"]) == {"test/acc", "fewshot/mnist_5k/10shot"}
     assert doc["metrics"]["test/acc"]["n_runs"] == len(rows)
     assert doc["metrics"]["test/acc"]["power_law"]["c"] == pytest.approx(TRUTH["c"], rel=0.3)
-    assert set(doc["findings"]) == {"saturation", "sample_efficiency", "double_saturation"}
+    assert set(doc["findings"]) == {"test/acc", "fewshot/mnist_5k/10shot"}
+    assert set(doc["findings"]["test/acc"]) == {"saturation", "sample_efficiency", "double_saturation"}
+    assert set(doc["allocation"]) >= {"joint", "isoflop", "envelope", "k", "plans"}  # the Allocation section
+
+    page = notebooks.export_html(tmp_path / "report.ipynb")
+    source = page.read_text()
+    assert browser.remote_tags(source) == []  # no script or style sheet from a CDN
+    assert browser.external_requests(page, tmp_path) == []
+    dom = browser.rendered_dom(page, tmp_path)
+    text = browser.visible_text(dom)
+    cells = browser.cell_texts(source)
+    assert len(cells) > 9 * len(rows) and [c for c in cells if c not in text] == []
+    for r in rows:  # every run's full name and compute, as the formatting helpers write them
+        assert f"{r['run_id']}" in text and report.flops(r["train_flops"]) in text
+    # the headline (test error first) comes before any figure, and the details are collapsed
+    assert dom.index('class="vs-headline"') < dom.index("plotly-graph-div")
+    head = text.index("Headline")
+    assert head < text.index("test error", head) < text.index("10-shot error, mnist_5k", head)
+    assert dom.count('<details class="vs-details"') == 2 and '<details class="vs-details" open' not in dom
+    figures = len(re.findall(r'class="plotly-graph-div[^"]*"', dom))
+    # 4 per metric (drawn, even inside closed details) and the Allocation section's 2
+    assert figures == 2 * 4 + 2 and dom.count('class="main-svg"') >= figures
 
 
 def test_every_law_is_checked_and_the_best_named(fitted):
@@ -419,3 +445,19 @@ def test_constants_show_bounds_and_unresolved_intervals():
     }
     text = {k: analysis._interval_text(pl[k], pl["intervals"].get(k), analysis._flags(pl, k)) for k in "abc"}
     assert text["a"].endswith("(unresolved)") and text["b"] == "2 (at bound)" and text["c"] == "0.1 [0.09, 0.11]"
+
+
+def test_double_saturation_is_not_testable_on_four_frontier_points():
+    """Issue 25: a 2-run sweep (each with a cooldown branch) has 4 frontier points for the 4-constant
+    law; the curve passes through them, so the finding must say "not testable", not yes or no."""
+    rows = [make_row("Pico/7", 2e5, 60_000, s, law(6.0 * 2e5 * BATCH * s, **TRUTH)) for s in (250, 1000)]
+    rows += [make_row("Mini/7", 5e6, 60_000, s, law(6.0 * 5e6 * BATCH * s, **TRUTH)) for s in (2000, 8000)]
+    found = analysis.findings(rows, n_bootstrap=20)["double_saturation"]
+    assert found["holds"] is None
+    assert found["verdict"].startswith("not testable: 4 frontier points for 4 constants")
+    headline = str(
+        plots.scaling_headline(
+            {"test/acc": analysis.analyze(rows, n_bootstrap=20)}, {"test/acc": {"double_saturation": found}}
+        )
+    )
+    assert "not testable: double saturation" in headline and "Findings that hold: none" in headline

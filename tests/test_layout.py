@@ -11,23 +11,24 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "vitscale"
 
-PROGRAMS = {"train", "transfer", "analysis", "export"}
+PROGRAMS = {"train", "transfer", "analysis", "export", "plan"}
 
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "logs", "metrics", "progress", "fewshot", "models.variants"}  # leaves
+    {"allocator", "logs", "metrics", "progress", "report", "fewshot", "models.variants"}  # leaves
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
-    | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"},
+    | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
+    | {"scaling.table", "scaling.isoflop", "scaling.allocation"},
     {"config"},  # pure schemas
     {"runs"},  # run folders: finding, claiming (params.yaml), reading, their status records
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
-    | {"models.vit", "backend", "optim", "sharding", "flops", "checkpoints", "checks", "weights"},
+    | {"models.vit", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
     {"loop", "evaluators.fewshot", "evaluators.classify", "evaluators.real", "evaluators.imagenet_v2"}  # the loop,
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
     {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
     PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program
-    {"plots", "notebooks", "sweep", "cluster"},  # presentation and orchestration
+    {"plots", "notebooks", "sweep", "cluster", "allocation_report"},  # presentation and orchestration
     {"cli"},  # argparse only
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}

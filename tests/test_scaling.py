@@ -145,6 +145,34 @@ def test_power_law_bootstrap_intervals_cover_truth():
     assert hits["b"] >= 5 and hits["c"] >= 5, hits
 
 
+def test_power_law_on_four_points_has_no_interval_to_claim():
+    """Four points for four constants (issue 25: a 2-run sweep): every resample that keeps 4 distinct
+    x is the data itself, so refits only measured the optimiser's noise (c = 2.7e-20 "in" [8e-22,
+    9.6e-22]). Now: no intervals, every constant unresolved; M4 likewise."""
+    C = np.array([1e9, 3e9, 1e10, 4e10])
+    E = 0.8 * (C / 1e9) ** -0.05  # a plain power law, below chance (0.9)
+    fit = fit_power_law(C, E, n_bootstrap=30, seed=0)
+    assert fit.intervals == {} and fit.n_bootstrap == 0
+    assert sorted(fit.unresolved) == ["a", "b", "c", "d"]
+    m4 = fit_m4(C, E, 0.9, n_bootstrap=10, seed=0)
+    assert m4.intervals == {} and set(m4.unresolved) == {"e_inf", "beta", "c", "alpha", "e0"}
+
+
+@pytest.mark.parametrize("n", [5, 6])
+def test_power_law_estimate_inside_its_interval_or_flagged(n):
+    """Short random frontiers: each estimate lies inside its own bootstrap interval, or the constant is
+    listed as unresolved (a fit on a bound sits at one end of its bootstrap distribution)."""
+    rng = np.random.default_rng(n)
+    for _ in range(6):
+        C = 10 ** np.sort(rng.uniform(9, 11, n))
+        E = np.sort(rng.uniform(0.2, 0.6, n))[::-1]
+        fit = fit_power_law(C, E, n_bootstrap=30, seed=0)
+        for k, (lo, hi) in fit.intervals.items():
+            assert lo <= getattr(fit, k) <= hi or k in fit.unresolved, (k, getattr(fit, k), lo, hi)
+            if not fit.at_bound:
+                assert lo <= getattr(fit, k) <= hi
+
+
 def test_power_law_interval_levels_and_band():
     rng = np.random.default_rng(7)
     C = np.logspace(0, 4, 25)

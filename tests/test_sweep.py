@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from browser import rendered_dom
+from browser import remote_tags, rendered_dom
 from vitscale import build, config, flops, runs, sweep
 
 
@@ -94,10 +94,13 @@ def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(killed_l
     assert len(rows) == 4 and {r["branch"] for r in rows} == {None, "cooldown_6+3"}
     # The sweep's index page, as headless Chromium renders it: every run, done, linked to its report.
     dom = rendered_dom(out / "index.html", tmp_path)
+    # readable on a narrow screen: the table scrolls inside its wrapper instead of running off the page
+    assert '<div class="vs-table-wrap"><table class="vs-table" id="runs">' in dom
+    assert remote_tags((out / "index.html").read_text()) == []
     for i in ids:
         assert f'<a href="{i}/run.html">{i}</a></td><td>done</td>' in dom
     summary = runs.read_json(out / ids[0] / "summary.json")
-    assert f"<td>{summary['final']['test/acc']:.4g}</td>" in dom  # the run's final test accuracy
+    assert f">{summary['final']['test/acc']:.4g}</td>" in dom  # the run's final test accuracy
     vitscale = str(Path(sys.executable).parent / "vitscale")
     status = subprocess.run([vitscale, "status", str(out)], capture_output=True, text=True, timeout=300)
     assert status.returncode == 0 and status.stdout.strip().splitlines()[-1] == "2 done", status.stdout

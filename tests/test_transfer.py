@@ -11,6 +11,7 @@ import nbformat
 import pytest
 import yaml
 
+import browser
 from vitscale import cli, config, finetune, runs, train, transfer
 
 
@@ -154,5 +155,8 @@ def test_tiny_transfer_through_papermill(params, tmp_path):
     nb = nbformat.read(out / "run.ipynb", as_version=4)
     assert nb.metadata.papermill.parameters["params"]["pretrained"] == params["pretrained"]
     html = (out / "run.html").read_text()
-    assert len(re.findall(r'class="plotly-graph-div"', html)) >= 4  # two tables, few-shot plot, curves
+    assert len(re.findall(r'class="plotly-graph-div"', html)) >= 2  # few-shot plot, curves
+    assert html.count('<table class="vs-table"') >= 2 + 4  # few-shot and fine-tuning, the parameter groups
+    assert browser.remote_tags(html) == []
+    assert "No fine-tuning in this run" not in html and "All parameters" in html
     assert "transfer.run(cfg, out_dir)" not in html

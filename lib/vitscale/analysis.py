@@ -17,14 +17,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitscale import checks, config, metrics, runs, scaling
+from vitscale import checks, config, metrics, report, runs, scaling
 
 __all__ = [
+    "Failed",
     "metric_columns",
     "error_of",
     "analyze",
@@ -32,6 +34,8 @@ __all__ = [
     "write_summary",
     "findings",
     "findings_rows",
+    "law_label",
+    "failed",
     "constants_rows",
     "run_label",
     "data_label",
@@ -41,7 +45,26 @@ __all__ = [
     "by_group",
     "check",
     "run",
+    "allocation_of",
 ]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A fit or check that could not be made, and why; reports show the reason in its place and
+    summary.json keeps it as {"error": reason}."""
+
+    reason: str
+    metric: str = ""
+    x: str = "train_flops"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"error": self.reason}
+
+
+def failed(value: Any) -> bool:
+    """Whether `value` stands for a fit or check that could not be made."""
+    return isinstance(value, Failed)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -126,12 +149,12 @@ def analyze(
       x_values, errors   float arrays per input row (NaN where not used)
       power_law          scaling.PowerLawFit on the frontier, bootstrap intervals (n_bootstrap)
       m4                 scaling.M4Fit on the frontier points below e0 (random-guess error), with
-                         bootstrap intervals, or {"error": message} if it could not be fitted
+                         bootstrap intervals, or Failed(reason) if it could not be fitted
       extrapolation      scaling.extrapolation_check of both estimators: fit on frontier runs with
                          x < cut, predict those at or above it; cut = the point `cut_fraction` of
                          the way across the frontier's log-x range (0.5: geometric midpoint), moved
-                         up if fewer than 4 frontier points lie below it. {"error": ...} if even
-                         then nothing is left to predict.
+                         up if fewer than 4 frontier points lie below it. Failed(reason) if even
+                         then nothing is left to predict; a law that cannot be fitted is Failed there.
       summary            all of the above as JSON-safe values (no arrays or fit objects)
 
     Raises ValueError, naming the metric, x and the counts, when the power law cannot be fitted
@@ -170,7 +193,7 @@ def analyze(
     try:
         m4: Any = scaling.fit_m4(xf[below], ef[below], e0, n_bootstrap=n_bootstrap, seed=seed)
     except (ValueError, RuntimeError) as err:
-        m4 = {"error": f"{where}: M4: {err}"}
+        m4 = Failed(f"{where}: M4: {err}", metric, x)
 
     extrap = _extrapolate(x_used, e_used, xf, e0=e0, cut_fraction=cut_fraction, seed=seed, where=where)
 
@@ -192,11 +215,18 @@ def analyze(
 
 # Laws compared on every metric's extrapolation check (the M4 paper's estimators and the frontier power law).
 SIMPLE_LAWS = ("power_law", "M1", "M2", "M3")
+# How a report names each law of the extrapolation check.
+LAW_LABELS = {"power_law": "power law", "M1": "M1", "M2": "M2", "M3": "M3", "m4": "M4"}
+
+
+def law_label(name: str | None) -> str:
+    """A law's name in a report ("power law", "M4"); "" for None."""
+    return LAW_LABELS.get(name, name) if name else ""
 
 
 def _extrapolate(
     x: np.ndarray, e: np.ndarray, xf: np.ndarray, *, e0: float, cut_fraction: float, seed: int, where: str
-) -> dict[str, Any]:
+) -> dict[str, Any] | Failed:
     cut, moved = _extrapolation_cut(xf, cut_fraction)
     out: dict[str, Any] | None = None
     for name in SIMPLE_LAWS:  # each on its own: one law failing to fit leaves the others
@@ -204,8 +234,8 @@ def _extrapolate(
             one = scaling.extrapolation_check(x, e, cut, fitters=(name,), seed=seed)
         except (ValueError, RuntimeError) as err:
             if name == "power_law":
-                return {"error": f"{where}: extrapolation check: {err}"}
-            out["results"][name] = {"error": f"{name}: {err}"}
+                return Failed(f"{where}: extrapolation check: {err}")
+            out["results"][name] = Failed(f"{name}: {err}")
             continue
         if out is None:
             out = one
@@ -217,8 +247,12 @@ def _extrapolate(
         m4 = scaling.extrapolation_check(x[ok], e[ok], cut, e0=e0, fitters=("m4",), seed=seed)
         out["results"]["m4"] = m4["results"]["m4"]
     except (ValueError, RuntimeError) as err:
-        out["results"]["m4"] = {"error": f"M4: {err}"}
-    scored = {k: r["rmse_log"] for k, r in out["results"].items() if "rmse_log" in r and math.isfinite(r["rmse_log"])}
+        out["results"]["m4"] = Failed(f"M4: {err}")
+    scored = {
+        k: r["rmse_log"]
+        for k, r in out["results"].items()
+        if not failed(r) and math.isfinite(r.get("rmse_log", math.nan))
+    }
     out.update(
         cut_fraction=float(cut_fraction), cut_moved=moved, best_law=min(scored, key=scored.get) if scored else None
     )
@@ -230,9 +264,14 @@ def _summary(rows: Sequence[Mapping[str, Any]], res: Mapping[str, Any]) -> dict[
     xf = res["x_values"][frontier]
     m4 = res["m4"]
     extrap = res["extrapolation"]
-    if "error" not in extrap:
+    if failed(extrap):
+        extrap = extrap.as_dict()
+    else:
         extrap = {k: v for k, v in extrap.items() if k != "results"} | {
-            "results": {name: {k: v for k, v in r.items() if k != "fit"} for name, r in extrap["results"].items()}
+            "results": {
+                name: r.as_dict() if failed(r) else {k: v for k, v in r.items() if k != "fit"}
+                for name, r in extrap["results"].items()
+            }
         }
     return runs.to_jsonable(
         {
@@ -247,7 +286,7 @@ def _summary(rows: Sequence[Mapping[str, Any]], res: Mapping[str, Any]) -> dict[
             "frontier_x": xf,
             "frontier_error": res["errors"][frontier],
             "power_law": res["power_law"].as_dict(),
-            "m4": m4 if isinstance(m4, dict) else m4.as_dict(),
+            "m4": m4.as_dict(),
             "extrapolation": extrap,
         }
     )
@@ -259,31 +298,35 @@ def analyze_all(
     *,
     e0: float | Mapping[str, float] = 0.9,
     **kw: Any,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, dict[str, Any] | Failed]:
     """`analyze` for each metric (default: `metric_columns(rows)`). A metric that cannot be fitted
-    maps to {"error": message} instead of raising, so a report still shows the others. `e0` may be
+    maps to Failed(reason) instead of raising, so a report still shows the others. `e0` may be
     one value or a {metric: e0} mapping (metrics it omits get 0.9: 10 classes)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any] | Failed] = {}
     for m in names or metric_columns(rows):
         m_e0 = e0.get(m, 0.9) if isinstance(e0, Mapping) else e0
         try:
             out[m] = analyze(rows, metric=m, e0=m_e0, **kw)
         except ValueError as err:
-            out[m] = {"metric": m, "error": str(err)}
+            out[m] = Failed(str(err), m, kw.get("x", "train_flops"))
     return out
 
 
 def write_summary(
-    results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, findings: Mapping[str, Any] | None = None
+    results: Mapping[str, Mapping[str, Any]],
+    out_dir: str | Path,
+    findings: Mapping[str, Any] | None = None,
+    allocation: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `out_dir/summary.json`: per metric the fitted constants (power law a, b, c, d and M4
     with bootstrap intervals), the frontier and the extrapolation errors, or the metric's error
-    message; plus `findings` if given. Returns the path."""
-    doc: dict[str, Any] = {
-        "metrics": {m: (r["summary"] if "summary" in r else {"error": r.get("error")}) for m, r in results.items()}
-    }
+    message; plus `findings` ({metric: findings}) and `allocation` (allocation_of's summary) if given.
+    Returns the path."""
+    doc: dict[str, Any] = {"metrics": {m: (r.as_dict() if failed(r) else r["summary"]) for m, r in results.items()}}
     if findings is not None:
         doc["findings"] = runs.to_jsonable(dict(findings))
+    if allocation is not None:
+        doc["allocation"] = allocation.as_dict() if failed(allocation) else runs.to_jsonable(allocation["summary"])
     path = Path(out_dir) / "summary.json"
     runs.write_json(path, doc)
     return path
@@ -293,10 +336,7 @@ def write_summary(
 def _interval_text(value: float, interval: Sequence[float] | None, flags: Sequence[str] = ()) -> str:
     """ "value [lo, hi]", marked "(at bound)" when the fit sits on a constraint and "(unresolved)" when
     the interval spans more than a decade (scaling.resolved): the curve does not determine it."""
-    s = f"{value:.4g}"
-    if interval:
-        s += f" [{interval[0]:.3g}, {interval[1]:.3g}]"
-    return s + "".join(f" ({f})" for f in flags)
+    return report.with_interval(value, interval, flags)
 
 
 def _flags(fit: Mapping[str, Any], name: str) -> list[str]:
@@ -308,8 +348,8 @@ def constants_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
     (with bootstrap intervals), and both estimators' extrapolation error (RMSE of log error)."""
     out = []
     for m, r in results.items():
-        if "summary" not in r:
-            out.append({"metric": m, "runs": "", "frontier": "", "note": r.get("error", "")})
+        if failed(r):
+            out.append({"metric": m, "runs": "", "frontier": "", "note": r.reason})
             continue
         s = r["summary"]
         pl, iv = s["power_law"], s["power_law"]["intervals"]
@@ -323,12 +363,10 @@ def constants_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
                 f"M4 {k}": _interval_text(m4[k], m4["intervals"].get(k), _flags(m4, k)) for k in ("e_inf", "alpha", "c")
             }
         ex = s["extrapolation"]
-        for name, label in (("power_law", "power law"), ("M1", "M1"), ("M2", "M2"), ("M3", "M3"), ("m4", "M4")):
+        for name, label in LAW_LABELS.items():
             rr = ex.get("results", {}).get(name, {})
             row[f"extrap. RMSE log, {label}"] = rr.get("rmse_log", "")
-        row["extrapolates best"] = {"power_law": "power law", "m4": "M4"}.get(
-            ex.get("best_law"), ex.get("best_law") or ""
-        )
+        row["extrapolates best"] = law_label(ex.get("best_law"))
         notes = [x.get("error") for x in (m4, ex) if "error" in x]
         notes += [rr["error"] for rr in ex.get("results", {}).values() if "error" in rr]
         row["note"] = "; ".join(notes)
@@ -436,36 +474,35 @@ def _finding_sample_efficiency(rows, metric) -> dict[str, Any]:
     }
 
 
-def _finding_double_saturation(result: Mapping[str, Any]) -> dict[str, Any]:
+def _unresolved_fit(pl: scaling.PowerLawFit, n_constants: int = 4) -> str | None:
+    """Why the frontier fit cannot back a yes or a no about c and d (None when it can): too few
+    points for its constants, no bootstrap, an estimate outside its interval, or a constant on a
+    bound the data put it against (b at either end, c at min(error), d at the largest compute)."""
+    if pl.n <= n_constants:
+        return f"{pl.n} frontier points for {n_constants} constants: the curve passes through them, nothing is tested"
+    if not pl.intervals:
+        return "no bootstrap intervals (n_bootstrap = 0)"
+    outside = [k for k in ("c", "d") if not pl.intervals[k][0] <= getattr(pl, k) <= pl.intervals[k][1]]
+    if outside:
+        return f"{', '.join(outside)} outside {'its' if len(outside) == 1 else 'their'} bootstrap interval"
+    on_edge = [k for k in pl.at_bound if k == "b" or (k in "cd" and getattr(pl, k) > 0)]
+    if on_edge:
+        return f"{', '.join(on_edge)} on {'its' if len(on_edge) == 1 else 'their'} bound: the data do not determine it"
+    return None
+
+
+def _finding_double_saturation(result: Mapping[str, Any] | Failed) -> dict[str, Any]:
     claim = (
         "double saturation: the frontier fit has an error floor c > 0 and a low-compute bend d > 0 "
         "(bootstrap intervals exclude 0)"
     )
     out: dict[str, Any] = {"claim": claim, "holds": None}
-    if "error" in result:
-        return out | {"verdict": f"not testable: {result['error']}"}
+    if failed(result):
+        return out | {"verdict": f"not testable: {result.reason}"}
     pl: scaling.PowerLawFit = result["power_law"]
     iv = pl.intervals
-    c_lo = iv["c"][0] if "c" in iv else pl.c
-    d_lo = iv["d"][0] if "d" in iv else pl.d
-    c_pos, d_pos = c_lo > 0, d_lo > 0
     x_min = float(np.min(result["x_values"][result["frontier"]]))
-    how = "interval" if iv else "point estimate (no bootstrap)"
-    txt = (
-        f"c = {_interval_text(pl.c, iv.get('c'))}, d = {_interval_text(pl.d, iv.get('d'))} "
-        f"({pl.d / x_min:.2g} x the smallest frontier {result['x']}); "
-    )
-    if c_pos and d_pos:
-        txt += f"both > 0 ({how}): both saturations visible"
-    elif c_pos:
-        txt += f"only the error floor c > 0 ({how}): no low-compute bend"
-    elif d_pos:
-        txt += f"only the low-compute bend d > 0 ({how}): no error floor within reach"
-    else:
-        txt += f"neither > 0 ({how}): a plain power law fits"
-    return out | {
-        "holds": bool(c_pos and d_pos),
-        "verdict": txt,
+    numbers = {
         "c": pl.c,
         "c_interval": iv.get("c"),
         "d": pl.d,
@@ -473,6 +510,22 @@ def _finding_double_saturation(result: Mapping[str, Any]) -> dict[str, Any]:
         "d_over_min_x": pl.d / x_min,
         "x": result["x"],
     }
+    txt = (
+        f"c = {_interval_text(pl.c, iv.get('c'))}, d = {_interval_text(pl.d, iv.get('d'))} "
+        f"({report.number(pl.d / x_min, 2)} x the smallest frontier {result['x']}); "
+    )
+    if why := _unresolved_fit(pl):
+        return out | numbers | {"verdict": f"not testable: {why} ({txt.rstrip('; ')})"}
+    c_pos, d_pos = iv["c"][0] > 0, iv["d"][0] > 0
+    if c_pos and d_pos:
+        txt += "both > 0 (interval): both saturations visible"
+    elif c_pos:
+        txt += "only the error floor c > 0 (interval): no low-compute bend"
+    elif d_pos:
+        txt += "only the low-compute bend d > 0 (interval): no error floor within reach"
+    else:
+        txt += "neither > 0 (interval): a plain power law fits"
+    return out | numbers | {"holds": bool(c_pos and d_pos), "verdict": txt}
 
 
 def findings(
@@ -492,14 +545,15 @@ def findings(
                          the bigger one has lower error at the same images seen (holds: > half)
       double_saturation  the frontier power law's c > 0 and d > 0, by their bootstrap intervals
 
-    `result` is `analyze(rows, metric=metric)` (or its {"error": ...}) if already computed; else it
-    is computed here with `analyze_kw`.
+    `result` is `analyze(rows, metric=metric)` (or its Failed) if already computed; else it is
+    computed here with `analyze_kw`. A claim is True or False only when the numbers behind it
+    can decide it; otherwise None, and the verdict says "not testable" and why.
     """
     if result is None:
         try:
             result = analyze(rows, metric=metric, **analyze_kw)
         except ValueError as err:
-            result = {"metric": metric, "error": str(err)}
+            result = Failed(str(err), metric)
     have = [r for r in rows if math.isfinite(error_of(r, metric))]
     return runs.to_jsonable(
         {
@@ -544,11 +598,28 @@ def check(cfg: config.ScalingConfig) -> None:
 
 def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
     """The whole analysis of a sweep folder: rows, fits per metric, findings on test error; writes
-    out_dir/summary.json and returns {"rows", "results", "findings"}."""
+    out_dir/summary.json and returns {"rows", "results", "findings"} (findings per metric, like results)."""
     if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
         check(cfg)
     rows = runs.collect(cfg.sweep_dir)
     results = analyze_all(rows, cfg.metrics, x=cfg.x, n_bootstrap=cfg.n_bootstrap)
-    found = findings(rows, result=results.get(metrics.TEST_ACC), x=cfg.x, n_bootstrap=cfg.n_bootstrap)
-    write_summary(results, out_dir, findings=found)
-    return {"rows": rows, "results": results, "findings": found}
+    found = {m: findings(rows, m, result=r) for m, r in results.items()}
+    alloc = allocation_of(rows, budgets=cfg.budgets, n_bootstrap=min(cfg.n_bootstrap, 100))
+    write_summary(results, out_dir, findings=found, allocation=alloc)
+    return {"rows": rows, "results": results, "findings": found, "allocation": alloc}
+
+
+def allocation_of(
+    rows: Sequence[Mapping[str, Any]], *, metric: str = metrics.TEST_ACC, budgets: Any = None, **kw: Any
+) -> dict[str, Any] | Failed:
+    """Compute-optimal allocation of `metric`'s error over the rows (scaling.allocation.allocate: the
+    joint law, IsoFLOP profiles, envelope, plans at `budgets`), or Failed when the sweep cannot
+    support it (too few runs, a fit that fails)."""
+    pts = scaling.table.from_rows(rows, error_of, metric=metric)
+    if len(pts.N) < scaling.table.MIN_ROWS:
+        need = scaling.table.MIN_ROWS
+        return Failed(f"allocation: {len(pts.N)} trained models carry {metric}; the joint law needs {need}", metric)
+    try:
+        return scaling.allocation.allocate(pts, budgets=budgets, **kw)
+    except (ValueError, RuntimeError) as err:
+        return Failed(f"allocation: {err}", metric)

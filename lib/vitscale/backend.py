@@ -2,18 +2,22 @@
 
 loop.make_trainer switches it on: on a CPU `kernels_for` gives the model the kernels below and
 `default_chains` splits each device's batch into independent gradient chains; elsewhere the model
-keeps `vit.PLAIN` and one chain. VITSCALE_KERNELS=plain turns the CPU kernels off.
+keeps the plain products, with the attention implementation vit.attention_implementation picks
+(cuDNN on GPUs where it can), and one chain. VITSCALE_KERNELS=plain turns the CPU kernels off.
+GPU compiler flags are set here too (configure_gpu), and only for GPUs.
 tests/test_backend.py checks both paths give the same outputs and gradients; the speed-ups are
 measured in benchmarks/README.md (benchmarks/train_throughput.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax._src import xla_bridge
 
 from vitscale.models import vit
 
@@ -62,8 +66,8 @@ def self_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int
     h, dh = num_heads, d // num_heads
     qkv = jnp.einsum("bnd,dthk->tbhnk", x, qkv_kernel.reshape(d, 3, h, dh)) + qkv_bias.reshape(3, 1, h, 1, dh)
     q, k, v = qkv[0] * jnp.asarray(dh**-0.5, x.dtype), qkv[1], qkv[2]
-    logits = jnp.einsum("bhqk,bhsk->bhqs", q, k)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
+    logits = jnp.einsum("bhqk,bhsk->bhqs", q, k, preferred_element_type=jnp.float32)  # as jax.nn's XLA path
+    weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)  # precision: logits and softmax in float32
     out = jnp.einsum("bhqs,bhsk->bhqk", weights, v)
     return jnp.einsum("bhqk,hkd->bqd", out, out_kernel.reshape(h, dh, d)) + out_bias
 
@@ -109,8 +113,62 @@ def chained(value_and_grad: Callable, chains: int) -> Callable:
 
 
 # ----------------------------------------------------------------------------- the switch
-def kernels_for(platform: str) -> vit.Kernels:
-    """The CPU kernels on a CPU (unless VITSCALE_KERNELS=plain), else the plain model."""
+def kernels_for(platform: str, dtype=jnp.float32, head_dim: int = 64) -> vit.Kernels:
+    """This platform's kernels: the CPU ones above (unless VITSCALE_KERNELS=plain), elsewhere the
+    plain products with the attention implementation vit.attention_implementation picks
+    (VITSCALE_ATTENTION=xla: XLA's, to compare or to work around a cuDNN failure)."""
     if platform == "cpu" and os.environ.get("VITSCALE_KERNELS", "cpu") != "plain":
         return CPU
-    return vit.PLAIN
+    if os.environ.get("VITSCALE_ATTENTION") == "xla":  # XLA's attention even where cuDNN's would run
+        return vit.PLAIN
+    return vit.plain_kernels(vit.attention_implementation(platform, dtype, head_dim))
+
+
+def attention_of(kernels: vit.Kernels) -> str:
+    """What a run records as its attention kernel: "cudnn", "xla", or "xla-cpu" (self_attention above)."""
+    if kernels.self_attention is self_attention:
+        return "xla-cpu"
+    return "cudnn" if kernels is vit.CUDNN else "xla"
+
+
+# ----------------------------------------------------------------------------- GPU compiler flags
+# The one place GPU compiler flags are set (configure_gpu, called by sharding.initialize before any
+# backend starts). XLA reads XLA_FLAGS once, when a backend starts, so they go in then, and only when
+# a GPU backend is what JAX will start; flags the user already set win.
+#   --xla_gpu_enable_latency_hiding_scheduler=true  schedules collectives (the data-parallel gradient
+#       all-reduce, FSDP's all-gathers) to overlap with compute on multi-GPU meshes; XLA's GPU default
+#       is false. On one GPU there are no collectives to move and it changes nothing.
+GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
+_GPU_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12")
+
+
+def gpu_selected() -> bool:
+    """Whether JAX will start a GPU backend: JAX_PLATFORMS names one, or (unset) a CUDA plugin is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
+    if platforms:
+        return any(p.strip() in ("cuda", "gpu") for p in platforms.split(","))
+    for name in _GPU_PLUGINS:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
+
+
+def _backends_started() -> bool:
+    """Whether a JAX backend runs in this process (JAX has no public call for it)."""
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return started() if started else bool(getattr(xla_bridge, "_backends", None))
+
+
+def configure_gpu(flags: tuple[str, ...] = GPU_XLA_FLAGS) -> list[str]:
+    """Add `flags` to XLA_FLAGS when a GPU backend is selected and no backend has started yet;
+    returns the flags added (none on a CPU, or once a backend runs, when it is too late)."""
+    if _backends_started() or not gpu_selected():
+        return []
+    current = os.environ.get("XLA_FLAGS", "")
+    added = [f for f in flags if f.split("=")[0] not in current]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return added

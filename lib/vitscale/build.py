@@ -100,6 +100,7 @@ def trainer(
         loss=cfg.loss,
         seed=cfg.seed if seed is None else seed,
         chains=None if cfg.grad_chains == "auto" else cfg.grad_chains,
+        peak_flops=cfg.peak_flops,
     )
 
 
@@ -122,7 +123,8 @@ def evaluators_of(
     every = cfg.fewshot_every or cfg.eval_every
 
     def evaluate(params, step: int, final: bool = False) -> dict[str, float]:
-        test_metrics = loop.evaluate(t, params, test, pipe, cfg.eval_batch_size)
+        batches = data_pipeline.eval_batches(test, pipe, loop.eval_batch_size(cfg.eval_batch_size))
+        test_metrics = loop.evaluate(t, params, batches)
         record = {metrics.on_split("test", k): v for k, v in test_metrics.items()}
         if fewshot is not None and (step % every == 0 or final):
             record.update(fewshot.run(lambda x: t.features(params, x), t.mesh))

@@ -6,6 +6,10 @@
                                                  every run of a sweep, resumable, then the scaling report
   vitscale status outputs/cpu_scaling            each run's state (and its scheduler job)
   vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
+  vitscale analyze runs.csv --out DIR            the allocation report of any table of runs (params,
+                                                 images_seen or tokens, error or loss[, flops, run, group])
+  vitscale plan outputs/cpu_scaling --budget 1e15 [--out plan.yaml]
+                                                 compute-optimal N and D for a budget, and an IsoFLOP sweep
   vitscale lab [--ip 0.0.0.0] [--port 8888]      JupyterLab on notebooks/ with the vitscale kernel (as root too)
   vitscale kernel                                register the `vitscale` Jupyter kernel
   vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from vitscale import cluster, config, export, notebooks, runs, sweep
+from vitscale import allocation_report, cluster, config, export, notebooks, plan, runs, sweep
 
 
 def _bad_input(e: config.ConfigError) -> int:
@@ -98,6 +102,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    if Path(args.sweep_dir).is_file():
+        try:
+            out = Path(args.out or Path(args.sweep_dir).with_suffix(""))
+            pts = plan.load_points(args.sweep_dir, k=args.k)
+            report = allocation_report.write(pts, out, source=args.sweep_dir)
+        except config.ConfigError as e:
+            return _bad_input(e)
+        print(f"allocation report: {report}")
+        return 0
     sweep_dir = Path(args.sweep_dir).resolve()
     if not sweep_dir.is_dir():
         return _bad_input(config.ConfigError([config.Problem("sweep_dir", f"{sweep_dir} is not a folder")]))
@@ -109,6 +122,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        res = plan.run(args.source, args.budget, out=args.out, metric=args.metric, k=args.k)
+        if res["sweep_file"] is not None:
+            sweep.load(res["sweep_file"])  # the file runs as it is
+    except config.ConfigError as e:
+        return _bad_input(e)
+    print(res["text"])
     return 0
 
 
@@ -165,9 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("sweep_dir")
     p.set_defaults(fn=cmd_status)
-    p = sub.add_parser("analyze", help="execute the scaling-analysis notebook over a sweep folder")
-    p.add_argument("sweep_dir")
+    p = sub.add_parser("analyze", help="the scaling report of a sweep folder, or the allocation report of a CSV")
+    p.add_argument("sweep_dir", help="a sweep folder, or a CSV of runs")
+    p.add_argument("--out", help="with a CSV: the report folder (default: the CSV's name without .csv)")
+    p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
     p.set_defaults(fn=cmd_analyze)
+    p = sub.add_parser("plan", help="compute-optimal model size and data for a budget (and an IsoFLOP sweep)")
+    p.add_argument("source", help="a sweep folder, or a CSV of runs")
+    p.add_argument("--budget", type=float, required=True, help="training FLOPs to plan for")
+    p.add_argument("--out", help="the sweep file to write (a sweep folder only; default <folder>/plan_<budget>.yaml)")
+    p.add_argument("--metric", default="test/acc", help="the metric whose error is fitted (default test/acc)")
+    p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
+    p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("lab", help="JupyterLab on notebooks/ with the vitscale kernel (as root too)")
     p.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8888)

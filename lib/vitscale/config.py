@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vitscale import metrics
 from vitscale.data import ops
@@ -221,7 +230,9 @@ class PretrainConfig(ModelSpec):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     head_bias_init: float | None = None  # None: 0 for softmax_xent, -10 for sigmoid_xent (paper)
     remat: bool = False  # recompute each block's activations in the backward pass
-    dtype: Literal["float32", "bfloat16"] = "float32"  # activations; parameters stay float32
+    # Precision policy. "bfloat16": matmul inputs and activations in bf16; parameters, LayerNorm
+    # statistics, the attention softmax, the head and the loss in float32 (vitscale.models.vit).
+    dtype: Literal["float32", "bfloat16"] = "float32"
     init_from: str | None = None  # a released or exported .npz (vitscale.weights) as the step-0 weights
     # --- optimisation
     loss: Literal["softmax_xent", "sigmoid_xent"] = "softmax_xent"
@@ -257,6 +268,9 @@ class PretrainConfig(ModelSpec):
     # Independent forward/backward passes per device whose gradients are averaged (same update).
     # "auto": 4 or 2 on a CPU (faster there: backend.default_chains), 1 on GPU/TPU.
     grad_chains: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
+    # Each device's matmul peak in FLOP/s for the MFU meter (perf/mfu, summary.json's mfu). None: from
+    # vitscale.perf's table by device kind and dtype, or on a CPU a matmul measured once per host.
+    peak_flops: float | None = Field(default=None, gt=0)
     coordinator_address: str | None = None  # multi-host: host:port of process 0
     num_processes: int | None = None
     process_id: int | None = None
@@ -365,6 +379,7 @@ class TransferConfig(_Schema):
     log_every: int = Field(default=25, gt=0)
     seed: int = Field(default=0, ge=0)  # fine-tuning batches and the random init
     mesh: list[int] = [-1, 1]  # (data, fsdp) axis sizes; -1 takes the remaining devices
+    peak_flops: float | None = Field(default=None, gt=0)  # per device, for MFU; None: vitscale.perf's
     # --- VTAB-1k (data/vtab.py, google-research/task_adaptation's definition): per task and seed,
     #     fine-tune on train800 over vtab_steps x vtab_lr_grid, pick on val200, retrain on train800val200,
     #     score test. Fine-tuning as above (SGD momentum, cosine, finetune_resolution, finetune_batch_size).
@@ -474,6 +489,9 @@ class ScalingConfig(_Schema):
     metrics: list[str] | None = None  # e.g. ["test/acc", "fewshot/mnist_5k/10shot"]; None: all found
     x: Literal["train_flops", "images_seen", "device_seconds", "num_params"] = "train_flops"  # compute axis
     n_bootstrap: int = Field(default=200, ge=0)  # bootstrap resamples of the frontier
+    # Training FLOPs the allocation section plans for (compute-optimal N, D, predicted error); None:
+    # 1x, 4x and 16x the largest run's compute.
+    budgets: list[PositiveFloat] | None = None
 
     @field_validator("metrics")
     @classmethod

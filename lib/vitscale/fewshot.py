@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from vitscale import metrics
+
 __all__ = [
     "BIAS_VALUE",
     "DEFAULT_L2",
@@ -378,6 +380,7 @@ def flatten(name: str, result: Mapping[str, Mapping[str, object]]) -> dict[str, 
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
     out: dict[str, float] = {}
     for key, stats in result.items():
-        out[f"fewshot/{name}/{key}"] = float(stats["mean"])  # type: ignore[arg-type]
-        out[f"fewshot/{name}/{key}_std"] = float(stats["std"])  # type: ignore[arg-type]
+        metric = metrics.fewshot(name, int(key.removesuffix("shot")))
+        out[metric] = float(stats["mean"])  # type: ignore[arg-type]
+        out[metrics.spread(metric)] = float(stats["std"])  # type: ignore[arg-type]
     return out

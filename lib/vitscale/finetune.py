@@ -78,7 +78,9 @@ def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: in
     )
     model = build.model(pre, classes).clone(head_bias_init=0.0)
     shape = (res, res, pre.channels)
-    trainer = loop.make_trainer(model, tx, mesh, image_shape=shape, loss="softmax_xent", seed=cfg.seed)
+    trainer = loop.make_trainer(
+        model, tx, mesh, image_shape=shape, loss="softmax_xent", seed=cfg.seed, peak_flops=cfg.peak_flops
+    )
     spec = loop.LoopSpec(
         total_steps=cfg.finetune_steps,
         batch_size=cfg.finetune_batch_size,
@@ -111,7 +113,9 @@ def train_one(
     device_seconds, state)."""
 
     def evaluate(p, step: int, final: bool = False) -> dict[str, float]:
-        result = loop.evaluate(c.trainer, p, eval_split, c.pipe, cfg.eval_batch_size)
+        result = loop.evaluate(
+            c.trainer, p, pipeline.eval_batches(eval_split, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
+        )
         return {metrics.on_split(eval_prefix, k): v for k, v in result.items()}
 
     batches = lambda step: pipeline.train_batches(
@@ -159,8 +163,12 @@ def _grid_run(
     try:
         final, state = train_one(c, cfg, init_params, d.train_part, d.holdout, "val", run_dir, desc=desc)
     except loop.NonFiniteLoss as e:
-        return {**row, "val/acc": None, "val/loss": None, "diverged": True, "error": str(e)}, None
-    keep = {"val/acc": final["val/acc"], "val/loss": final["val/loss"], "train/loss": final.get("train/loss")}
+        return {**row, metrics.VAL_ACC: None, metrics.VAL_LOSS: None, "diverged": True, "error": str(e)}, None
+    keep = {
+        metrics.VAL_ACC: final[metrics.VAL_ACC],
+        metrics.VAL_LOSS: final[metrics.VAL_LOSS],
+        metrics.TRAIN_LOSS: final.get(metrics.TRAIN_LOSS),
+    }
     return {**row, **keep, "device_seconds": final["device_seconds"], "diverged": False}, state
 
 
@@ -173,10 +181,19 @@ def _search(m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, 
         c = setup(m.cfg, lr)
         if init_params is None:
             init_params = pretrained.fit(m.params, c.trainer.model, c.image_shape)
-        row, state = _grid_run(c, lr, cfg, init_params, d, out / m.name / f"lr_{lr:g}", f"{dataset} {m.name} lr={lr:g}")
+        row, state = _grid_run(
+            c,
+            lr,
+            cfg,
+            init_params,
+            d,
+            out / m.name / f"lr_{lr:g}",
+            f"{datasets.metric_name(dataset)} {m.name} lr={lr:g}",
+        )
         grid.append(row)
         if not row["diverged"] and (
-            best is None or (row["val/acc"], -row["val/loss"]) > (best["val/acc"], -best["val/loss"])
+            best is None
+            or (row[metrics.VAL_ACC], -row[metrics.VAL_LOSS]) > (best[metrics.VAL_ACC], -best[metrics.VAL_LOSS])
         ):
             best, best_state = row, state
         del state
@@ -218,12 +235,16 @@ def finetune(
         c = setup(m.cfg, best_lr)
         if cfg.retrain:
             state = None  # free the grid run's state before the final run
-            run_dir, desc = out / m.name / f"final_lr_{best_lr:g}", f"{dataset} {m.name} final lr={best_lr:g}"
+            run_dir, desc = (
+                out / m.name / f"final_lr_{best_lr:g}",
+                f"{datasets.metric_name(dataset)} {m.name} final lr={best_lr:g}",
+            )
             final, state = train_one(c, cfg, init_params, d.full, d.test, "test", run_dir, desc=desc)
-            test_metrics = {"test/acc": final["test/acc"], "test/loss": final["test/loss"]}
+            test_metrics = {metrics.TEST_ACC: final[metrics.TEST_ACC], metrics.TEST_LOSS: final[metrics.TEST_LOSS]}
             seconds = [final["device_seconds"]]
         else:
-            scores = loop.evaluate(c.trainer, state.params, d.test, c.pipe, cfg.eval_batch_size)
+            batches = pipeline.eval_batches(d.test, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
+            scores = loop.evaluate(c.trainer, state.params, batches)
             test_metrics, seconds = {f"test/{k}": v for k, v in scores.items()}, []
         seconds += [g.get("device_seconds") for g in grid]
         results[m.name] = {

@@ -2,6 +2,8 @@
 
 `make_trainer` compiles a model, an optimizer and a loss into sharded steps; `fit` is the one
 resume-or-init -> batches -> loop path, writing `metrics.jsonl` and `ckpt/` into a run folder.
+Batches come from the caller as iterators: this module imports no TensorFlow, so a training step
+runs where only JAX is installed (benchmarks/device_check.py).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from vitscale import backend, checkpoints, config, metrics, progress, runs, sharding
-from vitscale.data import pipeline, sources
+from vitscale import backend, checkpoints, config, flops, metrics, perf, progress, runs, sharding
 from vitscale.models import vit
 
 _DEFAULTS = config.PretrainConfig.model_fields
@@ -53,7 +55,8 @@ class LoopSpec:
 
 # ----------------------------------------------------------------------------- losses
 def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy with integer labels."""
+    """Per-example softmax cross-entropy with integer labels (precision policy: the loss is float32
+    whatever the model's dtype)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
@@ -84,6 +87,9 @@ class Trainer:
     train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
     eval_step: Callable[[Any, dict], dict]
     features: Callable[[Any, jax.Array], jax.Array]
+    forward_flops: int = 0  # matmul FLOPs of one image's forward pass (flops.forward_flops)
+    peak: perf.Peak | None = None  # each device's matmul peak, for MFU
+    attention: str = "xla"  # the attention kernel: "cudnn", "xla" or "xla-cpu" (backend.attention_of)
 
     def abstract_state(self) -> TrainState:
         """The state's shapes, dtypes and shardings (what a checkpoint restores into)."""
@@ -102,12 +108,15 @@ def make_trainer(
     loss: str = "softmax_xent",
     seed: int = 0,
     chains: int | None = None,
+    peak_flops: float | None = None,
 ) -> Trainer:
     """Initialise sharded state and jit the steps with explicit in/out shardings. The backend's
     speed work is switched on here: its kernels, and `chains` gradient chains per device (None:
-    backend.default_chains for the batch)."""
-    platform = mesh.devices.flat[0].platform
-    model = model.clone(kernels=backend.kernels_for(platform))
+    backend.default_chains for the batch). `peak_flops` overrides each device's peak for MFU."""
+    device = mesh.devices.flat[0]
+    platform = device.platform
+    model = model.clone(kernels=backend.kernels_for(platform, model.dtype, model.width // model.num_heads))
+    peak = perf.device_peak(device, perf.precision_of(model.dtype), peak_flops)
     loss_fn = LOSSES[loss]
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
@@ -160,23 +169,64 @@ def make_trainer(
         ),
         eval_step=jax.jit(eval_step, in_shardings=(shardings.params, batch_sh), out_shardings=repl),
         features=jax.jit(features, in_shardings=(shardings.params, batch_sh), out_shardings=batch_sh),
+        forward_flops=flops.forward_flops(model, image_shape),
+        peak=peak,
+        attention=backend.attention_of(model.kernels),
     )
 
 
-def evaluate(
-    trainer: Trainer, params, split: sources.Split | sources.Source, pipe: pipeline.Pipeline, batch_size: int
-) -> dict[str, float]:
-    """Loss and top-1 accuracy over a whole split: {"loss": ..., "acc": ...}."""
+def eval_batch_size(batch_size: int) -> int:
+    """An evaluation batch size rounded up to a multiple of the device count (padded batches split evenly)."""
+    return -(-batch_size // jax.device_count()) * jax.device_count()
+
+
+def evaluate(trainer: Trainer, params, batches: Iterable[dict]) -> dict[str, float]:
+    """Loss and top-1 accuracy over a whole split's masked batches (data.pipeline.eval_batches, sized by
+    eval_batch_size): {"loss": ..., "acc": ...}."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    batch_size = -(-batch_size // jax.device_count()) * jax.device_count()  # padded batches split evenly
-    for batch in pipeline.eval_batches(split, pipe, batch_size):
+    for batch in batches:
         out = trainer.eval_step(params, sharding.put_batch(batch, trainer.mesh))
         totals = {k: totals[k] + out[k] for k in totals}
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]), "acc": float(totals["correct"] / totals["count"])}
 
 
+def perf_summary(trainer: Trainer, records: list[dict], meta: dict | None = None) -> dict[str, Any]:
+    """summary.json's `mfu` (the median of the logged training rows' perf/mfu, the first row, which
+    holds the compilation, left out when there are others) and `perf`: the same for images/s per
+    device, the MFU over the run's whole device-seconds (evaluation, checkpoints and compilation
+    included), the peak with its source, and the attention kernel."""
+    rows = [r for r in records if metrics.IMAGES_PER_S in r]
+    rows = rows[1:] if len(rows) > 1 else rows
+    median = lambda key: float(np.median([r[key] for r in rows])) if rows and all(key in r for r in rows) else None
+    meta = meta or {}
+    overall = None
+    last = max((r.get("images_seen", 0) for r in records), default=0)
+    if trainer.peak is not None and meta.get("device_seconds"):
+        overall = 3.0 * trainer.forward_flops * last / (meta["device_seconds"] * trainer.peak.flops_per_s)
+    return {
+        "mfu": median(metrics.MFU),
+        "perf": {
+            "images_per_s_per_device": median(metrics.IMAGES_PER_S_PER_DEVICE),
+            "mfu_overall": overall,
+            "peak": trainer.peak.as_dict() if trainer.peak is not None else None,
+            "forward_flops_per_image": trainer.forward_flops,
+            "attention": trainer.attention,
+            "devices": trainer.mesh.size,
+        },
+    }
+
+
 # ----------------------------------------------------------------------------- the loop
+def perf_record(trainer: Trainer, images_per_s: float) -> dict[str, float]:
+    """perf/images_per_s_per_device and perf/mfu (against trainer.peak) for a logged rate."""
+    devices = trainer.mesh.size
+    record = {metrics.IMAGES_PER_S_PER_DEVICE: images_per_s / devices}
+    if trainer.peak is not None and trainer.forward_flops:
+        record[metrics.MFU] = perf.mfu(images_per_s, trainer.forward_flops, devices, trainer.peak.flops_per_s)
+    return record
+
+
 class _Interrupt:
     """Turns Ctrl-C into a flag the loop checks between steps, so the state stays whole to save."""
 
@@ -260,6 +310,7 @@ def train_loop(
                         metrics.GRAD_NORM: float(out["grad_norm"]),
                         metrics.LR: float(schedule(step - 1)),
                         metrics.IMAGES_PER_S: rate,
+                        **perf_record(trainer, rate),
                         "time": time.time(),
                     }
                 )

@@ -14,8 +14,12 @@ TRAIN_LOSS = "train/loss"
 GRAD_NORM = "train/grad_norm"
 TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
+VAL_ACC = "val/acc"
+VAL_LOSS = "val/loss"
 LR = "lr"
 IMAGES_PER_S = "images_per_s"
+IMAGES_PER_S_PER_DEVICE = "perf/images_per_s_per_device"
+MFU = "perf/mfu"  # model FLOPs utilisation of the logged interval (vitscale.perf)
 
 _FEWSHOT = re.compile(r"fewshot/(?P<dataset>[^/]+)/(?P<shots>\d+)shot")
 _FINETUNE = re.compile(r"finetune/(?P<dataset>[^/]+)/test/acc")
@@ -37,8 +41,23 @@ def fewshot(dataset: str, shots: int) -> str:
     return f"fewshot/{dataset}/{shots}shot"
 
 
+def spread(name: str) -> str:
+    """The name of a mean metric's spread over seeds: "fewshot/x/10shot" -> "fewshot/x/10shot_std"."""
+    return f"{name}_std"
+
+
 def finetune(dataset: str) -> str:
     return f"finetune/{dataset}/test/acc"
+
+
+def is_fewshot(name: str) -> bool:
+    """A mean few-shot accuracy (not its `_std` spread)."""
+    return bool(_FEWSHOT.fullmatch(name))
+
+
+def fewshot_label(name: str) -> str:
+    """ "fewshot/mnist_5k/10shot" -> "mnist_5k/10shot" (how a legend names it)."""
+    return name.removeprefix("fewshot/")
 
 
 def vtab(task: str) -> str:

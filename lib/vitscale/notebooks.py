@@ -97,14 +97,31 @@ def use_compile_cache(path: Path | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------- executing and exporting
+# nbconvert's lab template with the two <script src> it takes from a CDN (require.js, MathJax) left out:
+# the reports use neither (plotly.js is embedded by plots.setup_notebook's output, MathJax is off).
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+"""
+
+
 def export_html(notebook: Path, html: Path | None = None) -> Path:
-    """Render an executed notebook to a self-contained HTML report (code cells hidden)."""
+    """Render an executed notebook to a self-contained HTML report (code cells hidden), fully offline:
+    no script or style sheet from the network."""
+    import jinja2
     import nbformat
     from nbconvert import HTMLExporter
 
     html = html or notebook.with_suffix(".html")
     nb = nbformat.read(notebook, as_version=4)
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[jinja2.DictLoader({"vitscale_offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="vitscale_offline.html.j2",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+    )
     body, _ = exporter.from_notebook_node(nb)
     runs.atomic_write_text(html, body)
     return html

@@ -1,25 +1,58 @@
-"""Plotly figures the notebooks show, drawn so that the executed notebook's HTML opens offline.
+"""Plotly figures and HTML tables the notebooks show, drawn so that the executed notebook's HTML
+opens offline.
 
-`setup_notebook()` sets the renderer to "plotly_mimetype+notebook": JupyterLab draws the plotly
-mimetype, and the text/html part (with plotly.js embedded once by that call's output) is what
-nbconvert's HTML export keeps. The cell that calls it must keep its output.
+`setup_notebook()` sets the renderer to "plotly_mimetype+vitscale_notebook": JupyterLab draws the
+plotly mimetype, and the text/html part (with plotly.js embedded once by that call's output, and no
+MathJax from a CDN) is what nbconvert's HTML export keeps. The cell that calls it must keep its output.
+Tables are `report.table` HTML (every number in full, formatted by `report`'s helpers).
 """
 
 from __future__ import annotations
 
+import html
+import json
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.io._base_renderers import NotebookRenderer
 from plotly.subplots import make_subplots
 
-from vitscale import analysis, metrics
+from vitscale import analysis, metrics, report
 
-RENDERER = "plotly_mimetype+notebook"
+RENDERER = "plotly_mimetype+vitscale_notebook"
+
+
+class OfflineNotebookRenderer(NotebookRenderer):
+    """plotly's notebook renderer without its MathJax <script src> from a CDN in every figure; plotly.js
+    is embedded by `setup_notebook` (`embed`), once, not on the first `show` (figures inside HTML
+    sections never call it)."""
+
+    def activate(self):
+        pass
+
+    def embed(self):
+        super().activate()
+
+    def to_mimebundle(self, fig_dict):
+        return {
+            "text/html": pio.to_html(
+                fig_dict,
+                config=self.config,
+                include_plotlyjs=self.include_plotlyjs,
+                include_mathjax=False,
+                full_html=False,
+                default_width="100%",
+                default_height=525,
+                validate=False,
+            )
+        }
+
+
+pio.renderers["vitscale_notebook"] = OfflineNotebookRenderer()
 
 
 class Sentence:
@@ -29,9 +62,7 @@ class Sentence:
         self.text = text
 
     def show(self) -> None:
-        from IPython.display import Markdown, display  # IPython is there wherever a report is shown
-
-        display(Markdown(self.text))
+        report.paragraph(self.text).show()
 
     def __repr__(self) -> str:
         return f"Sentence({self.text!r})"
@@ -44,6 +75,7 @@ NO_FINETUNING = Sentence("No fine-tuning in this run (parameter `finetune_datase
 def setup_notebook() -> None:
     """Use a renderer whose output survives into HTML and embeds plotly.js (offline)."""
     pio.renderers.default = RENDERER
+    pio.renderers["vitscale_notebook"].embed()
     pio.templates.default = "plotly_white"
 
 
@@ -59,7 +91,7 @@ def training_curves(curves: dict[str, Sequence[dict[str, Any]]], x: str = "step"
     palette = pio.templates["plotly"].layout.colorway
     for i, (name, records) in enumerate(curves.items()):
         color = palette[i % len(palette)]
-        for col, key in enumerate(("train/loss", "test/loss", "test/acc"), start=1):
+        for col, key in enumerate((metrics.TRAIN_LOSS, metrics.TEST_LOSS, metrics.TEST_ACC), start=1):
             xs, ys = _series(records, key, x)
             fig.add_trace(
                 go.Scatter(
@@ -82,13 +114,13 @@ def training_curves(curves: dict[str, Sequence[dict[str, Any]]], x: str = "step"
 
 def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Figure | Sentence:
     """Few-shot accuracy during pretraining, one line per dataset and shot count."""
-    keys = sorted({k for r in records for k in r if k.startswith("fewshot/") and not k.endswith("_std")})
+    keys = sorted({k for r in records for k in r if metrics.is_fewshot(k)})
     if not keys:
         return NO_FEWSHOT
     fig = go.Figure()
     for k in keys:
         xs, ys = _series(records, k, x)
-        fig.add_trace(go.Scatter(x=xs, y=ys, name=k.removeprefix("fewshot/"), mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=metrics.fewshot_label(k), mode="lines+markers"))
     fig.update_layout(
         title="few-shot linear transfer during pretraining",
         xaxis_title=x.replace("_", " "),
@@ -98,26 +130,21 @@ def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Fig
     return fig
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = "") -> go.Figure:
-    """A plain table figure (renders in the HTML report like the plots)."""
-    columns = list(columns or (rows[0].keys() if rows else []))
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-    cells = defaultdict(list)
-    for r in rows:
-        for c in columns:
-            cells[c].append(fmt(r.get(c)))
-    fig = go.Figure(
-        go.Table(
-            header=dict(values=columns, align="left"), cells=dict(values=[cells[c] for c in columns], align="left")
-        )
-    )
-    fig.update_layout(
-        title=title or None, height=min(120 + 28 * len(rows), 900), margin=dict(t=40 if title else 10, b=10)
-    )
-    return fig
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = "") -> report.Html:
+    """A plain HTML table (`report.table`): every number in full, nothing clipped."""
+    return report.table(rows, columns, title=title)
 
 
-def summary_table(summary: dict[str, Any]) -> go.Figure:
+# How the run summary's quantities read (the others: report.auto).
+_SUMMARY_FORMATS = {
+    "num_params": lambda v: f"{report.count(v)} ({report.integer(v)})",
+    "train_flops": report.flops,
+    "images_seen": report.integer,
+    "train_examples": lambda v: analysis.data_label(v),
+}
+
+
+def summary_table(summary: dict[str, Any]) -> report.Html:
     """The run's headline numbers as a two-column table."""
     keys = [
         "name",
@@ -131,10 +158,70 @@ def summary_table(summary: dict[str, Any]) -> go.Figure:
         "train_flops",
         "wall_seconds_this_session",
     ]
-    rows = [{"quantity": k, "value": summary.get(k)} for k in keys]
+    rows = [{"quantity": k, "value": _SUMMARY_FORMATS.get(k, report.auto)(summary.get(k))} for k in keys]
     rows += [{"quantity": f"best {k}", "value": v} for k, v in summary.get("best", {}).items()]
     rows += [{"quantity": k, "value": v} for k, v in sorted(summary.get("final", {}).items())]
     return table(rows, ["quantity", "value"])
+
+
+# How a report groups a run's parameters; a field in none of them is listed under "other".
+PRETRAIN_GROUPS = {
+    "model": (
+        "variant width depth mlp_dim num_heads pool_type posemb dropout head_bias_init representation_size gelu "
+        "dtype remat scan init_from model"
+    ).split(),
+    "data": (
+        "dataset data_dir train_split test_split train_examples image_size channels crop_padding flip input "
+        "pp_train pp_eval"
+    ).split(),
+    "recipe": (
+        "loss optimizer lr weight_decay wd_rules grad_clip_norm b2 schedule warmup_steps timescale cooldown_steps "
+        "cooldown_branches total_steps batch_size seed"
+    ).split(),
+    "evaluation": (
+        "eval_every eval_batch_size log_every fewshot_datasets fewshot_shots fewshot_seeds fewshot_every"
+    ).split(),
+    "run": "name checkpoint_every keep_checkpoints keep_every mesh grad_chains coordinator_address num_processes "
+    "process_id".split(),
+}
+TRANSFER_GROUPS = {
+    "model": "pretrained random_model pretrained_model compare_random".split(),
+    "data": (
+        "data_dir input fewshot_datasets finetune_datasets finetune_resolution pp_finetune pp_finetune_eval"
+    ).split(),
+    "recipe": (
+        "finetune_steps finetune_batch_size lr_grid holdout_fraction retrain warmup_steps momentum grad_clip_norm seed"
+    ).split(),
+    "evaluation": "fewshot_shots fewshot_seeds fewshot_l2 eval_every eval_batch_size log_every".split(),
+    "run": "name mesh".split(),
+}
+
+
+def parameters(cfg: Any, groups: dict[str, Sequence[str]] | None = None) -> report.Html:
+    """Every resolved parameter of a run (defaults included), grouped (model, data, recipe,
+    evaluation, ...) in a collapsed block: what ran, without opening params.yaml."""
+    values = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
+    if groups is None:
+        groups = TRANSFER_GROUPS if "pretrained" in values else PRETRAIN_GROUPS
+    placed: set[str] = set()
+    parts = []
+    for group, keys in groups.items():
+        rows = [{"parameter": k, "value": _param_text(values[k])} for k in keys if k in values]
+        placed |= {k for k in keys if k in values}
+        if rows:
+            parts.append(report.table(rows, title=group))
+    rest = [{"parameter": k, "value": _param_text(v)} for k, v in values.items() if k not in placed]
+    if rest:
+        parts.append(report.table(rest, title="other"))
+    return report.details(f"All parameters ({len(values)}, defaults included)", *parts)
+
+
+def _param_text(v: Any) -> str:
+    if v is None:
+        return "None"
+    if isinstance(v, dict | list):
+        return json.dumps(v)
+    return report.auto(v) if not isinstance(v, int) or isinstance(v, bool) else str(v)
 
 
 # ----------------------------------------------------------------------------- transfer (notebooks/transfer.ipynb)
@@ -142,10 +229,7 @@ _DASHES = ("solid", "dash", "dot", "dashdot")
 _GRID_DASHES = ("dot", "dash", "dashdot", "longdash")
 
 
-def _pct(mean: float | None, std: float | None = None) -> str:
-    if mean is None:
-        return ""
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+_pct = report.percent_spread
 
 
 def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> go.Figure | Sentence:
@@ -181,7 +265,7 @@ def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]])
     return fig
 
 
-def fewshot_table(summary: dict[str, Any]) -> go.Figure | Sentence:
+def fewshot_table(summary: dict[str, Any]) -> report.Html | Sentence:
     """Few-shot accuracy (%, mean ± spread over seeds) per dataset and shot count, one column per
     model, and the pretrained model's gain over the random init when both ran."""
     few, models = summary.get("fewshot", {}), summary.get("models", [])
@@ -201,11 +285,11 @@ def fewshot_table(summary: dict[str, Any]) -> go.Figure | Sentence:
     seeds = len(next(iter(next(iter(first.values())).values()))["per_seed"]) if first else 0
     title = f"few-shot top-1 accuracy (%), mean ± std over {seeds} seeds"
     if w := summary.get("weights"):  # where the pretrained weights came from
-        title += f"<br>weights: {w.get('file')} ({w.get('layout')}, variant {w.get('variant')})"
+        title += f"; weights: {w.get('file')} ({w.get('layout')}, variant {w.get('variant')})"
     return table(rows, title=title)
 
 
-def finetune_table(summary: dict[str, Any]) -> go.Figure | Sentence:
+def finetune_table(summary: dict[str, Any]) -> report.Html | Sentence:
     """Fine-tuning per dataset and model: held-out accuracy for each lr of the grid, the lr picked,
     and the test accuracy of the final run."""
     rows = []
@@ -213,9 +297,9 @@ def finetune_table(summary: dict[str, Any]) -> go.Figure | Sentence:
         for model, r in by_model.items():
             row = {"dataset": name, "model": model}
             for g in r["grid"]:
-                row[f"held-out acc, lr {g['lr']:g} (%)"] = "diverged" if g["diverged"] else _pct(g["val/acc"])
+                row[f"held-out acc, lr {g['lr']:g} (%)"] = "diverged" if g["diverged"] else _pct(g[metrics.VAL_ACC])
             row["best lr"] = f"{r['best_lr']:g}" + (" (grid edge)" if r.get("best_lr_at_grid_edge") else "")
-            row["test acc (%)"] = _pct(r["test/acc"])
+            row["test acc (%)"] = _pct(r[metrics.TEST_ACC])
             rows.append(row)
     if not rows:
         return NO_FINETUNING
@@ -228,7 +312,7 @@ def finetune_table(summary: dict[str, Any]) -> go.Figure | Sentence:
     )
 
 
-def paper_table(summary: dict[str, Any]) -> go.Figure | Sentence:
+def paper_table(summary: dict[str, Any]) -> report.Html | Sentence:
     """The paper's evaluation table, one row per model: ImageNet fine-tune and 10-shot, ReaL, v2,
     ObjectNet, VTAB-1k mean and groups (top-1 %); "not prepared" / "not run" where there is no number."""
     rows = [
@@ -240,7 +324,7 @@ def paper_table(summary: dict[str, Any]) -> go.Figure | Sentence:
     return table(rows, title="the paper's table: top-1 accuracy (%)")
 
 
-def vtab_table(summary: dict[str, Any]) -> go.Figure | Sentence:
+def vtab_table(summary: dict[str, Any]) -> report.Html | Sentence:
     """VTAB-1k per task and model: the (steps, lr) picked on val200 and the test accuracy (mean ± spread
     over seeds); stand-in tasks are marked as not VTAB."""
     rows = []
@@ -255,7 +339,9 @@ def vtab_table(summary: dict[str, Any]) -> go.Figure | Sentence:
                     "group": group,
                     "seeds": len(r["seeds"]),
                     "picked steps/lr": picks,
-                    "test acc (%)": _pct(r["test/acc"], r["test/acc_std"] if len(r["seeds"]) > 1 else None),
+                    "test acc (%)": _pct(
+                        r[metrics.TEST_ACC], r[metrics.spread(metrics.TEST_ACC)] if len(r["seeds"]) > 1 else None
+                    ),
                 }
             )
     if not rows:
@@ -289,7 +375,7 @@ def finetune_curves(curves: Sequence[dict[str, Any]]) -> go.Figure | Sentence:
         color = palette[models.index(c["model"]) % len(palette)]
         dash = "solid" if c["final"] else _GRID_DASHES[lrs.index(c["lr"]) % len(_GRID_DASHES)]
         row = datasets.index(c["dataset"]) + 1
-        for col, key in enumerate((metrics.TRAIN_LOSS, "val/acc", metrics.TEST_ACC), start=1):
+        for col, key in enumerate((metrics.TRAIN_LOSS, metrics.VAL_ACC, metrics.TEST_ACC), start=1):
             xs, ys = _series(c["records"], key)
             if not xs:
                 continue
@@ -352,11 +438,6 @@ def _hover_data(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
-def _message(fig: go.Figure, text: str) -> go.Figure:
-    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    return fig
-
-
 def _colors(variants: Sequence[str]) -> dict[str, str]:
     palette = pio.templates["plotly"].layout.colorway
     return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
@@ -372,16 +453,19 @@ def _with_x(rows: Sequence[dict[str, Any]], metric: str, x: str) -> list[dict[st
 
 def scaling_error_vs_compute(
     rows: Sequence[dict[str, Any]],
-    result: dict[str, Any],
+    result: dict[str, Any] | analysis.Failed,
     metric: str | None = None,
-) -> go.Figure:
+) -> go.Figure | Sentence:
     """Error against compute (log-log) for every trained model, one colour per model size and one
     marker per data size; the Pareto frontier ringed; the power law fitted to it with its bootstrap
     band, and the M4 fit. Traces: one per model size, then frontier, band, power law, M4 (each if
-    fitted)."""
-    metric = metric or result["metric"]
-    x = result.get("x", "train_flops")
+    fitted). Without a fit the runs are drawn and the reason is in the title; without runs, a sentence."""
+    fail = analysis.failed(result)
+    metric = metric or (result.metric if fail else result["metric"])
+    x = result.x if fail else result["x"]
     have = _with_x(rows, metric, x)
+    if not have:
+        return Sentence(f"No run has {_metric_title(metric)} and {_x_title(x)}: nothing to draw.")
     variants, sizes = analysis.variants_by_size(have), analysis.data_sizes(have)
     colors = _colors(variants)
     fig = go.Figure()
@@ -404,8 +488,8 @@ def scaling_error_vs_compute(
         )
     marks = ", ".join(f"{_SYMBOLS[i % len(_SYMBOLS)]} {analysis.data_label(d)}" for i, d in enumerate(sizes))
     title = f"{_metric_title(metric)} against {_x_title(x)} (markers: training images, {marks})"
-    if "error" in result:
-        _message(fig, f"no fit: {result['error']}")
+    if fail:
+        title += f"<br>no fit: {result.reason}"
     else:
         front = [r for r, f in zip(rows, result["frontier"]) if f]
         front.sort(key=lambda r: r[x])
@@ -448,7 +532,7 @@ def scaling_error_vs_compute(
             )
         )
         m4 = result["m4"]
-        if not isinstance(m4, dict):
+        if not analysis.failed(m4):
             fig.add_trace(
                 go.Scatter(
                     x=grid,
@@ -464,9 +548,11 @@ def scaling_error_vs_compute(
     return fig
 
 
-def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure:
+def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure | Sentence:
     """Best error (over training lengths) against parameters, one line per data size (log-log)."""
     groups = analysis.by_group(rows, metric, "train_examples", "variant")
+    if not groups:
+        return Sentence(f"No run has {_metric_title(metric)}: no best error per model size.")
     sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key)
     fig = go.Figure()
     for d in sizes:
@@ -482,18 +568,18 @@ def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = metrics.T
                 hovertemplate=_HOVER,
             )
         )
-    if not groups:
-        _message(fig, f"no run has {metric}")
     fig.update_xaxes(type="log", title_text="parameters")
     fig.update_yaxes(type="log", title_text=f"best {_metric_title(metric)}")
     fig.update_layout(title=f"best {_metric_title(metric)} against model size, per data size", height=420)
     return fig
 
 
-def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure:
+def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metrics.TEST_ACC) -> go.Figure | Sentence:
     """Error against images seen, one facet per data size and one line per model size (the best
     run or cooldown branch at each images-seen value); log-log."""
     groups = analysis.by_group(rows, metric, "train_examples", "variant")
+    if not groups:
+        return Sentence(f"No run has {_metric_title(metric)}: no curve against images seen.")
     sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key) or [None]
     variants = analysis.variants_by_size([r for rs in groups.values() for r in rs])
     colors = _colors(variants)
@@ -530,8 +616,6 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metric
                 col=col,
             )
             shown.add(v)
-    if not groups:
-        _message(fig, f"no run has {metric}")
     fig.update_xaxes(type="log", title_text="images seen")
     fig.update_yaxes(type="log")
     fig.update_yaxes(title_text=_metric_title(metric), row=1, col=1)
@@ -539,17 +623,16 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metric
     return fig
 
 
-def scaling_extrapolation(result: dict[str, Any]) -> go.Figure:
+def scaling_extrapolation(result: dict[str, Any] | analysis.Failed) -> go.Figure | Sentence:
     """The extrapolation check: frontier runs below the cut (fitted) and at or above it (held out),
     both estimators' curves fitted below the cut, and their errors on the held-out runs. Traces:
     fit region, held out, cut line, power law, M4 (each if present)."""
+    if analysis.failed(result):
+        return Sentence(f"No extrapolation check for {_metric_title(result.metric)}: {result.reason}")
+    metric, x, ex = result["metric"], result["x"], result["extrapolation"]
+    if analysis.failed(ex):
+        return Sentence(f"No extrapolation check for {_metric_title(metric)}: {ex.reason}")
     fig = go.Figure()
-    metric, x = result.get("metric", ""), result.get("x", "train_flops")
-    ex = result.get("extrapolation", {"error": result.get("error", "no result")})
-    if "error" in result or "error" in ex:
-        _message(fig, f"no extrapolation check: {result.get('error') or ex['error']}")
-        fig.update_layout(title=f"extrapolation, {_metric_title(metric)}", height=300)
-        return fig
     fig.add_trace(
         go.Scatter(
             x=ex["train_x"],
@@ -584,8 +667,8 @@ def scaling_extrapolation(result: dict[str, Any]) -> go.Figure:
         ("power_law", "power law", dict(color="black")),
         ("m4", "M4", dict(color="firebrick", dash="dash")),
     ):
-        r = ex["results"].get(name, {})
-        if "fit" not in r:
+        r = ex["results"].get(name)
+        if r is None or analysis.failed(r) or "fit" not in r:
             continue
         fig.add_trace(
             go.Scatter(
@@ -604,49 +687,46 @@ def scaling_extrapolation(result: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def _fit_table(fig: go.Figure, widths: Sequence[float], chars: int = 150) -> go.Figure:
-    """Set relative column widths and a height that fits wrapped cells (about `chars` characters
-    per line across the whole table)."""
-    t = fig.data[0]
-    t.columnwidth = list(widths)
-    share = [w / sum(widths) for w in widths]
-    cols = [list(c) for c in t.cells.values]
-    lines = [
-        max(math.ceil(len(str(col[i])) / max(chars * f, 1.0)) or 1 for col, f in zip(cols, share))
-        for i in range(len(cols[0]) if cols else 0)
-    ]
-    head = max(math.ceil(len(str(h)) / max(chars * f, 1.0)) or 1 for h, f in zip(t.header.values, share))
-    fig.update_layout(height=min(80 + 20 * head + sum(20 * n + 10 for n in lines), 1400))
-    return fig
+# How the scaling tables show their numbers.
+_RUN_FORMATS = {
+    "params": report.count,
+    "train FLOPs": report.flops,
+    "images seen": report.integer,
+    "steps": report.integer,
+}
 
 
-def scaling_constants_table(results: dict[str, dict[str, Any]]) -> go.Figure:
+def _ordered(results: dict[str, Any]) -> list[str]:
+    """Metrics in report order: upstream (test) first, then few-shot by dataset and shots."""
+    return sorted(results, key=metrics.sort_key)
+
+
+def scaling_constants_table(results: dict[str, Any]) -> report.Html:
     """Fitted constants, one column per metric: power law a, b, c, d and M4 (with bootstrap
     intervals), the extrapolation errors, and why a metric could not be fitted."""
-    per_metric = analysis.constants_rows(results)
+    per_metric = analysis.constants_rows({m: results[m] for m in _ordered(results)})
     if not per_metric:
-        return table([{"scaling fits": "no metric to fit"}])
+        return report.paragraph("No metric to fit.")
     quantities = list(dict.fromkeys(k for r in per_metric for k in r if k != "metric"))
     rows = [{"quantity": q, **{r["metric"]: r.get(q, "") for r in per_metric}} for q in quantities]
-    fig = table(
+    return report.table(
         rows,
         ["quantity"] + [r["metric"] for r in per_metric],
-        title="frontier fits: E = a (x + d)^-b + c and M4 [bootstrap intervals]",
+        title="frontier fits: E = a (x + d)^-b + c and M4 [95% bootstrap intervals]",
     )
-    return _fit_table(fig, [1.2] + [2.0] * len(per_metric))
 
 
-def scaling_findings_table(found: dict[str, dict[str, Any]]) -> go.Figure:
-    """The paper's claims checked on this sweep (`analysis.findings`): holds, and the numbers."""
-    fig = table(analysis.findings_rows(found), ["finding", "holds", "verdict"], title="findings at this scale")
-    return _fit_table(fig, [1.2, 0.8, 8.0])
+def scaling_findings_table(found: dict[str, dict[str, Any]]) -> report.Html:
+    """The paper's claims checked on this sweep, per metric (`analysis.findings`): holds, and the numbers."""
+    rows = [{"metric": _metric_title(m), **r} for m in _ordered(found) for r in analysis.findings_rows(found[m])]
+    return report.table(rows, ["metric", "finding", "holds", "verdict"], title="findings at this scale")
 
 
 def _finite_or_none(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> go.Figure:
+def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> report.Html:
     """Every trained model of the sweep with its size, data, length, compute and errors."""
     names = list(names or analysis.metric_columns(rows))
     rows = sorted(
@@ -672,16 +752,19 @@ def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | No
         for r in rows
     ]
     if not out:
-        return table([{"runs": "no finished run in this sweep"}])
-    fig = table(out, title=f"{len(out)} trained models (runs and cooldown branches)")
-    return _fit_table(fig, [3.0, 1.0, 1.0, 1.0, 0.8, 1.1, 1.1] + [1.6] * len(names), chars=170)
+        return report.paragraph("No finished run in this sweep.")
+    formats = _RUN_FORMATS | {_metric_title(m): report.percent for m in names}
+    return report.table(
+        out, title=f"{len(out)} trained models (runs and cooldown branches)", formats=formats, table_id="runs"
+    )
 
 
-def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[go.Figure]:
+def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, Any]) -> list[go.Figure | Sentence]:
     """Per metric: error against compute with the fits, the extrapolation check, best error
     against model size, and error against images seen."""
     figs = []
-    for metric, result in results.items():
+    for metric in _ordered(results):
+        result = results[metric]
         figs += [
             scaling_error_vs_compute(rows, result, metric),
             scaling_extrapolation(result),
@@ -691,7 +774,90 @@ def scaling_report_figures(rows: Sequence[dict[str, Any]], results: dict[str, di
     return figs
 
 
-def show_all(figures: Sequence[go.Figure]) -> None:
+def _law_text(result: dict[str, Any]) -> str:
+    pl = result["power_law"]
+    iv = pl.intervals
+    flags = {k: analysis._flags(pl.as_dict(), k) for k in "abcd"}
+    const = [f"{k} = {report.with_interval(getattr(pl, k), iv.get(k), flags[k])}" for k in "abd"]
+    floor = report.percent(pl.c, iv.get("c")) + "".join(f" ({f})" for f in flags["c"])
+    const = ", ".join([*const[:2], f"c (error floor) = {floor}", const[2]])
+    return f"E = a (x + d)^-b + c on {pl.n} frontier points: {const}"
+
+
+def _extrapolation_text(result: dict[str, Any]) -> str:
+    ex = result["extrapolation"]
+    if analysis.failed(ex):
+        return f"Extrapolation: not checked ({ex.reason})."
+    scored = sorted(
+        (r["rmse_log"], name, r)
+        for name, r in ex["results"].items()
+        if not analysis.failed(r) and math.isfinite(r.get("rmse_log", math.nan))
+    )
+    if not scored:
+        return "Extrapolation: no law could be fitted below the cut."
+    (best, name, r), rest = scored[0], scored[1:]
+    txt = (
+        f"Extrapolates best: {analysis.law_label(name)}, fitted on {ex['n_train']} runs below "
+        f"{report.flops(ex['cut']) if result['x'] == 'train_flops' else report.number(ex['cut'], 3)}, "
+        f"predicts the {ex['n_test']} above within {report.percent(r['mare'])} on average (RMSE of log error "
+        f"{report.number(best, 3)})"
+    )
+    if rest:
+        second, name2, _ = rest[0]
+        ratio = f"{second / best:.2f}x" if best > 0 else "infinitely"
+        txt += f"; next: {analysis.law_label(name2)}, {ratio} the error"
+    return txt + "."
+
+
+def scaling_headline(results: dict[str, Any], found: dict[str, dict[str, Any]]) -> report.Html:
+    """The answer first: per metric (upstream first) the fitted law with its intervals, which law
+    extrapolates best and by how much, and the findings that hold (and which cannot be tested)."""
+    blocks = []
+    for metric in _ordered(results):
+        result, title = results[metric], _metric_title(metric)
+        if analysis.failed(result):
+            blocks.append(
+                report.section(
+                    report.Html(f"<h3>{html.escape(title)}</h3>"), report.paragraph(f"Not fitted: {result.reason}")
+                )
+            )
+            continue
+        lines = [_law_text(result), _extrapolation_text(result)]
+        f = found.get(metric, {})
+        held = [k.replace("_", " ") for k, v in f.items() if v["holds"] is True]
+        failed = [k.replace("_", " ") for k, v in f.items() if v["holds"] is False]
+        untested = [k.replace("_", " ") for k, v in f.items() if v["holds"] is None]
+        lines.append(
+            "Findings that hold: "
+            + (", ".join(held) or "none")
+            + (f"; do not hold: {', '.join(failed)}" if failed else "")
+            + (f"; not testable: {', '.join(untested)}" if untested else "")
+            + "."
+        )
+        items = "".join(f"<li>{html.escape(t)}</li>" for t in lines)
+        blocks.append(report.Html(f"<h3>{html.escape(title)}</h3><ul>{items}</ul>"))
+    return report.section(*blocks, css="vs-headline")
+
+
+def scaling_details(rows: Sequence[dict[str, Any]], results: dict[str, Any], found: dict[str, Any]) -> report.Html:
+    """Per metric (upstream first), collapsed: its constants, its findings and its four figures."""
+    parts = []
+    for metric in _ordered(results):
+        parts.append(
+            report.details(
+                f"Details: {_metric_title(metric)}",
+                scaling_constants_table({metric: results[metric]}),
+                scaling_findings_table({metric: found[metric]} if metric in found else {}),
+                scaling_error_vs_compute(rows, results[metric], metric),
+                scaling_extrapolation(results[metric]),
+                scaling_best_vs_size(rows, metric),
+                scaling_error_vs_images(rows, metric),
+            )
+        )
+    return report.section(*parts)
+
+
+def show_all(figures: Sequence[go.Figure | Sentence | report.Html]) -> None:
     """Show figures one after the other (keeps loops out of notebooks)."""
     for fig in figures:
         fig.show()

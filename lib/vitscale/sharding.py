@@ -20,6 +20,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vitscale import backend
+
 AXES = ("data", "fsdp")
 BATCH_SPEC = P(AXES)
 
@@ -35,6 +37,7 @@ def initialize(
     Call it before anything touches a JAX backend. Further keyword arguments go to
     `jax.distributed.initialize` (e.g. `initialization_timeout` in seconds). On CPU, the processes'
     collectives run over TCP with gloo, JAX's default `jax_cpu_collectives_implementation`."""
+    backend.configure_gpu()  # GPU compiler flags, before a backend starts (only when a GPU is selected)
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])

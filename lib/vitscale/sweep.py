@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, metrics, notebooks, progress, runs
+from vitscale import config, metrics, notebooks, progress, report, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +163,6 @@ def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
     return index
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape("" if value is None else str(value))
-
-
 def index_html(out: Path, sweep: Sweep, index: dict[str, str]) -> str:
     """outputs/<sweep>/index.html: every run with its status, key metrics and compute, linked to its
     report, and a link to the scaling report. Plain HTML: it opens offline anywhere."""
@@ -181,35 +175,37 @@ def index_html(out: Path, sweep: Sweep, index: dict[str, str]) -> str:
     head = ["run", "status", "variant", "train images", "steps", *names, "train FLOPs", "device-seconds", "branches"]
     rows = []
     for r in sweep.runs:
-        s, report = summaries[r.run_id], out / r.run_id / "run.html"
+        s, run_html = summaries[r.run_id], out / r.run_id / "run.html"
         link = (
             f'<a href="{html.escape(r.run_id)}/run.html">{html.escape(r.run_id)}</a>'
-            if report.is_file()
+            if run_html.is_file()
             else (html.escape(r.run_id))
         )
         cells = [r.params.get("variant"), s.get("train_examples", r.params.get("train_examples")), s.get("total_steps")]
         cells += [finals[r.run_id].get(m) for m in names]
         cells += [s.get("train_flops"), s.get("device_seconds"), len(s.get("branches", []))]
+        formats = [None] * (3 + len(names)) + [report.flops, None, None]
         status = index[r.run_id]
         rows.append(
             f'<tr class="{status}"><td>{link}</td><td>{status}</td>'
-            + "".join(f"<td>{_cell(c)}</td>" for c in cells)
+            + "".join(report.cell(c, f) for c, f in zip(cells, formats))
             + "</tr>"
         )
     scaling = out / "scaling" / "report.html"
     done = sum(v == "done" for v in index.values())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(sweep.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:2px 6px;text-align:right}}td:first-child{{text-align:left}}tr.failed{{background:#fdd}}
+{report.STYLE}{report.SORTER}
+<style>body{{font-family:sans-serif;margin:2em}}tr.failed{{background:#fdd}}
 tr.interrupted,tr.pending{{color:#777}}</style></head><body>
 <h1>Sweep {html.escape(sweep.name)}</h1>
 <p>{done} of {len(index)} runs done (notebook {html.escape(sweep.notebook)}).
 {'<a id="scaling" href="scaling/report.html">Scaling report</a>' if scaling.is_file() else "No scaling report yet."}</p>
-<table id="runs"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>
+<div class="vs-table-wrap"><table class="vs-table" id="runs">
+<thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>
 <tbody>
 {chr(10).join(rows)}
-</tbody></table></body></html>
+</tbody></table></div></body></html>
 """
 
 

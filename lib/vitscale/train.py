@@ -201,7 +201,9 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     branches = [run_branch(cfg, b, out, mesh, train.num_classes, batches, make_evals) for b in cfg.cooldown_branches]
 
     # 5. The summary.
-    summary = make_summary(cfg, trainer.model, runs.read_metrics(out / "metrics.jsonl"), t0, branches, meta)
+    records = runs.read_metrics(out / "metrics.jsonl")
+    summary = make_summary(cfg, trainer.model, records, t0, branches, meta)
+    summary.update(loop.perf_summary(trainer, records, meta))  # mfu, and the peak and kernel behind it
     summary["train_examples"] = len(train)  # the data axis, resolved when the parameter is None
     summary["input"] = {
         "train": "stream" if isinstance(train, sources.Source) else "memory",

@@ -460,15 +460,19 @@ def make_summary(
     imnet: dict | None = None,
 ) -> dict[str, Any]:
     """Everything a reader needs: the source model, few-shot and fine-tuning results per model, and
-    flat `final` metrics (the model `pretrained` names unprefixed, the random baseline under random/)."""
+    flat `final` metrics (the model `pretrained` names unprefixed, the random baseline under random/).
+    Datasets are named by their safe token everywhere (`datasets.metric_name`: `folder_<name>` for a
+    folder), as in the metric names and the fine-tuning folders; `datasets` maps each back."""
     pre, primary = models[0].cfg, models[0].name
+    few = {m: {datasets.metric_name(n): r for n, r in by_dataset.items()} for m, by_dataset in few.items()}
+    fine = {datasets.metric_name(n): by_model for n, by_model in fine.items()}
     final: dict[str, float] = {}
     for m in models:
         prefix = "" if m.name == primary else f"{m.name}/"
         for name, result in few.get(m.name, {}).items():
-            final.update({prefix + k: v for k, v in fewshot.flatten(datasets.metric_name(name), result).items()})
+            final.update({prefix + k: v for k, v in fewshot.flatten(name, result).items()})
         for name, by_model in fine.items():
-            final[prefix + metrics.finetune(datasets.metric_name(name))] = by_model[m.name][metrics.TEST_ACC]
+            final[prefix + metrics.finetune(name)] = by_model[m.name][metrics.TEST_ACC]
         for task, r in (vt or {}).get(m.name, {}).get("tasks", {}).items():
             final[prefix + metrics.vtab(datasets.metric_name(task.removeprefix(vtab_data.STANDIN)))] = r[
                 metrics.TEST_ACC
@@ -498,6 +502,7 @@ def make_summary(
         "finetune_resolution": finetune.resolution(cfg, pre),
         "models": [m.name for m in models],
         "num_params": flops.count_params(model, build.image_shape(pre)),
+        "datasets": {datasets.metric_name(n): n for n in [*cfg.fewshot_datasets, *cfg.finetune_datasets]},
         "fewshot": few,
         "finetune": fine,
         "vtab": vt or {},
@@ -512,11 +517,20 @@ def make_summary(
     }
 
 
-def load_curves(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Every fine-tuning run of a transfer run folder, as records:
-    {dataset, model, lr, final (the retrained run, else a grid run), records (its metrics.jsonl)}."""
+def finetune_dir(out_dir: str | Path, dataset: str) -> Path:
+    """Where a transfer run keeps the fine-tuning runs on `dataset`: finetune/<its safe token>."""
+    return Path(out_dir) / "finetune" / datasets.metric_name(dataset)
+
+
+def load_curves(out_dir: str | Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every fine-tuning run of a transfer run folder, as records: {dataset (its safe token), model,
+    lr, final (the retrained run, else a grid run), records (its metrics.jsonl)}. `names`: the
+    run's `finetune_datasets` (default: from its params.yaml), found where `run` wrote them."""
+    if names is None:
+        params = Path(out_dir) / "params.yaml"
+        names = config.load_yaml(params).get("finetune_datasets", []) if params.is_file() else []
     curves = []
-    for path in sorted(Path(out_dir, "finetune").glob("*/*/*/metrics.jsonl")):
+    for path in sorted(p for n in names for p in finetune_dir(out_dir, n).glob("*/*/metrics.jsonl")):
         dataset, model, run = path.parts[-4:-1]
         final = run.startswith("final_lr_")
         lr = float(run.removeprefix("final_lr_" if final else "lr_"))
@@ -538,7 +552,7 @@ def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     models = load_models(cfg, mesh)
     print("models: " + "; ".join(f"{m.name} ({m.source}, step {m.step})" for m in models))
     few = fewshot_eval(models, cfg, mesh)
-    fine = {name: finetune.finetune(models, name, cfg, out / "finetune" / name, mesh) for name in cfg.finetune_datasets}
+    fine = {name: finetune.finetune(models, name, cfg, finetune_dir(out, name), mesh) for name in cfg.finetune_datasets}
 
     vt = vtab_eval(models, cfg, out, mesh)
     imnet = imagenet_eval(models, cfg, fine, out, mesh)

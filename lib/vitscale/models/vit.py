@@ -23,10 +23,19 @@ flax's default approximation (what vitscale, big_vision and vision_transformer t
 the exact one (PyTorch's nn.GELU, what timm evaluates released weights with). The class token's
 position embedding of vision_transformer's files (a [1, 1+N, D] table) needs no option: it is
 folded into `cls` on import, as big_vision's loader does.
+
+Precision policy (`dtype`, the `dtype` parameter): with bfloat16 the matmul inputs and the
+activations between them are bf16 (nn.Dense / nn.Conv / DenseParams cast kernels and inputs to
+`dtype`; XLA accumulates bf16 products in float32 on GPUs and TPUs); parameters stay float32
+(`param_dtype`, DenseParams), and so the optimizer's updates; LayerNorm statistics are float32
+(flax computes mean and variance in at least float32); attention logits and softmax are float32
+(self_attention below; backend.self_attention); the head and its logits are float32 (ViT.__call__),
+and the loss (vitscale.loop). With float32 everything is float32.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +62,36 @@ def sincos2d_posemb(h: int, w: int, width: int, temperature: float = 10_000.0) -
     return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None]
 
 
-def self_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int) -> jax.Array:
-    """Multi-head self-attention from a fused [D, 3D] QKV projection: softmax(q k^T / sqrt(d)) v."""
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def attention_implementation(platform: str, dtype: Any, head_dim: int, compute_capability: str | None = None) -> str:
+    """The one choice of `jax.nn.dot_product_attention`'s implementation: "cudnn" (fused flash
+    attention) on an NVIDIA GPU when its constraints hold, "xla" otherwise. cuDNN needs bf16 or fp16
+    inputs and a head dimension that is a multiple of 8, at most 256 on Hopper (compute capability
+    9.0 and later) and 128 before it (jax/_src/cudnn/fused_attention_stablehlo.py, check_is_flash_attention).
+    `compute_capability` None: assume Hopper (every ViT variant's head dimension is at most 128)."""
+    if platform not in ("gpu", "cuda"):
+        return "xla"
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return "xla"
+    hopper = compute_capability is None or tuple(int(x) for x in compute_capability.split(".")[:2]) >= (9, 0)
+    if head_dim % 8 or head_dim > (256 if hopper else 128):
+        return "xla"
+    return "cudnn"
+
+
+def self_attention(
+    x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int, implementation: str = "xla"
+) -> jax.Array:
+    """Multi-head self-attention from a fused [D, 3D] QKV projection: softmax(q k^T / sqrt(d)) v.
+    Both implementations compute the logits and the softmax in float32 for bf16 inputs (XLA's:
+    jax.nn's _dot_product_attention_core; cuDNN's: inside the fused kernel)."""
     b, n, d = x.shape
     qkv = (x @ qkv_kernel + qkv_bias).reshape(b, n, 3, num_heads, d // num_heads)
-    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # [b, n, heads, d / heads]
+    out = jax.nn.dot_product_attention(
+        qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation=implementation
+    )  # [b, n, heads, d / heads]
     return out.reshape(b, n, d) @ out_kernel + out_bias
 
 
@@ -71,6 +105,12 @@ class Kernels:
 
 
 PLAIN = Kernels()
+CUDNN = Kernels(self_attention=functools.partial(self_attention, implementation="cudnn"))
+
+
+def plain_kernels(implementation: str = "xla") -> Kernels:
+    """The plain products with this attention implementation ("xla": PLAIN, "cudnn": CUDNN)."""
+    return {"xla": PLAIN, "cudnn": CUDNN}[implementation]
 
 
 class DenseParams(nn.Module):
@@ -83,6 +123,7 @@ class DenseParams(nn.Module):
 
     @nn.compact
     def __call__(self, in_features: int):
+        # Precision: parameters are float32; the products get them cast to the compute dtype.
         kernel = self.param("kernel", nn.initializers.xavier_uniform(), (in_features, self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         return kernel.astype(self.dtype), bias.astype(self.dtype)
@@ -142,6 +183,7 @@ class Encoder1DBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic=True):
+        # Precision: LayerNorm's mean and variance in float32 (flax's _compute_stats), output in dtype.
         y = nn.LayerNorm(dtype=self.dtype)(x)
         y = Attention(self.num_heads, dtype=self.dtype, kernels=self.kernels, name="Attention")(y)
         x = x + nn.Dropout(rate=self.dropout)(y, deterministic)
@@ -284,6 +326,7 @@ class ViT(nn.Module):
         if self.representation_size:
             x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", dtype=self.dtype)(x))
         out["pre_logits"] = x.astype(jnp.float32)
+        # Precision: the head runs in float32 on float32 features (no dtype: flax's default float32).
         logits = nn.Dense(
             self.num_classes,
             name="head",

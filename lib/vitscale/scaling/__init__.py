@@ -71,12 +71,16 @@ of ``log(error)``, as in the M4 paper (:func:`rmse_log`), plus the mean
 absolute relative error.
 """
 
+from vitscale.scaling import allocation, isoflop, table
 from vitscale.scaling.extrapolation import extrapolation_check
 from vitscale.scaling.fitting import LAWS, MIN_POINTS, resolved, rmse_log
 from vitscale.scaling.frontier import PowerLawFit, fit_power_law, frontier_fit, pareto_frontier
 from vitscale.scaling.laws import LawFit, M4Fit, fit_law, fit_m1, fit_m2, fit_m3, fit_m4, m4_solve
 
 __all__ = [
+    "allocation",
+    "isoflop",
+    "table",
     "pareto_frontier",
     "PowerLawFit",
     "fit_power_law",

@@ -76,6 +76,17 @@ def _check_level(level: float) -> None:
         raise ValueError(f"ci_level must be in (0, 1), got {level}")
 
 
+def can_bootstrap(x: np.ndarray) -> bool:
+    """Whether resampling can vary the data: with only MIN_POINTS distinct x every accepted resample
+    is the data itself, so its refits measure the optimiser's tolerance, not the data's spread."""
+    return np.unique(x).shape[0] > MIN_POINTS
+
+
+def is_whole_sample(idx: np.ndarray) -> bool:
+    """Whether a resample holds every point exactly once: its fit is the point estimate itself."""
+    return np.unique(idx).shape[0] == idx.shape[0]
+
+
 def _bootstrap_indices(rng: np.random.Generator, x: np.ndarray) -> np.ndarray | None:
     """Resample with replacement; retry until >= MIN_POINTS distinct x values."""
     n = x.shape[0]
@@ -105,8 +116,10 @@ def resolved(interval: tuple[float, float], max_ratio: float = 10.0) -> bool:
     return b / a <= max_ratio
 
 
-def _unresolved(intervals: dict[str, tuple[float, float]]) -> list[str]:
-    return [k for k, v in intervals.items() if not resolved(v)]
+def _unresolved(intervals: dict[str, tuple[float, float]], estimates: dict[str, float]) -> list[str]:
+    """Parameters whose interval fails :func:`resolved` or does not contain the estimate (a fit on
+    a bound sits at one end of its bootstrap distribution; the percentiles can leave it out)."""
+    return [k for k, v in intervals.items() if not resolved(v) or not v[0] <= estimates[k] <= v[1]]
 
 
 def _margin(e: np.ndarray) -> float:

@@ -17,6 +17,8 @@ from vitscale.scaling.fitting import (
     _interval,
     _unresolved,
     _validate,
+    can_bootstrap,
+    is_whole_sample,
     rmse_log,
 )
 
@@ -182,10 +184,12 @@ def _pl_initial_grid(Cn: np.ndarray, E: np.ndarray, lo, hi) -> list[np.ndarray]:
     return starts
 
 
-def _pl_unpack(p: np.ndarray, lo: np.ndarray) -> list[float]:
-    """(a_n, b, c, d_n); d at its lower bound (1e-6 of the smallest C) is reported as 0."""
+def _pl_unpack(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[float]:
+    """(a_n, b, c, d_n); c and d at their lower bounds (0, and 1e-6 of the smallest C) are reported
+    as 0, so a floor of 1e-20 from one refit and 1e-22 from another both read as "no floor"."""
     d_n = 0.0 if p[3] <= lo[3] + 1e-6 else math.exp(p[3])
-    return [math.exp(p[0]), math.exp(p[1]), float(p[2]), d_n]
+    c = 0.0 if p[2] <= lo[2] + 1e-6 * (hi[2] - lo[2]) else float(p[2])
+    return [math.exp(p[0]), math.exp(p[1]), c, d_n]
 
 
 def _pl_solve(Cn, E, starts, lo, hi, keep: int = 1):
@@ -234,7 +238,8 @@ def fit_power_law(
     """Fit ``E = a (C + d)^-b + c`` in log space (see module docstring).
 
     ``ci_level=0.95`` gives 2.5/97.5 percentile bootstrap intervals; use
-    ``0.68`` for 16/84.  Raises ``ValueError`` for fewer than 4 points,
+    ``0.68`` for 16/84. With only 4 distinct ``C`` (as many as constants) there is nothing to
+    resample: no intervals, and every constant is listed as unresolved.  Raises ``ValueError`` for fewer than 4 points,
     non-positive or non-finite values, or mismatched lengths.
     """
     C, E = _validate(C, E, x_name="compute", what="the power-law fit")
@@ -251,23 +256,26 @@ def fit_power_law(
     sols = _pl_solve(Cn, E, _pl_initial_grid(Cn, E, lo, hi), lo, hi, keep=3)
     cost, p = sols[0]
     at_bound = _pl_at_bound(p, lo, hi)
-    a_n, b, c, d_n = _pl_unpack(p, lo)
+    a_n, b, c, d_n = _pl_unpack(p, lo, hi)
     cost = float(np.sum((np.log(_pl_eval(Cn, a_n, b, c, d_n)) - np.log(E)) ** 2))
 
     rng = np.random.default_rng(seed)
     boot = []
-    for _ in range(int(n_bootstrap)):
+    for _ in range(int(n_bootstrap) if can_bootstrap(C) else 0):
         idx = _bootstrap_indices(rng, C)
         if idx is None:
             continue
+        if is_whole_sample(idx):  # the data itself: its fit is the estimate, not a noisy refit of it
+            boot.append([a_n, b, c, d_n])
+            continue
         Cb, Eb = Cn[idx], E[idx]
         lob, hib = _pl_bounds(Cb, Eb)
-        starts = [q for _, q in sols]
+        starts = [p] + [q for _, q in sols[1:]]
         try:
             pb = _pl_solve(Cb, Eb, starts, lob, hib, keep=1)[0][1]
         except RuntimeError:  # pragma: no cover - defensive
             continue
-        boot.append(_pl_unpack(pb, lob))
+        boot.append(_pl_unpack(pb, lob, hib))
     boot_arr = np.array(boot, dtype=float).reshape(-1, 4)
 
     intervals: dict[str, tuple[float, float]] = {}
@@ -296,7 +304,9 @@ def fit_power_law(
         intervals=intervals,
         n_bootstrap=int(boot_arr.shape[0]),
         at_bound=at_bound,
-        unresolved=_unresolved(intervals),
+        unresolved=_unresolved(intervals, dict(zip(_PL_NAMES, (float(a), b, c, d_n * c_ref))))
+        if intervals
+        else list(_PL_NAMES),
         c_ref=c_ref,
         a_n=a_n,
         d_n=d_n,

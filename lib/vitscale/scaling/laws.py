@@ -20,6 +20,8 @@ from vitscale.scaling.fitting import (
     _minimize_1d,
     _unresolved,
     _validate,
+    can_bootstrap,
+    is_whole_sample,
     rmse_log,
 )
 from vitscale.scaling.frontier import PowerLawFit, fit_power_law
@@ -280,9 +282,12 @@ def fit_m4(
 
     rng = np.random.default_rng(seed)
     boot = []
-    for _ in range(int(n_bootstrap)):
+    for _ in range(int(n_bootstrap) if can_bootstrap(x) else 0):
         idx = _bootstrap_indices(rng, x)
         if idx is None:
+            continue
+        if is_whole_sample(idx):  # the data itself: its fit is the estimate
+            boot.append([e_inf, math.exp(lb), c, alpha, e0_fit])
             continue
         ei, e0b, lbb, cb, ab, *_ = _m4_core(logx[idx], e[idx], e0, learn_e0, e0_max, lb_min, start=st)
         boot.append([ei, math.exp(lbb), cb, ab, e0b])
@@ -307,7 +312,9 @@ def fit_m4(
         e0_init=e0,
         learn_e0=learn_e0,
         at_bound=at_bound,
-        unresolved=_unresolved(intervals),
+        unresolved=_unresolved(intervals, dict(zip(_M4_NAMES, (e_inf, math.exp(lb), c, alpha, e0_fit))))
+        if intervals
+        else list(names),
     )
     fit.rmse_log = rmse_log(fit.predict(x), e)
     return fit

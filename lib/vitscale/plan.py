@@ -1,0 +1,248 @@
+"""The planner: from a study (a sweep folder or a CSV of runs) to the compute-optimal model size and
+data for a budget, and, for a vitscale sweep, an IsoFLOP sweep file around that optimum.
+
+The fit is the joint law of `scaling.allocation` (Approach 3); the sweep file takes the study's own
+recipe (the finished run on the most data), five or more variants of the model family whose sizes
+bracket N*, each with the steps that spend the budget (3 x forward FLOPs per image x images seen).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitscale import config, flops, metrics, runs
+from vitscale.models import vit
+from vitscale.scaling import allocation, table
+
+#: Sizes in a planned IsoFLOP set.
+PLAN_SIZES = 5
+
+#: A planned run must spend the budget within this fraction.
+BUDGET_TOLERANCE = 0.01
+
+
+def _error_of(row: dict[str, Any], metric: str) -> float:
+    return metrics.error(metric, row.get(metric))
+
+
+def load_points(source: str | Path, *, metric: str = metrics.TEST_ACC, k: float | None = None) -> table.Points:
+    """Points of a sweep folder (its runs' and cooldown branches' ends) or of a CSV of runs; a
+    ConfigError naming the file, column and row when they cannot be read."""
+    source = Path(source)
+    if source.is_dir():
+        pts = table.from_rows(runs.collect(source), _error_of, metric=metric)
+        if len(pts.N) < table.MIN_ROWS:
+            raise config.ConfigError(
+                [
+                    config.Problem(
+                        metric, f"{len(pts.N)} finished run(s) carry it; the joint law needs {table.MIN_ROWS}"
+                    )
+                ],
+                source,
+            )
+        return pts
+    if not source.is_file():
+        raise config.ConfigError([config.Problem("source", "is neither a sweep folder nor a CSV file")], source)
+    try:
+        return table.read_csv(source, k=k)
+    except table.TableError as e:
+        raise config.ConfigError([config.Problem(e.field, e.message)], source) from None
+
+
+def _recipe(sweep_dir: Path) -> dict[str, Any]:
+    """The study's recipe: params.yaml of its finished run on the most data (then the longest)."""
+    best, key = None, None
+    for d in runs.find_runs(sweep_dir):
+        if not (d / "summary.json").exists():
+            continue
+        s = runs.read_json(d / "summary.json")
+        if s.get("kind") != "pretrain":
+            continue
+        kk = (s.get("train_examples") or math.inf, s.get("total_steps", 0), d.name)
+        if key is None or kk > key:
+            best, key = (d, s), kk
+    if best is None:
+        raise config.ConfigError([config.Problem("sweep", "no finished pretraining run to take the recipe from")])
+    d, s = best
+    return {"params": config.load_yaml(d / "params.yaml"), "summary": s}
+
+
+def _num_classes(params: dict[str, Any], fwd: int) -> int:
+    """Classes of the study's head, from its measured forward FLOPs (the head is 2 x width x classes)."""
+    model = _model(params, params["variant"], 1)
+    w = model.width
+    extra = fwd - flops.forward_flops(model, _shape(params))
+    per = 2 * w * (1 if params.get("pool_type") != "none" else _tokens(params))
+    n = 1 + extra / per
+    return int(round(n)) if n > 0.5 and abs(n - round(n)) < 1e-6 else 10
+
+
+def _tokens(params: dict[str, Any]) -> int:
+    p = vit.decode_variant(params["variant"]).patch_size
+    return (params["image_size"] // p) ** 2
+
+
+def _shape(params: dict[str, Any]) -> tuple[int, int, int]:
+    return (params["image_size"], params["image_size"], params["channels"])
+
+
+def _model(params: dict[str, Any], variant: str, num_classes: int) -> vit.ViT:
+    return vit.make_model(
+        variant, num_classes, pool_type=params.get("pool_type", "gap"), posemb=params.get("posemb", "learn")
+    )
+
+
+def family(
+    params: dict[str, Any], num_classes: int, near: float | None = None, keep: int = PLAN_SIZES + 1
+) -> list[dict[str, Any]]:
+    """Variants of the table at the study's patch size and input (the `keep` nearest in size to
+    `near`, by 12 depth width^2, when given): name, parameters, forward FLOPs; smallest first."""
+    patch = vit.decode_variant(params["variant"]).patch_size
+    names = list(vit.VARIANTS)
+    if near is not None:  # counting parameters traces the model: only for the candidates
+
+        def rough(name: str) -> float:
+            w, depth, _, _ = vit.VARIANTS[name]
+            return abs(math.log(12 * depth * w * w / near))
+
+        names = sorted(names, key=rough)[:keep]
+    out = []
+    for name in names:
+        variant = f"{name}/{patch}"
+        try:
+            m = _model(params, variant, num_classes)
+        except ValueError:
+            continue
+        n = flops.count_params(m, _shape(params))
+        out.append({"variant": variant, "params": n, "forward_flops": flops.forward_flops(m, _shape(params))})
+    return sorted(out, key=lambda v: v["params"])
+
+
+def isoflop_runs(
+    recipe: dict[str, Any], budget: float, n_opt: float, num_classes: int, sizes: int = PLAN_SIZES
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The IsoFLOP set: `sizes` variants around N* (nearest in log size), each with total_steps that
+    spend `budget` within 1% and the recipe's cooldown fraction. Returns (runs, notes)."""
+    params = recipe["params"]
+    fam = family(params, num_classes, near=n_opt)
+    if len(fam) < sizes:
+        raise config.ConfigError([config.Problem("variant", f"the family has {len(fam)} sizes, need {sizes}")])
+    i = min(range(len(fam)), key=lambda j: abs(math.log(fam[j]["params"] / n_opt)))
+    lo = max(0, min(i - sizes // 2, len(fam) - sizes))
+    notes = []
+    if i in (0, len(fam) - 1):
+        notes.append(f"N* = {n_opt:.3g} lies at the end of the family's sizes: the set is one-sided")
+    cool = params.get("cooldown_steps", 0) / params["total_steps"]
+    out = []
+    for v in fam[lo:]:
+        if len(out) == sizes:
+            break
+        per_step = 3 * v["forward_flops"] * params["batch_size"]
+        steps = round(budget / per_step)
+        if steps < 1 or abs(steps * per_step - budget) > BUDGET_TOLERANCE * budget:
+            notes.append(f"{v['variant']}: the budget is {budget / per_step:.3g} steps, not within 1% of a whole step")
+            continue
+        run = {"variant": v["variant"], "total_steps": steps, "cooldown_steps": round(cool * steps)}
+        run["eval_every"] = min(params.get("eval_every", steps), steps)
+        try:
+            config.validate(config.PretrainConfig, {**_base(params), **run})
+        except config.ConfigError as e:
+            notes.append(f"{v['variant']} at {steps} steps: {e}")
+            continue
+        run["_params"], run["_flops"] = v["params"], steps * per_step
+        out.append(run)
+    if len(out) < sizes:
+        raise config.ConfigError(
+            [config.Problem("--budget", f"only {len(out)} sizes can spend {budget:.3g} FLOPs: " + "; ".join(notes))]
+        )
+    return out, notes
+
+
+def _base(params: dict[str, Any]) -> dict[str, Any]:
+    """The recipe without what is per run: name, the swept shape and length, branches, periods."""
+    per_run = ("name", "variant", "total_steps", "cooldown_steps", "eval_every")
+    base = {k: v for k, v in params.items() if k not in per_run}
+    base["cooldown_branches"] = []
+    base["warmup_steps"] = params.get("warmup_steps", 0)
+    return base
+
+
+def sweep_text(
+    name: str, recipe: dict[str, Any], planned: list[dict[str, Any]], plan: dict[str, Any], study: str
+) -> str:
+    """A sweep file (yaml) of the planned runs, the prediction in its header comments."""
+    head = [
+        f"# IsoFLOP set planned by `vitscale plan {study} --budget {plan['C']:.4g}`:",
+        f"# predicted optimum N* = {plan['N']:.4g} parameters, D* = {plan['D']:.4g} images, "
+        f"error {plan['error']:.4g} {_iv(plan.get('error_interval'))}",
+        "# runs (variant, parameters, steps, FLOPs): "
+        + "; ".join(f"{r['variant']} {r['_params']:,} {r['total_steps']} {r['_flops']:.4g}" for r in planned),
+    ]
+    runs_ = [{k: v for k, v in r.items() if not k.startswith("_")} for r in planned]
+    base = _base(recipe["params"])
+    for key in ("eval_every", "checkpoint_every", "keep_every"):
+        base.pop(key, None)  # per run (eval_every), or at its default
+    if base.get("fewshot_every"):
+        base["fewshot_every"] = None  # few-shot at eval_every
+    doc = {"name": name, "notebook": "pretrain", "base": base, "runs": runs_}
+    return "\n".join(head) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+def _iv(iv) -> str:
+    return f"[{iv[0]:.3g}, {iv[1]:.3g}]" if iv else ""
+
+
+def run(
+    source: str | Path,
+    budget: float,
+    *,
+    out: str | Path | None = None,
+    metric: str = metrics.TEST_ACC,
+    max_epochs: float | None = allocation.MAX_EPOCHS,
+    n_bootstrap: int = 100,
+    k: float | None = None,
+) -> dict[str, Any]:
+    """Fit, plan `budget`, and for a sweep folder write the IsoFLOP sweep file to `out` (default
+    <study>/plan_<budget>.yaml). Returns {"summary", "plan", "text", "sweep_file"}; ConfigError on bad input."""
+    source = Path(source)
+    if not (budget > 0 and math.isfinite(budget)):
+        raise config.ConfigError([config.Problem("--budget", f"must be a positive number of FLOPs (got {budget})")])
+    if out is not None and not source.is_dir():
+        raise config.ConfigError([config.Problem("--out", "a sweep file needs a sweep folder (a CSV has no recipe)")])
+    points = load_points(source, metric=metric, k=k)
+    res = allocation.allocate(points, budgets=[budget], max_epochs=max_epochs, n_bootstrap=n_bootstrap)
+    s, p = res["summary"], res["summary"]["plans"][0]
+    unit = points.data_name.replace("_", " ")
+    lines = [
+        f"{source}: joint law on {s['n_points']} points"
+        + (f" ({s['n_excluded']} data-constrained left out)" if s["n_excluded"] else "")
+        + f"; C = {s['k']:.3g} N D",
+        f"budget {budget:.4g} FLOPs: N* = {p['N']:.4g} {_iv(p.get('N_interval'))} parameters, "
+        f"D* = {p['D']:.4g} {_iv(p.get('D_interval'))} {unit} "
+        f"({p['D_per_N']:.3g} {_iv(p.get('D_per_N_interval'))} per parameter); "
+        f"predicted {points.error_name} error {p['error']:.4g} {_iv(p.get('error_interval'))}",
+        "allocation exponent a (N* ~ C^a): " + s["agreement"],
+        s["support"],
+    ]
+    sweep_file = None
+    if source.is_dir():
+        recipe = _recipe(source)
+        ncls = _num_classes(recipe["params"], recipe["summary"]["forward_flops_per_image"])
+        planned, notes = isoflop_runs(recipe, budget, p["N"], ncls)
+        ex = recipe["summary"].get("train_examples")
+        if ex and max_epochs is not None and p["D"] / ex > max_epochs:
+            notes.append(f"D* is {p['D'] / ex:.3g} epochs of the recipe's {ex:,} images: data-constrained")
+        sweep_file = Path(out) if out else source / f"plan_{budget:.3g}.yaml".replace("+", "")
+        name = sweep_file.stem.replace(".", "-")
+        runs.atomic_write_text(sweep_file, sweep_text(name, recipe, planned, p, str(source)))
+        lines.append(
+            f"IsoFLOP sweep ({len(planned)} sizes: "
+            + ", ".join(f"{r['variant']} x {r['total_steps']} steps" for r in planned)
+            + f"): {sweep_file}; run it with `vitscale sweep {sweep_file}`"
+        )
+        lines += [f"note: {n}" for n in notes]
+    return {"summary": s, "plan": p, "text": "\n".join(lines), "sweep_file": sweep_file, "result": res}

@@ -1,0 +1,319 @@
+"""Approach 3 of Hoffmann et al. (2022), as Besiroglu et al. (2024) replicate it: the joint law
+
+    E(N, D) = E + A / N^alpha + B / D^beta
+
+fitted by L-BFGS on a Huber loss (delta 1e-3) of log error, in the log-sum-exp parameterisation
+``log E(N, D) = LSE(a - alpha log N, b - beta log D, e)`` with A = e^a, B = e^b, E = e^e, from a grid
+of starting points (the best objective wins), with percentile-bootstrap intervals. For compute
+C = k N D the optimum is closed-form: N* = G (C/k)^a, D* = (C/k)^b / G, a = beta/(alpha+beta),
+b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import optimize
+from threadpoolctl import threadpool_limits
+
+from vitscale.scaling.fitting import _check_level, _interval, _unresolved, _validate
+from vitscale.scaling.isoflop import envelope, isoflop
+from vitscale.scaling.table import Points
+
+#: Huber threshold on log error (the replication's and Hoffmann's).
+HUBER_DELTA = 1e-3
+
+#: Hoffmann et al.'s grid of starts for (a, b, e, alpha, beta): 6 x 6 x 5 x 5 x 5 = 4,500 points.
+HOFFMANN_GRID = (
+    np.arange(0.0, 30.0, 5.0),
+    np.arange(0.0, 30.0, 5.0),
+    np.arange(-1.0, 1.5, 0.5),
+    np.arange(0.0, 2.5, 0.5),
+    np.arange(0.0, 2.5, 0.5),
+)
+
+#: The constants of the law and what is derived from them, in report order.
+NAMES = ("E", "A", "B", "alpha", "beta", "a")
+
+
+def _objective(theta: np.ndarray, logn: np.ndarray, logd: np.ndarray, loge: np.ndarray, delta: float):
+    """Sum of Huber(delta) of log-prediction minus log error, and its gradient in (a, b, e, alpha, beta)."""
+    a, b, e, alpha, beta = theta
+    t1, t2 = a - alpha * logn, b - beta * logd
+    m = np.maximum(np.maximum(t1, t2), e)
+    x1, x2, x3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(e - m)
+    s = x1 + x2 + x3
+    r = m + np.log(s) - loge
+    small = np.abs(r) <= delta
+    loss = np.where(small, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum()
+    g = np.where(small, r, delta * np.sign(r)) / s  # d loss / d r, over the softmax denominator
+    w1, w2 = g * x1, g * x2  # d r / d (each term) is its softmax weight
+    grad = np.array([w1.sum(), w2.sum(), (g * x3).sum(), -(w1 @ logn), -(w2 @ logd)])
+    return float(loss), grad
+
+
+def _screen(starts: np.ndarray, logn, logd, loge, delta: float) -> np.ndarray:
+    """The objective at many starting points at once (rows of ``starts``)."""
+    a, b, e, al, be = (starts[:, i : i + 1] for i in range(5))
+    t = np.stack(np.broadcast_arrays(a - al * logn, b - be * logd, e + 0 * logn))
+    m = t.max(axis=0)
+    r = m + np.log(np.exp(t - m).sum(axis=0)) - loge
+    return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum(axis=1)
+
+
+#: L-BFGS stopping rules: the objective is ~delta x sum |residual|, so scipy's defaults (gtol 1e-5)
+#: stop at once on a bootstrap resample started from the full fit; these let it reach the optimum.
+_LBFGS_OPTIONS = {"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000}
+
+
+def _lbfgs(theta0, data, delta) -> tuple[np.ndarray, float]:
+    r = optimize.minimize(_objective, theta0, args=(*data, delta), jac=True, method="L-BFGS-B", options=_LBFGS_OPTIONS)
+    return r.x, float(r.fun)
+
+
+def _best_of(starts, data, delta) -> tuple[np.ndarray, float]:
+    best = (np.asarray(starts[0], float), np.inf)
+    for s in starts:
+        x, f = _lbfgs(np.asarray(s, float), data, delta)
+        if np.all(np.isfinite(x)) and f < best[1]:
+            best = (x, f)
+    return best
+
+
+def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
+    a, b, e, alpha, beta = (float(t) for t in theta)
+    return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta, "a": beta / (alpha + beta)}
+
+
+def optimum(C: Any, *, A: float, B: float, alpha: float, beta: float, k: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form compute-optimal (N*, D*) of E + A/N^alpha + B/D^beta under C = k N D."""
+    c = np.asarray(C, dtype=float) / k
+    G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+    n = G * c ** (beta / (alpha + beta))
+    return n, c / n
+
+
+@dataclass
+class JointFit:
+    """The fitted joint law; ``k`` relates compute to N and D (C = k N D). ``samples`` holds one row of
+    (E, A, B, alpha, beta) per bootstrap fit; ``intervals`` the percentile interval of each name in NAMES."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    k: float
+    objective: float
+    n_points: int
+    n_range: tuple[float, float]
+    d_range: tuple[float, float]
+    ci_level: float = 0.9
+    samples: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def a(self) -> float:
+        """Allocation exponent: N* grows as C^a."""
+        return self.beta / (self.alpha + self.beta)
+
+    def predict(self, N: Any, D: Any) -> np.ndarray:
+        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+        return self.E + self.A * N**-self.alpha + self.B * D**-self.beta
+
+    def optimum(self, C: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(N*, D*) at compute C."""
+        return optimum(C, A=self.A, B=self.B, alpha=self.alpha, beta=self.beta, k=self.k)
+
+    def plan(self, C: float) -> dict[str, Any]:
+        """N*, D*, D*/N* and the predicted error at compute C, each with its bootstrap interval."""
+        n, d = (float(v) for v in self.optimum(C))
+        out = {"C": float(C), "N": n, "D": d, "D_per_N": d / n, "error": float(self.predict(n, d))}
+        if len(self.samples):
+            E, A, B, al, be = self.samples.T
+            ns, ds = optimum(C, A=A, B=B, alpha=al, beta=be, k=self.k)
+            es = E + A * ns**-al + B * ds**-be
+            for key, v in (("N", ns), ("D", ds), ("D_per_N", ds / ns), ("error", es)):
+                out[f"{key}_interval"] = _interval(v[np.isfinite(v)], self.ci_level)
+        out["extrapolates"] = bool(n > self.n_range[1] or d > self.d_range[1])
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **{k: float(getattr(self, k)) for k in NAMES},
+            "k": self.k,
+            "objective": self.objective,
+            "n_points": self.n_points,
+            "n_range": list(self.n_range),
+            "d_range": list(self.d_range),
+            "ci_level": self.ci_level,
+            "n_bootstrap": int(len(self.samples)),
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "unresolved": _unresolved(self.intervals),
+        }
+
+
+def fit_joint(
+    N: Any,
+    D: Any,
+    error: Any,
+    *,
+    k: float = 6.0,
+    delta: float = HUBER_DELTA,
+    grid: tuple | None = None,
+    n_starts: int = 64,
+    n_bootstrap: int = 100,
+    ci_level: float = 0.9,
+    seed: int = 0,
+) -> JointFit:
+    """Fit E + A/N^alpha + B/D^beta to (N, D, error) points (Approach 3).
+
+    The objective is evaluated at every point of ``grid`` (one axis per a, b, e, alpha, beta; default
+    Hoffmann's, its e axis widened below log(min error) so that small error floors, as classification
+    errors have, are within reach); L-BFGS
+    runs from the ``n_starts`` best of them (None: from all) and the lowest objective wins. Each
+    bootstrap resample (points with replacement) starts from that winner and the two next-best
+    local optima, so the intervals cost a few fits each, not the whole grid.
+    """
+    _check_level(ci_level)
+    N, err = _validate(N, error, x_name="N (parameters)", what="the joint law (5 constants)", min_points=6)
+    D, _ = _validate(D, err, x_name="D (images seen)", min_points=6)
+    with threadpool_limits(1):  # a 5-variable L-BFGS is 30x slower when BLAS threads contend
+        return _fit_joint(N, D, err, k, delta, grid, n_starts, n_bootstrap, ci_level, seed)
+
+
+def _fit_joint(N, D, err, k, delta, grid, n_starts, n_bootstrap, ci_level, seed) -> JointFit:
+    data = (np.log(N), np.log(D), np.log(err))
+    if grid is None:
+        a, b, e, al, be = HOFFMANN_GRID
+        e = np.union1d(e, np.log(err.min()) + np.array([-4.0, -2.0, -1.0, -0.3]))
+        grid = (a, b, e, al, be)
+    starts = np.array(list(itertools.product(*grid)), dtype=float)
+    if n_starts is not None and n_starts < len(starts):
+        starts = starts[np.argsort(_screen(starts, *data, delta), kind="stable")[:n_starts]]
+    results = [_lbfgs(s, data, delta) for s in starts]
+    order = np.argsort([f if np.isfinite(f) else np.inf for _, f in results])
+    theta, fbest = results[order[0]]
+    seeds = [theta] + [results[i][0] for i in order[1:3]]
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, len(N), size=len(N))
+        x, f = _best_of(seeds, tuple(v[idx] for v in data), delta)
+        if np.isfinite(f):
+            p = _theta_to_params(x)
+            samples.append([p[n] for n in NAMES[:5]])
+    samples_arr = np.array(samples, dtype=float).reshape(-1, 5)
+    p = _theta_to_params(theta)
+    intervals = {}
+    if len(samples_arr):
+        cols = dict(zip(NAMES[:5], samples_arr.T))
+        cols["a"] = cols["beta"] / (cols["alpha"] + cols["beta"])
+        intervals = {n: _interval(v[np.isfinite(v)], ci_level) for n, v in cols.items()}
+    return JointFit(
+        E=p["E"],
+        A=p["A"],
+        B=p["B"],
+        alpha=p["alpha"],
+        beta=p["beta"],
+        k=float(k),
+        objective=fbest,
+        n_points=len(N),
+        n_range=(float(N.min()), float(N.max())),
+        d_range=(float(D.min()), float(D.max())),
+        ci_level=ci_level,
+        samples=samples_arr,
+        intervals=intervals,
+    )
+
+
+#: Runs that repeat their data more than this many epochs are left out of the fits by default: up to
+#: about 4 epochs repeated data is worth nearly as much as fresh data (Muennighoff et al. 2023); 5
+#: keeps a study whose longest runs just pass 4 (cpu_allocation: 4.3).
+MAX_EPOCHS = 5.0
+
+
+def _overlap(i1, i2) -> bool:
+    return i1 is not None and i2 is not None and i1[0] <= i2[1] and i2[0] <= i1[1]
+
+
+def agreement(estimates: dict[str, tuple[float | None, Any]]) -> str:
+    """One sentence: do the approaches' allocation exponents agree (their intervals overlap)?"""
+    have = {k: v for k, v in estimates.items() if v[0] is not None}
+    if len(have) < 2:
+        return "only " + (", ".join(have) or "no approach") + " gave an exponent: nothing to compare"
+    text = ", ".join(f"{k} a = {v[0]:.3f}" for k, v in have.items())
+    names = list(have)
+    apart = [(x, y) for i, x in enumerate(names) for y in names[i + 1 :] if not _overlap(have[x][1], have[y][1])]
+    if not apart:
+        return f"{text}: the intervals overlap, the approaches agree"
+    return f"{text}: they disagree (" + "; ".join(f"{x} and {y} intervals do not overlap" for x, y in apart) + ")"
+
+
+def allocate(
+    points: Points,
+    *,
+    budgets: Any = None,
+    max_epochs: float | None = MAX_EPOCHS,
+    n_bootstrap: int = 100,
+    ci_level: float = 0.9,
+    seed: int = 0,
+    **fit_kw: Any,
+) -> dict[str, Any]:
+    """All three approaches on ``points`` and the plan at each of ``budgets`` (compute). Points that
+    repeat their data more than ``max_epochs`` are left out (None: keep all). Returns {"fit": JointFit,
+    "points": the points used, "summary": JSON-safe: k, joint, isoflop, envelope, plans, agreement, support}."""
+    notes = list(points.notes)
+    keep = np.ones(len(points.N), dtype=bool)
+    if max_epochs is not None and points.epochs is not None:
+        keep = ~(points.epochs > max_epochs)  # NaN epochs (whole split, unknown size) are kept
+        notes.append(
+            f"fitted on the {int(keep.sum())} of {keep.size} points that see their data at most {max_epochs:g} "
+            f"epochs ({int((~keep).sum())} data-constrained points left out; repetition is not modelled)"
+        )
+    used = points.subset(keep)
+    fit = fit_joint(
+        used.N, used.D, used.error, k=used.k, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed, **fit_kw
+    )
+    sizes = used.N
+    if any(used.group):  # one curve per group (a model size), at the group's median N
+        med = {g: float(np.median(used.N[[x == g for x in used.group]])) for g in set(used.group)}
+        sizes = np.array([med[g] for g in used.group])
+    iso = isoflop(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+    env = envelope(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+    if budgets is None:
+        budgets = [float(used.C.max()) * f for f in (1.0, 4.0, 16.0)]
+    plans = [fit.plan(float(c)) for c in np.atleast_1d(budgets)]
+    jd = fit.as_dict()
+    agree = agreement(
+        {"joint law": (jd["a"], jd["intervals"].get("a")), "IsoFLOP": (iso["a"], iso["interval"]),
+         "envelope": (env["a"], env["interval"])}
+    )  # fmt: skip
+    support = (
+        f"The data cover N {fit.n_range[0]:.3g} to {fit.n_range[1]:.3g} parameters and D {fit.d_range[0]:.3g} to "
+        f"{fit.d_range[1]:.3g} {used.data_name} (compute {used.C.min():.3g} to {used.C.max():.3g} FLOPs); "
+        + "; ".join(
+            f"at C = {p['C']:.3g} the plan (N {p['N']:.3g}, D {p['D']:.3g}) "
+            + ("extrapolates beyond them" if p["extrapolates"] else "lies within them")
+            for p in plans
+        )
+        + "."
+    )
+    summary = {
+        "k": fit.k,
+        "k_given": used.k_given,
+        "n_points": int(keep.sum()),
+        "n_excluded": int((~keep).sum()),
+        "max_epochs": max_epochs,
+        "notes": notes,
+        "joint": jd,
+        "isoflop": iso,
+        "envelope": env,
+        "plans": plans,
+        "agreement": agree,
+        "support": support,
+    }
+    return {"fit": fit, "points": used, "summary": summary}
