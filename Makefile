@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data malloc browser slurm demo sweep test test-fast test-bench lint lab tensorboard bench bench-throughput bench-run-costs clean-venv
+.PHONY: setup data malloc browser slurm strace demo sweep test test-fast test-bench lint lab tensorboard bench bench-throughput bench-run-costs clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ slurm:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq slurm-client; \
 	else echo "sbatch is missing: run 'sudo apt-get install slurm-client'"; exit 1; fi
 
+# strace for the fault suite's no-network test (it records every connect() a run attempts).
+strace:
+	@if command -v strace > /dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq strace; \
+	else echo "strace is missing: run 'sudo apt-get install strace'"; exit 1; fi
+
 # Headless Chromium for the report-rendering test.
 browser:
 	@if command -v chromium > /dev/null; then :; \
@@ -61,7 +67,7 @@ lint: $(STAMP)
 
 # The whole suite (what CI runs). It installs the bench extra (torch, timm: wheels on local disk) for the
 # tests that load vitscale's .npz files with timm (tests/test_weights.py); without it they skip, saying so.
-test: setup browser slurm lint
+test: setup browser slurm strace lint
 	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
 	$(RUN) -m pytest -q -m "not bench" --durations=20
 

@@ -64,6 +64,8 @@ def test_job_scripts_are_what_sbatch_accepts(tmp_path):
         "--cpus-per-task=32",
         "--mem=200GB",
         "--account=vision",
+        "--signal=USR1@120",  # the run saves at the next step and the job requeues itself (issue 26)
+        "--requeue",
     ):
         assert f"#SBATCH {line}\n" in script, (line, script)
     assert "echo ready" in script and "srun" in script

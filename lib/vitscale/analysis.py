@@ -597,6 +597,13 @@ def check(cfg: config.ScalingConfig) -> None:
 
 
 def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
+    """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
+    under its lock)."""
+    with runs.writer(out_dir):
+        return _run(cfg, out_dir)
+
+
+def _run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
     """The whole analysis of a sweep folder: rows, fits per metric, findings on test error; writes
     out_dir/summary.json and returns {"rows", "results", "findings"} (findings per metric, like results)."""
     if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already

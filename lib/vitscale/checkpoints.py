@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from collections.abc import Iterable
@@ -11,6 +12,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+from vitscale import runs
 
 
 def manager(
@@ -34,8 +37,16 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
     if step in mngr.all_steps():
         return
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    mngr.save(step, args=args, force=True)
-    mngr.wait_until_finished()
+    with runs.writing(Path(mngr.directory) / str(step), f"the checkpoint at step {step}"):
+        try:
+            mngr.save(step, args=args, force=True)
+            mngr.wait_until_finished()
+        except Exception:
+            # A half-written save is a temporary folder orbax never renames: clear it for the next try.
+            if jax.process_index() == 0:
+                for tmp in Path(mngr.directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def restore_latest(

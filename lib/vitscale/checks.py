@@ -15,6 +15,7 @@ import numpy as np
 from vitscale import config, sharding
 from vitscale.config import Problem
 from vitscale.data import datasets, sources
+from vitscale.data import ops as data_ops
 
 
 def raise_problems(problems: list[Problem]) -> None:
@@ -44,6 +45,47 @@ def split_size(problems: list[Problem], field: str, dataset: str, split: str, da
         splits = list(builder.info.splits.keys())
         problems.append(Problem(field, f"split {split!r} of {dataset!r} is not valid ({e}); accepted: {splits}"))
         return None
+
+
+def pp_shapes(
+    problems: list[Problem],
+    pp: dict[str, list[str] | None],
+    dataset: str,
+    data_dir: str | None,
+    image_size: int,
+    channels: int,
+) -> None:
+    """Each given pp list (field -> ops) makes images of [image_size, image_size, channels] from the
+    dataset's images, and the dataset has at least two classes."""
+    try:
+        builder = datasets.get_builder(dataset, data_dir)
+        image_key, label_key = builder.info.supervised_keys or ("image", "label")
+        shape = tuple(builder.info.features[image_key].shape)
+        num_classes = builder.info.features[label_key].num_classes
+    except Exception:  # noqa: BLE001 - an unreadable dataset is reported by split_size
+        return
+    if num_classes is not None and num_classes < 2:
+        problems.append(
+            Problem(
+                "dataset", f"{dataset!r} has {num_classes} class; a classifier needs at least two (accepted: 2 or more)"
+            )
+        )
+    input_shape = (*shape[:2], shape[2] if len(shape) > 2 else 1) if len(shape) >= 2 else (None, None, None)
+    want = (image_size, image_size, channels)
+    for field, pp_ops in pp.items():
+        if not pp_ops:
+            continue
+        got = data_ops.output_shape(pp_ops, input_shape)
+        if got != want:
+            shown = "x".join("?" if d is None else str(d) for d in got)
+            problems.append(
+                Problem(
+                    field,
+                    f"{pp_ops} makes {shown} images (height x width x channels) of {dataset!r}, the model takes "
+                    f"{image_size}x{image_size}x{channels} (accepted: ops ending in that size, e.g. "
+                    f"resize({image_size}) and channels({channels}))",
+                )
+            )
 
 
 def input_path(problems: list[Problem], field: str, dataset: str, split: str, data_dir: str | None, input: str) -> None:

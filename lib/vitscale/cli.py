@@ -28,7 +28,7 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from vitscale import allocation_report, cluster, config, export, notebooks, plan, runs, sweep
+from vitscale import allocation_report, cluster, config, export, logs, loop, notebooks, plan, runs, sweep
 
 
 def _bad_input(e: config.ConfigError) -> int:
@@ -37,15 +37,37 @@ def _bad_input(e: config.ConfigError) -> int:
     return 2
 
 
+PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after saving; the same command resumes
+
+
+def _run_failed(e: BaseException) -> int | None:
+    """The exit code and one line for a run that stopped on a signal or a failed write, else None."""
+    if step := notebooks.preempted_step(e):
+        print(f"{step}", file=sys.stderr)
+        return PREEMPTED
+    if line := notebooks.write_failure(e):
+        print(f"error: {line}", file=sys.stderr)
+        return 1
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         out = Path(args.out) if args.out else None
         kind, cfg, out = notebooks.prepare_run(Path(args.params), out, args.notebook, args.replace)
     except config.ConfigError as e:
         return _bad_input(e)
+    except runs.RunBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logs.keep(out / logs.LOG_NAME)
     try:
         notebooks.execute(kind, cfg.model_dump(mode="json"), out, checked=True)  # prepare_run checked
-    except PapermillExecutionError as e:
+    except (PapermillExecutionError, runs.RunError, loop.Preempted) as e:
+        if (code := _run_failed(e)) is not None:
+            return code
+        if not isinstance(e, PapermillExecutionError):
+            raise
         print(
             f"error: the run failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
             f"see {out / 'run.html'}; run the same command again to resume",
@@ -65,8 +87,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         return _bad_input(e)
     out = (Path(args.out) if args.out else runs.OUTPUTS / spec.name).resolve()
+    logs.keep(out / logs.LOG_NAME)
     if args.launcher == "local":
-        index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+        try:
+            index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+        except runs.RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if notebooks.STOP.is_set():
+            print(f"stopped on a signal; `vitscale sweep {args.sweep}` resumes the interrupted runs", file=sys.stderr)
+            return PREEMPTED
     else:
         wait = args.wait or args.launcher == "submitit-local"
         index = cluster.submit(
@@ -95,7 +125,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     width = max((len(r["run"]) for r in rows), default=3)
     for r in rows:
         job = f"job {r['job']} ({r['scheduler']})" if r.get("job") else ""
-        print(f"{r['run']:<{width}}  {r['status']:<11}  {job}".rstrip())
+        reason = f"({r['reason']})" if r.get("reason") else ""
+        print(f"{r['run']:<{width}}  {r['status']:<11}  {job}  {reason}".rstrip())
     counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no runs")
     return 0
@@ -114,9 +145,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir).resolve()
     if not sweep_dir.is_dir():
         return _bad_input(config.ConfigError([config.Problem("sweep_dir", f"{sweep_dir} is not a folder")]))
+    logs.keep(sweep_dir / "scaling" / logs.LOG_NAME)
     try:
         print(f"scaling report: {notebooks.analyze(sweep_dir)}")
+    except runs.RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except PapermillExecutionError as e:
+        if (code := _run_failed(e)) is not None:
+            return code
         print(
             f"error: the analysis failed: {e.ename}: {e.evalue}; see {sweep_dir / 'scaling' / 'report.html'}",
             file=sys.stderr,
@@ -214,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="the .npz to write (default: <run>/export/<format>_step<N>.npz)")
     p.set_defaults(fn=cmd_export)
     args = parser.parse_args(argv)
+    if argv is None and args.command in ("run", "sweep", "analyze", "export", "status"):
+        logs.capture()  # the terminal shows vitscale's lines; library logs go to the run's log file
     return args.fn(args)
 
 

@@ -12,6 +12,7 @@ failed, preempted) is resubmitted and resumes from its newest checkpoint.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ import submitit
 
 from vitscale import config, notebooks, runs, sweep
 
+# SLURM sends this signal PREEMPT_WARNING_S seconds before the time limit (`--signal`): the run saves
+# a checkpoint at the next step, stops, and the job requeues itself (submitit's own USR2 handler
+# would requeue before the kernel has saved).
+PREEMPT_SIGNAL = "USR1"
+PREEMPT_WARNING_S = 120
 LAUNCHERS = ("local", "slurm", "submitit-local")  # threads on this machine | SLURM | submitit's local processes
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
 
@@ -38,6 +44,7 @@ def executor(folder: Path, launcher: str, resources: config.SlurmResources) -> s
         for key in ("partition", "account", "qos", "constraint", "setup"):
             if value := getattr(resources, key):
                 params[f"slurm_{key}"] = value
+        params["slurm_additional_parameters"] = {"signal": f"{PREEMPT_SIGNAL}@{PREEMPT_WARNING_S}", "requeue": True}
     ex.update_parameters(name="vitscale", **params)
     return ex
 
@@ -50,10 +57,29 @@ def run_job(kind: str, params: dict[str, Any], folder: str) -> str:
     if env.global_rank != 0:
         notebooks.PROGRAMS[kind].run(config.validate(config.KINDS[kind], params), folder_path)
         return "done"
+    try:
+        with runs.writer(folder_path), notebooks.forwarding_signals():
+            return _run_locked(kind, params, folder_path, env)
+    except runs.RunBusy as e:
+        print(f"error: {e}")
+        return "failed"
+
+
+def _requeue(job_id: str) -> None:
+    """Put this SLURM job back in the queue (it resumes from the run's newest checkpoint)."""
+    subprocess.run(["scontrol", "requeue", job_id], check=False, timeout=60)
+
+
+def _run_locked(kind: str, params: dict[str, Any], folder_path: Path, env: submitit.JobEnvironment) -> str:
     runs.Status.running(job=env.job_id, host=env.hostname).write(folder_path)
     try:
         notebooks.execute(kind, params, folder_path, quiet=True)
     except Exception as e:  # noqa: BLE001 - a failed run is recorded, as by the local runner
+        if reason := notebooks.preempted_step(e):
+            runs.Status.interrupted(reason, job=env.job_id).write(folder_path)
+            if os.environ.get("SLURM_JOB_ID"):
+                _requeue(os.environ["SLURM_JOB_ID"])
+            return "interrupted"
         runs.Status.failed(e, job=env.job_id).write(folder_path)
         return "failed"
     runs.Status.done(job=env.job_id).write(folder_path)

@@ -227,26 +227,55 @@ def perf_record(trainer: Trainer, images_per_s: float) -> dict[str, float]:
     return record
 
 
+# Ctrl-C, SLURM's preemption and time-limit SIGTERM, and the early warning the job scripts ask for
+# (`--signal=USR1@<seconds>`, cluster.PREEMPT_SIGNAL).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(KeyboardInterrupt):
+    """The run stopped at a step boundary on a signal, after saving a checkpoint there; rerunning resumes."""
+
+    def __init__(self, step: int, signame: str):
+        self.step = step
+        super().__init__(f"preempted at step {step} ({signame}); checkpoint saved, run the same command to resume")
+
+
 class _Interrupt:
-    """Turns Ctrl-C into a flag the loop checks between steps, so the state stays whole to save."""
+    """Turns STOP_SIGNALS into a flag the loop checks between steps, so the state stays whole to save."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signame = ""
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        except ValueError:  # not the main thread: leave the signals alone
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signame = signal.Signals(signum).name
+
+    def agreed(self, step: int, every: int) -> bool:
+        """Whether to stop at `step`. Several processes agree (any one asked, all stop) at every
+        `every`-th step, so no process saves alone; one process stops at the next step."""
+        if jax.process_count() == 1:
+            return self.requested
+        if step % every:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(jnp.int32(self.requested))
+        if int(flags.max()) and not self.requested:
+            self.requested, self.signame = True, "another process"
+        return bool(int(flags.max()))
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 Evaluators = Callable[[Any, int, bool], dict[str, float]]  # (params, step, final) -> metrics
@@ -328,7 +357,8 @@ def train_loop(
                         f"{desc} step {step}/{end_step} ({rate:.1f} steps/s): loss {float(out['loss']):.4f}, "
                         + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
                     )
-            if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or interrupt.requested:
+            stop = interrupt.agreed(step, spec.log_every)
+            if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or stop:
                 check_losses()
                 now = time.perf_counter()
                 meta["device_seconds"] += (now - t_meta) * devices
@@ -338,8 +368,8 @@ def train_loop(
                 checkpoints.save(mngr, step, state, meta)
                 meta["checkpoint_seconds"] += time.perf_counter() - now
             pbar.update(1)
-            if interrupt.requested:
-                raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, run again to resume")
+            if stop and step < end_step:
+                raise Preempted(step, interrupt.signame)
     return state, meta
 
 

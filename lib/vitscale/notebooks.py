@@ -7,14 +7,20 @@ claim of the run folder; `execute` runs notebooks/<kind>.ipynb into it and rende
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from vitscale import analysis, config, runs, train, transfer
+import psutil
+
+from vitscale import analysis, config, logs, loop, runs, train, transfer
 
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
@@ -123,8 +129,57 @@ def export_html(notebook: Path, html: Path | None = None) -> Path:
         exclude_output_prompt=True,
     )
     body, _ = exporter.from_notebook_node(nb)
-    runs.atomic_write_text(html, body)
+    runs.atomic_write_text(html, body, "the report")
     return html
+
+
+STOP = threading.Event()  # set when a stop signal reached this process: start no further runs
+_forwarding = 0
+
+
+def _forward(signum, frame) -> None:
+    """Pass a stop signal on to the kernels this process started (where the loop runs: it saves at
+    the next step boundary); they run in their own session, so the terminal's and SLURM's signals
+    do not reach them otherwise."""
+    first = not STOP.is_set()
+    STOP.set()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signum)
+    if first:
+        name = signal.Signals(signum).name
+        print(f"{name}: saving a checkpoint at the next step, then stopping", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def forwarding_signals() -> Iterator[None]:
+    """While kernels run: SIGINT, SIGTERM and SIGUSR1 here go to the kernels (from the main thread only)."""
+    global _forwarding
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _forward) for s in loop.STOP_SIGNALS} if not _forwarding else {}
+    _forwarding += 1
+    try:
+        yield
+    finally:
+        _forwarding -= 1
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def preempted_step(e: BaseException) -> str | None:
+    """ "preempted at step N (...)" when a kernel's run stopped on a signal, else None."""
+    if getattr(e, "ename", None) == "Preempted" or isinstance(e, loop.Preempted):
+        return str(getattr(e, "evalue", None) or e)
+    return None
+
+
+def write_failure(e: BaseException) -> str | None:
+    """The one line of a kernel's failed write (runs.WriteError), else None."""
+    if getattr(e, "ename", None) == "WriteError":
+        return str(e.evalue)
+    return str(e) if isinstance(e, runs.WriteError) else None
 
 
 def execute(
@@ -141,20 +196,30 @@ def execute(
     use_compile_cache()
     out.mkdir(parents=True, exist_ok=True)
     run_nb = out / f"{name}.ipynb"
-    streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
+    # The kernel's own lines (progress) on the terminal; its stderr (library chatter) in the log file.
+    streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": logs.stream() or sys.stderr}
+    failure = None
     try:
-        pm.execute_notebook(
-            runs.NOTEBOOKS / f"{kind}.ipynb",
-            run_nb,
-            parameters={"params": params, "out_dir": str(out), **({"checked": True} if checked else {})},
-            kernel_name=KERNEL,
-            cwd=str(runs.NOTEBOOKS),
-            progress_bar=False,
-            **streams,
-        )
+        with forwarding_signals(), runs.writing(run_nb, "the executed notebook"):
+            pm.execute_notebook(
+                runs.NOTEBOOKS / f"{kind}.ipynb",
+                run_nb,
+                parameters={"params": params, "out_dir": str(out), **({"checked": True} if checked else {})},
+                kernel_name=KERNEL,
+                cwd=str(runs.NOTEBOOKS),
+                progress_bar=False,
+                **streams,
+            )
+    except BaseException as e:
+        failure = e
+        raise
     finally:
         if run_nb.exists():
-            export_html(run_nb)
+            try:
+                export_html(run_nb)
+            except Exception:  # noqa: BLE001 - a torn notebook (disk full) or no room for the report
+                if failure is None:
+                    raise  # else the notebook's own failure is the one to tell
     return out
 
 
@@ -176,13 +241,22 @@ def prepare_run(
         )
     cfg = check(kind, config.load_yaml(params_file), params_file)
     out = (out or runs.default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
-    runs.claim(out, cfg, replace=replace)
+    runs.lock(out)  # held until this process ends; its kernel writes under it
+    try:
+        runs.claim(out, cfg, replace=replace)
+    except config.ConfigError:
+        runs.abandon(out)
+        raise
+    if not (out / runs.LOCK_NAME).exists():  # --replace moved the old run (and the lock file) aside
+        runs.unlock(out)
+        runs.lock(out)
     return kind, cfg, out
 
 
 def analyze(sweep_dir: Path, quiet: bool = False) -> Path:
     """Execute notebooks/scaling_analysis.ipynb over a sweep's runs into <sweep>/scaling/report.html."""
     out = sweep_dir / "scaling"
+    runs.lock(out)
     params = config.ScalingConfig(sweep_dir=str(sweep_dir)).model_dump(mode="json")  # the schema's defaults
     execute("scaling_analysis", params, out, name="report", quiet=quiet)
     return out / "report.html"

@@ -15,8 +15,12 @@ params.yaml), naming default output folders (`default_out`) and the status recor
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -25,10 +29,11 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -117,16 +122,22 @@ def claim(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(out), dest)
         print(f"moved the previous run to {dest}")
-    elif out.exists() and any(out.iterdir()) and not replace:
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()) and not replace:
         raise config.ConfigError(
             [config.Problem("out", f"{out} exists and is not a run folder; choose another folder")]
         )
     atomic_write_text(params, config.dump(cfg))
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never a torn one."""
+def atomic_write_text(path: str | Path, text: str, what: str | None = None) -> None:
+    """Write a file so that readers see the old or the new content, never a torn one; a full disk is
+    a WriteError naming the file and `what` it holds."""
     path = Path(path)
+    with writing(path, what or path.name):
+        _atomic_write(path, text)
+
+
+def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -194,23 +205,29 @@ class MetricsLog:
         if self._events is not None:
             from tensorboard.plugins.text import summary_v2 as text_summary
 
-            self._event(step, text_summary.text_pb(tag, text))
-            self._events.flush()
+            with writing(self.path.parent / "events.out.tfevents.*", "TensorBoard events"):
+                self._event(step, text_summary.text_pb(tag, text))
+                self._events.flush()
 
     def append(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(to_jsonable(record)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        with writing(self.path, "the metrics"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(to_jsonable(record)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         if self._events is not None:
-            from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+            with writing(self.path.parent / "events.out.tfevents.*", "TensorBoard events"):
+                self._append_events(record)
 
-            step = int(record["step"])
-            for key, value in record.items():
-                if key not in ("step", "time") and isinstance(value, int | float) and not isinstance(value, bool):
-                    self._event(step, scalar_summary.scalar_pb(key, value), record.get("time"))
-            self._events.flush()
+    def _append_events(self, record: dict[str, Any]) -> None:
+        from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+
+        step = int(record["step"])
+        for key, value in record.items():
+            if key not in ("step", "time") and isinstance(value, int | float) and not isinstance(value, bool):
+                self._event(step, scalar_summary.scalar_pb(key, value), record.get("time"))
+        self._events.flush()
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
@@ -342,6 +359,205 @@ def _metric_columns(final: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in final.items() if metrics.ANALYSABLE.fullmatch(k)}
 
 
+# ----------------------------------------------------------------------------- one writer per run folder
+LOCK_NAME = ".writer.lock"
+HOLDER_ENV = "VITSCALE_LOCK_HOLDER"  # a child (the papermill kernel) writes under its parent's lock
+_HELD: dict[Path, tuple[Any, int]] = {}  # folder -> (open lock file, how many times taken here)
+
+
+class RunError(Exception):
+    """A run folder that cannot be written (busy, disk full): told in one line, never a traceback."""
+
+
+class RunBusy(RunError):
+    """Another process writes this run folder."""
+
+
+class WriteError(RunError):
+    """Writing a file of the run failed (no space, I/O error); the message names the file and what."""
+
+
+def _proc_start(pid: int) -> str:
+    """The start time of a process (clock ticks after boot): a pid reused later has another one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def holder_token(pid: int | None = None) -> str:
+    """This process (or `pid` here) as host:pid:start, what the lock file and HOLDER_ENV record."""
+    pid = pid or os.getpid()
+    return f"{platform.node()}:{pid}:{_proc_start(pid)}"
+
+
+def _job_running(job: str) -> bool | None:
+    """Whether SLURM still runs job `job` (None: cannot tell here, no squeue)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.returncode == 0 and out.stdout.strip() not in ("", "COMPLETED", "FAILED", "CANCELLED")
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+    job = f", SLURM job {holder['slurm_job']}" if holder.get("slurm_job") else ""
+    return f"pid {holder.get('pid')} on {holder.get('host')}{job}, since {since}"
+
+
+def lock(folder: str | Path) -> None:
+    """Become the one writer of `folder` before anything is written into it (its lock file records
+    host, pid, start time and SLURM job). Reentrant in a process, and a child started under the
+    holder's lock (HOLDER_ENV) writes under it. Raises RunBusy naming the holder; a lock whose
+    process is gone frees itself (an OS lock) and is taken over with a note."""
+    folder = Path(folder).resolve()
+    if folder in _HELD:
+        f, n = _HELD[folder]
+        _HELD[folder] = (f, n + 1)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held open while this process writes the folder
+    f.seek(0)
+    try:
+        previous = json.loads(f.read() or "{}")
+    except json.JSONDecodeError:
+        previous = {}
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        if previous.get("token") and previous.get("token") == os.environ.get(HOLDER_ENV):
+            return  # our parent holds it and started us to write (the CLI's papermill kernel)
+        raise RunBusy(
+            f"{folder}: another process writes this run ({_describe(previous)}); wait for it to end, or stop it "
+            f"(kill {previous.get('pid')} on {previous.get('host')}) and run the same command again"
+        ) from None
+    if previous.get("token") and not previous.get("released"):
+        # The OS lock is free, so its process is gone; on a shared file system without cross-host
+        # locks, a holder on another host is asked about through its SLURM job.
+        other_host = previous.get("host") != platform.node()
+        if other_host and previous.get("slurm_job") and _job_running(str(previous["slurm_job"])):
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+            raise RunBusy(
+                f"{folder}: SLURM job {previous['slurm_job']} still writes this run ({_describe(previous)}); "
+                f"wait for it or `scancel {previous['slurm_job']}`, then run the same command again"
+            )
+        print(f"note: {folder}: took over the lock of a writer that is gone ({_describe(previous)})", file=sys.stderr)
+    record = {
+        "token": holder_token(),
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "started": time.time(),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+    }
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.environ[HOLDER_ENV] = record["token"]  # the kernels this process starts write under its locks
+    if not _HELD:
+        atexit.register(_release_all)
+    _HELD[folder] = (f, 1)
+
+
+def _release_all() -> None:
+    """At exit: every lock this process still holds is released (a crash leaves its record, which
+    the next writer reports as taken over)."""
+    for folder in list(_HELD):
+        _HELD[folder] = (_HELD[folder][0], 1)
+        unlock(folder)
+
+
+def unlock(folder: str | Path) -> None:
+    """Give up one `lock` of `folder`; the last one marks the record released and frees the OS lock."""
+    folder = Path(folder).resolve()
+    if folder not in _HELD:
+        return
+    f, n = _HELD[folder]
+    if n > 1:
+        _HELD[folder] = (f, n - 1)
+        return
+    del _HELD[folder]
+    try:
+        f.seek(0)
+        record = json.loads(f.read() or "{}")
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({**record, "released": time.time()}) + "\n")
+        f.flush()
+    except (OSError, json.JSONDecodeError):
+        pass  # a full disk: the OS lock still goes with the file's closing
+    finally:
+        f.close()
+    if not (folder / "params.yaml").exists():  # never claimed (bad parameters): leave nothing behind
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def abandon(folder: str | Path) -> None:
+    """Unlock a folder this process locked and then did not claim (bad parameters): leave nothing
+    behind that was not there (the lock file, and the folder if it was made for the lock)."""
+    folder = Path(folder).resolve()
+    held = _HELD.pop(folder, None)
+    if held is None:
+        return
+    (folder / LOCK_NAME).unlink(missing_ok=True)  # still held: no other writer is between
+    held[0].close()
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if empty: made for the lock
+
+
+@contextlib.contextmanager
+def writer(folder: str | Path) -> Iterator[None]:
+    """`lock(folder)` for the life of the block."""
+    lock(folder)
+    try:
+        yield
+    finally:
+        unlock(folder)
+
+
+# ----------------------------------------------------------------------------- write failures
+DISK_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def disk_error(e: BaseException) -> OSError | None:
+    """The OSError of a full or failing disk in `e` or its causes (libraries wrap them), or None."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+            return e
+        text = str(e)
+        for code in DISK_ERRORS:
+            if os.strerror(code) in text:
+                return OSError(code, os.strerror(code))
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, what: str) -> Iterator[None]:
+    """Turn a full or failing disk while writing `what` to `path` into one WriteError line."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as e:
+        if (err := disk_error(e)) is None:
+            raise
+        try:
+            free = f", {shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free there"
+        except OSError:
+            free = ""
+        raise WriteError(
+            f"{path}: writing {what} failed: {err.strerror}{free}; the newest complete checkpoint is kept: free "
+            "space (or fix the disk) and run the same command again to resume"
+        ) from None
+
+
 # ----------------------------------------------------------------------------- status records
 STATUS = "status.json"
 
@@ -350,7 +566,7 @@ STATUS = "status.json"
 class Status:
     """A run folder's status.json, as the local runner (sweep) and the cluster launcher (cluster) write it."""
 
-    status: Literal["running", "done", "failed", "submitted"]
+    status: Literal["running", "done", "failed", "submitted", "interrupted"]
     started: float | None = None
     ended: float | None = None
     submitted: float | None = None
@@ -360,6 +576,7 @@ class Status:
     launcher: str | None = None
     error: str | None = None
     traceback: str | None = None
+    reason: str | None = None  # why an interrupted run stopped: "preempted at step N (SIGTERM); ..."
 
     @classmethod
     def running(cls, job: str | None = None, host: str | None = None) -> Status:
@@ -374,6 +591,11 @@ class Status:
         """From inside the `except` block that caught `e` (keeps the end of its traceback)."""
         tb = traceback.format_exc()[-4000:]
         return cls("failed", ended=time.time(), job=job, error=f"{type(e).__name__}: {e}", traceback=tb)
+
+    @classmethod
+    def interrupted(cls, reason: str, job: str | None = None) -> Status:
+        """Stopped on a signal after saving a checkpoint (loop.Preempted): it resumes."""
+        return cls("interrupted", ended=time.time(), job=job, reason=reason)
 
     @classmethod
     def submitted_as(cls, job: str, launcher: str) -> Status:

@@ -149,7 +149,9 @@ def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     out = []
     for folder in sorted(p.parent for p in sweep_dir.glob("*/params.yaml")):
         record = runs.Status.read(folder)
-        out.append({"run": folder.name, "status": runs.status_of(folder), "job": record and record.job})
+        state = runs.status_of(folder)
+        reason = record.reason if record and state == "interrupted" else None  # "preempted at step N ..."
+        out.append({"run": folder.name, "status": state, "job": record and record.job, "reason": reason})
     return out
 
 
@@ -235,11 +237,27 @@ def scoped_environ(env: dict[str, str]):
 
 def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
     folder = out / run.run_id
+    if notebooks.STOP.is_set():  # a stop signal came: start nothing new
+        return runs.status_of(folder)
+    try:
+        with runs.writer(folder):
+            return _execute_locked(sweep, run, folder)
+    except runs.RunBusy as e:
+        print(f"skipped: {e}")
+        return "running"
+
+
+def _execute_locked(sweep: Sweep, run: Run, folder: Path) -> str:
     runs.claim(folder, config.validate(config.KINDS[sweep.notebook], run.params))
     runs.Status.running().write(folder)
     try:
         notebooks.execute(sweep.notebook, run.params, folder, quiet=True, checked=True)  # load checked
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+        if reason := notebooks.preempted_step(e):
+            runs.Status.interrupted(reason).write(folder)
+            return "interrupted"
+        if line := notebooks.write_failure(e):
+            print(f"error: {line}")
         runs.Status.failed(e).write(folder)
         return "failed"
     runs.Status.done().write(folder)
@@ -265,6 +283,7 @@ def execute(
             total=len(mine), initial=len(mine) - len(todo), desc=sweep.name, unit="run", mininterval=0
         ) as pbar,
         futures.ThreadPoolExecutor(max_workers=workers) as pool,
+        notebooks.forwarding_signals(),
     ):
         jobs = {pool.submit(_execute_one, sweep, r, out): r for r in todo}
         for job in futures.as_completed(jobs):

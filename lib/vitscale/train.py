@@ -148,6 +148,8 @@ def check(cfg: config.PretrainConfig) -> None:
         )
     checks.split_size(problems, "test_split", cfg.dataset, cfg.test_split, cfg.data_dir)
     if n_train is not None:
+        pp = {"pp_train": cfg.pp_train, "pp_eval": cfg.pp_eval}
+        checks.pp_shapes(problems, pp, cfg.dataset, cfg.data_dir, cfg.image_size, cfg.channels)
         checks.input_path(problems, "input", cfg.dataset, cfg.train_split, cfg.data_dir, cfg.input)
     checks.fewshot_pools(problems, "fewshot_datasets", cfg.fewshot_datasets, cfg.fewshot_shots, cfg.data_dir, cfg.input)
     checks.devices(problems, cfg.mesh, {"batch_size": cfg.batch_size}, cfg.grad_chains)
@@ -160,6 +162,16 @@ def check(cfg: config.PretrainConfig) -> None:
 
 
 def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
+    """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
+    under its lock); the other processes of a multi-host run write under process 0's."""
+    sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    if jax.process_index():
+        return _run(cfg, out_dir)
+    with runs.writer(out_dir):
+        return _run(cfg, out_dir)
+
+
+def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     """Pretrain as `cfg` says into `out_dir`, resuming from its checkpoints; returns the summary."""
     out = Path(out_dir)
     sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)

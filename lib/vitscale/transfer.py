@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -98,6 +99,9 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
         checks.split_size(problems, "finetune_datasets", name, test_split, cfg.data_dir)
         if n is not None:
             checks.input_path(problems, "input", name, train_split, cfg.data_dir, cfg.input)
+        if n is not None and pre is not None:
+            pp = {"pp_finetune": cfg.pp_finetune, "pp_finetune_eval": cfg.pp_finetune_eval}
+            checks.pp_shapes(problems, pp, name, cfg.data_dir, finetune.resolution(cfg, pre), pre.channels)
         if n is not None and not 0 < round(n * cfg.holdout_fraction) < n:
             problems.append(
                 config.Problem(
@@ -541,6 +545,15 @@ def load_curves(out_dir: str | Path, names: list[str] | None = None) -> list[dic
 
 
 def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
+    """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
+    under its lock); the other processes of a multi-host run write under process 0's."""
+    if jax.process_index():
+        return _run(cfg, out_dir)
+    with runs.writer(out_dir):
+        return _run(cfg, out_dir)
+
+
+def _run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
     """Few-shot evaluation and fine-tuning as `cfg` says, into `out_dir`; returns the summary."""
     out = Path(out_dir)
     if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already

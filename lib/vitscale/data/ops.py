@@ -74,13 +74,20 @@ class Op:
     rules: tuple[tuple[str, Rule], ...]  # (argument, rule), in order
     required: int
     check: Callable[..., str | None] | None  # a rule between arguments: what is wrong, or None
+    shape: Callable[..., tuple] | None = None  # ((h, w, c), *args) -> the output's (h, w, c); None: kept
 
 
 OPS: dict[str, Op] = {}
 
 
-def op(fn: Callable | None = None, *, check: Callable[..., str | None] | None = None):
-    """Register `fn` as the op of its name (`@op`, or `@op(check=...)` for a rule between arguments)."""
+def op(
+    fn: Callable | None = None,
+    *,
+    check: Callable[..., str | None] | None = None,
+    shape: Callable[..., tuple] | None = None,
+):
+    """Register `fn` as the op of its name (`@op`, or `@op(check=...)` for a rule between arguments,
+    `@op(shape=...)` for an op that changes the image's height, width or channels)."""
 
     def register(fn: Callable) -> Callable:
         params = list(inspect.signature(fn).parameters.values())
@@ -88,7 +95,7 @@ def op(fn: Callable | None = None, *, check: Callable[..., str | None] | None = 
         rules = tuple((p.name, _rule(hints.get(p.name))) for p in params)
         required = sum(p.default is inspect.Parameter.empty for p in params)
         doc = inspect.getdoc(fn).splitlines()[0]
-        OPS[fn.__name__] = Op(make=fn, doc=doc, rules=rules, required=required, check=check)
+        OPS[fn.__name__] = Op(make=fn, doc=doc, rules=rules, required=required, check=check, shape=shape)
         return fn
 
     return register(fn) if fn is not None else register
@@ -125,6 +132,24 @@ def build(text: str) -> tuple[Callable | None, Callable]:
     """The (draw, apply) of an op's text."""
     name, args = parse(text)
     return OPS[name].make(*args)
+
+
+def output_shape(texts: list[str], input_shape: tuple) -> tuple:
+    """(height, width, channels) the ops make of images of `input_shape` (None: varies or unknown),
+    from the grammar alone: what a pp list must agree with the model on, before any compute."""
+    shape = tuple(input_shape)
+    for text in texts:
+        name, args = parse(text)
+        if OPS[name].shape is not None:
+            shape = OPS[name].shape(shape, *args)
+    return shape
+
+
+def _shorter_side_to(shape, size):
+    h, w, c = shape
+    if h is None or w is None:
+        return None, None, c
+    return (size, round(w * size / h), c) if h <= w else (round(h * size / w), size, c)
 
 
 def default_ops(image_size: int, channels: int, value_range=(-1.0, 1.0), crop_padding=0, flip=False) -> list[str]:
@@ -198,7 +223,7 @@ def _to_size(crop, size: int):
 
 
 # ----------------------------------------------------------------------------- the ops
-@op
+@op(shape=lambda s, channels=None: (s[0], s[1], channels or s[2]))
 def decode(channels: Size | None = None):
     """decode(channels?): encoded image -> uint8 [H, W, C] (channels: the dataset's, or forced)"""
 
@@ -212,13 +237,13 @@ def decode(channels: Size | None = None):
     return None, apply
 
 
-@op
+@op(shape=lambda s, h, w=None: (h, w or h, s[2]))
 def resize(h: Size, w: Size | None = None):
     """resize(size) or resize(h, w): bilinear, antialiased"""
     return None, lambda x, _: _resize(x, h, w or h)
 
 
-@op
+@op(shape=_shorter_side_to)
 def resize_small(size: Size):
     """resize_small(size): shorter side to size, aspect kept"""
 
@@ -232,7 +257,7 @@ def resize_small(size: Size):
     return None, apply
 
 
-@op
+@op(shape=lambda s, size: (size, size, s[2]))
 def central_crop(size: Size):
     """central_crop(size): the central size x size"""
 
@@ -243,7 +268,7 @@ def central_crop(size: Size):
     return None, apply
 
 
-@op
+@op(shape=lambda s, size, area_min=5: (size, size, s[2]))
 def inception_crop(size: Size, area_min: Percent = 5):
     """inception_crop(size, area_min%=5): random area and aspect, resized to size"""
 
@@ -259,7 +284,7 @@ def inception_crop(size: Size, area_min: Percent = 5):
     return _inception_draw, apply
 
 
-@op
+@op(shape=lambda s, size, area_min=5: (size, size, s[2]))
 def decode_jpeg_and_inception_crop(size: Size, area_min: Percent = 5):
     """decode_jpeg_and_inception_crop(size, area_min%=5): both, decoding the crop only
 
@@ -323,7 +348,7 @@ def flip_lr():
     return draw, apply
 
 
-@op
+@op(shape=lambda s, n: (s[0], s[1], n))
 def channels(n: Size):
     """channels(n): grey <-> RGB"""
 

@@ -152,7 +152,7 @@ class JointFit:
             "ci_level": self.ci_level,
             "n_bootstrap": int(len(self.samples)),
             "intervals": {k: list(v) for k, v in self.intervals.items()},
-            "unresolved": _unresolved(self.intervals),
+            "unresolved": _unresolved(self.intervals, {k: float(getattr(self, k)) for k in self.intervals}),
         }
 
 
