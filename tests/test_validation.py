@@ -150,3 +150,54 @@ def test_checked_once_per_process_boundary(kind, monkeypatch, tmp_path):
     with pytest.raises(_Stop):
         program.run(other, tmp_path / "out")
     assert len(calls) == 2
+
+
+# A transfer from a weights file whose model (config.ModelSpec) is wrong: pydantic names the nested field.
+NPZ_TRANSFER = {**{k: v for k, v in TRANSFER.items() if k != "random_model"}, "pretrained": "weights.npz"}
+
+
+@pytest.mark.parametrize(
+    "model,field,needles",
+    [
+        ({"variant": "X/3"}, "pretrained_model.variant", ["X/3", "NAME/PATCH", "B/16"]),
+        ({"variant": "B/16", "widht": 768}, "pretrained_model.widht", ["unknown parameter", "accepted:", "width"]),
+        ({"variant": "B/16", "image_size": 30}, "pretrained_model.image_size", ["patch size 16"]),
+        ({"image_size": 224}, "pretrained_model.variant", ["is needed to read 'weights.npz'"]),
+    ],
+)
+def test_a_bad_nested_model_is_one_line_naming_its_field(model, field, needles, tmp_path, outputs, capsys):
+    path = tmp_path / "transfer.yaml"
+    path.write_text(yaml.safe_dump({**NPZ_TRANSFER, "pretrained_model": model}))
+    before = snapshot(outputs)
+    code = cli.main(["run", str(path), "--notebook", "transfer", "--out", str(outputs / "bad")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {field}: "), err
+    assert all(n in lines[0] for n in needles), err
+    assert snapshot(outputs) == before and not (outputs / "bad").exists()
+
+
+@pytest.mark.parametrize("name", ["pretrain", "transfer_run", "transfer_random", "transfer_npz"])
+def test_params_yaml_from_before_the_model_schema_still_resumes(root, name, tmp_path):
+    """tests/data/params_before_model_spec holds params.yaml files as written before config.ModelSpec
+    (flat model keys; `random_model: {}` for none): each loads, and claiming its folder with the same
+    parameters accepts the run and leaves the file as it was."""
+    from vitscale import config, runs
+
+    old = root / "tests/data/params_before_model_spec" / f"{name}.yaml"
+    schema = config.PretrainConfig if name == "pretrain" else config.TransferConfig
+    params = config.load_yaml(old)
+    cfg = config.validate(schema, params)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "params.yaml").write_bytes(old.read_bytes())
+    runs.claim(run, cfg)  # raises ConfigError naming the differing fields if the run were not the same
+    assert (run / "params.yaml").read_bytes() == old.read_bytes()
+    if name == "pretrain":
+        assert (cfg.variant, cfg.pool_type, cfg.shape.width, cfg.shape.patch_size) == ("Atto/7", "tok", 32, 7)
+    else:
+        model = {"transfer_run": None, "transfer_random": "Atto/7", "transfer_npz": "B/16"}[name]
+        given = cfg.random_model or cfg.pretrained_model
+        assert (given and given.variant) == model
+        assert params["random_model"] == {} or params["pretrained_model"] == {}  # the old spelling of "not given"

@@ -1,8 +1,6 @@
 """.npz weights in the layouts of vision_transformer and big_vision: vitscale's conversion both ways,
 the problems of a file that does not fit, and timm's own loader computing what vitscale computes."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,10 +12,9 @@ from vitscale.models import vit
 D, DEPTH, MLP, HEADS, PATCH, SIZE, CHANNELS, CLASSES = 32, 2, 64, 4, 4, 16, 3, 5
 
 
-def spec(pool="gap", scan=False, rep=None, **kw) -> weights.Spec:
-    return weights.Spec(
-        variant="test",
-        patch_size=PATCH,
+def spec(pool="gap", scan=False, rep=None, **kw) -> config.ModelSpec:
+    return config.ModelSpec(
+        variant=f"Pico/{PATCH}",
         channels=CHANNELS,
         width=D,
         depth=DEPTH,
@@ -31,7 +28,7 @@ def spec(pool="gap", scan=False, rep=None, **kw) -> weights.Spec:
     )
 
 
-def model(s: weights.Spec, gelu="tanh") -> vit.ViT:
+def model(s: config.ModelSpec, gelu="tanh") -> vit.ViT:
     return vit.ViT(
         num_classes=CLASSES,
         patch_size=PATCH,
@@ -161,20 +158,25 @@ def test_shapes_come_from_headers_and_misfits_name_every_path(tmp_path):
     file, found = weights.check_file(path, s)
     assert found | {"file": None} == {
         "file": None,
-        "variant": "test",
+        "variant": f"Pico/{PATCH}",
         "layout": "big_vision",
         "prefix": "params/",
         "scanned": True,
         "num_classes": CLASSES,
     }
     # at another resolution the position embedding is resized, not refused
-    assert weights.check_file(path, dataclasses.replace(s, image_size=24))[1]["posemb_grid"] == SIZE // PATCH
+    assert (
+        weights.check_file(path, config.ModelSpec(**{**s.model_dump(), "image_size": 24}))[1]["posemb_grid"]
+        == SIZE // PATCH
+    )
     # wider, shallower, without the class token, and a representation layer the file lacks
-    wrong = dataclasses.replace(s, width=48, depth=1, pool_type="gap", representation_size=8)
+    wrong = config.ModelSpec(
+        **{**s.model_dump(), "width": 48, "depth": 1, "pool_type": "gap", "representation_size": 8}
+    )
     with pytest.raises(config.ConfigError) as e:
         weights.check_file(path, wrong)
     text = str(e.value)
-    assert "does not fit variant 'test'" in text
+    assert "does not fit variant 'Pico/4'" in text
     assert "params/embedding/kernel: file [4, 4, 3, 32] vs model [4, 4, 3, 48]" in text
     assert "params/Transformer/encoderblock/LayerNorm_0/scale: file [2, 32] vs model [1, 48]" in text
     assert "params/cls: [1, 1, 32] in the file, not in the model (does the model need pool_type: tok?)" in text

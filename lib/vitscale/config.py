@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import (
@@ -121,11 +121,93 @@ class CooldownBranch(_Schema):
     steps: int = Field(gt=0)
 
 
-MODEL = {"model": True}  # marks the PretrainConfig fields that describe the model (its weights' shapes)
+class Shape(NamedTuple):
+    """A model's resolved shape: its variant's, with any overrides applied."""
+
+    patch_size: int
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
 
 
-class PretrainConfig(_Schema):
-    """Parameters of a pretraining run (notebooks/pretrain.ipynb)."""
+class ModelSpec(_Schema):
+    """The model a set of weights belongs to: what decides its parameters' names and shapes (and gelu,
+    its numerics). One schema for pretraining (PretrainConfig is a ModelSpec: flat keys in its files),
+    `random_model`, `pretrained_model`, export's .yaml and the weights reader (vitscale.weights)."""
+
+    image_size: int = Field(default=28, gt=0)
+    channels: int = Field(default=1, ge=1, le=3)
+    variant: str = "Pico/4"  # NAME/PATCH, see vitscale.models.vit.VARIANTS
+    width: int | None = Field(default=None, gt=0)  # overrides of the variant's shape
+    depth: int | None = Field(default=None, gt=0)
+    mlp_dim: int | None = Field(default=None, gt=0)
+    num_heads: int | None = Field(default=None, gt=0)
+    pool_type: Literal["gap", "tok", "map", "none"] = "gap"
+    posemb: Literal["learn", "sincos2d"] = "learn"
+    scan: bool = False  # one compiled block scanned over depth
+    representation_size: int | None = Field(default=None, gt=0)  # tanh layer `pre_logits` (original ViT)
+    gelu: Literal["tanh", "erf"] = "tanh"  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v: str) -> str:
+        decode_variant(v)
+        return v
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelSpec:
+        problems = self.shape_problems()
+        if problems:
+            raise ValueError(_problems_text(problems))
+        return self
+
+    def shape_problems(self) -> list[Problem]:
+        """What does not fit together: the image size vs the patch, the width vs the heads and posemb."""
+        v, problems = self.shape, []
+        if self.image_size % v.patch_size:
+            problems.append(
+                Problem(
+                    "image_size",
+                    f"{self.image_size} is not divisible by the patch size {v.patch_size} of variant {self.variant!r}",
+                )
+            )
+        if v.width % v.num_heads:
+            problems.append(Problem("num_heads", f"width {v.width} is not divisible by num_heads {v.num_heads}"))
+        if self.posemb == "sincos2d" and v.width % 4:
+            problems.append(Problem("posemb", f"'sincos2d' needs a width divisible by 4, got width {v.width}"))
+        return problems
+
+    @property
+    def shape(self) -> Shape:
+        """The variant's shape with any explicit overrides applied."""
+        v = decode_variant(self.variant)
+        return Shape(
+            v.patch_size,
+            self.width or v.width,
+            self.depth or v.depth,
+            self.mlp_dim or v.mlp_dim,
+            self.num_heads or v.num_heads,
+        )
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.shape.patch_size
+
+    def model_spec(self) -> ModelSpec:
+        """Just the model (of a PretrainConfig: its model fields)."""
+        return ModelSpec(**{k: getattr(self, k) for k in ModelSpec.model_fields})
+
+    def changed(self) -> dict[str, Any]:
+        """The fields that differ from the defaults, the variant always and first (export's `pretrained_model`)."""
+        return {"variant": self.variant, **self.model_spec().model_dump(mode="json", exclude_defaults=True)}
+
+
+class PretrainConfig(ModelSpec):
+    """Parameters of a pretraining run (notebooks/pretrain.ipynb). The model fields (image_size,
+    channels, variant, shape overrides, pool_type, posemb, scan, representation_size, gelu) are
+    ModelSpec's, flat in the file."""
 
     name: str = "pretrain"  # run name, shown in reports
     # --- data
@@ -134,8 +216,6 @@ class PretrainConfig(_Schema):
     train_split: str = "train"
     test_split: str = "test"
     train_examples: int | None = Field(default=None, gt=0)  # data axis: first n of train_split
-    image_size: int = Field(default=28, gt=0, json_schema_extra=MODEL)
-    channels: int = Field(default=1, ge=1, le=3, json_schema_extra=MODEL)
     crop_padding: int = Field(default=2, ge=0)  # random crop: reflect-pad then crop back
     flip: bool = True  # random horizontal flip
     # How splits are read (vitscale.data.sources): "memory" decodes a split into one array; "stream" reads the
@@ -146,27 +226,13 @@ class PretrainConfig(_Schema):
     # None: today's pipeline from image_size, channels, crop_padding and flip (data.ops.default_ops).
     pp_train: list[str] | None = None
     pp_eval: list[str] | None = None  # test split and few-shot features; None: resize to image_size
-    # --- model
-    variant: str = Field(default="Pico/4", json_schema_extra=MODEL)  # NAME/PATCH, see vitscale.models.vit.VARIANTS
-    width: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)  # overrides of the variant's shape
-    depth: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
-    mlp_dim: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
-    num_heads: int | None = Field(default=None, gt=0, json_schema_extra=MODEL)
-    pool_type: Literal["gap", "tok", "map", "none"] = Field(default="gap", json_schema_extra=MODEL)
-    posemb: Literal["learn", "sincos2d"] = Field(default="learn", json_schema_extra=MODEL)
+    # --- model (beyond ModelSpec: how it trains, not its weights' shapes)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     head_bias_init: float | None = None  # None: 0 for softmax_xent, -10 for sigmoid_xent (paper)
     remat: bool = False  # recompute each block's activations in the backward pass
-    scan: bool = Field(default=False, json_schema_extra=MODEL)  # one compiled block scanned over depth
     # Precision policy. "bfloat16": matmul inputs and activations in bf16; parameters, LayerNorm
     # statistics, the attention softmax, the head and the loss in float32 (vitscale.models.vit).
     dtype: Literal["float32", "bfloat16"] = "float32"
-    representation_size: int | None = Field(
-        default=None, gt=0, json_schema_extra=MODEL
-    )  # tanh layer `pre_logits` (original ViT)
-    gelu: Literal["tanh", "erf"] = Field(
-        default="tanh", json_schema_extra=MODEL
-    )  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
     init_from: str | None = None  # a released or exported .npz (vitscale.weights) as the step-0 weights
     # --- optimisation
     loss: Literal["softmax_xent", "sigmoid_xent"] = "softmax_xent"
@@ -219,12 +285,6 @@ class PretrainConfig(_Schema):
     def _pp_ops(cls, v: list[str] | None) -> list[str] | None:
         return _pp(v)
 
-    @field_validator("variant")
-    @classmethod
-    def _variant(cls, v: str) -> str:
-        decode_variant(v)
-        return v
-
     @field_validator("wd_rules")
     @classmethod
     def _wd_rules(cls, v: list[tuple[str, float]] | None) -> list[tuple[str, float]] | None:
@@ -241,20 +301,8 @@ class PretrainConfig(_Schema):
         return _mesh(v)
 
     @model_validator(mode="after")
-    def _shapes(self) -> PretrainConfig:
-        v, problems = self.model_shape(), []
-        if self.image_size % v["patch_size"]:
-            problems.append(
-                Problem(
-                    "image_size",
-                    f"{self.image_size} is not divisible by the patch size "
-                    f"{v['patch_size']} of variant {self.variant!r}",
-                )
-            )
-        if v["width"] % v["num_heads"]:
-            problems.append(Problem("num_heads", f"width {v['width']} is not divisible by num_heads {v['num_heads']}"))
-        if self.posemb == "sincos2d" and v["width"] % 4:
-            problems.append(Problem("posemb", f"'sincos2d' needs a width divisible by 4, got width {v['width']}"))
+    def _shapes(self) -> PretrainConfig:  # ModelSpec's, overridden: its problems and the schedule's in one list
+        problems = self.shape_problems()
         if self.warmup_steps + self.cooldown_steps > self.total_steps:
             problems.append(
                 Problem(
@@ -279,21 +327,9 @@ class PretrainConfig(_Schema):
         return self
 
     @classmethod
-    def model_field_names(cls) -> tuple[str, ...]:
-        """The fields that describe the model (what `pretrained_model` carries, what export writes)."""
-        names = [k for k, f in cls.model_fields.items() if (f.json_schema_extra or {}).get("model")]
-        return tuple(sorted(names, key=lambda k: k != "variant"))  # the variant first, as files show it
-
-    def model_shape(self) -> dict[str, int]:
-        """The variant's shape with any explicit overrides applied."""
-        v = decode_variant(self.variant)
-        return dict(
-            patch_size=v.patch_size,
-            width=self.width or v.width,
-            depth=self.depth or v.depth,
-            mlp_dim=self.mlp_dim or v.mlp_dim,
-            num_heads=self.num_heads or v.num_heads,
-        )
+    def from_model(cls, model: ModelSpec) -> PretrainConfig:
+        """Pretraining's defaults with `model`'s fields (a random init's or a weights file's model)."""
+        return cls(**model.model_dump())
 
     def train_split_name(self) -> str:
         """The TFDS split the run trains on: train_split, or its first train_examples."""
@@ -312,10 +348,9 @@ class TransferConfig(_Schema):
     # --- the model
     pretrained: str  # a pretraining run folder (absolute, or relative to the repository root, e.g.
     #                  outputs/demo), or "random": an untrained model as `random_model` describes
-    random_model: dict[str, Any] = {}  # with pretrained "random": the model as PretrainConfig fields
-    #                                    (variant, image_size, channels, pool_type, posemb, ...)
-    pretrained_model: dict[str, Any] = {}  # with pretrained a .npz file: its model as PretrainConfig fields
-    #   (variant, image_size, channels, pool_type, posemb, scan, representation_size, gelu; README "Released weights")
+    random_model: ModelSpec | None = None  # with pretrained "random": its model (None: ModelSpec's defaults)
+    pretrained_model: ModelSpec | None = None  # with pretrained a .npz file: its model, the variant at least
+    #   (README "Released weights"; `vitscale export` writes it beside the file)
     compare_random: bool = False  # also run everything from a random init of the same shape (the baseline)
     data_dir: str | None = None  # TFDS data_dir; None = $TFDS_DATA_DIR or ~/tensorflow_datasets
     input: Input = "auto"  # how downstream splits are read, as PretrainConfig.input
@@ -392,37 +427,29 @@ class TransferConfig(_Schema):
     def _mesh(cls, v: list[int]) -> list[int]:
         return _mesh(v)
 
+    @field_validator("random_model", "pretrained_model", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == {} else v  # params.yaml files written before ModelSpec hold {} for "not given"
+
     @model_validator(mode="after")
     def _static(self) -> TransferConfig:
         problems = []
-        if self.pretrained == RANDOM:
-            try:
-                PretrainConfig(**self.random_model)
-            except ValidationError as e:
-                problems += [
-                    dataclasses.replace(p, field=f"random_model.{p.field}") for p in _problems(e, PretrainConfig)
-                ]
-            if self.compare_random:
-                problems.append(
-                    Problem(
-                        "compare_random",
-                        "compares a pretrained run with a random init; with pretrained 'random' set it to false",
-                    )
+        if self.pretrained == RANDOM and self.compare_random:
+            problems.append(
+                Problem(
+                    "compare_random",
+                    "compares a pretrained run with a random init; with pretrained 'random' set it to false",
                 )
-        elif self.pretrained.endswith(NPZ):
-            if "variant" not in self.pretrained_model:
-                problems.append(Problem("pretrained_model.variant", f"is needed to read {self.pretrained!r}"))
-            try:
-                PretrainConfig(**self.pretrained_model)
-            except ValidationError as e:
-                problems += [
-                    dataclasses.replace(p, field=f"pretrained_model.{p.field}") for p in _problems(e, PretrainConfig)
-                ]
-        if self.pretrained_model and not self.pretrained.endswith(NPZ):
+            )
+        npz = self.pretrained.endswith(NPZ)
+        if npz and (self.pretrained_model is None or "variant" not in self.pretrained_model.model_fields_set):
+            problems.append(Problem("pretrained_model.variant", f"is needed to read {self.pretrained!r}"))
+        if self.pretrained_model is not None and not npz:
             problems.append(
                 Problem("pretrained_model", "is only used with a .npz file as pretrained; a run folder has params.yaml")
             )
-        if self.random_model and self.pretrained != RANDOM:
+        if self.random_model is not None and self.pretrained != RANDOM:
             problems.append(
                 Problem(
                     "random_model",
@@ -501,18 +528,41 @@ RUN_KINDS = ("pretrain", "transfer")  # those `vitscale run parameters/<kind>/<n
 
 
 # ----------------------------------------------------------------------------- building and showing
+def _schema_at(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The nested schema an error location points into (e.g. ModelSpec for ("pretrained_model",)), if any."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = schema.model_fields.get(part) if isinstance(schema, type) else None
+        if field is None:
+            return None
+        found = [
+            t for t in (field.annotation, *_args(field.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        if not found:
+            return None
+        schema = found[0]
+    return schema
+
+
+def _args(annotation: Any) -> tuple:
+    """Every type inside `annotation` (X | None, list[X], ...)."""
+    return tuple(a for arg in get_args(annotation) for a in (arg, *_args(arg)))
+
+
 def _problems(e: ValidationError, schema: type[BaseModel]) -> list[Problem]:
-    accepted = ", ".join(sorted(schema.model_fields))
     out = []
     for err in e.errors():
-        field = ".".join(str(p) for p in err["loc"])
+        loc = tuple(err["loc"])
+        field = ".".join(str(p) for p in loc)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
+            accepted = ", ".join(sorted((_schema_at(schema, loc[:-1]) or schema).model_fields))
             out.append(Problem(field, f"unknown parameter (got {err.get('input')!r}; accepted: {accepted})"))
-        elif not field and err["type"] == "value_error":  # a model validator's `field: message` lines
+        elif err["type"] == "value_error" and _schema_at(schema, loc) is not None:  # a model validator's lines
             for line in msg.splitlines():
                 name, _, text = line.partition(": ")
-                out.append(Problem(name, text))
+                out.append(Problem(f"{field}.{name}" if field else name, text))
         else:
             if "input" in err and err["type"] != "value_error":
                 msg += f" (got {err['input']!r})"

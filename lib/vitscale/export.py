@@ -9,21 +9,10 @@ needs to read it back (README "Released weights").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from vitscale import config, pretrained, runs, weights
-
-
-def model_description(cfg: config.PretrainConfig) -> dict[str, Any]:
-    """The model fields of `cfg` that differ from the defaults (the variant always): `pretrained_model`."""
-    defaults = config.PretrainConfig.model_fields
-    return {
-        k: getattr(cfg, k)
-        for k in config.PretrainConfig.model_field_names()
-        if k == "variant" or getattr(cfg, k) != defaults[k].get_default()
-    }
 
 
 def check(cfg: config.PretrainConfig, layout: str) -> None:
@@ -47,10 +36,10 @@ def run(run_dir: str | Path, out: str | Path | None = None, layout: str = "big_v
     run, cfg, params, step = pretrained.read_run(run)  # no optimizer, no dataset: the checkpoint's params
     flat = weights.flatten(params)
     path = Path(out) if out else run / "export" / f"{layout}_step{step}.npz"
-    weights.save(path, weights.to_file(flat, weights.spec_of(cfg), layout))
+    weights.save(path, weights.to_file(flat, cfg.model_spec(), layout))
     lines = {
         "pretrained": str(path.resolve()),
-        "pretrained_model": model_description(cfg),
+        "pretrained_model": cfg.changed(),  # config.ModelSpec: the fields that differ from the defaults
         # (not parameters) where the weights come from
         "exported_from": {"run": str(run), "step": step, "layout": layout},
     }

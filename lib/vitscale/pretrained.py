@@ -82,7 +82,7 @@ def load_run(path: str | Path, mesh) -> Pretrained:
 
 def load_npz(path: str | Path, cfg: config.PretrainConfig, mesh) -> Pretrained:
     """Released or exported weights (vitscale.weights) for the model `cfg` describes, head and all."""
-    loaded, found = weights.load(path, weights.spec_of(cfg))
+    loaded, found = weights.load(path, cfg.model_spec())
     classes = found["num_classes"] or 1
     trainer = build.trainer(cfg, mesh, classes)
     params = fit(weights.unflatten(loaded), trainer.model, build.image_shape(cfg), head="keep")
@@ -127,7 +127,7 @@ def fit(params: Any, model: vit.ViT, image_shape: tuple[int, int, int], head: st
 
 def start_from_file(cfg: config.PretrainConfig, trainer: loop.Trainer):
     """Step 0 of a run with `init_from`: the file's weights (a head of another class count: the fresh init's)."""
-    loaded, _ = weights.load(cfg.init_from, weights.spec_of(cfg), field="init_from")
+    loaded, _ = weights.load(cfg.init_from, cfg.model_spec(), field="init_from")
     fresh = trainer.init_fn().params
     params = fit(weights.unflatten(loaded), trainer.model, build.image_shape(cfg), head=fresh["head"])
     return trainer.start_from(params), None

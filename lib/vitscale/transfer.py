@@ -60,9 +60,9 @@ def pretrain_config(cfg: config.TransferConfig) -> config.PretrainConfig:
     """The pretrained model's parameters: the run folder's params.yaml, `random_model`, or (a .npz
     file) `pretrained_model`."""
     if cfg.pretrained == config.RANDOM:
-        return config.PretrainConfig(**cfg.random_model)
+        return config.PretrainConfig.from_model(cfg.random_model or config.ModelSpec())
     if cfg.pretrained.endswith(config.NPZ):
-        return config.PretrainConfig(**cfg.pretrained_model)
+        return config.PretrainConfig.from_model(cfg.pretrained_model)
     return pretrained.read_pretrain_config(runs.find_run(cfg.pretrained))
 
 
@@ -79,11 +79,11 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
         pre = None
     if pre is not None and cfg.pretrained.endswith(config.NPZ):
         try:  # names and shapes against the model, from the file's headers (numpy)
-            weights.check_file(cfg.pretrained, weights.spec_of(pre))
+            weights.check_file(cfg.pretrained, pre.model_spec())
         except config.ConfigError as e:
             problems += e.problems
     if pre is not None:
-        patch, res = pre.model_shape()["patch_size"], finetune.resolution(cfg, pre)
+        patch, res = pre.shape.patch_size, finetune.resolution(cfg, pre)
         if res % patch:
             problems.append(
                 config.Problem(

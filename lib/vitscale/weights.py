@@ -25,11 +25,11 @@ prefix (optimizer state, the text tower) are ignored.
 Importing a vision_transformer file folds the class token's position embedding into `cls` (as
 big_vision's `fix_old_checkpoints` does: the sum the model would form, formed once); exporting to
 that layout writes a zero position for the class token. The head may have any number of classes.
+The model a file must fit is a `config.ModelSpec` (a PretrainConfig is one; `.shape` resolves the variant).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -48,41 +48,6 @@ BLOCK_NAMES = {  # (pre-attention norm, attention, pre-MLP norm, MLP) inside a b
 POSEMB_KEY = {"big_vision": "pos_embedding", "vision_transformer": "Transformer/posembed_input/pos_embedding"}
 MAP_KEY = {"vitscale": "MAPHead", "big_vision": "MAPHead_0", "vision_transformer": "MAPHead_0"}
 MAX_LINES = 40  # problems listed before "... and N more"
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """The model a file must fit (vitscale's PretrainConfig fields, resolved)."""
-
-    variant: str
-    patch_size: int
-    channels: int
-    width: int
-    depth: int
-    mlp_dim: int
-    num_heads: int
-    image_size: int
-    pool_type: str = "gap"
-    posemb: str = "learn"
-    scan: bool = False
-    representation_size: int | None = None
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-
-def spec_of(cfg: config.PretrainConfig) -> Spec:
-    return Spec(
-        variant=cfg.variant,
-        channels=cfg.channels,
-        image_size=cfg.image_size,
-        pool_type=cfg.pool_type,
-        posemb=cfg.posemb,
-        scan=cfg.scan,
-        representation_size=cfg.representation_size,
-        **cfg.model_shape(),
-    )
 
 
 def find_file(path: str | Path, field: str = "pretrained") -> Path:
@@ -137,8 +102,8 @@ def _square(n: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- the names a model needs
-def _block_shapes(spec: Spec, layout: str) -> dict[str, tuple[int, ...]]:
-    d, h, m = spec.width, spec.num_heads, spec.mlp_dim
+def _block_shapes(spec: config.ModelSpec, layout: str) -> dict[str, tuple[int, ...]]:
+    d, h, m = spec.shape.width, spec.shape.num_heads, spec.shape.mlp_dim
     ln1, attn, ln2, mlp = BLOCK_NAMES[layout]
     out = {f"{ln}/{p}": (d,) for ln in (ln1, ln2) for p in ("scale", "bias")}
     if layout == "vitscale":
@@ -153,11 +118,14 @@ def _block_shapes(spec: Spec, layout: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def expected_shapes(spec: Spec, layout: str, scanned: bool, num_classes: int | None = None) -> dict[str, tuple]:
+def expected_shapes(
+    spec: config.ModelSpec, layout: str, scanned: bool, num_classes: int | None = None
+) -> dict[str, tuple]:
     """Key -> shape of a file of `layout` holding `spec`'s model (blocks stacked if `scanned`); the
     head's class count is `num_classes` (None: left out), the position embedding at `spec`'s grid."""
-    d, n = spec.width, spec.grid**2
-    out: dict[str, tuple] = {"embedding/kernel": (spec.patch_size, spec.patch_size, spec.channels, d)}
+    shape = spec.shape
+    d, n = shape.width, spec.grid**2
+    out: dict[str, tuple] = {"embedding/kernel": (shape.patch_size, shape.patch_size, spec.channels, d)}
     out["embedding/bias"] = (d,)
     tok = spec.pool_type == "tok"
     if tok:
@@ -166,9 +134,9 @@ def expected_shapes(spec: Spec, layout: str, scanned: bool, num_classes: int | N
         out[POSEMB_KEY[layout]] = (1, n + (tok and layout == "vision_transformer"), d)
     block = _block_shapes(spec, layout)
     if scanned:
-        out |= {f"Transformer/encoderblock/{k}": (spec.depth, *s) for k, s in block.items()}
+        out |= {f"Transformer/encoderblock/{k}": (shape.depth, *s) for k, s in block.items()}
     else:
-        out |= {f"Transformer/encoderblock_{i}/{k}": s for i in range(spec.depth) for k, s in block.items()}
+        out |= {f"Transformer/encoderblock_{i}/{k}": s for i in range(shape.depth) for k, s in block.items()}
     out |= {"Transformer/encoder_norm/scale": (d,), "Transformer/encoder_norm/bias": (d,)}
     if spec.pool_type == "map":
         head = MAP_KEY[layout]
@@ -182,7 +150,9 @@ def expected_shapes(spec: Spec, layout: str, scanned: bool, num_classes: int | N
     return out
 
 
-def check_shapes(shapes: dict[str, tuple], spec: Spec, field: str = "pretrained") -> tuple[list[config.Problem], dict]:
+def check_shapes(
+    shapes: dict[str, tuple], spec: config.ModelSpec, field: str = "pretrained"
+) -> tuple[list[config.Problem], dict]:
     """The problems of a file's key -> shape table against `spec` (missing and unexpected keys, shapes
     that do not fit, one line each with both shapes), and what was found: {layout, prefix, scanned,
     num_classes, posemb_grid}."""
@@ -192,7 +162,7 @@ def check_shapes(shapes: dict[str, tuple], spec: Spec, field: str = "pretrained"
     scanned = any(k.startswith("Transformer/encoderblock/") for k in own)
     head = own.get("head/bias")
     num_classes = head[0] if head and len(head) == 1 else None
-    want = expected_shapes(spec, layout, scanned, num_classes)
+    want, shape = expected_shapes(spec, layout, scanned, num_classes), spec.shape
     found = {"layout": layout, "prefix": prefix, "scanned": scanned, "num_classes": num_classes}
     lines = []
     pos = POSEMB_KEY[layout]
@@ -216,8 +186,8 @@ def check_shapes(shapes: dict[str, tuple], spec: Spec, field: str = "pretrained"
     if lines:
         what = (
             f"a {layout} file{' (scanned)' if scanned else ''} under prefix {prefix or '(none)'!r} does not fit "
-            f"variant {spec.variant!r} (width {spec.width}, depth {spec.depth}, mlp_dim {spec.mlp_dim}, heads "
-            f"{spec.num_heads}, patch {spec.patch_size}, channels {spec.channels}, pool_type {spec.pool_type!r}, "
+            f"variant {spec.variant!r} (width {shape.width}, depth {shape.depth}, mlp_dim {shape.mlp_dim}, heads "
+            f"{shape.num_heads}, patch {shape.patch_size}, channels {spec.channels}, pool_type {spec.pool_type!r}, "
             f"posemb {spec.posemb!r}, representation_size {spec.representation_size})"
         )
         shown = lines[:MAX_LINES] + ([f"... and {len(lines) - MAX_LINES} more"] if len(lines) > MAX_LINES else [])
@@ -237,7 +207,7 @@ def _hint(key: str) -> str:
     return ""
 
 
-def check_file(path: str | Path, spec: Spec, field: str = "pretrained") -> tuple[Path, dict]:
+def check_file(path: str | Path, spec: config.ModelSpec, field: str = "pretrained") -> tuple[Path, dict]:
     """The file `path` names, checked against `spec` with numpy only; a ConfigError lists every problem.
     Returns (the file, what was found in it)."""
     file = find_file(path, field)
@@ -252,10 +222,10 @@ def _split_heads(a: np.ndarray, h: int) -> np.ndarray:  # [..., D] -> [..., H, D
     return a.reshape(*a.shape[:-1], h, a.shape[-1] // h)
 
 
-def _block_to_file(p: dict[str, np.ndarray], spec: Spec, layout: str) -> dict[str, np.ndarray]:
+def _block_to_file(p: dict[str, np.ndarray], spec: config.ModelSpec, layout: str) -> dict[str, np.ndarray]:
     """One of vitscale's blocks (flat, '/'-keyed, optionally stacked on a leading axis) in `layout`."""
     ln1, attn, ln2, mlp = BLOCK_NAMES[layout]
-    h, d = spec.num_heads, spec.width
+    h, d = spec.shape.num_heads, spec.shape.width
     out = {f"{ln1}/{k}": p[f"LayerNorm_0/{k}"] for k in ("scale", "bias")}
     out |= {f"{ln2}/{k}": p[f"LayerNorm_1/{k}"] for k in ("scale", "bias")}
     kernel, bias = p["Attention/qkv/kernel"], p["Attention/qkv/bias"]
@@ -269,9 +239,9 @@ def _block_to_file(p: dict[str, np.ndarray], spec: Spec, layout: str) -> dict[st
     return out
 
 
-def _block_from_file(p: dict[str, np.ndarray], spec: Spec, layout: str) -> dict[str, np.ndarray]:
+def _block_from_file(p: dict[str, np.ndarray], spec: config.ModelSpec, layout: str) -> dict[str, np.ndarray]:
     ln1, attn, ln2, mlp = BLOCK_NAMES[layout]
-    d = spec.width
+    d = spec.shape.width
     out = {f"LayerNorm_0/{k}": p[f"{ln1}/{k}"] for k in ("scale", "bias")}
     out |= {f"LayerNorm_1/{k}": p[f"{ln2}/{k}"] for k in ("scale", "bias")}
     q, k, v = (p[f"{attn}/{n}/kernel"] for n in ("query", "key", "value"))
@@ -311,13 +281,15 @@ def _top(flat: dict[str, np.ndarray], rename: dict[str, str]) -> dict[str, np.nd
     return out
 
 
-def to_file(params: dict[str, np.ndarray], spec: Spec, layout: str = "big_vision", scan: bool | None = None):
+def to_file(
+    params: dict[str, np.ndarray], spec: config.ModelSpec, layout: str = "big_vision", scan: bool | None = None
+):
     """vitscale's parameters (flat, '/'-keyed numpy arrays) as the keys and arrays of a `layout` file;
     blocks stacked if `scan` (None: as the model has them)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
     params = {k: np.asarray(v, np.float32) for k, v in params.items()}
-    blocks = [_block_to_file(b, spec, layout) for b in _blocks(params, spec.depth)]
+    blocks = [_block_to_file(b, spec, layout) for b in _blocks(params, spec.shape.depth)]
     out = _top(params, {"MAPHead": MAP_KEY[layout]})
     if "pos_embedding" in out:
         pe = out.pop("pos_embedding")
@@ -327,12 +299,12 @@ def to_file(params: dict[str, np.ndarray], spec: Spec, layout: str = "big_vision
     return out | _put_blocks(blocks, spec.scan if scan is None else scan)
 
 
-def from_file(arrays: dict[str, np.ndarray], spec: Spec) -> dict[str, np.ndarray]:
+def from_file(arrays: dict[str, np.ndarray], spec: config.ModelSpec) -> dict[str, np.ndarray]:
     """A file's arrays (all keys, any prefix) as vitscale's flat '/'-keyed parameters for `spec`."""
     prefix = find_prefix(arrays)
     own = {k.removeprefix(prefix): np.asarray(v, np.float32) for k, v in arrays.items() if k.startswith(prefix)}
     layout = detect_layout(own)
-    blocks = [_block_from_file(b, spec, layout) for b in _blocks(own, spec.depth)]
+    blocks = [_block_from_file(b, spec, layout) for b in _blocks(own, spec.shape.depth)]
     out = _top(own, {MAP_KEY[layout]: "MAPHead"})
     pos = POSEMB_KEY[layout]
     if pos in own:
@@ -345,7 +317,7 @@ def from_file(arrays: dict[str, np.ndarray], spec: Spec) -> dict[str, np.ndarray
     return out | _put_blocks(blocks, spec.scan)
 
 
-def load(path: str | Path, spec: Spec, field: str = "pretrained") -> tuple[dict[str, np.ndarray], dict]:
+def load(path: str | Path, spec: config.ModelSpec, field: str = "pretrained") -> tuple[dict[str, np.ndarray], dict]:
     """A weights file checked against `spec`, as vitscale's flat parameters, and what was found in it."""
     file, found = check_file(path, spec, field)
     with np.load(file) as f:
