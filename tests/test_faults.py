@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from natural_images import write_folder
-from vitscale import config, runs, train
+from vitscale import config, metrics, runs, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(
@@ -86,7 +86,7 @@ def final_params(out: Path):
 
 
 def metrics_without_time(out: Path):
-    return [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in runs.read_metrics(out)]
+    return [{k: v for k, v in r.items() if k not in metrics.TIMING} for r in runs.read_metrics(out)]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from natural_images import write_folder
-from vitscale import config, loop, runs, train
+from vitscale import config, loop, metrics, runs, train
 from vitscale.data import datasets
 
 BASE = dict(
@@ -76,8 +76,7 @@ def final_params(out: Path):
 
 
 def comparable(records):
-    drop = {"time", "images_per_s"}
-    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+    return [{k: v for k, v in r.items() if k not in metrics.TIMING} for r in records]
 
 
 def kill_and_resume(params: dict, tmp_path: Path, kill_after: int) -> tuple[Path, Path]:

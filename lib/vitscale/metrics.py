@@ -20,6 +20,8 @@ LR = "lr"
 IMAGES_PER_S = "images_per_s"
 IMAGES_PER_S_PER_DEVICE = "perf/images_per_s_per_device"
 MFU = "perf/mfu"  # model FLOPs utilisation of the logged interval (vitscale.perf)
+# Fields that measure the machine, not the run: they differ between two runs that are otherwise bit for bit equal.
+TIMING = frozenset({"time", IMAGES_PER_S, IMAGES_PER_S_PER_DEVICE, MFU})
 
 _FEWSHOT = re.compile(r"fewshot/(?P<dataset>[^/]+)/(?P<shots>\d+)shot")
 _FINETUNE = re.compile(r"finetune/(?P<dataset>[^/]+)/test/acc")
