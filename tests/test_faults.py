@@ -132,7 +132,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     assert err.returncode == 0 and f"took over the lock of a writer that is gone (pid {holder.pid}" in err.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.long  # several fresh processes: make test-long
 def test_two_concurrent_runs_of_one_folder_the_second_is_refused(tmp_path):
     out = tmp_path / "run"
     first = start({**BASE, "total_steps": 2000, "checkpoint_every": 1000, "eval_every": 1000}, out, tmp_path)
@@ -164,7 +164,7 @@ def test_sigterm_saves_at_the_next_step_then_the_resumed_run_equals_an_uninterru
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.slow
+@pytest.mark.long  # several fresh processes: make test-long
 def test_sigterm_reaches_the_kernel_of_a_papermill_run(tmp_path):
     params = tmp_path / "pretrain" / "long.yaml"
     params.parent.mkdir()
@@ -206,7 +206,7 @@ def fill(disk: Path, leave: int = 0) -> Path:
     return filler
 
 
-@pytest.mark.slow
+@pytest.mark.long  # several fresh processes: make test-long
 @pytest.mark.parametrize("when", ["checkpoint", "report"])
 def test_a_full_disk_is_one_error_line_then_the_same_command_resumes(tmp_path, when):
     params = tmp_path / "pretrain" / "disk.yaml"

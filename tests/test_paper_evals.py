@@ -41,7 +41,7 @@ def image_folder(root, train_per_class=101, test_per_class=2):
     return root
 
 
-@pytest.mark.slow  # 45 s of CPU (12 fine-tuning runs, 2 compiled setups, 10,000 Fashion-MNIST test images)
+@pytest.mark.long  # 12 fine-tuning runs: make test-long
 def test_vtab_protocol_end_to_end_on_standins(tmp_path):
     folder = image_folder(tmp_path / "images")
     tasks = ["standin:fashion_mnist", "standin:mnist_5k", "standin:sklearn_digits", f"standin:folder:{folder}"]

@@ -123,7 +123,7 @@ def test_bad_csv_is_exit_2_naming_column_and_row_with_nothing_written(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
 
 
-@pytest.mark.slow
+@pytest.mark.long  # five planned runs through papermill: make test-long
 def test_tiny_planned_sweep_runs_end_to_end(tmp_path):
     """plan on a study -> sweep file -> `vitscale sweep` runs every planned run to its budget."""
     study = fake_study(tmp_path / "study")
