@@ -228,6 +228,8 @@ def run(
         "allocation exponent a (N* ~ C^a): " + s["agreement"],
         s["support"],
     ]
+    if not p["determined"]:
+        lines.insert(2, "not determined: " + next(n for n in s["notes"] if "beyond any power law" in n))
     sweep_file = None
     if source.is_dir():
         recipe = _recipe(source)
@@ -246,3 +248,23 @@ def run(
         )
         lines += [f"note: {n}" for n in notes]
     return {"summary": s, "plan": p, "text": "\n".join(lines), "sweep_file": sweep_file, "result": res}
+
+
+def predicted_vs_achieved(fit: allocation.JointFit, achieved: table.Points) -> list[dict[str, Any]]:
+    """Closing the loop: each run of a planned sweep, the error the study's joint law predicted for its
+    (N, D) with the bootstrap interval, beside the error it reached; best first by achieved error."""
+    rows = []
+    for i in range(len(achieved.N)):
+        n, d = float(achieved.N[i]), float(achieved.D[i])
+        rows.append(
+            {
+                "run": achieved.run[i],
+                "params": n,
+                "images_seen": d,
+                "flops": float(achieved.C[i]),
+                "predicted": float(fit.predict(n, d)),
+                "interval": fit.predict_interval(n, d),
+                "achieved": float(achieved.error[i]),
+            }
+        )
+    return sorted(rows, key=lambda r: r["achieved"])

@@ -35,6 +35,10 @@ HOFFMANN_GRID = (
     np.arange(0.0, 2.5, 0.5),
 )
 
+#: Exponents above this are no power law the data resolve (published ones lie in 0.05-0.7): a term with
+#: such an exponent vanishes within a fraction of the range of N (or D) it is fitted on.
+EXPONENT_MAX = 2.0
+
 #: The constants of the law and what is derived from them, in report order.
 NAMES = ("E", "A", "B", "alpha", "beta", "a")
 
@@ -124,6 +128,20 @@ class JointFit:
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
         return self.E + self.A * N**-self.alpha + self.B * D**-self.beta
 
+    @property
+    def degenerate(self) -> list[str]:
+        """The exponents (alpha, beta) beyond EXPONENT_MAX: their term is a step, not a power law, so the
+        data do not determine the allocation between N and D."""
+        return [name for name in ("alpha", "beta") if getattr(self, name) > EXPONENT_MAX]
+
+    def predict_interval(self, N: float, D: float) -> tuple[float, float] | None:
+        """The bootstrap interval of the predicted error at (N, D), or None without bootstrap fits."""
+        if not len(self.samples):
+            return None
+        E, A, B, al, be = self.samples.T
+        es = E + A * float(N) ** -al + B * float(D) ** -be
+        return _interval(es[np.isfinite(es)], self.ci_level)
+
     def optimum(self, C: Any) -> tuple[np.ndarray, np.ndarray]:
         """(N*, D*) at compute C."""
         return optimum(C, A=self.A, B=self.B, alpha=self.alpha, beta=self.beta, k=self.k)
@@ -139,6 +157,7 @@ class JointFit:
             for key, v in (("N", ns), ("D", ds), ("D_per_N", ds / ns), ("error", es)):
                 out[f"{key}_interval"] = _interval(v[np.isfinite(v)], self.ci_level)
         out["extrapolates"] = bool(n > self.n_range[1] or d > self.d_range[1])
+        out["determined"] = not self.degenerate
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -152,7 +171,12 @@ class JointFit:
             "ci_level": self.ci_level,
             "n_bootstrap": int(len(self.samples)),
             "intervals": {k: list(v) for k, v in self.intervals.items()},
-            "unresolved": _unresolved(self.intervals, {k: float(getattr(self, k)) for k in self.intervals}),
+            "unresolved": sorted(
+                set(_unresolved(self.intervals, {k: float(getattr(self, k)) for k in self.intervals}))
+                | set(self.degenerate)
+                | ({"a"} if self.degenerate else set())
+            ),
+            "degenerate": self.degenerate,
         }
 
 
@@ -284,6 +308,13 @@ def allocate(
         sizes = np.array([med[g] for g in used.group])
     iso = isoflop(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
     env = envelope(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+    for name in fit.degenerate:
+        term, axis = ("A / N^alpha", "N") if name == "alpha" else ("B / D^beta", "D")
+        notes.append(
+            f"{name} = {getattr(fit, name):.3g} is beyond any power law the data resolve (> {EXPONENT_MAX:g}): "
+            f"the term {term} is a step within the {axis} range, so the law does not determine the split "
+            "between N and D; N* and D* below are where that term stops mattering, not an optimum the data show"
+        )
     if budgets is None:
         budgets = [float(used.C.max()) * f for f in (1.0, 4.0, 16.0)]
     plans = [fit.plan(float(c)) for c in np.atleast_1d(budgets)]
