@@ -461,3 +461,13 @@ def test_double_saturation_is_not_testable_on_four_frontier_points():
         )
     )
     assert "not testable: double saturation" in headline and "Findings that hold: none" in headline
+
+
+def test_the_headline_recommends_a_next_run_only_when_the_law_determines_it():
+    plan = {"C": 4e13, "N": 2.05e5, "D": 1.9e6, "error": 0.1113, "error_interval": [0.0995, 0.122]}
+    plan["extrapolates"] = True
+    text = plots.next_run_text({"summary": {"plans": [{**plan, "determined": True}]}})
+    assert "205k parameters" in text and "11.1% [9.95, 12.2]" in text and "extrapolating" in text
+    text = plots.next_run_text({"summary": {"plans": [{**plan, "determined": False}]}})
+    assert "not determined" in text and "parameters" not in text
+    assert "too few runs" in plots.next_run_text(analysis.Failed("too few runs"))

@@ -809,10 +809,33 @@ def _extrapolation_text(result: dict[str, Any]) -> str:
     return txt + "."
 
 
-def scaling_headline(results: dict[str, Any], found: dict[str, dict[str, Any]]) -> report.Html:
+def next_run_text(allocation: Any) -> str:
+    """The headline's recommendation: the compute-optimal next run at the largest planned budget, or why
+    the study cannot give one."""
+    if analysis.failed(allocation):
+        return f"Next run: none recommended ({allocation.reason})."
+    s = allocation["summary"]
+    p = s["plans"][-1]
+    if not p["determined"]:
+        return (
+            f"Next run at {report.flops(p['C'])} FLOPs: not determined by this study (see Allocation: "
+            "the model-size or data term is a step, not a power law)."
+        )
+    iv = p.get("error_interval")
+    where = "extrapolating beyond the study" if p["extrapolates"] else "within the study's range"
+    return (
+        f"Next run at {report.flops(p['C'])} FLOPs: {report.count(p['N'])} parameters on {report.count(p['D'])} "
+        f"images seen, predicted error {report.percent(p['error'], iv)} ({where}; details in Allocation)."
+    )
+
+
+def scaling_headline(results: dict[str, Any], found: dict[str, dict[str, Any]], allocation: Any = None) -> report.Html:
     """The answer first: per metric (upstream first) the fitted law with its intervals, which law
-    extrapolates best and by how much, and the findings that hold (and which cannot be tested)."""
+    extrapolates best and by how much, the findings that hold (and which cannot be tested), and the
+    recommended next run when the allocation analysis ran."""
     blocks = []
+    if allocation is not None:
+        blocks.append(report.paragraph(next_run_text(allocation)))
     for metric in _ordered(results):
         result, title = results[metric], _metric_title(metric)
         if analysis.failed(result):
