@@ -58,7 +58,8 @@ def plan_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
             "D*": f"{p['D']:.3g} {_iv(p.get('D_interval'))}",
             "D*/N*": f"{p['D_per_N']:.3g} {_iv(p.get('D_per_N_interval'))}",
             "predicted error": f"{p['error']:.4g} {_iv(p.get('error_interval'))}",
-            "data": "extrapolates" if p["extrapolates"] else "within the data",
+            "data": ("extrapolates" if p["extrapolates"] else "within the data")
+            + ("" if p.get("determined", True) else "; the N/D split is not determined (see the notes)"),
         }
         for p in summary["plans"]
     ]
@@ -119,16 +120,9 @@ def section(res: Any) -> report.Html:
     """The Allocation section: sentences, the exponent, constant and plan tables, the figures; or the
     one sentence saying why there is none (`res` is allocate's result or an analysis.Failed)."""
     if not isinstance(res, dict):
-        return report.section(
-            report.Html("<h2>Allocation</h2>"), report.paragraph(f"No allocation analysis: {res.reason}.")
-        )
+        return report.paragraph(f"No allocation analysis: {res.reason}.")
     s = res["summary"]
     return report.section(
-        report.Html("<h2>Allocation</h2>"),
-        report.paragraph(
-            "How big a model, trained on how much data, for a compute budget (Hoffmann et al. 2022, three "
-            "approaches; the joint law fitted as Besiroglu et al. 2024 do)."
-        ),
         report.Html("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in s["notes"]) + "</ul>"),
         report.paragraph(f"Exponents: {s['agreement']}."),
         report.table(plan_rows(s), title="Plan: the compute-optimal next run at each budget"),
@@ -156,6 +150,8 @@ def write(points: table.Points, out_dir: str | Path, *, source: str = "", budget
         f"<!doctype html><html><head><meta charset='utf-8'><title>Allocation: {title}</title>"
         f"<script>{plotly.offline.get_plotlyjs()}</script></head>"
         f"<body style='font-family:sans-serif;max-width:1100px;margin:auto'><h1>Allocation report: {title}</h1>"
+        "<p>How big a model, trained on how much data, for a compute budget (Hoffmann et al. 2022, three "
+        "approaches; the joint law fitted as Besiroglu et al. 2024 do).</p>"
         f"{section(res)._repr_html_()}</body></html>"
     )
     runs.atomic_write_text(out_dir / "report.html", page)
