@@ -16,18 +16,24 @@ def chromium() -> str:
     return exe
 
 
+# Headless, offline, no first-run work: what every page check runs Chromium with.
+HEADLESS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
 def rendered_dom(html: Path, tmp_path: Path) -> str:
     """The page's DOM after its scripts ran, in headless Chromium with the network off."""
     r = subprocess.run(
         [
             chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *HEADLESS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=15000",
             "--dump-dom",
@@ -47,11 +53,7 @@ def screenshot(html: Path, tmp_path: Path, size: str = "1200,1600") -> Path:
     r = subprocess.run(
         [
             chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--no-first-run",
+            *HEADLESS,
             f"--user-data-dir={tmp_path / 'shot-profile'}",
             "--virtual-time-budget=15000",
             f"--window-size={size}",
@@ -73,13 +75,7 @@ def external_requests(html: Path, tmp_path: Path) -> list[str]:
     r = subprocess.run(
         [
             chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *HEADLESS,
             f"--user-data-dir={tmp_path / 'net-profile'}",
             "--virtual-time-budget=15000",
             f"--log-net-log={log}",
