@@ -71,8 +71,9 @@ test: setup browser slurm strace lint
 	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
 	$(RUN) -m pytest -q -m "not bench and not long" --durations=20
 
-# The end-to-end scenarios left out of `make test` to keep it under 15 minutes (faults with several fresh
-# processes, a planned sweep, the VTAB protocol on stand-ins); CI runs them after `make test`.
+# The end-to-end scenarios left out of `make test` to keep it near 15 minutes (faults with several fresh
+# processes, a planned sweep, the VTAB protocol on stand-ins, submitit jobs, the streaming kill-and-resume,
+# the compile-cache benchmark's two processes); CI runs them after `make test`.
 test-long: setup browser slurm strace
 	$(RUN) -m pytest -q -m long --durations=10
 

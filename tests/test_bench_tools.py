@@ -28,6 +28,7 @@ def test_input_pipeline_bench(root, capsys):
         bench.main(["--cases", "nope"])
 
 
+@pytest.mark.long  # two fresh processes compiling the same step: make test-long
 def test_compile_cache_bench_reads_what_it_wrote(root, capsys):
     bench = load(root, "compile_cache")
     res = bench.main(["--cases", "demo", "--repeats", "1"])["demo"]

@@ -90,6 +90,7 @@ def test_a_sweep_file_asks_for_its_resources(root, tmp_path):
         sweep.load(tmp_path / "s.yaml")
 
 
+@pytest.mark.long  # a killed local sweep, then submitit jobs in fresh processes (~3.5 min): make test-long
 def test_submitit_jobs_match_the_local_runner_and_a_killed_job_resumes(root, tmp_path, killed_local_sweep):
     local_out, ids, _, local = killed_local_sweep
     assert local.returncode == 0, local.stdout[-2000:]

@@ -166,7 +166,7 @@ def test_ctrl_c_saves_a_checkpoint_then_the_run_resumes(tmp_path):
     assert json.loads((out / "summary.json").read_text())["total_steps"] == 400
 
 
-@pytest.mark.slow
+@pytest.mark.long  # the in-memory variant stays in make test; this one streams: make test-long
 def test_sigkill_then_restart_equals_uninterrupted_run_when_streaming(tmp_path):
     """The same through the streaming path: natural images of varying sizes, inception crops."""
     root = write_folder(tmp_path / "images", per_class=12)
