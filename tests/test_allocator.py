@@ -82,6 +82,7 @@ print(allocator.current(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 """
 
 
+@pytest.mark.long  # two fresh processes training 50 s: make test-long (make test measured 906 s with it)
 @needs_jemalloc
 def test_jemalloc_stops_the_per_step_page_faults():
     """The same training step, with the C library's malloc and through the wrapper: page faults per
