@@ -29,7 +29,7 @@ def main() -> None:
         f"a {j['a']:.3f} {j['intervals'].get('a')}; k = {fit.k:.1f}"
     )
     print(f"plan at C = {p['C']:.3g}: N* {p['N']:.3g} {p.get('N_interval')}, D* {p['D']:.3g}, error {p['error']:.4f}")
-    done = table.from_rows(runs.collect(args.planned), lambda row, m: metrics.error(m, row.get(m)), metric=args.metric)
+    done = table.from_rows(runs.collect(args.planned), metrics.error_of, metric=args.metric)
     print(
         f"{'run':44s} {'params':>9s} {'images':>9s} {'FLOPs':>9s} {'predicted':>9s} {'interval':>18s} {'achieved':>8s}"
     )

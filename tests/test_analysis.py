@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import browser
-from vitscale import analysis, notebooks, plots, report
+from vitscale import analysis, metrics, notebooks, plots, report
 
 # ----------------------------------------------------------------------------- synthetic sweep
 # Frontier law in FLOP units: E*(C) = a (C + d)^-b + c. Its low-compute bend d sits inside the
@@ -70,7 +70,7 @@ def frontier_sweep(noise: float = 0.0, seed: int = 0) -> tuple[list[dict], list[
         expected.append(on)
     # the sweep premise: the designated runs are exactly the Pareto frontier
     x = [r["train_flops"] for r in rows]
-    y = [analysis.error_of(r, "test/acc") for r in rows]
+    y = [metrics.error_of(r, "test/acc") for r in rows]
     assert brute_force_frontier(x, y) == expected
     return rows, expected
 
@@ -108,12 +108,12 @@ def test_metric_columns_and_error_of():
         "fewshot/mnist_5k/5shot",
         "fewshot/mnist_5k/10shot",
     ]
-    assert analysis.error_of(rows[0], "test/acc") == pytest.approx(0.2)
-    assert analysis.error_of(rows[0], "test/loss") == 0.5
-    assert analysis.error_of(rows[0], "fewshot/mnist_5k/10shot") == pytest.approx(0.3)
-    assert math.isnan(analysis.error_of(rows[1], "fewshot/digits/1shot"))
+    assert metrics.error_of(rows[0], "test/acc") == pytest.approx(0.2)
+    assert metrics.error_of(rows[0], "test/loss") == 0.5
+    assert metrics.error_of(rows[0], "fewshot/mnist_5k/10shot") == pytest.approx(0.3)
+    assert math.isnan(metrics.error_of(rows[1], "fewshot/digits/1shot"))
     with pytest.raises(ValueError, match="'num_params' is not analysable"):
-        analysis.error_of(rows[0], "num_params")
+        metrics.error_of(rows[0], "num_params")
     assert analysis.run_label({"run_id": "r1", "branch": "cooldown_800+200"}) == "r1/cooldown_800+200"
     assert analysis.data_label(None) == "all" and analysis.data_label(60000) == "60,000"
 

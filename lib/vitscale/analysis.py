@@ -28,7 +28,6 @@ from vitscale import checks, config, metrics, report, runs, scaling
 __all__ = [
     "Failed",
     "metric_columns",
-    "error_of",
     "analyze",
     "analyze_all",
     "write_summary",
@@ -73,13 +72,6 @@ def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     dataset and shots); a loss is analysed only when asked for by name."""
     keys = {k for r in rows for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     return sorted((k for k in keys if metrics.ANALYSABLE.fullmatch(k) and metrics.is_accuracy(k)), key=metrics.sort_key)
-
-
-def error_of(row: Mapping[str, Any], metric: str) -> float:
-    """The row's error for `metric` (1 - accuracy, or the loss); NaN when the row lacks it."""
-    if not metrics.ANALYSABLE.fullmatch(metric):
-        raise ValueError(f"metric {metric!r} is not analysable; accepted: {metrics.ANALYSABLE_TEXT}")
-    return metrics.error(metric, row.get(metric))
 
 
 def run_label(row: Mapping[str, Any]) -> str:
@@ -164,7 +156,7 @@ def analyze(
         raise ValueError(f"cut_fraction must be in (0, 1), got {cut_fraction}")
     where = f"{metric} against {x}"
     xs = np.array([_x_of(r, x) for r in rows], dtype=float)
-    es = np.array([error_of(r, metric) for r in rows], dtype=float)
+    es = np.array([metrics.error_of(r, metric) for r in rows], dtype=float)
     have = np.isfinite(xs) & np.isfinite(es)
     if not have.any():
         raise ValueError(
@@ -379,7 +371,7 @@ def _best(rows: Sequence[Mapping[str, Any]], metric: str, key) -> dict[Any, floa
     """Best (lowest) error per group key over rows carrying the metric."""
     best: dict[Any, float] = {}
     for r in rows:
-        e = error_of(r, metric)
+        e = metrics.error_of(r, metric)
         if math.isfinite(e):
             k = key(r)
             best[k] = min(best.get(k, math.inf), e)
@@ -554,7 +546,7 @@ def findings(
             result = analyze(rows, metric=metric, **analyze_kw)
         except ValueError as err:
             result = Failed(str(err), metric)
-    have = [r for r in rows if math.isfinite(error_of(r, metric))]
+    have = [r for r in rows if math.isfinite(metrics.error_of(r, metric))]
     return runs.to_jsonable(
         {
             "saturation": _finding_saturation(have, metric),
@@ -577,7 +569,7 @@ def by_group(rows: Sequence[Mapping[str, Any]], metric: str, *keys: str) -> dict
     """Rows carrying `metric`, grouped by the values of `keys` (used by the plots)."""
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
-        if math.isfinite(error_of(r, metric)):
+        if math.isfinite(metrics.error_of(r, metric)):
             groups[tuple(r.get(k) for k in keys)].append(r)
     return groups
 
@@ -622,7 +614,7 @@ def allocation_of(
     """Compute-optimal allocation of `metric`'s error over the rows (scaling.allocation.allocate: the
     joint law, IsoFLOP profiles, envelope, plans at `budgets`), or Failed when the sweep cannot
     support it (too few runs, a fit that fails)."""
-    pts = scaling.table.from_rows(rows, error_of, metric=metric)
+    pts = scaling.table.from_rows(rows, metrics.error_of, metric=metric)
     if len(pts.N) < scaling.table.MIN_ROWS:
         need = scaling.table.MIN_ROWS
         return Failed(f"allocation: {len(pts.N)} trained models carry {metric}; the joint law needs {need}", metric)

@@ -103,3 +103,10 @@ def title(name: str) -> str:
         return {"real": "ImageNet-ReaL error", "v2": "ImageNet-v2 error", "objectnet": "ObjectNet error"}[m["eval"]]
     split, _, quantity = name.partition("/")
     return f"{split} error" if quantity == "acc" else name.replace("/", " ")
+
+
+def error_of(row: dict, metric: str) -> float:
+    """A run's (row's) error for an analysable `metric` (1 - accuracy, or the loss); NaN when it lacks it."""
+    if not ANALYSABLE.fullmatch(metric):
+        raise ValueError(f"metric {metric!r} is not analysable; accepted: {ANALYSABLE_TEXT}")
+    return error(metric, row.get(metric))

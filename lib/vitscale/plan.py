@@ -25,16 +25,12 @@ PLAN_SIZES = 5
 BUDGET_TOLERANCE = 0.01
 
 
-def _error_of(row: dict[str, Any], metric: str) -> float:
-    return metrics.error(metric, row.get(metric))
-
-
 def load_points(source: str | Path, *, metric: str = metrics.TEST_ACC, k: float | None = None) -> table.Points:
     """Points of a sweep folder (its runs' and cooldown branches' ends) or of a CSV of runs; a
     ConfigError naming the file, column and row when they cannot be read."""
     source = Path(source)
     if source.is_dir():
-        pts = table.from_rows(runs.collect(source), _error_of, metric=metric)
+        pts = table.from_rows(runs.collect(source), metrics.error_of, metric=metric)
         if len(pts.N) < table.MIN_ROWS:
             raise config.ConfigError(
                 [

@@ -447,7 +447,7 @@ def _with_x(rows: Sequence[dict[str, Any]], metric: str, x: str) -> list[dict[st
     return [
         r
         for r in rows
-        if math.isfinite(analysis.error_of(r, metric)) and isinstance(r.get(x), (int, float)) and r[x] > 0
+        if math.isfinite(metrics.error_of(r, metric)) and isinstance(r.get(x), (int, float)) and r[x] > 0
     ]
 
 
@@ -474,7 +474,7 @@ def scaling_error_vs_compute(
         fig.add_trace(
             go.Scatter(
                 x=[r[x] for r in rs],
-                y=[analysis.error_of(r, metric) for r in rs],
+                y=[metrics.error_of(r, metric) for r in rs],
                 mode="markers",
                 name=v,
                 marker=dict(
@@ -496,7 +496,7 @@ def scaling_error_vs_compute(
         fig.add_trace(
             go.Scatter(
                 x=[r[x] for r in front],
-                y=[analysis.error_of(r, metric) for r in front],
+                y=[metrics.error_of(r, metric) for r in front],
                 mode="lines+markers",
                 name="Pareto frontier",
                 line=dict(color="black", width=1, shape="hv"),
@@ -556,12 +556,12 @@ def scaling_best_vs_size(rows: Sequence[dict[str, Any]], metric: str = metrics.T
     sizes = sorted({d for d, _ in groups}, key=analysis.data_sort_key)
     fig = go.Figure()
     for d in sizes:
-        best = [min(rs, key=lambda r: analysis.error_of(r, metric)) for (dd, _), rs in groups.items() if dd == d]
+        best = [min(rs, key=lambda r: metrics.error_of(r, metric)) for (dd, _), rs in groups.items() if dd == d]
         best.sort(key=lambda r: r["num_params"])
         fig.add_trace(
             go.Scatter(
                 x=[r["num_params"] for r in best],
-                y=[analysis.error_of(r, metric) for r in best],
+                y=[metrics.error_of(r, metric) for r in best],
                 mode="lines+markers",
                 name=f"{analysis.data_label(d)} images",
                 customdata=_hover_data(best),
@@ -595,7 +595,7 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metric
             best: dict[int, dict[str, Any]] = {}
             for r in groups.get((d, v), []):
                 i = r["images_seen"]
-                if i not in best or analysis.error_of(r, metric) < analysis.error_of(best[i], metric):
+                if i not in best or metrics.error_of(r, metric) < metrics.error_of(best[i], metric):
                     best[i] = r
             if not best:
                 continue
@@ -603,7 +603,7 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metric
             fig.add_trace(
                 go.Scatter(
                     x=[r["images_seen"] for r in rs],
-                    y=[analysis.error_of(r, metric) for r in rs],
+                    y=[metrics.error_of(r, metric) for r in rs],
                     mode="lines+markers",
                     name=v,
                     legendgroup=v,
@@ -747,7 +747,7 @@ def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | No
             "steps": r.get("total_steps"),
             "images seen": r.get("images_seen"),
             "train FLOPs": r.get("train_flops"),
-            **{_metric_title(m): _finite_or_none(analysis.error_of(r, m)) for m in names},
+            **{_metric_title(m): _finite_or_none(metrics.error_of(r, m)) for m in names},
         }
         for r in rows
     ]
