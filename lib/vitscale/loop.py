@@ -99,6 +99,46 @@ class Trainer:
         )
 
 
+def _train_step(model: vit.ViT, tx, loss_fn, dropout_key, chains: int | None, mesh) -> Callable:
+    """The training step (not yet jitted): `chains` gradient chains per device, then the optimizer update."""
+
+    def objective(params, images, labels, rng):
+        logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+        return jnp.mean(loss_fn(logits, labels))
+
+    # Jitted on its own so that several chains trace the model once (XLA inlines the call).
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    platform = mesh.devices.flat[0].platform
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(dropout_key, state.step)
+        n = chains or backend.default_chains(batch["image"].shape[0] // mesh.size, platform)
+        value, grads = backend.chained(value_and_grad, n)(state.params, batch["image"], batch["label"], rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        return new, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step
+
+
+def _eval_steps(model: vit.ViT, loss_fn) -> tuple[Callable, Callable]:
+    """The masked evaluation step (sums of loss, correct and count) and the pre-logits features."""
+
+    def eval_step(params, batch):
+        logits, _ = model.apply({"params": params}, batch["image"], train=False)
+        mask = batch["mask"].astype(jnp.float32)
+        return {
+            "loss_sum": jnp.sum(loss_fn(logits, batch["label"]) * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            "count": jnp.sum(mask),
+        }
+
+    def features(params, images):
+        return model.apply({"params": params}, images, train=False)[1]["pre_logits"]
+
+    return eval_step, features
+
+
 def make_trainer(
     model: vit.ViT,
     tx: optax.GradientTransformation,
@@ -117,7 +157,6 @@ def make_trainer(
     platform = device.platform
     model = model.clone(kernels=backend.kernels_for(platform, model.dtype, model.width // model.num_heads))
     peak = perf.device_peak(device, perf.precision_of(model.dtype), peak_flops)
-    loss_fn = LOSSES[loss]
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
 
@@ -130,33 +169,8 @@ def make_trainer(
     shardings = sharding.tree_shardings(jax.eval_shape(init), mesh)
     batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
 
-    def objective(params, images, labels, rng):
-        logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
-        return jnp.mean(loss_fn(logits, labels))
-
-    # Jitted on its own so that several chains trace the model once (XLA inlines the call).
-    value_and_grad = jax.jit(jax.value_and_grad(objective))
-
-    def train_step(state, batch):
-        rng = jax.random.fold_in(dropout_key, state.step)
-        n = chains or backend.default_chains(batch["image"].shape[0] // mesh.size, platform)
-        value, grads = backend.chained(value_and_grad, n)(state.params, batch["image"], batch["label"], rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
-        return new, {"loss": value, "grad_norm": optax.tree.norm(grads)}
-
-    def eval_step(params, batch):
-        logits, _ = model.apply({"params": params}, batch["image"], train=False)
-        mask = batch["mask"].astype(jnp.float32)
-        return {
-            "loss_sum": jnp.sum(loss_fn(logits, batch["label"]) * mask),
-            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-            "count": jnp.sum(mask),
-        }
-
-    def features(params, images):
-        return model.apply({"params": params}, images, train=False)[1]["pre_logits"]
-
+    train_step = _train_step(model, tx, LOSSES[loss], dropout_key, chains, mesh)
+    eval_step, features = _eval_steps(model, LOSSES[loss])
     return Trainer(
         model=model,
         tx=tx,
@@ -281,96 +295,145 @@ class _Interrupt:
 Evaluators = Callable[[Any, int, bool], dict[str, float]]  # (params, step, final) -> metrics
 
 
-def train_loop(
-    trainer: Trainer,
-    state: TrainState,
-    spec: LoopSpec,
-    *,
-    schedule: optax.Schedule,
-    batches: Iterator[dict],
-    end_step: int,
-    log: runs.MetricsLog,
-    mngr,
-    evaluators: Evaluators,
-    desc: str,
-    checkpoint_at: Iterable[int] = (),
-    meta: dict | None = None,
-) -> tuple[TrainState, dict]:
-    """Steps until `end_step`: log, evaluate, checkpoint. `meta` (saved with every checkpoint)
-    carries the data position and the seconds spent so far, over every session of the run."""
-    step = int(jax.device_get(state.step))
-    ckpt_every = spec.checkpoint_every or spec.eval_every
-    checkpoint_at = set(checkpoint_at)
-    pending: list[tuple[int, Any]] = []  # (step, device loss) not yet fetched
-    t_last, step_last = time.perf_counter(), step
-    meta = {"device_seconds": 0.0, "wall_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0, **(meta or {})}
-    devices = jax.device_count()
-    t_meta = time.perf_counter()
+class _Losses:
+    """Step losses left on the device, fetched and checked finite only at log, eval and checkpoint steps."""
 
-    def check_losses():
-        for s, loss in pending:
+    def __init__(self, mngr):
+        self.mngr = mngr
+        self.pending: list[tuple[int, Any]] = []
+
+    def add(self, step: int, loss) -> None:
+        self.pending.append((step, loss))
+
+    def check(self) -> None:
+        for s, loss in self.pending:
             if not math.isfinite(float(loss)):
-                good = max([0, *[c for c in mngr.all_steps() if c < s]])
+                good = max([0, *[c for c in self.mngr.all_steps() if c < s]])
                 raise NonFiniteLoss(
                     f"loss is {float(loss)} at step {s}; the run stopped there. The last good checkpoint is at "
                     f"step {good}. Lower lr or raise warmup_steps."
                 )
-        pending.clear()
+        self.pending.clear()
 
+
+class _Ledger:
+    """The meta saved with every checkpoint: the data position and the seconds spent (device, wall,
+    evaluation, checkpoints) summed over every session of the run."""
+
+    def __init__(self, meta: dict | None):
+        zero = {"device_seconds": 0.0, "wall_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0}
+        self.meta = {**zero, **(meta or {})}
+        self.devices = jax.device_count()
+        self.mark = time.perf_counter()
+
+    def evaluate(self, evaluators: Evaluators, params, step: int, final: bool) -> dict[str, float]:
+        t = time.perf_counter()
+        record = evaluators(params, step, final)
+        self.meta["eval_seconds"] += time.perf_counter() - t
+        return record
+
+    def checkpoint(self, mngr, state: TrainState, step: int, images_seen: int) -> None:
+        now = time.perf_counter()
+        self.meta["device_seconds"] += (now - self.mark) * self.devices
+        self.meta["wall_seconds"] += now - self.mark
+        self.mark = now
+        self.meta["data_position"] = {"step": step, "images_seen": images_seen}
+        checkpoints.save(mngr, step, state, self.meta)
+        self.meta["checkpoint_seconds"] += time.perf_counter() - now
+
+
+class _Rate:
+    """Images (or steps) per second since the last reading, and since the meter started."""
+
+    def __init__(self, step: int):
+        self.start = self.last = (time.perf_counter(), step)
+
+    def since_last(self, step: int, per_step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self.last[1]) * per_step / max(now - self.last[0], 1e-9)
+        self.last = (now, step)
+        return rate
+
+    def since_start(self, step: int) -> float:
+        return (step - self.start[1]) / max(time.perf_counter() - self.start[0], 1e-9)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Session:
+    """What one loop session writes to and calls: fixed for the session, unlike the state and step."""
+
+    trainer: Trainer
+    spec: LoopSpec
+    schedule: optax.Schedule
+    log: runs.MetricsLog
+    mngr: Any
+    evaluators: Evaluators
+    desc: str
+    checkpoint_at: frozenset[int]
+
+    def train_row(self, step: int, out: dict, rate: float) -> dict:
+        """A logged training row: loss, gradient norm, learning rate, throughput and MFU."""
+        return {
+            "step": step,
+            "images_seen": step * self.spec.batch_size,
+            metrics.TRAIN_LOSS: float(out["loss"]),
+            metrics.GRAD_NORM: float(out["grad_norm"]),
+            metrics.LR: float(self.schedule(step - 1)),
+            metrics.IMAGES_PER_S: rate,
+            **perf_record(self.trainer, rate),
+            "time": time.time(),
+        }
+
+    def checkpoint_due(self, step: int, end_step: int, stop: bool) -> bool:
+        every = self.spec.checkpoint_every or self.spec.eval_every
+        return step % every == 0 or step == end_step or step in self.checkpoint_at or stop
+
+
+def _eval_line(desc: str, step: int, end_step: int, steps_per_s: float, loss, record: dict) -> str:
+    """A batch report's line per evaluation (it has no progress bar); spreads (_std) left out."""
+    shown = {k: v for k, v in record.items() if not k.endswith("_std")}
+    return f"{desc} step {step}/{end_step} ({steps_per_s:.1f} steps/s): loss {float(loss):.4f}, " + ", ".join(
+        f"{k} {v:.4f}" for k, v in shown.items()
+    )
+
+
+def train_loop(
+    session: _Session, state: TrainState, batches: Iterator[dict], end_step: int, meta: dict | None = None
+) -> tuple[TrainState, dict]:
+    """Steps until `end_step`: log, evaluate, checkpoint. `meta` (saved with every checkpoint)
+    carries the data position and the seconds spent so far, over every session of the run."""
+    trainer, spec = session.trainer, session.spec
+    step = int(jax.device_get(state.step))
+    losses, ledger, rate = _Losses(session.mngr), _Ledger(meta), _Rate(step)
     batch = progress.batch_mode()  # a batch report gets a line per evaluation instead of a progress bar
-    t_start, step_start = time.perf_counter(), step
-    bar = progress.bar(total=end_step, initial=step, desc=desc, unit="step", disable=batch)
+    bar = progress.bar(total=end_step, initial=step, desc=session.desc, unit="step", disable=batch)
     with bar as pbar, _Interrupt() as interrupt:
         while step < end_step:
             state, out = trainer.train_step(state, sharding.put_batch(next(batches), trainer.mesh))
             step += 1
-            pending.append((step, out["loss"]))
-            images_seen = step * spec.batch_size
-            if step % spec.log_every == 0 or step == end_step:
-                check_losses()
-                now = time.perf_counter()
-                loss, rate = float(out["loss"]), (step - step_last) * spec.batch_size / max(now - t_last, 1e-9)
-                t_last, step_last = now, step
-                log.append(
-                    {
-                        "step": step,
-                        "images_seen": images_seen,
-                        metrics.TRAIN_LOSS: loss,
-                        metrics.GRAD_NORM: float(out["grad_norm"]),
-                        metrics.LR: float(schedule(step - 1)),
-                        metrics.IMAGES_PER_S: rate,
-                        **perf_record(trainer, rate),
-                        "time": time.time(),
-                    }
+            losses.add(step, out["loss"])
+            final = step == end_step
+            if step % spec.log_every == 0 or final:
+                losses.check()
+                row = session.train_row(step, out, rate.since_last(step, spec.batch_size))
+                session.log.append(row)
+                pbar.set_postfix(
+                    loss=f"{row[metrics.TRAIN_LOSS]:.4f}", img_s=f"{row[metrics.IMAGES_PER_S]:.0f}", refresh=False
                 )
-                pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
-            if step % spec.eval_every == 0 or step == end_step:
-                check_losses()
-                t_eval = time.perf_counter()
-                record = evaluators(state.params, step, step == end_step)
-                meta["eval_seconds"] += time.perf_counter() - t_eval
-                log.append({"step": step, "images_seen": images_seen, **record})
+            if step % spec.eval_every == 0 or final:
+                losses.check()
+                record = ledger.evaluate(session.evaluators, state.params, step, final)
+                session.log.append({"step": step, "images_seen": step * spec.batch_size, **record})
                 if batch:
-                    rate = (step - step_start) / max(time.perf_counter() - t_start, 1e-9)
-                    shown = {k: v for k, v in record.items() if not k.endswith("_std")}
-                    print(
-                        f"{desc} step {step}/{end_step} ({rate:.1f} steps/s): loss {float(out['loss']):.4f}, "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
-                    )
+                    print(_eval_line(session.desc, step, end_step, rate.since_start(step), out["loss"], record))
             stop = interrupt.agreed(step, spec.log_every)
-            if step % ckpt_every == 0 or step == end_step or step in checkpoint_at or stop:
-                check_losses()
-                now = time.perf_counter()
-                meta["device_seconds"] += (now - t_meta) * devices
-                meta["wall_seconds"] += now - t_meta
-                t_meta = now
-                meta["data_position"] = {"step": step, "images_seen": images_seen}
-                checkpoints.save(mngr, step, state, meta)
-                meta["checkpoint_seconds"] += time.perf_counter() - now
+            if session.checkpoint_due(step, end_step, stop):
+                losses.check()
+                ledger.checkpoint(session.mngr, state, step, step * spec.batch_size)
             pbar.update(1)
-            if stop and step < end_step:
+            if stop and not final:
                 raise Preempted(step, interrupt.signame)
-    return state, meta
+    return state, ledger.meta
 
 
 def fit(
@@ -406,19 +469,7 @@ def fit(
     if params_text and step < end_step:
         log.text("parameters", f"```\n{params_text}```", step=step)
     try:
-        return train_loop(
-            trainer,
-            state,
-            spec,
-            schedule=schedule,
-            batches=batches(step),
-            end_step=end_step,
-            log=log,
-            mngr=mngr,
-            evaluators=evaluators,
-            desc=desc,
-            checkpoint_at=protect,
-            meta=meta,
-        )
+        session = _Session(trainer, spec, schedule, log, mngr, evaluators, desc, checkpoint_at=frozenset(protect))
+        return train_loop(session, state, batches(step), end_step, meta)
     finally:
         mngr.close()
