@@ -104,8 +104,8 @@ def test_console_script_exits_nonzero(tmp_path, existing_run):
 def test_compile_cache_defaults_to_outputs_unless_set(monkeypatch, tmp_path):
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
-    notebooks.use_compile_cache()
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(runs.OUTPUTS / ".jax_cache")
+    env = notebooks.compile_cache_env()
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(runs.OUTPUTS / ".jax_cache")
+    assert "JAX_COMPILATION_CACHE_DIR" not in os.environ  # for the kernels, not this process
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # the user's choice (here: off) is kept
-    notebooks.use_compile_cache(tmp_path)
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == ""
+    assert "JAX_COMPILATION_CACHE_DIR" not in notebooks.compile_cache_env(tmp_path)

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from vitscale import analysis, config, logs, loop, runs, train, transfer
+from vitscale import analysis, config, environ, logs, loop, runs, train, transfer
 
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
@@ -94,12 +94,15 @@ def lab_argv(
     ]
 
 
-def use_compile_cache(path: Path | None = None) -> None:
-    """Point JAX's persistent compilation cache at outputs/.jax_cache for the kernels we start, unless
+def compile_cache_env(path: Path | None = None) -> dict[str, str]:
+    """JAX's persistent compilation cache at outputs/.jax_cache for the kernels we start, unless
     JAX_COMPILATION_CACHE_DIR is set ("" switches it off): runs sharing a model shape compile once."""
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(path or runs.OUTPUTS / ".jax_cache"))
-    # JAX caches only programs that took >= 1 s to compile; the evaluation step takes less.
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    env = {
+        "JAX_COMPILATION_CACHE_DIR": str(path or runs.OUTPUTS / ".jax_cache"),
+        # JAX caches only programs that took >= 1 s to compile; the evaluation step takes less.
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
+    }
+    return {k: v for k, v in env.items() if k not in os.environ}
 
 
 # ----------------------------------------------------------------------------- executing and exporting
@@ -192,15 +195,14 @@ def execute(
     import papermill as pm
 
     ensure_kernel()
-    os.environ["VITSCALE_BATCH"] = "1"  # the kernel inherits it: text progress bars
-    use_compile_cache()
+    kernel_env = {"VITSCALE_BATCH": "1", **compile_cache_env()}  # text progress bars; the shared cache
     out.mkdir(parents=True, exist_ok=True)
     run_nb = out / f"{name}.ipynb"
     # The kernel's own lines (progress) on the terminal; its stderr (library chatter) in the log file.
     streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": logs.stream() or sys.stderr}
     failure = None
     try:
-        with forwarding_signals(), runs.writing(run_nb, "the executed notebook"):
+        with forwarding_signals(), environ.scoped(kernel_env), runs.writing(run_nb, "the executed notebook"):
             pm.execute_notebook(
                 runs.NOTEBOOKS / f"{kind}.ipynb",
                 run_nb,

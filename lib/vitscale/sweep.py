@@ -19,7 +19,6 @@ their checkpoints, failed ones are tried again (their executed notebook keeps th
 from __future__ import annotations
 
 import concurrent.futures as futures
-import contextlib
 import dataclasses
 import hashlib
 import html
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, metrics, notebooks, progress, report, runs
+from vitscale import config, environ, metrics, notebooks, progress, report, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,21 +219,6 @@ def thread_env(workers: int) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def scoped_environ(env: dict[str, str]):
-    """`env` set in os.environ (which the kernels started inside inherit) and restored on exit."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _execute_one(sweep: Sweep, run: Run, out: Path) -> str:
     folder = out / run.run_id
     if notebooks.STOP.is_set():  # a stop signal came: start nothing new
@@ -278,7 +262,7 @@ def execute(
     )
     results = {}
     with (
-        scoped_environ(thread_env(workers)),  # for this sweep's kernels only, not the rest of the process
+        environ.scoped(thread_env(workers)),  # for this sweep's kernels only, not the rest of the process
         progress.bar(
             total=len(mine), initial=len(mine) - len(todo), desc=sweep.name, unit="run", mininterval=0
         ) as pbar,
