@@ -2,6 +2,7 @@
 function-level import of a vitscale module; schemas are values (no framework, no file)."""
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ PROGRAMS = {"train", "transfer", "analysis", "export", "plan"}
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "logs", "metrics", "progress", "report", "fewshot", "models.variants"}  # leaves
+    {"allocator", "environ", "logs", "metrics", "progress", "report", "fewshot", "models.variants"}  # leaves
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
     | {"scaling.table", "scaling.isoflop", "scaling.allocation"},
@@ -216,3 +217,18 @@ def test_one_docstring_dialect():
         or re.search(r"\n\s*-{3,}\s*\n", doc)
     ]
     assert bad == []
+
+
+def test_importing_the_data_pipeline_leaves_the_environment_as_it_was():
+    """TensorFlow is set up quiet for its import only: the process keeps its own environment, and
+    the import prints nothing (its oneDNN and CPU-feature INFO lines are what the scope silences)."""
+    names = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "NO_GCE_CHECK")
+    code = (
+        "import os; before = dict(os.environ); import vitscale.data.pipeline; "
+        "print(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert "cpu_feature_guard" not in r.stderr and "oneDNN" not in r.stderr, r.stderr
