@@ -122,6 +122,50 @@ def _extrapolation_cut(x_frontier: np.ndarray, cut_fraction: float) -> tuple[flo
     return math.sqrt(u[k - 1] * u[k]), True
 
 
+def _observations(
+    rows: Sequence[Mapping[str, Any]], metric: str, x: str, where: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: x, the metric as error, and whether both are there; raises if none are, or any is <= 0."""
+    xs = np.array([_x_of(r, x) for r in rows], dtype=float)
+    es = np.array([metrics.error_of(r, metric) for r in rows], dtype=float)
+    have = np.isfinite(xs) & np.isfinite(es)
+    if not have.any():
+        raise ValueError(
+            f"{where}: none of the {len(rows)} rows has both values (metrics present: {metric_columns(rows) or 'none'})"
+        )
+    bad = have & ((xs <= 0) | (es <= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{where}: {int(bad.sum())} run(s) have x <= 0 or error <= 0 (first: {run_label(rows[i])}, "
+            f"x={xs[i]:g}, error={es[i]:g}); the fits work in log space and need both > 0"
+        )
+    return xs, es, have
+
+
+def _fit_frontier(
+    x_used: np.ndarray, e_used: np.ndarray, *, n_bootstrap: int, seed: int, where: str
+) -> tuple[scaling.PowerLawFit, np.ndarray]:
+    """The power law fitted to the Pareto frontier and the frontier mask; a failure names `where`."""
+    try:
+        return scaling.frontier_fit(x_used, e_used, n_bootstrap=n_bootstrap, seed=seed)
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"{where} ({x_used.size} runs with this metric): {err}") from err
+
+
+def _fit_m4_below_chance(
+    xf: np.ndarray, ef: np.ndarray, e0: float, *, n_bootstrap: int, seed: int, where: str, metric: str, x: str
+) -> scaling.M4Fit | Failed:
+    """M4 on the frontier points below e0, or Failed(reason) if it cannot be fitted."""
+    # M4 needs every error below e0; the points at or above chance are the cheapest frontier runs
+    # and leave the frontier of the others unchanged, so they are simply left out.
+    below = ef < e0
+    try:
+        return scaling.fit_m4(xf[below], ef[below], e0, n_bootstrap=n_bootstrap, seed=seed)
+    except (ValueError, RuntimeError) as err:
+        return Failed(f"{where}: M4: {err}", metric, x)
+
+
 def analyze(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -155,38 +199,14 @@ def analyze(
     if not 0.0 < cut_fraction < 1.0:
         raise ValueError(f"cut_fraction must be in (0, 1), got {cut_fraction}")
     where = f"{metric} against {x}"
-    xs = np.array([_x_of(r, x) for r in rows], dtype=float)
-    es = np.array([metrics.error_of(r, metric) for r in rows], dtype=float)
-    have = np.isfinite(xs) & np.isfinite(es)
-    if not have.any():
-        raise ValueError(
-            f"{where}: none of the {len(rows)} rows has both values (metrics present: {metric_columns(rows) or 'none'})"
-        )
-    bad = have & ((xs <= 0) | (es <= 0))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{where}: {int(bad.sum())} run(s) have x <= 0 or error <= 0 (first: {run_label(rows[i])}, "
-            f"x={xs[i]:g}, error={es[i]:g}); the fits work in log space and need both > 0"
-        )
+    xs, es, have = _observations(rows, metric, x, where)
     idx = np.flatnonzero(have)
     x_used, e_used = xs[idx], es[idx]
-    try:
-        pl, mask_used = scaling.frontier_fit(x_used, e_used, n_bootstrap=n_bootstrap, seed=seed)
-    except (ValueError, RuntimeError) as err:
-        raise ValueError(f"{where} ({idx.size} runs with this metric): {err}") from err
+    pl, mask_used = _fit_frontier(x_used, e_used, n_bootstrap=n_bootstrap, seed=seed, where=where)
     frontier = np.zeros(len(rows), dtype=bool)
     frontier[idx[mask_used]] = True
     xf, ef = x_used[mask_used], e_used[mask_used]
-
-    # M4 needs every error below e0; the points at or above chance are the cheapest frontier runs
-    # and leave the frontier of the others unchanged, so they are simply left out.
-    below = ef < e0
-    try:
-        m4: Any = scaling.fit_m4(xf[below], ef[below], e0, n_bootstrap=n_bootstrap, seed=seed)
-    except (ValueError, RuntimeError) as err:
-        m4 = Failed(f"{where}: M4: {err}", metric, x)
-
+    m4 = _fit_m4_below_chance(xf, ef, e0, n_bootstrap=n_bootstrap, seed=seed, where=where, metric=metric, x=x)
     extrap = _extrapolate(x_used, e_used, xf, e0=e0, cut_fraction=cut_fraction, seed=seed, where=where)
 
     result = {

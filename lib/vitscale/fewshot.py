@@ -299,6 +299,40 @@ def fewshot_accuracy(
     return float(np.mean(preds == te_y))
 
 
+def _check_splits(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, num_classes: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Validated (train_x, train_y, test_x, test_y, num_classes); num_classes defaults to max label + 1."""
+    tr_x = _check_features(train_x, "train_x")
+    te_x = _check_features(test_x, "test_x")
+    tr_y = _check_labels(train_y, "train_y")
+    te_y = _check_labels(test_y, "test_y")
+    _check_same_length(tr_x, tr_y, "train_x", "train_y")
+    _check_same_length(te_x, te_y, "test_x", "test_y")
+    if tr_x.shape[1] != te_x.shape[1]:
+        raise ValueError(f"train_x has {tr_x.shape[1]} features but test_x has {te_x.shape[1]}; they must match")
+    if tr_y.size == 0 or te_y.size == 0:
+        raise ValueError("train and test splits must both be non-empty")
+    if num_classes is None:
+        num_classes = int(max(tr_y.max(), te_y.max())) + 1
+    num_classes = _check_num_classes(num_classes)
+    _check_labels(tr_y, "train_y", num_classes)
+    _check_labels(te_y, "test_y", num_classes)
+    return tr_x, tr_y, te_x, te_y, num_classes
+
+
+def _summarize_seeds(per_shot: Mapping[int, Sequence[float]]) -> dict[str, dict[str, object]]:
+    """Per shot count, the mean and population std of its per-seed accuracies, and the accuracies."""
+    return {
+        f"{k}shot": {
+            "mean": float(np.mean(accs)),
+            "std": float(np.std(accs)),
+            "per_seed": list(accs),
+        }
+        for k, accs in per_shot.items()
+    }
+
+
 def evaluate_features(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -327,22 +361,7 @@ def evaluate_features(
     shots_t = _check_int_tuple(shots, "shots", minimum=1)
     seeds_t = _check_int_tuple(seeds, "seeds", minimum=0)
     l2 = _check_l2(l2)
-    tr_x = _check_features(train_x, "train_x")
-    te_x = _check_features(test_x, "test_x")
-    tr_y = _check_labels(train_y, "train_y")
-    te_y = _check_labels(test_y, "test_y")
-    _check_same_length(tr_x, tr_y, "train_x", "train_y")
-    _check_same_length(te_x, te_y, "test_x", "test_y")
-    if tr_x.shape[1] != te_x.shape[1]:
-        raise ValueError(f"train_x has {tr_x.shape[1]} features but test_x has {te_x.shape[1]}; they must match")
-    if tr_y.size == 0 or te_y.size == 0:
-        raise ValueError("train and test splits must both be non-empty")
-    if num_classes is None:
-        num_classes = int(max(tr_y.max(), te_y.max())) + 1
-    num_classes = _check_num_classes(num_classes)
-    _check_labels(tr_y, "train_y", num_classes)
-    _check_labels(te_y, "test_y", num_classes)
-
+    tr_x, tr_y, te_x, te_y, num_classes = _check_splits(train_x, train_y, test_x, test_y, num_classes)
     per_shot: dict[int, list[float]] = {k: [] for k in shots_t}
     for seed in seeds_t:
         for k in shots_t:
@@ -359,15 +378,7 @@ def evaluate_features(
                 std_floor=std_floor,
             )
             per_shot[k].append(acc)
-
-    return {
-        f"{k}shot": {
-            "mean": float(np.mean(accs)),
-            "std": float(np.std(accs)),
-            "per_seed": list(accs),
-        }
-        for k, accs in per_shot.items()
-    }
+    return _summarize_seeds(per_shot)
 
 
 def flatten(name: str, result: Mapping[str, Mapping[str, object]]) -> dict[str, float]:

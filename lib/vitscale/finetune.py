@@ -204,6 +204,70 @@ def _search(m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, 
     return grid, best, best_state, init_params
 
 
+def _note_if_at_grid_edge(name: str, dataset: str, lr_grid, best_lr: float) -> bool:
+    """Whether the best lr is the smallest or largest of a grid of several; prints a note when it is."""
+    at_edge = len(lr_grid) > 1 and best_lr in (min(lr_grid), max(lr_grid))
+    if at_edge:
+        print(
+            f"note: {name} on {dataset}: the best lr {best_lr:g} is at the edge of lr_grid {lr_grid}; "
+            "a wider grid may do better"
+        )
+    return at_edge
+
+
+def _retrain_and_test(
+    c: _Compiled, cfg: config.TransferConfig, init_params: Any, d: _Splits, run_dir: Path, desc: str
+) -> tuple[dict[str, float], list[float | None]]:
+    """The final run on the whole training split, scored on the test split: (test metrics, [device_seconds])."""
+    final, _ = train_one(c, cfg, init_params, d.full, d.test, "test", run_dir, desc=desc)
+    test_metrics = {metrics.TEST_ACC: final[metrics.TEST_ACC], metrics.TEST_LOSS: final[metrics.TEST_LOSS]}
+    return test_metrics, [final["device_seconds"]]
+
+
+def _test_best_grid_run(
+    c: _Compiled, cfg: config.TransferConfig, state: loop.TrainState, d: _Splits
+) -> dict[str, float]:
+    """The best grid run (trained on the training part) scored on the test split."""
+    batches = pipeline.eval_batches(d.test, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
+    scores = loop.evaluate(c.trainer, state.params, batches)
+    return {f"test/{k}": v for k, v in scores.items()}
+
+
+def _finetune_one(
+    m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, d: _Splits, setup, out: Path
+) -> dict[str, Any]:
+    """One model: the lr search, then the test score of the retrained (or best grid) run; its result."""
+    grid, best, state, init_params = _search(m, dataset, cfg, d, setup, out)
+    best_lr = best["lr"]
+    at_edge = _note_if_at_grid_edge(m.name, dataset, cfg.lr_grid, best_lr)
+    c = setup(m.cfg, best_lr)
+    if cfg.retrain:
+        state = None  # free the grid run's state before the final run
+        run_dir = out / m.name / f"final_lr_{best_lr:g}"
+        desc = f"{datasets.metric_name(dataset)} {m.name} final lr={best_lr:g}"
+        test_metrics, seconds = _retrain_and_test(c, cfg, init_params, d, run_dir, desc)
+    else:
+        test_metrics, seconds = _test_best_grid_run(c, cfg, state, d), []
+    seconds += [g.get("device_seconds") for g in grid]
+    return {
+        "dataset": dataset,
+        "model": m.name,
+        "resolution": c.image_shape[0],
+        "steps": c.spec.total_steps,
+        "batch_size": c.spec.batch_size,
+        "grid": grid,
+        "best_lr": best_lr,
+        "best_lr_at_grid_edge": at_edge,
+        "retrained": cfg.retrain,
+        "train_images": len(d.full) if cfg.retrain else len(d.train_part),
+        "holdout_images": len(d.holdout),
+        "test_images": len(d.test),
+        **test_metrics,
+        # Training device-seconds of the grid runs and the final run (kept across resumes).
+        "device_seconds": sum(x for x in seconds if x is not None),
+    }
+
+
 def finetune(
     models: list[pretrained.Pretrained], dataset: str, cfg: config.TransferConfig, out_dir: str | Path, mesh
 ) -> dict[str, dict[str, Any]]:
@@ -222,47 +286,4 @@ def finetune(
             compiled[lr] = _compile(pre, cfg, full.num_classes, lr, mesh)
         return compiled[lr]
 
-    results = {}
-    for m in models:
-        grid, best, state, init_params = _search(m, dataset, cfg, d, setup, out)
-        best_lr = best["lr"]
-        at_edge = len(cfg.lr_grid) > 1 and best_lr in (min(cfg.lr_grid), max(cfg.lr_grid))
-        if at_edge:
-            print(
-                f"note: {m.name} on {dataset}: the best lr {best_lr:g} is at the edge of lr_grid {cfg.lr_grid}; "
-                "a wider grid may do better"
-            )
-        c = setup(m.cfg, best_lr)
-        if cfg.retrain:
-            state = None  # free the grid run's state before the final run
-            run_dir, desc = (
-                out / m.name / f"final_lr_{best_lr:g}",
-                f"{datasets.metric_name(dataset)} {m.name} final lr={best_lr:g}",
-            )
-            final, state = train_one(c, cfg, init_params, d.full, d.test, "test", run_dir, desc=desc)
-            test_metrics = {metrics.TEST_ACC: final[metrics.TEST_ACC], metrics.TEST_LOSS: final[metrics.TEST_LOSS]}
-            seconds = [final["device_seconds"]]
-        else:
-            batches = pipeline.eval_batches(d.test, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
-            scores = loop.evaluate(c.trainer, state.params, batches)
-            test_metrics, seconds = {f"test/{k}": v for k, v in scores.items()}, []
-        seconds += [g.get("device_seconds") for g in grid]
-        results[m.name] = {
-            "dataset": dataset,
-            "model": m.name,
-            "resolution": c.image_shape[0],
-            "steps": c.spec.total_steps,
-            "batch_size": c.spec.batch_size,
-            "grid": grid,
-            "best_lr": best_lr,
-            "best_lr_at_grid_edge": at_edge,
-            "retrained": cfg.retrain,
-            "train_images": len(d.full) if cfg.retrain else len(d.train_part),
-            "holdout_images": len(d.holdout),
-            "test_images": len(d.test),
-            **test_metrics,
-            # Training device-seconds of the grid runs and the final run (kept across resumes).
-            "device_seconds": sum(x for x in seconds if x is not None),
-        }
-        del state, init_params
-    return results
+    return {m.name: _finetune_one(m, dataset, cfg, d, setup, out) for m in models}

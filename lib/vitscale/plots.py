@@ -451,24 +451,10 @@ def _with_x(rows: Sequence[dict[str, Any]], metric: str, x: str) -> list[dict[st
     ]
 
 
-def scaling_error_vs_compute(
-    rows: Sequence[dict[str, Any]],
-    result: dict[str, Any] | analysis.Failed,
-    metric: str | None = None,
-) -> go.Figure | Sentence:
-    """Error against compute (log-log) for every trained model, one colour per model size and one
-    marker per data size; the Pareto frontier ringed; the power law fitted to it with its bootstrap
-    band, and the M4 fit. Traces: one per model size, then frontier, band, power law, M4 (each if
-    fitted). Without a fit the runs are drawn and the reason is in the title; without runs, a sentence."""
-    fail = analysis.failed(result)
-    metric = metric or (result.metric if fail else result["metric"])
-    x = result.x if fail else result["x"]
-    have = _with_x(rows, metric, x)
-    if not have:
-        return Sentence(f"No run has {_metric_title(metric)} and {_x_title(x)}: nothing to draw.")
+def _add_run_traces(fig: go.Figure, have: Sequence[dict[str, Any]], metric: str, x: str) -> str:
+    """One marker trace per model size (colour), data size as marker symbol; returns the symbols' legend text."""
     variants, sizes = analysis.variants_by_size(have), analysis.data_sizes(have)
     colors = _colors(variants)
-    fig = go.Figure()
     for v in variants:
         rs = [r for r in have if r["variant"] == v]
         fig.add_trace(
@@ -486,62 +472,93 @@ def scaling_error_vs_compute(
                 hovertemplate=_HOVER,
             )
         )
-    marks = ", ".join(f"{_SYMBOLS[i % len(_SYMBOLS)]} {analysis.data_label(d)}" for i, d in enumerate(sizes))
+    return ", ".join(f"{_SYMBOLS[i % len(_SYMBOLS)]} {analysis.data_label(d)}" for i, d in enumerate(sizes))
+
+
+def _add_frontier_trace(
+    fig: go.Figure, rows: Sequence[dict[str, Any]], frontier: Sequence[bool], metric: str, x: str
+) -> None:
+    """The Pareto frontier's runs, ringed and joined by a step line in order of x."""
+    front = [r for r, f in zip(rows, frontier) if f]
+    front.sort(key=lambda r: r[x])
+    fig.add_trace(
+        go.Scatter(
+            x=[r[x] for r in front],
+            y=[metrics.error_of(r, metric) for r in front],
+            mode="lines+markers",
+            name="Pareto frontier",
+            line=dict(color="black", width=1, shape="hv"),
+            marker=dict(symbol="circle-open", size=14, color="black", line=dict(width=2)),
+            customdata=_hover_data(front),
+            hovertemplate=_HOVER,
+        )
+    )
+
+
+def _add_fit_traces(fig: go.Figure, result: dict[str, Any]) -> None:
+    """The power law's bootstrap band (if bootstrapped), its curve and M4's (if fitted), to 2x the largest x."""
+    xs = result["x_values"][result["used"]]
+    grid = np.geomspace(xs.min(), 2 * xs.max(), 200)
+    pl = result["power_law"]
+    if pl.bootstrap_params.shape[0]:
+        lo, hi = pl.predict_band(grid)
+        fig.add_trace(
+            go.Scatter(
+                x=np.r_[grid, grid[::-1]],
+                y=np.r_[hi, lo[::-1]],
+                fill="toself",
+                mode="lines",
+                line=dict(width=0),
+                fillcolor="rgba(0,0,0,0.12)",
+                hoverinfo="skip",
+                name=f"power law, {100 * pl.ci_level:.0f}% bootstrap band ({pl.n_bootstrap})",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=grid,
+            y=pl.predict(grid),
+            mode="lines",
+            line=dict(color="black", width=2),
+            name=f"E = {pl.a:.3g} (C + {pl.d:.3g})^-{pl.b:.3g} + {pl.c:.3g}",
+        )
+    )
+    m4 = result["m4"]
+    if not analysis.failed(m4):
+        fig.add_trace(
+            go.Scatter(
+                x=grid,
+                y=m4.predict(grid),
+                mode="lines",
+                line=dict(color="firebrick", width=2, dash="dash"),
+                name=f"M4: e_inf={m4.e_inf:.3g}, alpha={m4.alpha:.3g}, c={m4.c:.3g}",
+            )
+        )
+
+
+def scaling_error_vs_compute(
+    rows: Sequence[dict[str, Any]],
+    result: dict[str, Any] | analysis.Failed,
+    metric: str | None = None,
+) -> go.Figure | Sentence:
+    """Error against compute (log-log) for every trained model, one colour per model size and one
+    marker per data size; the Pareto frontier ringed; the power law fitted to it with its bootstrap
+    band, and the M4 fit. Traces: one per model size, then frontier, band, power law, M4 (each if
+    fitted). Without a fit the runs are drawn and the reason is in the title; without runs, a sentence."""
+    fail = analysis.failed(result)
+    metric = metric or (result.metric if fail else result["metric"])
+    x = result.x if fail else result["x"]
+    have = _with_x(rows, metric, x)
+    if not have:
+        return Sentence(f"No run has {_metric_title(metric)} and {_x_title(x)}: nothing to draw.")
+    fig = go.Figure()
+    marks = _add_run_traces(fig, have, metric, x)
     title = f"{_metric_title(metric)} against {_x_title(x)} (markers: training images, {marks})"
     if fail:
         title += f"<br>no fit: {result.reason}"
     else:
-        front = [r for r, f in zip(rows, result["frontier"]) if f]
-        front.sort(key=lambda r: r[x])
-        fig.add_trace(
-            go.Scatter(
-                x=[r[x] for r in front],
-                y=[metrics.error_of(r, metric) for r in front],
-                mode="lines+markers",
-                name="Pareto frontier",
-                line=dict(color="black", width=1, shape="hv"),
-                marker=dict(symbol="circle-open", size=14, color="black", line=dict(width=2)),
-                customdata=_hover_data(front),
-                hovertemplate=_HOVER,
-            )
-        )
-        xs = result["x_values"][result["used"]]
-        grid = np.geomspace(xs.min(), 2 * xs.max(), 200)
-        pl = result["power_law"]
-        if pl.bootstrap_params.shape[0]:
-            lo, hi = pl.predict_band(grid)
-            fig.add_trace(
-                go.Scatter(
-                    x=np.r_[grid, grid[::-1]],
-                    y=np.r_[hi, lo[::-1]],
-                    fill="toself",
-                    mode="lines",
-                    line=dict(width=0),
-                    fillcolor="rgba(0,0,0,0.12)",
-                    hoverinfo="skip",
-                    name=f"power law, {100 * pl.ci_level:.0f}% bootstrap band ({pl.n_bootstrap})",
-                )
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=grid,
-                y=pl.predict(grid),
-                mode="lines",
-                line=dict(color="black", width=2),
-                name=f"E = {pl.a:.3g} (C + {pl.d:.3g})^-{pl.b:.3g} + {pl.c:.3g}",
-            )
-        )
-        m4 = result["m4"]
-        if not analysis.failed(m4):
-            fig.add_trace(
-                go.Scatter(
-                    x=grid,
-                    y=m4.predict(grid),
-                    mode="lines",
-                    line=dict(color="firebrick", width=2, dash="dash"),
-                    name=f"M4: e_inf={m4.e_inf:.3g}, alpha={m4.alpha:.3g}, c={m4.c:.3g}",
-                )
-            )
+        _add_frontier_trace(fig, rows, result["frontier"], metric, x)
+        _add_fit_traces(fig, result)
     fig.update_xaxes(type="log", title_text=_x_title(x))
     fig.update_yaxes(type="log", title_text=_metric_title(metric))
     fig.update_layout(title=title, height=520, legend=dict(font=dict(size=11)))
@@ -623,16 +640,8 @@ def scaling_error_vs_images(rows: Sequence[dict[str, Any]], metric: str = metric
     return fig
 
 
-def scaling_extrapolation(result: dict[str, Any] | analysis.Failed) -> go.Figure | Sentence:
-    """The extrapolation check: frontier runs below the cut (fitted) and at or above it (held out),
-    both estimators' curves fitted below the cut, and their errors on the held-out runs. Traces:
-    fit region, held out, cut line, power law, M4 (each if present)."""
-    if analysis.failed(result):
-        return Sentence(f"No extrapolation check for {_metric_title(result.metric)}: {result.reason}")
-    metric, x, ex = result["metric"], result["x"], result["extrapolation"]
-    if analysis.failed(ex):
-        return Sentence(f"No extrapolation check for {_metric_title(metric)}: {ex.reason}")
-    fig = go.Figure()
+def _add_extrapolation_points(fig: go.Figure, ex: dict[str, Any]) -> None:
+    """The extrapolation check's fitted runs, its held-out runs and the cut between them."""
     fig.add_trace(
         go.Scatter(
             x=ex["train_x"],
@@ -662,6 +671,10 @@ def scaling_extrapolation(result: dict[str, Any] | analysis.Failed) -> go.Figure
             line=dict(color="grey", dash="dot"),
         )
     )
+
+
+def _add_extrapolation_fits(fig: go.Figure, ex: dict[str, Any]) -> None:
+    """Each estimator's curve fitted below the cut (power law, then M4, where fitted), with its held-out errors."""
     grid = np.geomspace(min(ex["train_x"]), max(ex["test_x"]), 200)
     for name, label, style in (
         ("power_law", "power law", dict(color="black")),
@@ -679,6 +692,20 @@ def scaling_extrapolation(result: dict[str, Any] | analysis.Failed) -> go.Figure
                 name=f"{label}: held-out RMSE log {r['rmse_log']:.3f}, mean |rel. error| {100 * r['mare']:.1f}%",
             )
         )
+
+
+def scaling_extrapolation(result: dict[str, Any] | analysis.Failed) -> go.Figure | Sentence:
+    """The extrapolation check: frontier runs below the cut (fitted) and at or above it (held out),
+    both estimators' curves fitted below the cut, and their errors on the held-out runs. Traces:
+    fit region, held out, cut line, power law, M4 (each if present)."""
+    if analysis.failed(result):
+        return Sentence(f"No extrapolation check for {_metric_title(result.metric)}: {result.reason}")
+    metric, x, ex = result["metric"], result["x"], result["extrapolation"]
+    if analysis.failed(ex):
+        return Sentence(f"No extrapolation check for {_metric_title(metric)}: {ex.reason}")
+    fig = go.Figure()
+    _add_extrapolation_points(fig, ex)
+    _add_extrapolation_fits(fig, ex)
     fig.update_xaxes(type="log", title_text=_x_title(x))
     fig.update_yaxes(type="log", title_text=_metric_title(metric))
     fig.update_layout(

@@ -227,6 +227,58 @@ def fewshot_eval(
 
 
 # ----------------------------------------------------------------------------- VTAB-1k
+def _vtab_grid_run(
+    c: finetune._Compiled,
+    run_cfg: config.TransferConfig,
+    init: Any,
+    splits: dict[str, sources.Split],
+    run_dir: Path,
+    desc: str,
+    steps: int,
+    lr: float,
+) -> dict[str, Any]:
+    """One (steps, lr) of the VTAB grid trained on train800 and scored on val200: its grid row."""
+    row: dict[str, Any] = {"steps": steps, "lr": lr}
+    try:
+        final, _ = finetune.train_one(c, run_cfg, init, splits["train800"], splits["val200"], "val", run_dir, desc=desc)
+        row.update({"val/acc": final["val/acc"], "val/loss": final["val/loss"], "diverged": False})
+        row["device_seconds"] = final["device_seconds"]
+    except loop.NonFiniteLoss as e:
+        row.update({"val/acc": None, "val/loss": None, "diverged": True, "error": str(e)})
+    return row
+
+
+def _vtab_search(
+    m: pretrained.Pretrained,
+    task: vtab_data.Task,
+    splits: dict[str, sources.Split],
+    cfg: config.TransferConfig,
+    seed: int,
+    out: Path,
+    setup,
+) -> tuple[list[dict[str, Any]], dict[str, Any], Any]:
+    """Every (steps, lr) of the grid: (grid rows, best row, the fitted start params). Best: the highest
+    val accuracy; ties go to the lower val loss."""
+    grid, best, init = [], None, None
+    for steps in cfg.vtab_steps:
+        for lr in cfg.vtab_lr_grid:
+            c, run_cfg = setup(steps, lr)
+            if init is None:
+                init = pretrained.fit(m.params, c.trainer.model, c.image_shape)
+            row = _vtab_grid_run(
+                c, run_cfg, init, splits, out / f"steps_{steps}_lr_{lr:g}",
+                f"{task.name} {m.name} seed {seed} steps={steps} lr={lr:g}", steps, lr,
+            )  # fmt: skip
+            grid.append(row)
+            if not row["diverged"] and (
+                best is None or (row["val/acc"], -row["val/loss"]) > (best["val/acc"], -best["val/loss"])
+            ):
+                best = row
+    if best is None:
+        raise RuntimeError(f"VTAB {task.name} {m.name} seed {seed}: every run of the grid diverged")
+    return grid, best, init
+
+
 def vtab_one(
     m: pretrained.Pretrained,
     task: vtab_data.Task,
@@ -256,29 +308,7 @@ def vtab_one(
             compiled[key] = finetune._compile(m.cfg, run_cfg, task.num_classes, lr, mesh)
         return compiled[key], run_cfg
 
-    grid, best, init = [], None, None
-    for steps in cfg.vtab_steps:
-        for lr in cfg.vtab_lr_grid:
-            c, run_cfg = setup(steps, lr)
-            if init is None:
-                init = pretrained.fit(m.params, c.trainer.model, c.image_shape)
-            row: dict[str, Any] = {"steps": steps, "lr": lr}
-            try:
-                final, _ = finetune.train_one(
-                    c, run_cfg, init, splits["train800"], splits["val200"], "val",
-                    out / f"steps_{steps}_lr_{lr:g}", desc=f"{task.name} {m.name} seed {seed} steps={steps} lr={lr:g}",
-                )  # fmt: skip
-                row.update({"val/acc": final["val/acc"], "val/loss": final["val/loss"], "diverged": False})
-                row["device_seconds"] = final["device_seconds"]
-            except loop.NonFiniteLoss as e:
-                row.update({"val/acc": None, "val/loss": None, "diverged": True, "error": str(e)})
-            grid.append(row)
-            if not row["diverged"] and (
-                best is None or (row["val/acc"], -row["val/loss"]) > (best["val/acc"], -best["val/loss"])
-            ):
-                best = row
-    if best is None:
-        raise RuntimeError(f"VTAB {task.name} {m.name} seed {seed}: every run of the grid diverged")
+    grid, best, init = _vtab_search(m, task, splits, cfg, seed, out, setup)
     c, run_cfg = setup(best["steps"], best["lr"])
     final, _ = finetune.train_one(
         c, run_cfg, init, splits["train800val200"], splits["test"], "test",
@@ -453,6 +483,30 @@ def paper_table(
     return table
 
 
+def _final_metrics(
+    models: list[pretrained.Pretrained], few: dict, fine: dict, vt: dict, imnet: dict
+) -> dict[str, float]:
+    """Flat metrics of every model for summary.json: the first one's unprefixed, the others' under "<name>/"."""
+    primary = models[0].name
+    final: dict[str, float] = {}
+    for m in models:
+        prefix = "" if m.name == primary else f"{m.name}/"
+        for name, result in few.get(m.name, {}).items():
+            final.update({prefix + k: v for k, v in fewshot.flatten(name, result).items()})
+        for name, by_model in fine.items():
+            final[prefix + metrics.finetune(name)] = by_model[m.name][metrics.TEST_ACC]
+        for task, r in vt.get(m.name, {}).get("tasks", {}).items():
+            final[prefix + metrics.vtab(datasets.metric_name(task.removeprefix(vtab_data.STANDIN)))] = r[
+                metrics.TEST_ACC
+            ]
+        for key, value in vt.get(m.name, {}).get("summary", {}).items():
+            if value is not None:
+                final[prefix + metrics.vtab(key)] = value
+        for key, r in imnet.get(m.name, {}).items():
+            final[prefix + metrics.imagenet_eval(key)] = r["acc"]
+    return final
+
+
 def make_summary(
     cfg: config.TransferConfig,
     models: list[pretrained.Pretrained],
@@ -467,25 +521,10 @@ def make_summary(
     flat `final` metrics (the model `pretrained` names unprefixed, the random baseline under random/).
     Datasets are named by their safe token everywhere (`datasets.metric_name`: `folder_<name>` for a
     folder), as in the metric names and the fine-tuning folders; `datasets` maps each back."""
-    pre, primary = models[0].cfg, models[0].name
+    pre = models[0].cfg
     few = {m: {datasets.metric_name(n): r for n, r in by_dataset.items()} for m, by_dataset in few.items()}
     fine = {datasets.metric_name(n): by_model for n, by_model in fine.items()}
-    final: dict[str, float] = {}
-    for m in models:
-        prefix = "" if m.name == primary else f"{m.name}/"
-        for name, result in few.get(m.name, {}).items():
-            final.update({prefix + k: v for k, v in fewshot.flatten(name, result).items()})
-        for name, by_model in fine.items():
-            final[prefix + metrics.finetune(name)] = by_model[m.name][metrics.TEST_ACC]
-        for task, r in (vt or {}).get(m.name, {}).get("tasks", {}).items():
-            final[prefix + metrics.vtab(datasets.metric_name(task.removeprefix(vtab_data.STANDIN)))] = r[
-                metrics.TEST_ACC
-            ]
-        for key, value in (vt or {}).get(m.name, {}).get("summary", {}).items():
-            if value is not None:
-                final[prefix + metrics.vtab(key)] = value
-        for key, r in (imnet or {}).get(m.name, {}).items():
-            final[prefix + metrics.imagenet_eval(key)] = r["acc"]
+    final = _final_metrics(models, few, fine, vt or {}, imnet or {})
     wall = time.time() - t0
     devices = int(mesh.devices.size)
     source = Path(models[0].source) / "summary.json"  # the pretraining run's compute, for plots against it

@@ -12,6 +12,7 @@ b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,6 +278,54 @@ def agreement(estimates: dict[str, tuple[float | None, Any]]) -> str:
     return f"{text}: they disagree (" + "; ".join(f"{x} and {y} intervals do not overlap" for x, y in apart) + ")"
 
 
+def _within_epochs(points: Points, max_epochs: float | None) -> tuple[np.ndarray, list[str]]:
+    """Which points repeat their data at most `max_epochs` times (None: all), and a note when any are left out."""
+    keep = np.ones(len(points.N), dtype=bool)
+    if max_epochs is None or points.epochs is None:
+        return keep, []
+    keep = ~(points.epochs > max_epochs)  # NaN epochs (whole split, unknown size) are kept
+    note = (
+        f"fitted on the {int(keep.sum())} of {keep.size} points that see their data at most {max_epochs:g} "
+        f"epochs ({int((~keep).sum())} data-constrained points left out; repetition is not modelled)"
+    )
+    return keep, [note]
+
+
+def _curve_sizes(used: Points) -> np.ndarray:
+    """The model size of each point for the IsoFLOP and envelope curves: its group's median N, or its own N."""
+    if not any(used.group):  # one curve per group (a model size), at the group's median N
+        return used.N
+    med = {g: float(np.median(used.N[[x == g for x in used.group]])) for g in set(used.group)}
+    return np.array([med[g] for g in used.group])
+
+
+def _degenerate_notes(fit: JointFit) -> list[str]:
+    """A note per exponent too large for the data to resolve: that law does not determine the N-D split."""
+    notes = []
+    for name in fit.degenerate:
+        term, axis = ("A / N^alpha", "N") if name == "alpha" else ("B / D^beta", "D")
+        notes.append(
+            f"{name} = {getattr(fit, name):.3g} is beyond any power law the data resolve (> {EXPONENT_MAX:g}): "
+            f"the term {term} is a step within the {axis} range, so the law does not determine the split "
+            "between N and D; N* and D* below are where that term stops mattering, not an optimum the data show"
+        )
+    return notes
+
+
+def _support(fit: JointFit, used: Points, plans: Sequence[Mapping[str, Any]]) -> str:
+    """The ranges of N, D and compute the data cover, and whether each plan lies within them."""
+    return (
+        f"The data cover N {fit.n_range[0]:.3g} to {fit.n_range[1]:.3g} parameters and D {fit.d_range[0]:.3g} to "
+        f"{fit.d_range[1]:.3g} {used.data_name} (compute {used.C.min():.3g} to {used.C.max():.3g} FLOPs); "
+        + "; ".join(
+            f"at C = {p['C']:.3g} the plan (N {p['N']:.3g}, D {p['D']:.3g}) "
+            + ("extrapolates beyond them" if p["extrapolates"] else "lies within them")
+            for p in plans
+        )
+        + "."
+    )
+
+
 def allocate(
     points: Points,
     *,
@@ -290,31 +339,14 @@ def allocate(
     """All three approaches on `points` and the plan at each of `budgets` (compute). Points that
     repeat their data more than `max_epochs` are left out (None: keep all). Returns {"fit": JointFit,
     "points": the points used, "summary": JSON-safe: k, joint, isoflop, envelope, plans, agreement, support}."""
-    notes = list(points.notes)
-    keep = np.ones(len(points.N), dtype=bool)
-    if max_epochs is not None and points.epochs is not None:
-        keep = ~(points.epochs > max_epochs)  # NaN epochs (whole split, unknown size) are kept
-        notes.append(
-            f"fitted on the {int(keep.sum())} of {keep.size} points that see their data at most {max_epochs:g} "
-            f"epochs ({int((~keep).sum())} data-constrained points left out; repetition is not modelled)"
-        )
+    keep, epoch_notes = _within_epochs(points, max_epochs)
     used = points.subset(keep)
     fit = fit_joint(
         used.N, used.D, used.error, k=used.k, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed, **fit_kw
     )
-    sizes = used.N
-    if any(used.group):  # one curve per group (a model size), at the group's median N
-        med = {g: float(np.median(used.N[[x == g for x in used.group]])) for g in set(used.group)}
-        sizes = np.array([med[g] for g in used.group])
+    sizes = _curve_sizes(used)
     iso = isoflop(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
     env = envelope(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
-    for name in fit.degenerate:
-        term, axis = ("A / N^alpha", "N") if name == "alpha" else ("B / D^beta", "D")
-        notes.append(
-            f"{name} = {getattr(fit, name):.3g} is beyond any power law the data resolve (> {EXPONENT_MAX:g}): "
-            f"the term {term} is a step within the {axis} range, so the law does not determine the split "
-            "between N and D; N* and D* below are where that term stops mattering, not an optimum the data show"
-        )
     if budgets is None:
         budgets = [float(used.C.max()) * f for f in (1.0, 4.0, 16.0)]
     plans = [fit.plan(float(c)) for c in np.atleast_1d(budgets)]
@@ -323,28 +355,18 @@ def allocate(
         {"joint law": (jd["a"], jd["intervals"].get("a")), "IsoFLOP": (iso["a"], iso["interval"]),
          "envelope": (env["a"], env["interval"])}
     )  # fmt: skip
-    support = (
-        f"The data cover N {fit.n_range[0]:.3g} to {fit.n_range[1]:.3g} parameters and D {fit.d_range[0]:.3g} to "
-        f"{fit.d_range[1]:.3g} {used.data_name} (compute {used.C.min():.3g} to {used.C.max():.3g} FLOPs); "
-        + "; ".join(
-            f"at C = {p['C']:.3g} the plan (N {p['N']:.3g}, D {p['D']:.3g}) "
-            + ("extrapolates beyond them" if p["extrapolates"] else "lies within them")
-            for p in plans
-        )
-        + "."
-    )
     summary = {
         "k": fit.k,
         "k_given": used.k_given,
         "n_points": int(keep.sum()),
         "n_excluded": int((~keep).sum()),
         "max_epochs": max_epochs,
-        "notes": notes,
+        "notes": [*points.notes, *epoch_notes, *_degenerate_notes(fit)],
         "joint": jd,
         "isoflop": iso,
         "envelope": env,
         "plans": plans,
         "agreement": agree,
-        "support": support,
+        "support": _support(fit, used, plans),
     }
     return {"fit": fit, "points": used, "summary": summary}
