@@ -232,3 +232,26 @@ def test_importing_the_data_pipeline_leaves_the_environment_as_it_was():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
     assert "cpu_feature_guard" not in r.stderr and "oneDNN" not in r.stderr, r.stderr
+
+
+# Numerical kernels that stay whole: each is one algorithm whose steps share state (an Adafactor
+# transform's init/update pair; a least-squares fit with its grid, polish and bounds), where a split
+# would pass that state around instead of naming a job.
+LONG_KERNELS = {
+    "optim.scale_by_factored_second_moment",
+    "scaling.extrapolation.extrapolation_check",
+    "scaling.frontier.fit_power_law",
+    "scaling.laws._m4_core",
+    "scaling.laws.fit_m4",
+}
+
+
+def test_functions_do_one_job_in_at_most_60_lines():
+    long = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60 and f"{name}.{node.name}" not in LONG_KERNELS:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert long == [], "split these by job (or name a numerical kernel in LONG_KERNELS, saying why): " + "; ".join(long)
