@@ -193,3 +193,19 @@ def test_keep_the_best_grid_run_from_a_random_init_and_resume(tmp_path, mesh):
     again = finetune.finetune(models, "sklearn_digits", cfg, tmp_path, mesh)["random"]  # finished: read back
     assert (tmp_path / "random" / "lr_0.05" / "metrics.jsonl").read_text() == log
     assert again["grid"][0]["val/acc"] == r["grid"][0]["val/acc"] and again["test/acc"] == r["test/acc"]
+
+
+def test_the_best_grid_run_has_the_highest_val_accuracy_then_the_lowest_val_loss():
+    rows = [
+        {"val/acc": 0.90, "val/loss": 0.40, "diverged": False},
+        {"val/acc": None, "val/loss": None, "diverged": True},
+        {"val/acc": 0.92, "val/loss": 0.50, "diverged": False},
+        {"val/acc": 0.92, "val/loss": 0.30, "diverged": False},  # same accuracy, lower loss: this one
+        {"val/acc": 0.92, "val/loss": 0.35, "diverged": False},
+    ]
+    best = None
+    for row in rows:
+        if finetune.beats(row, best):
+            best = row
+    assert best is rows[3]
+    assert not finetune.beats(rows[1], None)  # a diverged run is never the best, even alone

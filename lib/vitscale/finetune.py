@@ -172,6 +172,15 @@ def _grid_run(
     return {**row, **keep, "device_seconds": final["device_seconds"], "diverged": False}, state
 
 
+def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether a grid run is the new best: it did not diverge and has the higher held-out accuracy,
+    ties going to the lower held-out loss (the fine-tuning and the VTAB grids alike)."""
+    if row["diverged"]:
+        return False
+    key = lambda r: (r[metrics.VAL_ACC], -r[metrics.VAL_LOSS])
+    return best is None or key(row) > key(best)
+
+
 def _search(m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, d: _Splits, setup, out: Path):
     """Every lr of the grid for model `m`: (grid rows, best row, its state, the fitted start params).
     Best: the highest held-out accuracy; ties go to the lower held-out loss."""
@@ -191,10 +200,7 @@ def _search(m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, 
             f"{datasets.metric_name(dataset)} {m.name} lr={lr:g}",
         )
         grid.append(row)
-        if not row["diverged"] and (
-            best is None
-            or (row[metrics.VAL_ACC], -row[metrics.VAL_LOSS]) > (best[metrics.VAL_ACC], -best[metrics.VAL_LOSS])
-        ):
+        if beats(row, best):
             best, best_state = row, state
         del state
     if best is None:

@@ -241,10 +241,10 @@ def _vtab_grid_run(
     row: dict[str, Any] = {"steps": steps, "lr": lr}
     try:
         final, _ = finetune.train_one(c, run_cfg, init, splits["train800"], splits["val200"], "val", run_dir, desc=desc)
-        row.update({"val/acc": final["val/acc"], "val/loss": final["val/loss"], "diverged": False})
+        row.update({k: final[k] for k in (metrics.VAL_ACC, metrics.VAL_LOSS)} | {"diverged": False})
         row["device_seconds"] = final["device_seconds"]
     except loop.NonFiniteLoss as e:
-        row.update({"val/acc": None, "val/loss": None, "diverged": True, "error": str(e)})
+        row.update({metrics.VAL_ACC: None, metrics.VAL_LOSS: None, "diverged": True, "error": str(e)})
     return row
 
 
@@ -270,9 +270,7 @@ def _vtab_search(
                 f"{task.name} {m.name} seed {seed} steps={steps} lr={lr:g}", steps, lr,
             )  # fmt: skip
             grid.append(row)
-            if not row["diverged"] and (
-                best is None or (row["val/acc"], -row["val/loss"]) > (best["val/acc"], -best["val/loss"])
-            ):
+            if finetune.beats(row, best):
                 best = row
     if best is None:
         raise RuntimeError(f"VTAB {task.name} {m.name} seed {seed}: every run of the grid diverged")
