@@ -3,29 +3,16 @@ kernel is found through the server's REST API and runs a cell that imports vitsc
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 import websocket
 
+from lab_server import lab
+
 pytestmark = pytest.mark.slow  # starts a Jupyter server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
 
 
 def execute(ws, code: str, timeout: float = 120) -> str:
@@ -71,28 +58,13 @@ def execute(ws, code: str, timeout: float = 120) -> str:
     raise AssertionError("no reply from the kernel")
 
 
-def test_lab_serves_the_vitscale_kernel_and_runs_a_cell(root, tmp_path):
-    port, token = free_port(), uuid.uuid4().hex
-    env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
-    cmd = [str(Path(sys.executable).parent / "vitscale"), "lab", "--port", str(port), "--no-browser"]
-    server = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                specs = get(f"{base}/api/kernelspecs?token={token}")
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                time.sleep(0.5)
-        else:
-            pytest.fail("JupyterLab did not answer")
+def test_lab_serves_the_vitscale_kernel_and_runs_a_cell(tmp_path):
+    with lab(tmp_path) as served:
+        specs = served.get("/api/kernelspecs")
         assert specs["default"] == "vitscale" and "vitscale" in specs["kernelspecs"]
-        assert get(f"{base}/api/contents/pretrain.ipynb?token={token}&content=0")["type"] == "notebook"  # on notebooks/
+        assert served.get("/api/contents/pretrain.ipynb?content=0")["type"] == "notebook"  # on notebooks/
         req = urllib.request.Request(
-            f"{base}/api/kernels?token={token}",
+            served.url("/api/kernels"),
             data=json.dumps({"name": "vitscale"}).encode(),
             method="POST",
             headers={"Content-Type": "application/json"},
@@ -100,7 +72,7 @@ def test_lab_serves_the_vitscale_kernel_and_runs_a_cell(root, tmp_path):
         with urllib.request.urlopen(req, timeout=60) as r:
             kernel = json.loads(r.read())
         ws = websocket.create_connection(
-            f"ws://127.0.0.1:{port}/api/kernels/{kernel['id']}/channels?token={token}", timeout=120
+            served.url(f"/api/kernels/{kernel['id']}/channels").replace("http://", "ws://"), timeout=120
         )
         try:
             out = execute(
@@ -109,8 +81,5 @@ def test_lab_serves_the_vitscale_kernel_and_runs_a_cell(root, tmp_path):
         finally:
             ws.close()
         assert out.strip() == "vitscale Pico/4"
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
     if os.geteuid() == 0:
-        assert "running as root" in server.stdout.read()
+        assert "running as root" in served.log.read_text()
