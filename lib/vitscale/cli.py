@@ -22,7 +22,7 @@ Bad parameters print one `error: <file>: <field>: <problem>` line per problem an
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -179,7 +179,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if "--ServerApp.allow_root=True" in argv:
         print("note: running as root, so JupyterLab starts with --allow-root", file=sys.stderr)
     print(f"JupyterLab on {runs.NOTEBOOKS} at http://{args.ip}:{args.port}/lab (kernel: {notebooks.KERNEL})")
-    return subprocess.call(argv)
+    sys.stdout.flush()
+    # The server replaces this process (no 1 GB parent left waiting); its kernels share the batch
+    # runs' compilation cache, so a Run All compiles a model shape once across sessions.
+    os.execve(argv[0], argv, {**os.environ, **notebooks.compile_cache_env()})
 
 
 def cmd_export(args: argparse.Namespace) -> int:
