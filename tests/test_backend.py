@@ -25,12 +25,36 @@ def test_matmul_gradients_match_float64_closed_form(d_in, d_out):
     assert dk.dtype == jnp.float32 and dk.shape == (d_in, d_out)
 
 
+def test_attention_core_ynn_matches_float64_textbook_attention():
+    """attention_core_ynn's output and custom backward against softmax(q k^T) v and its gradients in float64."""
+    rng = np.random.default_rng(0)
+    q, k, v, g = (rng.normal(size=(2, 3, 7, 5)).astype(np.float32) for _ in range(4))
+    out, vjp = jax.vjp(backend.attention_core_ynn, *(jnp.asarray(a) for a in (q, k, v)))
+    dq, dk, dv = vjp(jnp.asarray(g))
+    q64, k64, v64, g64 = (a.astype(np.float64) for a in (q, k, v, g))
+    logits = q64 @ np.swapaxes(k64, -1, -2)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    dw = g64 @ np.swapaxes(v64, -1, -2)
+    dlogits = w * (dw - (dw * w).sum(-1, keepdims=True))
+    np.testing.assert_allclose(out, w @ v64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dv, np.swapaxes(w, -1, -2) @ g64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dq, dlogits @ k64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dk, np.swapaxes(dlogits, -1, -2) @ q64, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
-    "pool", ["gap", pytest.param("tok", marks=pytest.mark.slow), pytest.param("map", marks=pytest.mark.slow)]
+    "pool,kernels",
+    [
+        ("gap", "CPU"),
+        ("gap", "CPU_SMALL_HEADS"),
+        pytest.param("tok", "CPU", marks=pytest.mark.slow),
+        pytest.param("map", "CPU", marks=pytest.mark.slow),
+    ],
 )
-def test_cpu_kernels_give_the_plain_models_outputs_and_gradients(pool):
+def test_cpu_kernels_give_the_plain_models_outputs_and_gradients(pool, kernels):
     plain = vit.make_model("Atto/4", 10, pool_type=pool)
-    fast = plain.clone(kernels=backend.CPU)
+    fast = plain.clone(kernels=getattr(backend, kernels))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(4, 16, 16, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, size=4))
@@ -71,5 +95,8 @@ def test_default_chains_and_the_switch(monkeypatch):
     assert backend.default_chains(256, "gpu") == backend.default_chains(256, "tpu") == 1
     assert backend.kernels_for("gpu") is vit.PLAIN
     assert backend.kernels_for("cpu") is backend.CPU
+    assert backend.kernels_for("cpu", head_dim=16) is backend.CPU_SMALL_HEADS
+    assert backend.kernels_for("cpu", head_dim=backend.SMALL_HEAD_DIM + 1) is backend.CPU
+    assert backend.attention_of(backend.CPU_SMALL_HEADS) == "xla-cpu"
     monkeypatch.setenv("VITSCALE_KERNELS", "plain")
     assert backend.kernels_for("cpu") is vit.PLAIN

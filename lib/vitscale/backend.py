@@ -59,20 +59,73 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
 
 
 # ----------------------------------------------------------------------------- attention
-def self_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int) -> jax.Array:
+def _weights(q: jax.Array, k: jax.Array) -> jax.Array:
+    """softmax(q k^T) over [B, H, N, Dh]; logits and softmax in float32, as jax.nn's XLA path."""
+    logits = jnp.einsum("bhqk,bhsk->bhqs", q, k, preferred_element_type=jnp.float32)
+    return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+
+
+def attention_core(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """softmax(q k^T) v over [B, H, N, Dh] (q already scaled)."""
+    return jnp.einsum("bhqs,bhsk->bhqk", _weights(q, k), v)
+
+
+def _own_transpose(a: jax.Array) -> jax.Array:
+    """a with its last two axes swapped, in a buffer of its own (the barrier keeps XLA from folding it back)."""
+    return jax.lax.optimization_barrier(jnp.swapaxes(a, -1, -2))
+
+
+@jax.custom_vjp
+def attention_core_ynn(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """attention_core with a backward whose every product XLA:CPU gives to YNNPACK.
+
+    Autodiff writes dv = w^T g and dk = dlogits^T q contracting the major axis of w and dlogits,
+    which XLA:CPU runs on Eigen; here w^T and dlogits^T are transposed into buffers of their own."""
+    return attention_core(q, k, v)
+
+
+def _attention_fwd(q, k, v):
+    weights = _weights(q, k)
+    return jnp.einsum("bhqs,bhsk->bhqk", weights, v), (q, k, v, weights)
+
+
+def _attention_bwd(res, g):
+    q, k, v, w = res
+    dw = jnp.einsum("bhqk,bhsk->bhqs", g, v, preferred_element_type=jnp.float32)
+    dv = jnp.einsum("bhsq,bhqk->bhsk", _own_transpose(w), g)
+    w32 = w.astype(jnp.float32)
+    dlogits = (w32 * (dw - jnp.sum(dw * w32, axis=-1, keepdims=True))).astype(q.dtype)  # softmax's vjp
+    dq = jnp.einsum("bhqs,bhsk->bhqk", dlogits, k)
+    dk = jnp.einsum("bhsq,bhqk->bhsk", _own_transpose(dlogits), q)
+    return dq, dk, dv
+
+
+attention_core_ynn.defvjp(_attention_fwd, _attention_bwd)
+
+
+def self_attention(
+    x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int, core: Callable = attention_core
+) -> jax.Array:
     """vit.self_attention computed in [B, H, N, D/H] straight out of one QKV einsum and back, so no
-    transposes sit between the matrix products."""
+    transposes sit between the matrix products; `core` is softmax(q k^T) v."""
     b, n, d = x.shape
     h, dh = num_heads, d // num_heads
     qkv = jnp.einsum("bnd,dthk->tbhnk", x, qkv_kernel.reshape(d, 3, h, dh)) + qkv_bias.reshape(3, 1, h, 1, dh)
     q, k, v = qkv[0] * jnp.asarray(dh**-0.5, x.dtype), qkv[1], qkv[2]
-    logits = jnp.einsum("bhqk,bhsk->bhqs", q, k, preferred_element_type=jnp.float32)  # as jax.nn's XLA path
-    weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)  # precision: logits and softmax in float32
-    out = jnp.einsum("bhqs,bhsk->bhqk", weights, v)
+    out = core(q, k, v)
     return jnp.einsum("bhqk,hkd->bqd", out, out_kernel.reshape(h, dh, d)) + out_bias
 
 
+def self_attention_small_heads(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads: int) -> jax.Array:
+    """self_attention with attention_core_ynn's backward (the faster one for small heads, see kernels_for)."""
+    return self_attention(x, qkv_kernel, qkv_bias, out_kernel, out_bias, num_heads, core=attention_core_ynn)
+
+
 CPU = vit.Kernels(dot_general=dot_general, self_attention=self_attention)
+CPU_SMALL_HEADS = vit.Kernels(dot_general=dot_general, self_attention=self_attention_small_heads)
+# Heads up to this size get CPU_SMALL_HEADS: its backward was 1.03-1.09x per step at head dim 16
+# (benchmark shape A) and 0.97-0.98x at 64 (shapes B, C), where the transposes cost what Eigen lost.
+SMALL_HEAD_DIM = 32
 
 
 # ----------------------------------------------------------------------------- gradient chains
@@ -114,11 +167,11 @@ def chained(value_and_grad: Callable, chains: int) -> Callable:
 
 # ----------------------------------------------------------------------------- the switch
 def kernels_for(platform: str, dtype=jnp.float32, head_dim: int = 64) -> vit.Kernels:
-    """This platform's kernels: the CPU ones above (unless VITSCALE_KERNELS=plain), elsewhere the
+    """This platform's kernels: the CPU ones above (unless VITSCALE_KERNELS=plain; by head_dim), elsewhere the
     plain products with the attention implementation vit.attention_implementation picks
     (VITSCALE_ATTENTION=xla: XLA's, to compare or to work around a cuDNN failure)."""
     if platform == "cpu" and os.environ.get("VITSCALE_KERNELS", "cpu") != "plain":
-        return CPU
+        return CPU_SMALL_HEADS if head_dim <= SMALL_HEAD_DIM else CPU
     if os.environ.get("VITSCALE_ATTENTION") == "xla":  # XLA's attention even where cuDNN's would run
         return vit.PLAIN
     return vit.plain_kernels(vit.attention_implementation(platform, dtype, head_dim))
@@ -126,7 +179,7 @@ def kernels_for(platform: str, dtype=jnp.float32, head_dim: int = 64) -> vit.Ker
 
 def attention_of(kernels: vit.Kernels) -> str:
     """What a run records as its attention kernel: "cudnn", "xla", or "xla-cpu" (self_attention above)."""
-    if kernels.self_attention is self_attention:
+    if kernels.self_attention in (self_attention, self_attention_small_heads):
         return "xla-cpu"
     return "cudnn" if kernels is vit.CUDNN else "xla"
 
