@@ -510,3 +510,16 @@ def test_benchmark_reader_errors(tmp_path):
         bench.read_curves(bad)
     with pytest.raises(ValueError, match="no curves in domain 'LM'"):
         bench.read_curves(bench.DEFAULT_CSV, domain="LM")
+
+
+def test_a_law_too_steep_for_float_range_fails_with_a_reason_not_an_overflow():
+    """Found by `make demo`'s 4-run slice: M3 fitted to a plateau's steep edge put its scale at e^1379
+    (OverflowError in the report). Exact M3 data with c = 50 around x = 1e12: the scale beta = 0.1 x 1e600
+    is beyond float64, so the fit says the points do not determine the law."""
+    x = np.linspace(0.95e12, 1.05e12, 5)
+    e = 0.1 * (1e12 / x) ** 50  # M3 with gamma = 0, c = 50, beta = 0.1 * 1e12**50
+    with pytest.raises(ValueError, match=r"M3's fit is degenerate: exponent c = 50"):
+        fit_law("M3", x, e)
+    small = fit_law("M3", x / 1e10, e)  # the same curve at x around 100: beta = 0.1 * 100**50, in range
+    assert small.params["c"] == pytest.approx(50, rel=1e-6)
+    assert small.params["beta"] == pytest.approx(0.1 * 100.0**50, rel=1e-3)  # c is exact to 1e-6: x^c amplifies it

@@ -308,7 +308,7 @@ def fit_m4(
         intervals=intervals,
         n_bootstrap=int(boot_arr.shape[0]),
         x_ref=x_ref,
-        beta_n=float(math.exp(lb + c * math.log(x_ref))),
+        beta_n=_scale("M4", lb + c * math.log(x_ref), c),
         e0_init=e0,
         learn_e0=learn_e0,
         at_bound=at_bound,
@@ -377,6 +377,17 @@ class LawFit:
         }
 
 
+def _scale(law: str, log_beta: float, c: float) -> float:
+    """exp(log_beta), a law's scale in the units of x; a clear error where it is beyond float range, which
+    happens only when the exponent is so steep that the points do not determine the law."""
+    if log_beta > 700.0:  # exp(709.8) is the largest float64
+        raise ValueError(
+            f"{law}'s fit is degenerate: exponent c = {c:.4g} puts its scale at e^{log_beta:.0f}, beyond "
+            "float range; these points do not determine the law"
+        )
+    return math.exp(log_beta)
+
+
 def _check_distinct(x: np.ndarray, what: str, k: int) -> None:
     if np.unique(x).shape[0] < k:
         raise ValueError(f"too few distinct x values for {what}: got {np.unique(x).shape[0]}, need at least {k}")
@@ -409,7 +420,7 @@ def fit_m2(x: Any, e: Any) -> LawFit:
     s, _ = _minimize_1d(obj, 0.0, 1.0)
     cost, (lb, c) = _box_lstsq(A, np.log(e - inf_hi * s), *free)
     at_bound = ["e_inf"] if s <= 1e-7 or s >= 1.0 - 1e-7 else []
-    params = {"e_inf": inf_hi * s, "beta": math.exp(lb - c * math.log(x_ref)), "c": float(c)}
+    params = {"e_inf": inf_hi * s, "beta": _scale("M2", lb - c * math.log(x_ref), c), "c": float(c)}
     fit = LawFit("M2", params, int(x.size), float("nan"), math.sqrt(cost / x.size), at_bound)
     fit.rmse_log = fit.rmse_log_on(x, e)
     return fit
@@ -441,7 +452,7 @@ def fit_m3(x: Any, e: Any) -> LawFit:
         at_bound.append("gamma")
     if c <= 1e-12:
         at_bound.append("c")
-    params = {"beta": math.exp(lb + c * math.log(x_ref)), "c": float(c), "gamma": g / x_ref}
+    params = {"beta": _scale("M3", lb + c * math.log(x_ref), c), "c": float(c), "gamma": g / x_ref}
     fit = LawFit("M3", params, int(x.size), float("nan"), math.sqrt(cost / x.size), at_bound, x_ref=x_ref)
     fit.rmse_log = fit.rmse_log_on(x, e)
     return fit
