@@ -70,7 +70,7 @@ print(json.dumps({"import": t_import, "init": t_init, "first_step": t_first, "fi
 def child(case: str, cache_dir: str | None) -> dict[str, float]:
     env = dict(os.environ)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    if cache_dir:  # as vitscale.cli.use_compile_cache sets it for the kernels it starts
+    if cache_dir:  # as notebooks.compile_cache_env sets it for the kernels vitscale starts
         env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
     out = subprocess.run([sys.executable, "-c", CHILD, *map(str, CASES[case])], env=env, capture_output=True, text=True)
