@@ -25,7 +25,7 @@ LAYERS = [
     {"config"},  # pure schemas
     {"runs"},  # run folders: finding, claiming (params.yaml), reading, their status records
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
-    | {"models.vit", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
+    | {"models.vit", "mup", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
     {"loop", "evaluators.fewshot", "evaluators.classify", "evaluators.real", "evaluators.imagenet_v2"}  # the loop,
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
     {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
