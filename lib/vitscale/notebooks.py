@@ -236,7 +236,8 @@ def prepare_run(
     notebook is `kind` (--notebook), else the file's `kind:`, else its folder (`study.file_kind`)."""
     kind, params = study.file_kind(params_file, config.load_yaml(params_file), kind)
     if kind not in config.RUN_KINDS:
-        problem = config.Problem("kind", f"{kind!r} files run with `vitscale sweep {params_file}`, not `vitscale run`")
+        how = f"{kind!r} files run with `vitscale sweep {params_file}` (`vitscale run` runs kinds pretrain, transfer)"
+        problem = config.Problem("kind", how)
         raise config.ConfigError([problem], params_file)
     cfg = check(kind, params, params_file)
     out = (out or runs.default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths

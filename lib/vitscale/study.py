@@ -70,7 +70,7 @@ def _files(node: Traversable, prefix: Path = Path()) -> dict[Path, Traversable]:
     """{relative path: file} of every file under `node`, in a stable order."""
     out = {}
     for child in sorted(node.iterdir(), key=lambda c: c.name):
-        if child.name == "__pycache__":
+        if child.name == "__pycache__" or child.name.startswith("."):  # e.g. JupyterLab's .ipynb_checkpoints
             continue
         if child.is_dir():
             out.update(_files(child, prefix / child.name))
