@@ -369,7 +369,7 @@ class TransferConfig(_Schema):
 
     name: str = "transfer"  # run name, shown in reports
     # --- the model
-    pretrained: str  # a pretraining run folder (absolute, or relative to the repository root, e.g.
+    pretrained: str  # a pretraining run folder (absolute, or relative to the study folder, e.g.
     #                  outputs/demo), or "random": an untrained model as `random_model` describes
     random_model: ModelSpec | None = None  # with pretrained "random": its model (None: ModelSpec's defaults)
     pretrained_model: ModelSpec | None = None  # with pretrained a .npz file: its model, the variant at least
