@@ -116,10 +116,14 @@ def trainer(
 
 
 def evaluators_of(
-    cfg: config.PretrainConfig, t: loop.Trainer, test: sources.Split | sources.Source, pipe: data_pipeline.Pipeline
+    cfg: config.PretrainConfig,
+    t: loop.Trainer,
+    test: sources.Split | sources.Source,
+    pipe: data_pipeline.Pipeline,
+    val: sources.Split | sources.Source | None = None,
 ) -> loop.Evaluators:
-    """Test-split loss and accuracy at every evaluation, plus few-shot linear transfer every
-    `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
+    """Test-split (and held-out `val`) loss and accuracy at every evaluation, plus few-shot linear
+    transfer every `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
     fewshot = None
     if cfg.fewshot_datasets:
         fewshot = fewshot_evaluator.FewShotEvaluator(
@@ -134,9 +138,11 @@ def evaluators_of(
     every = cfg.fewshot_every or cfg.eval_every
 
     def evaluate(params, step: int, final: bool = False) -> dict[str, float]:
-        batches = data_pipeline.eval_batches(test, pipe, loop.eval_batch_size(cfg.eval_batch_size))
-        test_metrics = loop.evaluate(t, params, batches)
-        record = {metrics.on_split("test", k): v for k, v in test_metrics.items()}
+        record = {}
+        for name, split in (("test", test), ("val", val)):
+            if split is not None:
+                batches = data_pipeline.eval_batches(split, pipe, loop.eval_batch_size(cfg.eval_batch_size))
+                record.update({metrics.on_split(name, k): v for k, v in loop.evaluate(t, params, batches).items()})
         if fewshot is not None and (step % every == 0 or final):
             record.update(fewshot.run(lambda x: t.features(params, x), t.mesh))
         return record

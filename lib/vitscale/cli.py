@@ -94,6 +94,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _bad_input(e)
     out = (Path(args.out) if args.out else study.outputs() / spec.name).resolve()
     logs.keep(out / logs.LOG_NAME)
+    spec = sweep.with_extras(spec, out)
+    if args.extend_search:
+        if not spec.search:
+            return _bad_input(config.ConfigError([config.Problem("--extend-search", "the sweep file has no search:")]))
+        spec, added = sweep.extend_search(spec, out)
+        print(f"search: {len(added)} run(s) added beyond an edge" + "".join(f"\n  {line}" for line in added))
     if args.launcher == "local":
         try:
             index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
@@ -245,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", help="parameters/sweeps/<name>.yaml")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (threads, one kernel each)")
     p.add_argument("--shard", help="i/N: run only every N-th run starting at i (split a sweep over machines)")
+    p.add_argument("--extend-search", action="store_true", help="add the next value beyond a best value at an edge")
     p.add_argument("--out", help="sweep folder (default: outputs/<name> in the study folder)")
     p.add_argument("--no-retry", action="store_true", help="leave failed runs failed")
     p.add_argument("--no-analysis", action="store_true", help="skip the scaling analysis at the end")

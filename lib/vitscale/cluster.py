@@ -111,6 +111,7 @@ def submit(
     """Submit this shard's unfinished runs, one job each; with `wait`, block until they end. A run
     whose job still lives (pending or running) is left alone."""
     out.mkdir(parents=True, exist_ok=True)
+    sweep.record_search(spec, out)
     jobs_dir = out / ".submitit"
     ex = executor(jobs_dir, launcher, spec.slurm)
     jobs = []

@@ -234,6 +234,9 @@ class PretrainConfig(ModelSpec):
     train_split: str = "train"
     test_split: str = "test"
     train_examples: int | None = Field(default=None, gt=0)  # data axis: first n of train_split
+    # Held out from the end of train_split, never trained on: val/loss and val/acc at every evaluation,
+    # what a sweep's `search:` chooses its best run by (the test split never chooses anything). 0: none.
+    val_examples: int = Field(default=0, ge=0)
     crop_padding: int = Field(default=2, ge=0)  # random crop: reflect-pad then crop back
     flip: bool = True  # random horizontal flip
     # How splits are read (vitscale.data.sources): "memory" decodes a split into one array; "stream" reads the
@@ -355,8 +358,15 @@ class PretrainConfig(ModelSpec):
         return cls(**model.model_dump())
 
     def train_split_name(self) -> str:
-        """The TFDS split the run trains on: train_split, or its first train_examples."""
-        return f"{self.train_split}[:{self.train_examples}]" if self.train_examples else self.train_split
+        """The TFDS split the run trains on: train_split, or its first train_examples, without the
+        last val_examples."""
+        if self.train_examples:
+            return f"{self.train_split}[:{self.train_examples}]"
+        return f"{self.train_split}[:-{self.val_examples}]" if self.val_examples else self.train_split
+
+    def val_split_name(self) -> str | None:
+        """The TFDS split of the held-out validation images (the last val_examples of train_split)."""
+        return f"{self.train_split}[-{self.val_examples}:]" if self.val_examples else None
 
 
 RANDOM = "random"  # the value of TransferConfig.pretrained that asks for an untrained model

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from vitscale import allocator, config, metrics, study
+from vitscale import allocator, config, metrics, search, study
 
 PACKAGES = (
     "vitscale",
@@ -317,13 +317,14 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per trained model of a sweep (each finished run, and each of its cooldown branches):
     size, data, duration, compute and final metrics. Unfinished runs are left out."""
     rows = []
+    keys = search.read_keys(sweep_dir)
     for run_dir in find_runs(sweep_dir):
         if not (run_dir / "summary.json").exists():
             continue
         s = read_json(run_dir / "summary.json")
         if s.get("kind") != "pretrain":  # transfer runs and the like are not points of a scaling study
             continue
-        base = {
+        base = _searched(run_dir, keys) | {
             "run_id": run_dir.name,
             "branch": None,
             "variant": s["variant"],
@@ -352,8 +353,18 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _metric_columns(final: dict[str, Any]) -> dict[str, Any]:
-    """The analysable metrics of a run's final record, under their own names."""
-    return {k: v for k, v in final.items() if metrics.ANALYSABLE.fullmatch(k)}
+    """The analysable metrics of a run's final record, and the validation ones a search chooses by."""
+    return {
+        k: v for k, v in final.items() if metrics.ANALYSABLE.fullmatch(k) or k in (metrics.VAL_ACC, metrics.VAL_LOSS)
+    }
+
+
+def _searched(run_dir: Path, keys: list[str]) -> dict[str, Any]:
+    """A searched run's point (vitscale.search.point_id) and its searched values; {} outside a search."""
+    if not keys:
+        return {}
+    params = config.load_yaml(run_dir / "params.yaml")
+    return {"point": search.point_id(params, keys), "search": {k: params.get(k) for k in keys}}
 
 
 # ----------------------------------------------------------------------------- one writer per run folder

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, environ, metrics, notebooks, progress, report, runs, study
+from vitscale import config, environ, metrics, notebooks, progress, report, runs, search, study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +47,8 @@ class Sweep:
     runs: tuple[Run, ...]
     analysis: bool = True
     slurm: config.SlurmResources = config.SlurmResources()  # what each run asks a cluster for
+    search: dict[str, list] = dataclasses.field(default_factory=dict)  # key -> values each point is run at
+    keys: tuple[str, ...] = ()  # the swept and searched keys that label run ids
 
 
 def run_id(params: dict[str, Any], keys: list[str]) -> str:
@@ -67,9 +69,9 @@ def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
         if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
             parent["base"] = str((parent_path.parent / parent["base"]).resolve())
         spec = {**parent, **spec}
-    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis", "slurm"}
+    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "search", "runs", "analysis", "slurm"}
     if unknown:
-        accepted = "name, notebook, base, fixed, grid, runs, analysis, slurm"
+        accepted = "name, notebook, base, fixed, grid, search, runs, analysis, slurm"
         raise config.ConfigError(
             [config.Problem(k, f"unknown sweep key; accepted: {accepted}") for k in sorted(unknown)], path
         )
@@ -100,7 +102,9 @@ def load(path: str | Path) -> Sweep:
     combos += list(spec.get("runs") or [])
     if not combos:
         combos = [{}]
-    keys = list(grid) + sorted({k for c in spec.get("runs") or [] for k in c} - set(grid))
+    search = _search_of(spec, path, notebook, set(grid))
+    combos = [{**c, **dict(zip(search, values))} for c in combos for values in itertools.product(*search.values())]
+    keys = list(grid) + list(search) + sorted({k for c in spec.get("runs") or [] for k in c} - set(grid) - set(search))
     expanded, errors = [], []
     for i, overrides in enumerate(combos):
         params = {**base, **(spec.get("fixed") or {}), **overrides}
@@ -114,6 +118,8 @@ def load(path: str | Path) -> Sweep:
         # (and so its finished runs).
         rid = run_id(resolved, [k for k in keys if k in overrides])
         expanded.append(Run(rid, {**resolved, "name": rid}))
+    if search and not errors and any(not r.params.get("val_examples") for r in expanded):
+        errors.append(config.Problem("search", "chooses each point's best run on held-out images: set val_examples"))
     if errors:
         raise config.ConfigError(errors, path)
     ids = [r.run_id for r in expanded]
@@ -126,7 +132,71 @@ def load(path: str | Path) -> Sweep:
         tuple(sorted(expanded, key=lambda r: r.run_id)),
         bool(spec.get("analysis", True)),
         slurm,
+        search,
+        tuple(keys),
     )
+
+
+def _search_of(spec: dict, path: Path, notebook: str, grid_keys: set[str]) -> dict[str, list]:
+    """The `search:` block: parameter names of the notebook's schema mapped to non-empty lists of values."""
+    search = spec.get("search") or {}
+    if not isinstance(search, dict):
+        raise config.ConfigError([config.Problem("search", "must map parameter names to lists of values")], path)
+    fields = config.KINDS[notebook].model_fields
+    problems = []
+    for key, values in search.items():
+        if key not in fields or key == "name":
+            problems.append(config.Problem(f"search.{key}", f"is not a parameter of {notebook} (e.g. lr, batch_size)"))
+        elif not isinstance(values, list) or not values:
+            problems.append(config.Problem(f"search.{key}", "must list at least one value"))
+        elif len(set(map(str, values))) != len(values):
+            problems.append(config.Problem(f"search.{key}", f"repeats a value: {values}"))
+        elif key in grid_keys:
+            problems.append(
+                config.Problem(f"search.{key}", "is also a grid key: a value is searched or swept, not both")
+            )
+    if problems:
+        raise config.ConfigError(problems, path)
+    return search
+
+
+# ----------------------------------------------------------------------------- a search that widens
+def with_extras(spec: Sweep, out: Path) -> Sweep:
+    """`spec` plus the runs `--extend-search` added to its folder before (search.json's "extra")."""
+    extra = _saved_extras(out)
+    have = {r.run_id for r in spec.runs}
+    new = [Run(rid, params) for rid, params in extra.items() if rid not in have]
+    return dataclasses.replace(spec, runs=tuple(sorted((*spec.runs, *new), key=lambda r: r.run_id))) if new else spec
+
+
+def _saved_extras(out: Path) -> dict[str, dict[str, Any]]:
+    path = out / search.SEARCH_FILE
+    return runs.read_json(path).get("extra", {}) if path.is_file() else {}
+
+
+def extend_search(spec: Sweep, out: Path) -> tuple[Sweep, list[str]]:
+    """For each point whose best value sits at an edge of what it tried, one run at the next value
+    beyond that edge (search.next_value); saved in the folder so later sweeps and analyses keep them.
+    Returns the widened sweep and a line per added run."""
+    by_id = {r.run_id: r for r in spec.runs}
+    rows = [r for r in runs.collect(out) if r.get("branch") is None and r["run_id"] in by_id]
+    best, choices = search.choose(rows, list(spec.search))
+    winners = {(b["point"], b.get("branch")): b for b in best}
+    extra, lines = _saved_extras(out), []
+    for c in choices:
+        for key, edge in c.at_edge.items():
+            if edge is None or (c.point, c.branch) not in winners:
+                continue
+            value = search.next_value([v for v, _ in c.tried[key]], edge)
+            params = {**by_id[winners[(c.point, c.branch)]["run_id"]].params, key: value}
+            resolved = notebooks.check(spec.notebook, {k: v for k, v in params.items() if k != "name"})
+            resolved = resolved.model_dump(mode="json")
+            rid = run_id(resolved, [k for k in spec.keys if k in resolved])
+            if rid not in by_id and rid not in extra:
+                extra[rid] = {**resolved, "name": rid}
+                lines.append(f"{c.label['variant']} ({c.point}): {key} {edge} edge -> {value} ({rid})")
+    runs.write_json(out / search.SEARCH_FILE, {"keys": list(spec.search), "extra": extra})
+    return with_extras(spec, out), lines
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -137,6 +207,12 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
         raise config.ConfigError([config.Problem("--shard", f"{text!r} must be i/N with 0 <= i < N, e.g. 0/4")])
     return int(m.group(1)), int(m.group(2))
+
+
+def record_search(spec: Sweep, out: Path) -> None:
+    """search.json in the sweep folder: the searched keys (what the analysis groups runs by) and any extra runs."""
+    if spec.search:
+        runs.write_json(out / search.SEARCH_FILE, {"keys": list(spec.search), "extra": _saved_extras(out)})
 
 
 def shard_of(sweep: Sweep, shard: tuple[int, int]) -> list[Run]:
@@ -254,6 +330,7 @@ def execute(
 ) -> dict[str, str]:
     """Run this shard's unfinished runs, `workers` at a time (threads, each with its own kernel)."""
     out.mkdir(parents=True, exist_ok=True)
+    record_search(sweep, out)
     mine = shard_of(sweep, shard)
     skip = {"done", "running"} | (set() if retry_failed else {"failed"})  # running: by another process here
     todo = [r for r in mine if runs.status_of(out / r.run_id) not in skip]
