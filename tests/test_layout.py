@@ -30,7 +30,7 @@ LAYERS = [
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
     {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
     PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program
-    {"plots", "notebooks", "sweep", "cluster", "allocation_report"},  # presentation and orchestration
+    {"plots", "notebooks", "sweep", "cluster", "allocation_report", "search_report"},  # presentation, orchestration
     {"cli"},  # argparse only
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}

@@ -638,7 +638,7 @@ def searched_rows(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str
     keys = search.read_keys(sweep_dir)
     if not keys:
         return rows, {"keys": [], "choices": [], "all_rows": rows, "rate_law": None}
-    best, choices = search.choose(rows, keys)
+    best, choices = search.choose([*rows, *runs.diverged_rows(sweep_dir)], keys)
     law = search.rate_law(choices) if "lr" in keys else None
     return best, {"keys": keys, "choices": choices, "all_rows": rows, "rate_law": law}
 

@@ -118,7 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"submitted; `vitscale status {out}` shows the runs, `vitscale analyze {out}` the report when done")
             return 0
     failed = sorted(k for k, v in index.items() if v == "failed")
-    pending = sorted(k for k, v in index.items() if v != "done")
+    pending = sorted(k for k, v in index.items() if v not in ("done", "diverged"))  # diverged: final
     print(f"index: {out / 'index.json'}" + (f"; failed: {failed}" if failed else ""))
     if not pending and spec.analysis and not args.no_analysis:
         code = cmd_analyze(argparse.Namespace(sweep_dir=str(out)))

@@ -179,6 +179,13 @@ def preempted_step(e: BaseException) -> str | None:
     return None
 
 
+def diverged_reason(e: BaseException) -> str | None:
+    """The message naming the first non-finite step when a kernel's run diverged (loop.NonFiniteLoss), else None."""
+    if getattr(e, "ename", None) == "NonFiniteLoss" or isinstance(e, loop.NonFiniteLoss):
+        return str(getattr(e, "evalue", None) or e)
+    return None
+
+
 def write_failure(e: BaseException) -> str | None:
     """The one line of a kernel's failed write (runs.WriteError), else None."""
     if getattr(e, "ename", None) == "WriteError":

@@ -328,6 +328,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "run_id": run_dir.name,
             "branch": None,
             "variant": s["variant"],
+            "parametrization": s.get("parametrization", "standard"),
             "num_params": s["num_params"],
             "train_examples": s.get("train_examples"),
             "batch_size": s["batch_size"],
@@ -357,6 +358,19 @@ def _metric_columns(final: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v for k, v in final.items() if metrics.ANALYSABLE.fullmatch(k) or k in (metrics.VAL_ACC, metrics.VAL_LOSS)
     }
+
+
+def diverged_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """A searched sweep's diverged runs (Status "diverged") as rows with their point and searched values and
+    no metrics: what a search tried and can never choose."""
+    keys = search.read_keys(sweep_dir)
+    if not keys:
+        return []
+    return [
+        {"run_id": d.name, "branch": None, "diverged": True, **_searched(d, keys)}
+        for d in find_runs(sweep_dir)
+        if status_of(d) == "diverged"
+    ]
 
 
 def _searched(run_dir: Path, keys: list[str]) -> dict[str, Any]:
@@ -574,7 +588,7 @@ STATUS = "status.json"
 class Status:
     """A run folder's status.json, as the local runner (sweep) and the cluster launcher (cluster) write it."""
 
-    status: Literal["running", "done", "failed", "submitted", "interrupted"]
+    status: Literal["running", "done", "failed", "submitted", "interrupted", "diverged"]
     started: float | None = None
     ended: float | None = None
     submitted: float | None = None
@@ -599,6 +613,12 @@ class Status:
         """From inside the `except` block that caught `e` (keeps the end of its traceback)."""
         tb = traceback.format_exc()[-4000:]
         return cls("failed", ended=time.time(), job=job, error=f"{type(e).__name__}: {e}", traceback=tb)
+
+    @classmethod
+    def diverged(cls, reason: str, job: str | None = None) -> Status:
+        """Stopped on a non-finite loss (loop.NonFiniteLoss): final, since batches and init are a pure
+        function of the seed, a rerun would diverge again (a search records it and never chooses it)."""
+        return cls("diverged", ended=time.time(), job=job, reason=reason)
 
     @classmethod
     def interrupted(cls, reason: str, job: str | None = None) -> Status:
@@ -639,8 +659,9 @@ class Status:
 
 
 def status_of(folder: Path) -> str:
-    """done | failed | submitted (to a scheduler, not started) | running (its process lives on this
-    host) | interrupted (started, not finished, no live process here: resumes) | pending."""
+    """done | failed | diverged (a non-finite loss: not retried) | submitted (to a scheduler, not started) |
+    running (its process lives on this host) | interrupted (started, not finished, no live process here:
+    resumes) | pending."""
     record = Status.read(folder)
     if record is None:
         return "pending"
@@ -648,4 +669,4 @@ def status_of(folder: Path) -> str:
         return "done"
     if record.status == "running" and record.live_here():
         return "running"
-    return record.status if record.status in ("failed", "submitted") else "interrupted"
+    return record.status if record.status in ("failed", "submitted", "diverged") else "interrupted"

@@ -86,7 +86,7 @@ def choose(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[list
 
 
 def _choice(point, branch, group, winner, keys) -> Choice:
-    first = group[0]
+    first = next((r for r in group if not r.get("diverged")), group[0])  # a diverged run's row has no size
     label = {k: first.get(k) for k in ("variant", "num_params", "train_examples", "total_steps", "images_seen")}
     tried, best, edge = {}, {}, {}
     for k in keys:

@@ -179,7 +179,9 @@ def extend_search(spec: Sweep, out: Path) -> tuple[Sweep, list[str]]:
     beyond that edge (search.next_value); saved in the folder so later sweeps and analyses keep them.
     Returns the widened sweep and a line per added run."""
     by_id = {r.run_id: r for r in spec.runs}
-    rows = [r for r in runs.collect(out) if r.get("branch") is None and r["run_id"] in by_id]
+    rows = [
+        r for r in [*runs.collect(out), *runs.diverged_rows(out)] if r.get("branch") is None and r["run_id"] in by_id
+    ]
     best, choices = search.choose(rows, list(spec.search))
     winners = {(b["point"], b.get("branch")): b for b in best}
     extra, lines = _saved_extras(out), []
@@ -226,7 +228,7 @@ def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     for folder in sorted(p.parent for p in sweep_dir.glob("*/params.yaml")):
         record = runs.Status.read(folder)
         state = runs.status_of(folder)
-        reason = record.reason if record and state == "interrupted" else None  # "preempted at step N ..."
+        reason = record.reason if record and state in ("interrupted", "diverged") else None  # "preempted at step N"
         out.append({"run": folder.name, "status": state, "job": record and record.job, "reason": reason})
     return out
 
@@ -317,6 +319,10 @@ def _execute_locked(sweep: Sweep, run: Run, folder: Path) -> str:
         if reason := notebooks.preempted_step(e):
             runs.Status.interrupted(reason).write(folder)
             return "interrupted"
+        if reason := notebooks.diverged_reason(e):
+            print(f"diverged: {run.run_id}: {reason}")
+            runs.Status.diverged(reason).write(folder)
+            return "diverged"
         if line := notebooks.write_failure(e):
             print(f"error: {line}")
         runs.Status.failed(e).write(folder)
@@ -332,7 +338,7 @@ def execute(
     out.mkdir(parents=True, exist_ok=True)
     record_search(sweep, out)
     mine = shard_of(sweep, shard)
-    skip = {"done", "running"} | (set() if retry_failed else {"failed"})  # running: by another process here
+    skip = {"done", "running", "diverged"} | (set() if retry_failed else {"failed"})  # running: another process
     todo = [r for r in mine if runs.status_of(out / r.run_id) not in skip]
     print(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "

@@ -108,6 +108,7 @@ def make_summary(
         "kind": "pretrain",
         "name": cfg.name,
         "variant": cfg.variant,
+        "parametrization": cfg.parametrization,
         "dataset": cfg.dataset,
         "train_examples": cfg.train_examples,
         "total_steps": cfg.total_steps,
