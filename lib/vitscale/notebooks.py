@@ -229,6 +229,7 @@ def prepare_run(
     params_file: Path, out: Path | None = None, kind: str | None = None, replace: bool = False
 ) -> tuple[str, Any, Path]:
     """Every check before any compute, then claim (or check) the run folder: (kind, cfg, folder)."""
+    params = config.load_yaml(params_file, "a parameter file (parameters/<kind>/<name>.yaml)")
     kind = kind or params_file.parent.name
     if kind not in config.RUN_KINDS:
         raise config.ConfigError(
@@ -241,7 +242,7 @@ def prepare_run(
             ],
             params_file,
         )
-    cfg = check(kind, config.load_yaml(params_file), params_file)
+    cfg = check(kind, params, params_file)
     out = (out or runs.default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
     runs.lock(out)  # held until this process ends; its kernel writes under it
     try:

@@ -59,10 +59,10 @@ def run_id(params: dict[str, Any], keys: list[str]) -> str:
 def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
     """A sweep file with the one it `extends` merged in, its keys and SLURM resources checked:
     (spec, slurm, notebook kind)."""
-    spec = config.load_yaml(path)
+    spec = config.load_yaml(path, "a sweep file (parameters/sweeps/<name>.yaml)")
     if "extends" in spec:  # another sweep file whose keys this one overrides (e.g. a smaller grid)
         parent_path = path.parent / spec.pop("extends")
-        parent = config.load_yaml(parent_path)
+        parent = config.load_yaml(parent_path, f"the sweep file {path.name} extends")
         if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
             parent["base"] = str((parent_path.parent / parent["base"]).resolve())
         spec = {**parent, **spec}
@@ -91,7 +91,7 @@ def load(path: str | Path) -> Sweep:
     spec, slurm, notebook = _read_spec(path)
     base = spec.get("base") or {}
     if isinstance(base, str):
-        base = config.load_yaml(path.parent / base)
+        base = config.load_yaml(path.parent / base, f"the parameter file {path.name} names as its base")
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise config.ConfigError([config.Problem("grid", "must map parameter names to non-empty lists")], path)
@@ -106,7 +106,7 @@ def load(path: str | Path) -> Sweep:
         try:
             cfg = notebooks.check(notebook, params)
         except config.ConfigError as e:
-            errors += [config.Problem(f"run {i} {overrides}: {p.field}", p.message) for p in e.problems]
+            errors += [config.Problem(f"run {i} {config.excerpt(overrides)}: {p.field}", p.message) for p in e.problems]
             continue
         resolved = cfg.model_dump(mode="json")
         # Labelled by the run's own swept keys: adding explicit runs to a grid keeps the grid's ids
