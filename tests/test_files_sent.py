@@ -2,6 +2,7 @@
 missing path is named as missing, an error never quotes a whole input (issue 39)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -227,3 +228,22 @@ def test_a_schema_error_quotes_a_bounded_excerpt(tmp_path, capsys, bad):
     with pytest.raises(config.ConfigError) as e:
         config.validate(config.PretrainConfig, {**GOOD, **bad})
     assert all(len(line) < 1200 for line in e.value.lines()), [len(line) for line in e.value.lines()]
+
+
+# ----------------------------------------------------------------------------- a finished run
+def test_rerunning_a_finished_run_says_since_when_and_trains_nothing(tmp_path, capsys):
+    params = tmp_path / "pretrain" / "t.yaml"
+    params.parent.mkdir()
+    params.write_text(yaml.safe_dump(GOOD))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "params.yaml").write_text(yaml.safe_dump(GOOD))  # the same parameters, as a user wrote them
+    (out / "summary.json").write_text('{"total_steps": 4}')
+    (out / "run.html").write_text("<html></html>")
+    finished = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
+    os.utime(out / "summary.json", (finished, finished))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert cli.main(["run", str(params), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "finished at 2026-01-02 03:04:05" in text and "nothing to run" in text, text
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".writer.lock"} == before
