@@ -84,11 +84,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    try:
-        spec = sweep.load(args.sweep)
+    try:  # the arguments first, then the file: no dataset is prepared for a command that cannot run
         shard = sweep.parse_shard(args.shard)
         if args.workers < 1:
             raise config.ConfigError([config.Problem("--workers", f"must be at least 1 (got {args.workers})")])
+        spec = sweep.load(args.sweep)
     except config.ConfigError as e:
         return _bad_input(e)
     out = (Path(args.out) if args.out else runs.OUTPUTS / spec.name).resolve()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
+import fcntl
 import hashlib
 import html
 import itertools
@@ -154,13 +155,21 @@ def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+INDEX_LOCK = ".index.lock"
+
+
 def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
-    """outputs/<sweep>/index.json: every run's status, recomputed from the run folders."""
-    index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
-    runs.write_json(
-        out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
-    )
-    runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
+    """outputs/<sweep>/index.json: every run's status, recomputed from the run folders. Shards of one
+    sweep (processes, hosts sharing the folder) write it in turn, under a lock held only while one
+    reads the folders and replaces the file: the last write reflects every shard's runs, never a
+    status read before another shard's newer one was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / INDEX_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or when this process dies
+        index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
+        record = {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
+        runs.write_json(out / "index.json", record)
+        runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
     return index
 
 
