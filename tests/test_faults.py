@@ -20,7 +20,7 @@ import yaml
 
 from natural_images import write_folder
 from vitscale import cli as vitscale_cli
-from vitscale import config, metrics, runs, train
+from vitscale import config, metrics, pretrained, runs, sharding, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(
@@ -289,6 +289,9 @@ def test_export_of_a_finished_run_whose_newest_checkpoint_is_truncated_uses_the_
         total = sum(float(np.abs(f[k].astype(np.float64)).sum()) for k in f.files)
     at = {s: sum(float(np.abs(x.astype(np.float64)).sum()) for x in params_at(reference, s)) for s in (30, 60)}
     assert total == pytest.approx(at[30], rel=1e-6) and total != pytest.approx(at[60], rel=1e-6), (total, at)
+    # Transfer reads it through the same fallback (a full restore, as fine-tuning starts from it).
+    loaded = pretrained.load_run(run, sharding.make_mesh([-1, 1]))
+    assert loaded.step == 30 and "using step 30" in capsys.readouterr().err
     truncate(run / "ckpt" / "30")  # none readable: one line naming the damaged steps
     assert vitscale_cli.main(["export", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
