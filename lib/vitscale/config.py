@@ -148,6 +148,12 @@ class ModelSpec(_Schema):
     scan: bool = False  # one compiled block scanned over depth
     representation_size: int | None = Field(default=None, gt=0)  # tanh layer `pre_logits` (original ViT)
     gelu: Literal["tanh", "erf"] = "tanh"  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
+    # How init, forward multipliers and per-layer rates scale with width (vitscale.mup): "standard", or "mup"
+    # (Tensor Programs V) relative to a model of width `base_width`, where muP equals the standard model.
+    parametrization: Literal["standard", "mup"] = "standard"
+    base_width: int | None = Field(default=None, gt=0)  # mup: the width muP equals the standard model at
+    base_head_dim: int | None = Field(default=None, gt=0)  # mup: None = head_dim * base_width / width
+    base_depth: int | None = Field(default=None, gt=0)  # mup: CompleteP residual scaling base_depth/depth; None: off
 
     @field_validator("variant")
     @classmethod
@@ -176,6 +182,18 @@ class ModelSpec(_Schema):
             problems.append(Problem("num_heads", f"width {v.width} is not divisible by num_heads {v.num_heads}"))
         if self.posemb == "sincos2d" and v.width % 4:
             problems.append(Problem("posemb", f"'sincos2d' needs a width divisible by 4, got width {v.width}"))
+        return problems + self._parametrization_problems()
+
+    def _parametrization_problems(self) -> list[Problem]:
+        """muP needs its base width, and applies to the encoder's own attention (not a MAP head's)."""
+        mup_fields = [k for k in ("base_width", "base_head_dim", "base_depth") if getattr(self, k) is not None]
+        if self.parametrization == "standard":
+            return [Problem(k, "is only used with parametrization 'mup'") for k in mup_fields]
+        problems = []
+        if self.base_width is None:
+            problems.append(Problem("base_width", "parametrization 'mup' needs a base width (a positive integer)"))
+        if self.pool_type == "map":
+            problems.append(Problem("pool_type", "'map' has no muP rule here; use gap, tok or none with 'mup'"))
         return problems
 
     @property
@@ -240,6 +258,9 @@ class PretrainConfig(ModelSpec):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1.0, ge=0)  # times the per-path multipliers in wd_rules
     wd_rules: list[tuple[str, float]] | None = None  # (regex over param path, multiplier); None: paper's
+    # (regex over param path, learning-rate multiplier), first match wins; None: the parametrization's
+    # (standard: 1 everywhere; mup: vitscale.mup.MUP_LR_RULES at this width). Weight decay keeps lr x wd.
+    lr_rules: list[tuple[str, float]] | None = None
     grad_clip_norm: float | None = Field(default=1.0, gt=0)
     b2: float = Field(default=0.999, gt=0, lt=1)  # Adam's second-moment decay
     schedule: Schedule = "cosine"
@@ -285,14 +306,16 @@ class PretrainConfig(ModelSpec):
     def _pp_ops(cls, v: list[str] | None) -> list[str] | None:
         return _pp(v)
 
-    @field_validator("wd_rules")
+    @field_validator("wd_rules", "lr_rules")
     @classmethod
     def _wd_rules(cls, v: list[tuple[str, float]] | None) -> list[tuple[str, float]] | None:
-        for pattern, _ in v or []:
+        for pattern, mult in v or []:
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"regular expression {pattern!r} does not compile: {e}") from None
+            if mult < 0:
+                raise ValueError(f"multiplier of {pattern!r} must be >= 0, got {mult}")
         return v
 
     @field_validator("mesh")
@@ -346,7 +369,7 @@ class TransferConfig(_Schema):
 
     name: str = "transfer"  # run name, shown in reports
     # --- the model
-    pretrained: str  # a pretraining run folder (absolute, or relative to the repository root, e.g.
+    pretrained: str  # a pretraining run folder (absolute, or relative to the study folder, e.g.
     #                  outputs/demo), or "random": an untrained model as `random_model` describes
     random_model: ModelSpec | None = None  # with pretrained "random": its model (None: ModelSpec's defaults)
     pretrained_model: ModelSpec | None = None  # with pretrained a .npz file: its model, the variant at least

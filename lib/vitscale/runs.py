@@ -41,11 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from vitscale import allocator, config, metrics
-
-ROOT = Path(__file__).resolve().parents[2]  # the repository (src layout: lib/vitscale)
-NOTEBOOKS = ROOT / "notebooks"
-OUTPUTS = ROOT / "outputs"
+from vitscale import allocator, config, metrics, study
 
 PACKAGES = (
     "vitscale",
@@ -62,11 +58,11 @@ PACKAGES = (
 
 
 def locate(path: str | Path, exists=Path.exists) -> tuple[Path | None, list[Path]]:
-    """(the path `path` names: absolute, or relative to the working directory or to the repository
-    root, so `outputs/demo` works from the repository and from notebooks/ alike; the places tried).
+    """(the path `path` names: absolute, or relative to the working directory or to the study folder
+    (`study.root`), so `outputs/demo` works from the study and from its notebooks/ alike; the places tried).
     The found path is None when none of them passes `exists`."""
     given = Path(path).expanduser()
-    tried = list(dict.fromkeys([given] if given.is_absolute() else [Path.cwd() / given, ROOT / given]))
+    tried = list(dict.fromkeys([given] if given.is_absolute() else [Path.cwd() / given, study.root() / given]))
     found = next((p for p in tried if exists(p)), None)
     return (found.resolve() if found else None), tried
 
@@ -92,8 +88,9 @@ def find_run(path: str | Path, field: str = "pretrained") -> Path:
 
 
 def default_out(kind: str, params_file: Path) -> Path:
-    """outputs/<name> for pretraining, outputs/<kind>/<name> otherwise."""
-    return OUTPUTS / params_file.stem if kind == "pretrain" else OUTPUTS / kind / params_file.stem
+    """outputs/<name> for pretraining, outputs/<kind>/<name> otherwise, in the study folder."""
+    outputs = study.outputs()
+    return outputs / params_file.stem if kind == "pretrain" else outputs / kind / params_file.stem
 
 
 def claim(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
@@ -113,13 +110,13 @@ def claim(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
                     config.Problem(
                         "out",
                         f"{out} holds a run with other parameters (differing: {', '.join(diff)}); nothing was "
-                        f"changed. Pass --replace to move it to {OUTPUTS / '.replaced'}, or choose another "
+                        f"changed. Pass --replace to move it to {study.outputs() / '.replaced'}, or choose another "
                         "output folder",
                     )
                 ]
             )
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        dest = OUTPUTS / ".replaced" / f"{out.name}-{stamp}"
+        dest = study.outputs() / ".replaced" / f"{out.name}-{stamp}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(out), dest)
         print(f"moved the previous run to {dest}")

@@ -2,6 +2,7 @@
 
 A sweep file (parameters/sweeps/<name>.yaml):
 
+    kind: sweep                        # optional: what the file is (study.file_kind)
     notebook: pretrain                 # which notebook each run executes
     extends: other_sweep.yaml          # optional: start from another sweep file's keys
     base: ../pretrain/demo.yaml        # a parameter file (relative to this one) or a mapping
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, environ, metrics, notebooks, progress, report, runs
+from vitscale import config, environ, metrics, notebooks, progress, report, runs, study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +61,11 @@ def run_id(params: dict[str, Any], keys: list[str]) -> str:
 def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
     """A sweep file with the one it `extends` merged in, its keys and SLURM resources checked:
     (spec, slurm, notebook kind)."""
-    spec = config.load_yaml(path, "a sweep file (parameters/sweeps/<name>.yaml)")
+    _, spec = study.file_kind(path, config.load_yaml(path, "a sweep file (parameters/sweeps/<name>.yaml)"), "sweep")
     if "extends" in spec:  # another sweep file whose keys this one overrides (e.g. a smaller grid)
         parent_path = path.parent / spec.pop("extends")
         parent = config.load_yaml(parent_path, f"the sweep file {path.name} extends")
+        _, parent = study.file_kind(parent_path, parent, "sweep")
         if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
             parent["base"] = str((parent_path.parent / parent["base"]).resolve())
         spec = {**parent, **spec}
@@ -92,7 +94,9 @@ def load(path: str | Path) -> Sweep:
     spec, slurm, notebook = _read_spec(path)
     base = spec.get("base") or {}
     if isinstance(base, str):
-        base = config.load_yaml(path.parent / base, f"the parameter file {path.name} names as its base")
+        base_path = path.parent / base
+        base = config.load_yaml(base_path, f"the parameter file {path.name} names as its base")
+        _, base = study.file_kind(base_path, base, notebook)
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise config.ConfigError([config.Problem("grid", "must map parameter names to non-empty lists")], path)
