@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
@@ -66,6 +67,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except runs.RunBusy as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if (since := runs.finished_at(out)) is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        print(f"{out}: finished at {when} (its summary.json); nothing to run. report: {out / 'run.html'}")
+        return 0
     logs.keep(out / logs.LOG_NAME)
     try:
         notebooks.execute(kind, cfg.model_dump(mode="json"), out, checked=True)  # prepare_run checked
@@ -85,11 +90,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    try:
-        spec = sweep.load(args.sweep)
+    try:  # the arguments first, then the file: no dataset is prepared for a command that cannot run
         shard = sweep.parse_shard(args.shard)
         if args.workers < 1:
             raise config.ConfigError([config.Problem("--workers", f"must be at least 1 (got {args.workers})")])
+        spec = sweep.load(args.sweep)
     except config.ConfigError as e:
         return _bad_input(e)
     out = (Path(args.out) if args.out else study.outputs() / spec.name).resolve()
@@ -130,9 +135,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    sweep_dir = Path(args.sweep_dir).resolve()
-    if not sweep_dir.is_dir():
-        return _bad_input(config.ConfigError([config.Problem("sweep_dir", f"{sweep_dir} is not a folder")]))
+    try:
+        sweep_dir = config.expect_path(args.sweep_dir, "a sweep folder (outputs/<sweep>)", folder=True).resolve()
+    except config.ConfigError as e:
+        return _bad_input(e)
     rows = cluster.statuses(sweep_dir)
     width = max((len(r["run"]) for r in rows), default=3)
     for r in rows:
@@ -145,6 +151,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    try:
+        config.expect_path(args.sweep_dir, "a sweep folder, or a CSV of runs")
+    except config.ConfigError as e:
+        return _bad_input(e)
     if Path(args.sweep_dir).is_file():
         try:
             out = Path(args.out or Path(args.sweep_dir).with_suffix(""))
@@ -214,6 +224,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.target.endswith(".ipynb"):
+        try:
+            config.expect_path(args.target, "an executed notebook (run.ipynb)", folder=False)
+        except config.ConfigError as e:
+            return _bad_input(e)
         print(notebooks.export_html(Path(args.target)))
         return 0
     try:

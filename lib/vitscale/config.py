@@ -583,6 +583,25 @@ def _args(annotation: Any) -> tuple:
     return tuple(a for arg in get_args(annotation) for a in (arg, *_args(arg)))
 
 
+EXCERPT_CHARS = 80  # the most of an offending value an error message quotes
+MESSAGE_CHARS = 1000  # the most of one problem's message (a validator's text may quote its value)
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """repr(value) as an error message quotes it: at most `limit` characters, a longer one cut with
+    "…", never building the whole text of a huge value (a string or list of a million items)."""
+    if isinstance(value, str | bytes | list | tuple) and len(value) > limit:
+        value = value[:limit]
+    elif isinstance(value, dict) and len(value) > limit:
+        value = dict(list(value.items())[:limit])
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """`text` (a message) at most `limit` characters, a longer one cut with "…"."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _problems(e: ValidationError, schema: type[BaseModel]) -> list[Problem]:
     out = []
     for err in e.errors():
@@ -591,22 +610,23 @@ def _problems(e: ValidationError, schema: type[BaseModel]) -> list[Problem]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             accepted = ", ".join(sorted((_schema_at(schema, loc[:-1]) or schema).model_fields))
-            out.append(Problem(field, f"unknown parameter (got {err.get('input')!r}; accepted: {accepted})"))
+            out.append(Problem(field, f"unknown parameter (got {excerpt(err.get('input'))}; accepted: {accepted})"))
         elif err["type"] == "value_error" and _schema_at(schema, loc) is not None:  # a model validator's lines
             for line in msg.splitlines():
                 name, _, text = line.partition(": ")
-                out.append(Problem(f"{field}.{name}" if field else name, text))
+                out.append(Problem(f"{field}.{name}" if field else name, cut(text)))
         else:
             if "input" in err and err["type"] != "value_error":
-                msg += f" (got {err['input']!r})"
-            out.append(Problem(field or "parameters", msg))
+                msg += f" (got {excerpt(err['input'])})"
+            out.append(Problem(field or "parameters", cut(msg)))
     return out
 
 
 def validate(schema: type[BaseModel], params: dict[str, Any], source: str | Path | None = None) -> Any:
     """Build `schema` from a dict; a ConfigError naming each bad field otherwise."""
     if not isinstance(params, dict):
-        raise ConfigError([Problem("parameters", f"must be a mapping of names to values (got {params!r})")], source)
+        problem = Problem("parameters", f"must be a mapping of names to values (got {excerpt(params)})")
+        raise ConfigError([problem], source)
     try:
         return schema(**params)
     except ValidationError as e:
@@ -622,20 +642,139 @@ def resolved(schema: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
         return params
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a parameter file (a YAML mapping); errors name the file, and the line and column."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([Problem("file", "does not exist")], path)
+# ----------------------------------------------------------------------------- reading YAML files
+# Every YAML file vitscale reads (parameter and sweep files, a run's params.yaml) goes through
+# `load_yaml`, whose limits hold before any value is built or validated: a file a collaborator sends
+# cannot exhaust memory, and a key written twice cannot silently win.
+MAX_YAML_BYTES = 1_000_000  # a parameter or sweep file is a few kB; cpu_scaling.yaml, the largest, 3 kB
+MAX_YAML_NODES = 100_000  # values once anchors' aliases are expanded (billion laughs: 9**9 and more)
+
+
+class _YamlRefused(yaml.YAMLError):
+    """A YAML file within YAML's grammar that vitscale does not read: (field, message)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def _key(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """A mapping key as the loader builds it (so `1` and `0x1` are one key), or None if not a scalar."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:merge":
+        return None
     try:
-        params = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        key = loader.construct_object(node, deep=True)
+        hash(key)
+    except (yaml.YAMLError, TypeError, ValueError):
+        return None
+    return key
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a mapping naming one key twice (the key, and both lines)."""
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = _key(self, key_node)
+            if key is None:
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _YamlRefused(
+                    str(key), f"given twice, at lines {seen[key]} and {line}; keep one (YAML keeps the last silently)"
+                )
+            seen[key] = line
+        return node
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """How many values `node` holds once every alias is expanded, counted without expanding (each
+    shared node once); stops past `limit`. A node that contains itself is refused."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in open_:
+            raise _YamlRefused(f"line {n.start_mark.line + 1}", "an anchor that contains its own alias")
+        open_.add(id(n))
+        children = [] if isinstance(n, yaml.ScalarNode) else n.value
+        total = 1
+        for child in children:
+            for c in child if isinstance(child, tuple) else (child,):
+                total = min(total + size(c), limit + 1)
+        open_.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
+
+def expect_path(path: str | Path, expected: str, folder: bool | None = None, field: str = "path") -> Path:
+    """`path`, or a ConfigError naming it and what was `expected` there: it does not exist, or it is a
+    file where a folder is expected (`folder`) or a folder where a file is (`folder=False`)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([Problem(field, f"does not exist (expected {expected})")], path)
+    if folder is True and not path.is_dir():
+        raise ConfigError([Problem(field, f"is not a folder, expected {expected}")], path)
+    if folder is False and path.is_dir():
+        raise ConfigError([Problem(field, f"is a directory, expected {expected}")], path)
+    return path
+
+
+def _read_yaml_text(path: Path, what: str) -> str:
+    """The text of a YAML file that exists, is a file, is at most MAX_YAML_BYTES and is UTF-8."""
+    expect_path(path, what, folder=False, field="file")
+    with path.open("rb") as f:
+        data = f.read(MAX_YAML_BYTES + 1)
+    if len(data) > MAX_YAML_BYTES:
+        size = path.stat().st_size
+        raise ConfigError(
+            [Problem("file", f"is {size:,} bytes; a YAML file vitscale reads may hold at most {MAX_YAML_BYTES:,}")],
+            path,
+        )
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([Problem("file", f"is not UTF-8 text (byte {e.start}: {e.reason})")], path) from None
+
+
+def _parse_yaml(text: str) -> Any:
+    """One YAML document, its size checked with aliases expanded before any value is built."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise _YamlRefused(
+                "file", f"holds more than {MAX_YAML_NODES:,} values once its aliases (*name) are expanded"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: str | Path, what: str = "a YAML parameter file") -> dict[str, Any]:
+    """Read a parameter file (a YAML mapping) within the limits above; errors name the file, and the
+    line and column, or the key written twice and its two lines."""
+    path = Path(path)
+    text = _read_yaml_text(path, what)
+    try:
+        params = _parse_yaml(text) or {}  # an empty file (or a bare `0`, `[]`): no parameters, as before
+    except _YamlRefused as e:
+        raise ConfigError([Problem(e.field, e.message)], path) from None
+    except RecursionError:
+        raise ConfigError([Problem("file", "is nested too deeply to read")], path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "file"
-        what = " ".join(str(x) for x in (getattr(e, "problem", None) or e, getattr(e, "context", None) or "") if x)
-        raise ConfigError([Problem(where, f"not valid YAML: {what.strip()}")], path) from None
+        why = " ".join(str(x) for x in (getattr(e, "problem", None) or e, getattr(e, "context", None) or "") if x)
+        raise ConfigError([Problem(where, f"not valid YAML: {cut(why.strip())}")], path) from None
     if not isinstance(params, dict):
         raise ConfigError(
             [Problem("file", f"must be a mapping of names to values (got {type(params).__name__})")], path

@@ -31,7 +31,7 @@ def check(cfg: config.PretrainConfig, layout: str) -> None:
 
 def run(run_dir: str | Path, out: str | Path | None = None, layout: str = "big_vision") -> Path:
     """Write the newest readable checkpoint of `run_dir` as a `layout` .npz; returns its path."""
-    run = runs.find_run(run_dir)
+    run = runs.find_run(run_dir, "target")
     check(pretrained.read_pretrain_config(run), layout)
     run, cfg, params, step = pretrained.read_run(run)  # no optimizer, no dataset: the checkpoint's params
     spec = cfg.model_spec()

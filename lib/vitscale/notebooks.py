@@ -241,7 +241,8 @@ def prepare_run(
 ) -> tuple[str, Any, Path]:
     """Every check before any compute, then claim (or check) the run folder: (kind, cfg, folder). The
     notebook is `kind` (--notebook), else the file's `kind:`, else its folder (`study.file_kind`)."""
-    kind, params = study.file_kind(params_file, config.load_yaml(params_file), kind)
+    params = config.load_yaml(params_file, "a parameter file (parameters/<kind>/<name>.yaml)")
+    kind, params = study.file_kind(params_file, params, kind)
     if kind not in config.RUN_KINDS:
         how = f"{kind!r} files run with `vitscale sweep {params_file}` (`vitscale run` runs kinds pretrain, transfer)"
         problem = config.Problem("kind", how)

@@ -41,6 +41,7 @@ def load_points(source: str | Path, *, metric: str = metrics.TEST_ACC, k: float 
                 source,
             )
         return pts
+    config.expect_path(source, "a sweep folder or a CSV of runs", field="source")
     if not source.is_file():
         raise config.ConfigError([config.Problem("source", "is neither a sweep folder nor a CSV file")], source)
     try:
@@ -207,6 +208,7 @@ def run(
     source = Path(source)
     if not (budget > 0 and math.isfinite(budget)):
         raise config.ConfigError([config.Problem("--budget", f"must be a positive number of FLOPs (got {budget})")])
+    config.expect_path(source, "a sweep folder or a CSV of runs", field="source")
     if out is not None and not source.is_dir():
         raise config.ConfigError([config.Problem("--out", "a sweep file needs a sweep folder (a CSV has no recipe)")])
     points = load_points(source, metric=metric, k=k)

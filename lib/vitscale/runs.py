@@ -74,8 +74,9 @@ def find_run(path: str | Path, field: str = "pretrained") -> Path:
     problem = lambda msg: config.ConfigError([config.Problem(field, msg)])
     if run is None:
         looked = ", ".join(str(p) for p in tried)
+        what = "is not a folder" if any(p.exists() for p in tried) else "does not exist"
         raise problem(
-            f"run folder {str(path)!r} does not exist (looked at {looked}); accepted: a pretraining run folder "
+            f"run folder {str(path)!r} {what} (looked at {looked}); accepted: a pretraining run folder "
             "holding params.yaml and ckpt/, or 'random'"
         )
     if not (run / "params.yaml").is_file():
@@ -656,6 +657,15 @@ class Status:
             return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
         except (OSError, IndexError):
             return True
+
+
+def finished_at(folder: Path) -> float | None:
+    """When the run in `folder` finished (its summary.json's time), if it wrote its summary and its
+    report (run.html); else None: it has something left to do."""
+    summary = folder / "summary.json"
+    if summary.is_file() and (folder / "run.html").is_file():
+        return summary.stat().st_mtime
+    return None
 
 
 def status_of(folder: Path) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
+import fcntl
 import hashlib
 import html
 import itertools
@@ -62,10 +63,11 @@ def run_id(params: dict[str, Any], keys: list[str]) -> str:
 def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
     """A sweep file with the one it `extends` merged in, its keys and SLURM resources checked:
     (spec, slurm, notebook kind)."""
-    _, spec = study.file_kind(path, config.load_yaml(path), "sweep")
+    _, spec = study.file_kind(path, config.load_yaml(path, "a sweep file (parameters/sweeps/<name>.yaml)"), "sweep")
     if "extends" in spec:  # another sweep file whose keys this one overrides (e.g. a smaller grid)
         parent_path = path.parent / spec.pop("extends")
-        _, parent = study.file_kind(parent_path, config.load_yaml(parent_path), "sweep")
+        parent = config.load_yaml(parent_path, f"the sweep file {path.name} extends")
+        _, parent = study.file_kind(parent_path, parent, "sweep")
         if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
             parent["base"] = str((parent_path.parent / parent["base"]).resolve())
         spec = {**parent, **spec}
@@ -94,7 +96,9 @@ def load(path: str | Path) -> Sweep:
     spec, slurm, notebook = _read_spec(path)
     base = spec.get("base") or {}
     if isinstance(base, str):
-        _, base = study.file_kind(path.parent / base, config.load_yaml(path.parent / base), notebook)
+        base_path = path.parent / base
+        base = config.load_yaml(base_path, f"the parameter file {path.name} names as its base")
+        _, base = study.file_kind(base_path, base, notebook)
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise config.ConfigError([config.Problem("grid", "must map parameter names to non-empty lists")], path)
@@ -111,7 +115,7 @@ def load(path: str | Path) -> Sweep:
         try:
             cfg = notebooks.check(notebook, params)
         except config.ConfigError as e:
-            errors += [config.Problem(f"run {i} {overrides}: {p.field}", p.message) for p in e.problems]
+            errors += [config.Problem(f"run {i} {config.excerpt(overrides)}: {p.field}", p.message) for p in e.problems]
             continue
         resolved = cfg.model_dump(mode="json")
         # Labelled by the run's own swept keys: adding explicit runs to a grid keeps the grid's ids
@@ -233,13 +237,21 @@ def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+INDEX_LOCK = ".index.lock"
+
+
 def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
-    """outputs/<sweep>/index.json: every run's status, recomputed from the run folders."""
-    index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
-    runs.write_json(
-        out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
-    )
-    runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
+    """outputs/<sweep>/index.json: every run's status, recomputed from the run folders. Shards of one
+    sweep (processes, hosts sharing the folder) write it in turn, under a lock held only while one
+    reads the folders and replaces the file: the last write reflects every shard's runs, never a
+    status read before another shard's newer one was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / INDEX_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or when this process dies
+        index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
+        record = {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
+        runs.write_json(out / "index.json", record)
+        runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
     return index
 
 
