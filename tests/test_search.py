@@ -164,3 +164,31 @@ def test_collect_groups_a_searched_sweep_folder(tmp_path):
     sweep.record_search(s, out)
     rows = runs.collect(out)
     assert {r["search"]["lr"] for r in rows} == {0.001, 0.002, 0.004} and len({r["point"] for r in rows}) == 2
+
+
+def test_the_planner_writes_the_rate_the_law_predicts(tmp_path):
+    """A searched study whose validation error is a parabola in log lr around 0.01 x (N/1e4)^-0.5 (closed form):
+    plan.rate_of gives each planned run that law's rate, within the grid's resolution."""
+    from vitscale import plan
+
+    s = sweep.load(
+        write_sweep(
+            tmp_path, grid={"variant": ["Atto/7", "Femto/7", "Pico/7"]}, search={"lr": [0.001 * 2**k for k in range(8)]}
+        )
+    )
+    out = tmp_path / "out"
+    sizes = {"Atto/7": 1e4, "Femto/7": 4e4, "Pico/7": 1.6e5}
+    for r in s.runs:
+        n, lr = sizes[r.params["variant"]], r.params["lr"]
+        err = 0.1 + 0.02 * np.log(lr / (0.01 * (n / 1e4) ** -0.5)) ** 2
+        (out / r.run_id).mkdir(parents=True)
+        (out / r.run_id / "params.yaml").write_text(yaml.safe_dump(r.params))
+        summary = {"kind": "pretrain", "variant": r.params["variant"], "num_params": n, "batch_size": 1}
+        summary |= {"total_steps": 8, "images_seen": 8, "train_flops": 1.0}
+        summary["final"] = {metrics.VAL_ACC: 1 - err, metrics.VAL_LOSS: err}
+        runs.write_json(out / r.run_id / "summary.json", summary)
+    sweep.record_search(s, out)
+    planned = [{"_params": 1e4}, {"_params": 1e6}]
+    line = plan.rate_of(out, {"params": s.runs[0].params}, planned)
+    assert "rate law" in line and "standard parametrization" in line, line
+    assert planned[0]["lr"] == pytest.approx(0.01, rel=0.1) and planned[1]["lr"] == pytest.approx(0.001, rel=0.15)

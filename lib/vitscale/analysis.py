@@ -620,7 +620,7 @@ def _run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir/summary.json and returns {"rows", "results", "findings"} (findings per metric, like results)."""
     if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
         check(cfg)
-    rows, searched = searched_rows(cfg.sweep_dir)
+    rows, searched = runs.collect_searched(cfg.sweep_dir)
     results = analyze_all(rows, cfg.metrics, x=cfg.x, n_bootstrap=cfg.n_bootstrap)
     found = {m: findings(rows, m, result=r) for m, r in results.items()}
     alloc = allocation_of(rows, budgets=cfg.budgets, n_bootstrap=min(cfg.n_bootstrap, 100))
@@ -629,18 +629,6 @@ def _run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
         doc = runs.read_json(path) | {"search": runs.to_jsonable(search_summary(searched))}
         runs.write_json(path, doc)
     return {"rows": rows, "results": results, "findings": found, "allocation": alloc, "search": searched}
-
-
-def searched_rows(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The sweep's rows, with a search's best run per point only (vitscale.search: chosen on the validation
-    split), and {"keys", "choices", "all_rows", "rate_law"} (the law: best lr against parameters, or why not)."""
-    rows = runs.collect(sweep_dir)
-    keys = search.read_keys(sweep_dir)
-    if not keys:
-        return rows, {"keys": [], "choices": [], "all_rows": rows, "rate_law": None}
-    best, choices = search.choose([*rows, *runs.diverged_rows(sweep_dir)], keys)
-    law = search.rate_law(choices) if "lr" in keys else None
-    return best, {"keys": keys, "choices": choices, "all_rows": rows, "rate_law": law}
 
 
 def search_summary(searched: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from vitscale import config, flops, metrics, runs
+from vitscale import config, flops, metrics, runs, search
 from vitscale.models import vit
 from vitscale.scaling import allocation, table
 
@@ -30,7 +30,7 @@ def load_points(source: str | Path, *, metric: str = metrics.TEST_ACC, k: float 
     ConfigError naming the file, column and row when they cannot be read."""
     source = Path(source)
     if source.is_dir():
-        pts = table.from_rows(runs.collect(source), metrics.error_of, metric=metric)
+        pts = table.from_rows(runs.collect_searched(source)[0], metrics.error_of, metric=metric)
         if len(pts.N) < table.MIN_ROWS:
             raise config.ConfigError(
                 [
@@ -168,17 +168,34 @@ def _base(params: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def rate_of(sweep_dir: Path, recipe: dict[str, Any], planned: list[dict[str, Any]]) -> str:
+    """Each planned run's learning rate from the study's rate law (best lr against parameters, fitted on its
+    search), written into the runs; returns the line saying which law and parametrization, or why none."""
+    param = recipe["params"].get("parametrization", "standard")
+    law = runs.collect_searched(sweep_dir)[1]["rate_law"]
+    if not isinstance(law, search.RateLaw):
+        why = law or "the study has no learning-rate search"
+        return f"learning rate: the recipe's lr {recipe['params']['lr']:g} for every size ({why}; {param})"
+    for r in planned:
+        r["lr"] = float(f"{law.predict(r['_params']):.3g}")
+    lo, hi = law.b_interval
+    return (
+        f"learning rate per run from the study's rate law lr = {law.a:.4g} x N^{law.b:.3g} "
+        f"(exponent 95% interval [{lo:.3g}, {hi:.3g}], flat: {law.flat}), assuming the {param} parametrization"
+    )
+
+
 def sweep_text(
-    name: str, recipe: dict[str, Any], planned: list[dict[str, Any]], plan: dict[str, Any], study: str
+    name: str, recipe: dict[str, Any], planned: list[dict[str, Any]], plan: dict[str, Any], study: str, rate: str = ""
 ) -> str:
-    """A sweep file (yaml) of the planned runs, the prediction in its header comments."""
+    """A sweep file (yaml) of the planned runs, the prediction and the rate rule in its header comments."""
     head = [
         f"# IsoFLOP set planned by `vitscale plan {study} --budget {plan['C']:.4g}`:",
         f"# predicted optimum N* = {plan['N']:.4g} parameters, D* = {plan['D']:.4g} images, "
         f"error {plan['error']:.4g} {_iv(plan.get('error_interval'))}",
         "# runs (variant, parameters, steps, FLOPs): "
         + "; ".join(f"{r['variant']} {r['_params']:,} {r['total_steps']} {r['_flops']:.4g}" for r in planned),
-    ]
+    ] + ([f"# {rate}"] if rate else [])
     runs_ = [{k: v for k, v in r.items() if not k.startswith("_")} for r in planned]
     base = _base(recipe["params"])
     for key in ("eval_every", "checkpoint_every", "keep_every"):
@@ -233,18 +250,19 @@ def run(
         recipe = _recipe(source)
         ncls = _num_classes(recipe["params"], recipe["summary"]["forward_flops_per_image"])
         planned, notes = isoflop_runs(recipe, budget, p["N"], ncls)
+        rate = rate_of(source, recipe, planned)
         ex = recipe["summary"].get("train_examples")
         if ex and max_epochs is not None and p["D"] / ex > max_epochs:
             notes.append(f"D* is {p['D'] / ex:.3g} epochs of the recipe's {ex:,} images: data-constrained")
         sweep_file = Path(out) if out else source / f"plan_{budget:.3g}.yaml".replace("+", "")
         name = sweep_file.stem.replace(".", "-")
-        runs.atomic_write_text(sweep_file, sweep_text(name, recipe, planned, p, str(source)))
+        runs.atomic_write_text(sweep_file, sweep_text(name, recipe, planned, p, str(source), rate))
         lines.append(
             f"IsoFLOP sweep ({len(planned)} sizes: "
             + ", ".join(f"{r['variant']} x {r['total_steps']} steps" for r in planned)
             + f"): {sweep_file}; run it with `vitscale sweep {sweep_file}`"
         )
-        lines += [f"note: {n}" for n in notes]
+        lines += [rate] + [f"note: {n}" for n in notes]
     return {"summary": s, "plan": p, "text": "\n".join(lines), "sweep_file": sweep_file, "result": res}
 
 

@@ -361,6 +361,18 @@ def _metric_columns(final: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def collect_searched(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`collect`'s rows, with a search's best run per point only (vitscale.search: chosen on the validation
+    split), and {"keys", "choices", "all_rows", "rate_law"} (the law: best lr against parameters, or why not)."""
+    rows = collect(sweep_dir)
+    keys = search.read_keys(sweep_dir)
+    if not keys:
+        return rows, {"keys": [], "choices": [], "all_rows": rows, "rate_law": None}
+    best, choices = search.choose([*rows, *diverged_rows(sweep_dir)], keys)
+    law = search.rate_law(choices) if "lr" in keys else None
+    return best, {"keys": keys, "choices": choices, "all_rows": rows, "rate_law": law}
+
+
 def diverged_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """A searched sweep's diverged runs (Status "diverged") as rows with their point and searched values and
     no metrics: what a search tried and can never choose."""
