@@ -27,7 +27,7 @@ from vitscale import build, config
 from vitscale.data import sources
 
 WIDTHS = (16, 32, 64, 128)  # 8x, the CPU ladder's widths (Atto 32 .. Micro 128) and one below
-LRS = tuple(2.0**k for k in range(-13, -3))  # 1.2e-4 .. 3.1e-2, a 2x grid
+LRS = tuple(2.0**k for k in range(-12, -1))  # 2.4e-4 .. 0.25, a 2x grid
 BASE_WIDTH = 16
 
 

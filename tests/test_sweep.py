@@ -43,8 +43,12 @@ def test_grid_expands_to_the_product_with_stable_distinct_ids(tmp_path):
 def test_extends_overrides_the_parent_sweep(root):
     full = sweep.load(root / "parameters/sweeps/cpu_scaling.yaml")
     part = sweep.load(root / "parameters/sweeps/cpu_scaling_slice.yaml")
-    assert len(full.runs) == 20 and len(part.runs) == 4
-    assert {r.run_id for r in part.runs} <= {r.run_id for r in full.runs}  # same parameters, same ids
+    assert len(full.runs) == 20 and len(part.runs) == 8  # 2 sizes x 2 data sizes x 2 searched rates
+    for r in part.runs:  # the parent's recipe where the slice does not override it
+        assert {k: r.params[k] for k in ("dataset", "batch_size", "schedule", "timescale")} == {
+            k: full.runs[0].params[k] for k in ("dataset", "batch_size", "schedule", "timescale")
+        }
+        assert r.params["parametrization"] == "mup" and r.params["val_examples"] == 5000
     sizes = {r.params["variant"] for r in full.runs}
     counts = sorted(flops.count_params(build.model(config.PretrainConfig(variant=v), 10), (28, 28, 1)) for v in sizes)
     assert len(sizes) >= 4 and counts[-1] / counts[0] >= 30
