@@ -84,15 +84,14 @@ def sweep_rates(cfg: config.PretrainConfig, data, batch: int, seed: int = 0) -> 
 
 def figure(results: dict) -> go.Figure:
     """Held-out loss against rate, one curve per width, one panel per parametrization (the U-curves)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("standard", f"muP (base width {BASE_WIDTH})"), shared_yaxes=True)
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("standard", f"muP (base width {BASE_WIDTH})"), shared_yaxes=True
+    )
     for col, param in enumerate(("standard", "mup"), start=1):
         for w in WIDTHS:
             losses = np.asarray(results[param][str(w)])
-            fig.add_trace(
-                go.Scatter(x=LRS, y=np.minimum(losses, 3.0), mode="lines+markers", name=f"width {w}", legendgroup=str(w),
-                           showlegend=col == 1),
-                row=1, col=col,
-            )  # fmt: skip
+            trace = go.Scatter(x=LRS, y=np.minimum(losses, 3.0), mode="lines+markers", name=f"width {w}")
+            fig.add_trace(trace.update(legendgroup=str(w), showlegend=col == 1), row=1, col=col)
         fig.update_xaxes(type="log", title_text="learning rate", row=1, col=col)
     fig.update_yaxes(title_text="held-out loss (capped at 3)", row=1, col=1)
     fig.update_layout(width=1000, height=420, title="Best learning rate across widths (2-layer ViT, Fashion-MNIST)")
