@@ -164,11 +164,15 @@ def fit_stars(base: Base, N, D, U, loss, *, fit_rn: bool = True, level: float = 
     return out
 
 
+def lr_limit(f_min: float, n: int, level: float) -> float:
+    """The profile objective's likelihood-ratio threshold at `level` for one constant, n points (module docstring)."""
+    return f_min * (1.0 + stats.chi2.ppf(level, 1) / (2.0 * n))
+
+
 def profile_interval(base: Base, data, f_min: float, *, fit_rn: bool, level: float, n_grid: int = 33):
     """The R_D* whose profile objective (R_N* re-fitted at each) stays within the likelihood-ratio
     threshold f_min (1 + chi2_level(1) / (2 n)); returns ((lo, hi), reaches the top of STAR_RANGE)."""
-    n = len(data[0])
-    limit = f_min * (1.0 + stats.chi2.ppf(level, 1) / (2.0 * n))
+    limit = lr_limit(f_min, len(data[0]), level)
     grid = np.geomspace(*STAR_RANGE, n_grid)
     prof = np.array([_profile_at(base, data, rd, fit_rn) for rd in grid])
     inside = grid[prof <= limit]
