@@ -471,8 +471,8 @@ BACKTEST_BOOTSTRAP = 10
 def backtest_joint(points: Points, cuts=None, *, level: float = 0.9, n_bootstrap: int = BACKTEST_BOOTSTRAP,
                    seed: int = 0, **fit_kw: Any) -> backtest.Backtest:  # fmt: skip
     """The joint law's backtests on `points` at `cuts` (compute; None: `backtest.auto_cuts`), each fit with
-    `n_bootstrap` resamples and 16 starts; ForecastError naming `backtest_cuts` for a cut that cannot serve."""
-    law = joint_law(points, n_bootstrap=n_bootstrap, ci_level=level, seed=seed, n_starts=16, **fit_kw)
+    `n_bootstrap` resamples and 8 starts; ForecastError naming `backtest_cuts` for a cut that cannot serve."""
+    law = joint_law(points, n_bootstrap=n_bootstrap, ci_level=level, seed=seed, n_starts=8, **fit_kw)
     return backtest.backtest(points.C, points.error, law, cuts, level=level)
 
 
