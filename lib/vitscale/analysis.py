@@ -192,13 +192,9 @@ def analyze(
                          the way across the frontier's log-x range (0.5: geometric midpoint), moved
                          up if fewer than 4 frontier points lie below it. Failed(reason) if even
                          then nothing is left to predict; a law that cannot be fitted is Failed there.
-      backtest           per law (power law, M1-M3, m4) its scaling.backtest.Backtest at several cuts
-                         (`backtest_cuts` in units of x, or the automatic ones): errors, coverage of the
-                         nominal 90% prediction interval per cut, and the conformal q; Failed(reason) for a
-                         law that cannot be backtested. A given cut that leaves a law too few runs raises
-                         scaling.backtest.ForecastError (field backtest_cuts).
+      backtest           per law its scaling.backtest.Backtest at `backtest_cuts` (x; None: automatic), or
+                         Failed; a given cut leaving a law too few runs raises ForecastError (backtest_cuts)
       summary            all of the above as JSON-safe values (no arrays or fit objects)
-
     Raises ValueError, naming the metric, x and the counts, when the power law cannot be fitted
     (missing values, too few runs or frontier points, an error of exactly 0).
     """
@@ -214,7 +210,6 @@ def analyze(
     xf, ef = x_used[mask_used], e_used[mask_used]
     m4 = _fit_m4_below_chance(xf, ef, e0, n_bootstrap=n_bootstrap, seed=seed, where=where, metric=metric, x=x)
     extrap = _extrapolate(x_used, e_used, xf, e0=e0, cut_fraction=cut_fraction, seed=seed, where=where)
-    backtests = _backtests(x_used, e_used, e0=e0, cuts=backtest_cuts, seed=seed)
 
     result = {
         "metric": metric,
@@ -227,7 +222,7 @@ def analyze(
         "power_law": pl,
         "m4": m4,
         "extrapolation": extrap,
-        "backtest": backtests,
+        "backtest": _backtests(x_used, e_used, e0=e0, cuts=backtest_cuts, seed=seed),
     }
     result["summary"] = _summary(rows, result)
     return result
