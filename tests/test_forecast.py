@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vitscale import analysis, cli, config, plan
 from vitscale.scaling import allocation, backtest, repetition
 from vitscale.scaling.table import Points
 
@@ -128,3 +129,106 @@ def test_conformal_quantile_is_the_split_conformal_rank():
     assert backtest.conformal_q(s, 0.9) == 18.0
     assert backtest.conformal_q(np.full(19, 0.2), 0.9) == 1.0
     assert backtest.conformal_q(np.arange(8.0), 0.9) == np.inf
+
+
+# ----------------------------------------------------------------------------- front doors
+def _law_csv(path: Path, seed: int = 0) -> Path:
+    """30 runs of SYN (5 sizes x 6 lengths), 1% noise, as `vitscale plan` and `predict` read them."""
+    rng = np.random.default_rng(seed)
+    n, d = (v.ravel() for v in np.meshgrid(np.logspace(6, 8, 5), np.logspace(6, 9, 6)))
+    e = (SYN["E"] + SYN["A"] * n ** -SYN["alpha"] + SYN["B"] * d ** -SYN["beta"]) * np.exp(rng.normal(0, 0.01, n.size))
+    pd.DataFrame({"params": n, "images_seen": d, "error": e}).to_csv(path, index=False)
+    return path
+
+
+def test_predict_cli_gives_both_intervals_around_the_true_law(tmp_path, monkeypatch):
+    monkeypatch.setitem(plan.predict.__kwdefaults__, "n_bootstrap", 20)  # the CLI's fits, cheaper
+    study = _law_csv(tmp_path / "runs.csv")
+    n, d = np.array([3e7, 2e8]), np.array([3e8, 2e9])  # one inside the data, one beyond its largest size
+    pd.DataFrame({"params": n, "images_seen": d}).to_csv(tmp_path / "planned.csv", index=False)
+    code = cli.main(["predict", str(study), "--runs", str(tmp_path / "planned.csv"), "--out", str(tmp_path / "f.csv")])
+    assert code == 0
+    f = pd.read_csv(tmp_path / "f.csv")
+    assert list(f.columns) == ["params", "images_seen", "predicted", "lower", "upper", "param_lower", "param_upper"]
+    truth = SYN["E"] + SYN["A"] * n ** -SYN["alpha"] + SYN["B"] * d ** -SYN["beta"]
+    assert f["predicted"].to_numpy() == pytest.approx(truth, rel=0.05)
+    assert (f["lower"] <= f["param_lower"]).all() and (f["param_upper"] <= f["upper"]).all()
+    assert (f["lower"] < f["predicted"]).all() and (f["predicted"] < f["upper"]).all()
+
+
+def test_plan_under_a_fixed_dataset_says_how_often_it_repeats_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(plan.run.__kwdefaults__, "n_bootstrap", 10)  # the CLI's fits, cheaper
+    study = _law_csv(tmp_path / "runs.csv")
+    assert cli.main(["plan", str(study), "--budget", "1e19", "--unique-data", "1e8"]) == 0
+    out = capsys.readouterr().out
+    assert "repeats it" in out and "epochs" in out and "R_D* = 15.4" in out
+    res = plan.run(study, 1e19, unique_data=1e8, n_bootstrap=0)
+    p = res["plan"]
+    assert p["epochs"] == pytest.approx(p["D"] / 1e8)
+    # the constrained optimum is the minimum of the data-constrained law along C = 6 N D (brute force)
+    fit = res["result"]["fit"]
+    grid = np.geomspace(p["N"] / 30, p["N"] * 30, 20001)
+    d_eff = repetition.effective_data(1e19 / (6 * grid), 1e8, p["R_D*"])
+    loss = fit.E + fit.A * grid**-fit.alpha + fit.B * d_eff**-fit.beta
+    assert p["N"] == pytest.approx(grid[np.argmin(loss)], rel=2e-3)
+
+
+@pytest.mark.parametrize("bad", ["-5", "0", "nan", "lots"])
+def test_unique_data_not_a_positive_number_is_exit_2_naming_it(tmp_path, capsys, bad):
+    study = _law_csv(tmp_path / "runs.csv")
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(SystemExit) if bad == "lots" else _nothing():
+        code = cli.main(["plan", str(study), "--budget", "1e19", "--unique-data", bad])
+        assert code == 2
+    assert "--unique-data" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_repetition_not_one_of_the_names_is_refused_naming_it(tmp_path, capsys):
+    with pytest.raises(config.ConfigError) as e:
+        config.validate(config.ScalingConfig, {"sweep_dir": str(tmp_path), "repetition": "forever"})
+    assert [p.field for p in e.value.problems] == ["repetition"]
+    study = _law_csv(tmp_path / "runs.csv")
+    assert cli.main(["plan", str(study), "--budget", "1e19", "--repetition", "forever"]) == 2
+    assert "--repetition" in capsys.readouterr().err
+
+
+def _rows(n_runs: int = 12) -> list[dict]:
+    """Rows as runs.collect returns them: 3 sizes x 4 lengths of a known law."""
+    rows = []
+    for i, (n, s) in enumerate((n, s) for n in (1e5, 3e5, 1e6) for s in (100, 200, 400, 800)):
+        seen = 64 * s
+        err = SYN["E"] + SYN["A"] * n ** -SYN["alpha"] + SYN["B"] * seen ** -SYN["beta"]
+        rows.append({"run_id": f"r{i}", "variant": f"V{n:g}", "num_params": n, "train_examples": 10**6,
+                     "total_steps": s, "images_seen": seen, "train_flops": 6 * n * seen,
+                     "test/acc": 1 - err})  # fmt: skip
+    return rows[:n_runs]
+
+
+def test_a_cut_that_leaves_a_law_too_few_runs_is_refused_naming_it_with_nothing_written(tmp_path, monkeypatch):
+    rows = _rows()
+    monkeypatch.setattr(analysis.runs, "collect", lambda _: rows)
+    (tmp_path / "sweep").mkdir()
+    cheapest = min(r["train_flops"] for r in rows)
+    cfg = config.validate(config.ScalingConfig, {"sweep_dir": str(tmp_path / "sweep"), "backtest_cuts": [cheapest * 2]})
+    with pytest.raises(config.ConfigError) as e:
+        analysis.run(cfg, tmp_path / "sweep" / "scaling")
+    assert [p.field for p in e.value.problems] == ["backtest_cuts"]
+    assert "needs" in e.value.problems[0].message
+    assert not (tmp_path / "sweep" / "scaling").exists()
+    # the joint law alone (the allocation's backtest) refuses it too
+    n, d, c = (np.array([r[k] for r in rows], float) for k in ("num_params", "images_seen", "train_flops"))
+    pts = Points(
+        n, d, c, np.array([1 - r["test/acc"] for r in rows]), [r["run_id"] for r in rows], [""] * 12, 6.0, True
+    )
+    with pytest.raises(backtest.ForecastError) as f:
+        allocation.allocate(pts, backtest_cuts=[cheapest * 2], n_bootstrap=0)
+    assert f.value.field == "backtest_cuts"

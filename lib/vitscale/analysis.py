@@ -195,8 +195,7 @@ def analyze(
       backtest           per law its scaling.backtest.Backtest at `backtest_cuts` (x; None: automatic), or
                          Failed; a given cut leaving a law too few runs raises ForecastError (backtest_cuts)
       summary            all of the above as JSON-safe values (no arrays or fit objects)
-    Raises ValueError, naming the metric, x and the counts, when the power law cannot be fitted
-    (missing values, too few runs or frontier points, an error of exactly 0).
+    Raises ValueError naming the metric, x and the counts when the power law cannot be fitted.
     """
     if not 0.0 < cut_fraction < 1.0:
         raise ValueError(f"cut_fraction must be in (0, 1), got {cut_fraction}")
@@ -204,6 +203,7 @@ def analyze(
     xs, es, have = _observations(rows, metric, x, where)
     idx = np.flatnonzero(have)
     x_used, e_used = xs[idx], es[idx]
+    backtests = _backtests(x_used, e_used, e0=e0, cuts=backtest_cuts, seed=seed)  # first: a bad cut fails fast
     pl, mask_used = _fit_frontier(x_used, e_used, n_bootstrap=n_bootstrap, seed=seed, where=where)
     frontier = np.zeros(len(rows), dtype=bool)
     frontier[idx[mask_used]] = True
@@ -222,7 +222,7 @@ def analyze(
         "power_law": pl,
         "m4": m4,
         "extrapolation": extrap,
-        "backtest": _backtests(x_used, e_used, e0=e0, cuts=backtest_cuts, seed=seed),
+        "backtest": backtests,
     }
     result["summary"] = _summary(rows, result)
     return result

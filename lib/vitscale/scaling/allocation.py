@@ -509,6 +509,17 @@ def _used_points(points: Points, repetition_: str, max_epochs: float | None) -> 
     return _within_epochs(points, max_epochs)
 
 
+def forecast(points: Points, *, repetition_: str = "none", max_epochs: float | None = MAX_EPOCHS,
+             n_bootstrap: int = 100, level: float = 0.9, seed: int = 0, backtest_cuts: Any = None,
+             ) -> tuple[JointFit, backtest.Backtest]:  # fmt: skip
+    """The joint law on the points `allocate` would use and its backtests: what a prediction interval needs."""
+    keep, _ = _used_points(points, repetition_, max_epochs)
+    used = points.subset(keep)
+    bt = backtest_joint(used, backtest_cuts, level=level, n_bootstrap=min(n_bootstrap, BACKTEST_BOOTSTRAP),
+                        repetition_=repetition_, seed=seed)  # fmt: skip
+    return fit_points(used, n_bootstrap=n_bootstrap, ci_level=level, repetition_=repetition_, seed=seed), bt
+
+
 def allocate(
     points: Points,
     *,
