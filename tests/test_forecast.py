@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from vitscale import analysis, cli, config, plan
-from vitscale.scaling import allocation, backtest, repetition
+from vitscale.scaling import allocation, backtest, repetition, table
 from vitscale.scaling.table import Points
 
 DATA = Path(__file__).parent / "data"
@@ -232,3 +232,45 @@ def test_a_cut_that_leaves_a_law_too_few_runs_is_refused_naming_it_with_nothing_
     with pytest.raises(backtest.ForecastError) as f:
         allocation.allocate(pts, backtest_cuts=[cheapest * 2], n_bootstrap=0)
     assert f.value.field == "backtest_cuts"
+
+
+def repeated_study(rd_star: float = 5.0, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """5 sizes x 6 lengths from SYN with the data term on D' (R_D* = `rd_star`); half the runs draw on
+    1e7 unique items, half on 1e8 (up to 100 epochs), 0.5% noise. Returns N, D, U, error."""
+    rng = np.random.default_rng(seed)
+    n, d = (v.ravel() for v in np.meshgrid(np.logspace(6, 8, 5), np.logspace(6, 9, 6)))
+    u = np.minimum(d, np.where(np.arange(d.size) % 2 == 0, 1e7, 1e8))
+    e = SYN["E"] + SYN["A"] * n ** -SYN["alpha"] + SYN["B"] * repetition.effective_data(d, u, rd_star) ** -SYN["beta"]
+    return n, d, u, e * np.exp(rng.normal(0.0, 0.005, n.size))
+
+
+def test_repeated_data_fit_recovers_a_known_r_d_star_inside_its_profile_interval():
+    n, d, u, e = repeated_study(rd_star=5.0)
+    fit = allocation.fit_repeated(n, d, u, e, n_bootstrap=0)
+    lo, hi = fit.rd["interval"]
+    print(f"R_D* = {fit.rd_star:.4g} [{lo:.4g}, {hi:.4g}] (truth 5)")
+    assert lo <= 5.0 <= hi and hi / lo < 2  # these runs (up to 100 epochs) do pin it down
+    assert fit.alpha == pytest.approx(SYN["alpha"], abs=0.03) and fit.beta == pytest.approx(SYN["beta"], abs=0.03)
+
+
+@pytest.mark.long
+def test_allocation_with_repetition_muennighoff_keeps_every_run_and_reports_r_d_star():
+    n, d, u, e = repeated_study(rd_star=5.0)
+    pts = Points(n, d, 6 * n * d, e, [str(i) for i in range(n.size)], [""] * n.size, 6.0, True, epochs=d / u)
+    res = allocation.allocate(pts, repetition_="muennighoff", n_bootstrap=10, unique=1e7)
+    s = res["summary"]
+    assert s["n_excluded"] == 0 and s["repetition"] == "muennighoff"
+    lo, hi = s["joint"]["R_D*_profile"]["interval"]
+    assert lo <= 5.0 <= hi
+    assert all(p["epochs"] == pytest.approx(p["D"] / 1e7) and p["R_D*_source"] == "fitted" for p in s["plans"])
+    print("backtest:", [(c["cut"], c["coverage"]) for c in s["backtest"]["cuts"]])
+
+
+def test_a_csv_with_unique_images_gives_each_run_its_epochs(tmp_path):
+    n, d, u, e = repeated_study()
+    pd.DataFrame({"params": n, "images_seen": d, "unique_images": u, "error": e}).to_csv(
+        tmp_path / "r.csv", index=False
+    )
+    pts = table.read_csv(tmp_path / "r.csv")
+    assert pts.epochs == pytest.approx(d / u)
+    assert allocation.unique_of(pts) == pytest.approx(u)

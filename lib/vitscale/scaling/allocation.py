@@ -314,41 +314,53 @@ def _fit_joint(N, D, err, k, delta, grid, n_starts, n_bootstrap, ci_level, seed)
     )
 
 
-def fit_repeated(
-    N: Any, D: Any, U: Any, error: Any, *, n_bootstrap: int = 100, level: float = 0.9, **kw: Any
-) -> JointFit:
+def fit_repeated(N: Any, D: Any, U: Any, error: Any, *, n_bootstrap: int = 100, level: float = 0.9,
+                 profile: bool = True, **kw: Any) -> JointFit:  # fmt: skip
     """The joint law with repeated data modelled (Muennighoff et al. 2023, `repetition`): E + A/N^alpha +
     B/D'^beta, D' the effective data of D items seen out of U unique. R_D* is profiled: the joint law is
     fitted at each R_D* of a log grid over `repetition.STAR_RANGE`, the best refined by a bounded scalar
     search, and refitted there with `n_bootstrap` resamples (the parameter intervals hold R_D* fixed). R_D*'s
-    interval (`rd`) is the grid values within the likelihood-ratio threshold (`repetition.lr_limit`) of the
-    best objective. R_N* (repeated parameters) is not fitted: it matters only beyond N*(U), the compute-
-    optimal size for the whole dataset, which a study's sizes rarely reach; the published law shows why."""
+    interval (`rd`) is where the profile crosses the likelihood-ratio threshold (`repetition.lr_limit`) above
+    the best objective (`profile` False: no interval, as backtests refit many times). R_N* (repeated
+    parameters) is not fitted: it matters only beyond N*(U), the compute-optimal size for the whole
+    dataset, which a study's sizes rarely reach."""
     N, D, U, err = (np.asarray(v, dtype=float) for v in (N, D, U, error))
     fast = {**kw, "n_bootstrap": 0, "n_starts": min(kw.get("n_starts", 64), 8)}
 
     def at(log_rd: float) -> float:
         return fit_joint(N, repetition.effective_data(D, U, math.exp(log_rd)), err, **fast).objective
 
-    grid = np.log(np.geomspace(*repetition.STAR_RANGE, 17))
+    grid = np.log(np.geomspace(*repetition.STAR_RANGE, 13))
     prof = np.array([at(t) for t in grid])
     i = int(np.argmin(prof))
     r = optimize.minimize_scalar(at, bounds=(grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]), method="bounded")
-    t_best = float(r.x) if r.fun < prof[i] else float(grid[i])
-    rd = math.exp(t_best)
-    fit = fit_joint(N, repetition.effective_data(D, U, rd), err, n_bootstrap=n_bootstrap, ci_level=level, **kw)
-    limit = repetition.lr_limit(fit.objective, N.size, level)
-    inside = np.exp(grid[prof <= limit])
-    fit.rd_star = rd
-    fit.rd = {
-        "R_D*": rd,
-        "interval": [float(min(inside.min(), rd)), float(max(inside.max(), rd))] if inside.size else None,
-        "open_above": bool(prof[-1] <= limit),
-        "open_below": bool(prof[0] <= limit),
-        "level": level,
-    }
+    t_best, f_best = (float(r.x), float(r.fun)) if r.fun < prof[i] else (float(grid[i]), float(prof[i]))
+    fit = fit_joint(N, repetition.effective_data(D, U, math.exp(t_best)), err, n_bootstrap=n_bootstrap,
+                    ci_level=level, **kw)  # fmt: skip
+    limit = repetition.lr_limit(f_best, N.size, level)
+    fit.rd_star = math.exp(t_best)
+    bounds = _profile_bounds(at, grid, prof, t_best, limit) if profile else {"interval": None}
+    fit.rd = {"R_D*": fit.rd_star, **bounds, "level": level}
     fit.d_range = (float(D.min()), float(D.max()))
     return fit
+
+
+def _profile_bounds(at, grid: np.ndarray, prof: np.ndarray, t_best: float, limit: float) -> dict[str, Any]:
+    """Where the profile objective `at` (of log R_D*) crosses `limit` either side of `t_best` (brentq between
+    the grid point beyond the crossing and the best); an end of the grid still inside is an open side."""
+    bounds = {}
+    for side, sel in (("lower", grid < t_best), ("upper", grid > t_best)):
+        g, f = grid[sel], prof[sel]
+        out = g[f > limit]
+        if not out.size:
+            bounds[side] = float(np.exp(g.min() if side == "lower" else g.max())) if g.size else math.exp(t_best)
+            bounds[f"open_{'below' if side == 'lower' else 'above'}"] = True
+            continue
+        edge = out.max() if side == "lower" else out.min()
+        t = optimize.brentq(lambda x: at(x) - limit, *sorted((edge, t_best)), xtol=0.02)
+        bounds[side], bounds[f"open_{'below' if side == 'lower' else 'above'}"] = math.exp(t), False
+    return {"interval": [bounds["lower"], bounds["upper"]], "open_below": bounds["open_below"],
+            "open_above": bounds["open_above"]}  # fmt: skip
 
 
 def unique_of(points: Points) -> np.ndarray:
@@ -360,7 +372,7 @@ def unique_of(points: Points) -> np.ndarray:
 
 
 def fit_points(points: Points, *, repetition_: str = "none", n_bootstrap: int = 100, ci_level: float = 0.9,
-               seed: int = 0, **kw: Any) -> JointFit:  # fmt: skip
+               seed: int = 0, profile: bool = True, **kw: Any) -> JointFit:  # fmt: skip
     """The joint law on `points`, with repeated data modelled when `repetition_` is "muennighoff" (and the
     points say how many unique items each saw), else as if every item seen were fresh."""
     if repetition_ not in repetition.REPETITION:
@@ -368,7 +380,7 @@ def fit_points(points: Points, *, repetition_: str = "none", n_bootstrap: int = 
     U = unique_of(points)
     if repetition_ == "muennighoff" and np.any(np.isfinite(U) & (points.D > U)):
         return fit_repeated(points.N, points.D, U, points.error, k=points.k, n_bootstrap=n_bootstrap,
-                            level=ci_level, seed=seed, **kw)  # fmt: skip
+                            level=ci_level, seed=seed, profile=profile, **kw)  # fmt: skip
     return fit_joint(points.N, points.D, points.error, k=points.k, n_bootstrap=n_bootstrap, ci_level=ci_level,
                      seed=seed, **kw)  # fmt: skip
 
@@ -472,7 +484,7 @@ def backtest_joint(points: Points, cuts=None, *, level: float = 0.9, n_bootstrap
                    seed: int = 0, **fit_kw: Any) -> backtest.Backtest:  # fmt: skip
     """The joint law's backtests on `points` at `cuts` (compute; None: `backtest.auto_cuts`), each fit with
     `n_bootstrap` resamples and 8 starts; ForecastError naming `backtest_cuts` for a cut that cannot serve."""
-    law = joint_law(points, n_bootstrap=n_bootstrap, ci_level=level, seed=seed, n_starts=8, **fit_kw)
+    law = joint_law(points, n_bootstrap=n_bootstrap, ci_level=level, seed=seed, n_starts=8, profile=False, **fit_kw)
     return backtest.backtest(points.C, points.error, law, cuts, level=level)
 
 
