@@ -124,11 +124,31 @@ def test_synthetic_coverage_of_the_top_fifth(extra):
 
 
 def test_conformal_quantile_is_the_split_conformal_rank():
-    """ceil((n + 1) 0.9)-th smallest of n scores (n = 19: the 18th), at least 1; too few scores: inf."""
+    """ceil((n + 1) 0.9)-th smallest of n scores (n = 19: the 18th); too few scores (8 < 9): inf. The
+    interval joins the parameter interval: q = 0 gives the parameter interval itself."""
     s = np.arange(1.0, 20.0)
-    assert backtest.conformal_q(s, 0.9) == 18.0
-    assert backtest.conformal_q(np.full(19, 0.2), 0.9) == 1.0
+    assert backtest.conformal_q(s[::-1], 0.9) == 18.0
     assert backtest.conformal_q(np.arange(8.0), 0.9) == np.inf
+    lo, hi = backtest.widen([1.0], [0.9], [1.2], 0.0)
+    assert (lo[0], hi[0]) == (0.9, 1.2)
+    lo, hi = backtest.widen([1.0], [0.9], [1.2], 2.0)  # half log-width s = log(1.2 / 0.9) / 2
+    assert (lo[0], hi[0]) == pytest.approx((0.9 / 1.2, 1.2 / 0.9))
+
+
+def test_a_cuts_nested_coverage_uses_no_run_at_or_above_it():
+    """Changing the errors above the last cut changes what every cut scores, but not any cut's q (each
+    calibrated on the earlier cuts' predictions of runs below it): nothing above a cut leaks into it."""
+    rng = np.random.default_rng(0)
+    x = np.logspace(10, 16, 40)
+    e = 0.05 + 3.0 * x**-0.08 * np.exp(rng.normal(0, 0.01, x.size))
+    law = backtest.frontier_law(x, e, "M2")
+    cuts = backtest.auto_cuts(x, law)
+    a = backtest.backtest(x, e, law, cuts, nested="earlier")
+    e2 = np.where(x >= cuts[-1], e * 0.9, e)  # lower: still the frontier
+    b = backtest.backtest(x, e2, backtest.frontier_law(x, e2, "M2"), cuts, nested="earlier")
+    assert len(cuts) == 3 and [c["q"] for c in a.cuts] == [c["q"] for c in b.cuts]
+    assert a.cuts[-1]["q"] is not None
+    assert a.cuts[-1]["rmse_log"] != b.cuts[-1]["rmse_log"]
 
 
 # ----------------------------------------------------------------------------- front doors

@@ -14,11 +14,12 @@ Two intervals per prediction:
   2005, "Algorithmic learning in a random world"; Lei, G'Sell, Rinaldo, Tibshirani & Wasserman 2018,
   "Distribution-free predictive inference for regression", section 5.2) on log error, the parameter
   interval's half-width in log space as the local scale s(x): each backtest's held-out run scores
-  |log e - log pred| / s(x); q is the ceil((n + 1) level)-th smallest of the n scores (at least 1), and a
-  new run's interval is pred e^(-+q s(x)), the parameter interval stretched by the out-of-sample error the
-  backtests measured. Scaling by s(x) lets a forecast further from the data (a wider parameter interval)
-  get a wider interval: on Chinchilla's runs the largest models, beyond the fitted sizes, miss by twice
-  as much as the rest, which an unweighted score calibrated on smaller extrapolations does not cover.
+  |log e - log pred| / s(x); q is the ceil((n + 1) level)-th smallest of the n scores, and a new run's
+  interval is pred e^(-+q s(x)) joined with its parameter interval: the parameter interval stretched by
+  the out-of-sample error the backtests measured. Scaling by s(x) lets a forecast further from the data
+  (a wider parameter interval) get a wider interval: on Chinchilla's runs the largest models, beyond the
+  fitted sizes, miss by twice as much as the rest, which an unweighted score calibrated on smaller
+  extrapolations does not cover.
   Without bootstrap refits (s = 0 everywhere) the score is |log e - log pred| itself (plain split-conformal).
   The guarantee assumes the new run's score is exchangeable with the backtests'; the coverage reported
   for each cut (q calibrated only on backtests inside that cut's own training runs) shows whether it held.
@@ -125,12 +126,11 @@ def local_scale(pred, lower, upper) -> np.ndarray:
 
 
 def conformal_q(scores: Any, level: float = LEVEL) -> float:
-    """The split-conformal quantile: the ceil((n + 1) level)-th smallest score, at least 1 (the prediction
-    interval contains the parameter interval); inf when there are too few scores for that rank (fewer
-    than level / (1 - level))."""
+    """The split-conformal quantile: the ceil((n + 1) level)-th smallest score; inf when there are too few
+    scores for that rank (fewer than level / (1 - level))."""
     s = np.sort(np.asarray(scores, dtype=float))
     k = math.ceil((s.size + 1) * level)
-    return math.inf if k > s.size else max(1.0, float(s[k - 1]))
+    return math.inf if k > s.size else max(0.0, float(s[k - 1]))
 
 
 def widen(pred: Any, lower: Any, upper: Any, q: float) -> tuple[np.ndarray, np.ndarray]:
@@ -142,17 +142,20 @@ def widen(pred: Any, lower: Any, upper: Any, q: float) -> tuple[np.ndarray, np.n
 
 # ----------------------------------------------------------------------------- cuts
 def auto_cuts(C: np.ndarray, law: Law, within: np.ndarray | None = None, holdouts=HOLDOUTS) -> list[float]:
-    """Cuts that hold out the top `holdouts` fractions of the runs (in `within`) by compute, each kept
+    """Cuts that hold out about the top `holdouts` fractions of the law's scored runs (in `within`) by
+    compute, each between two distinct compute values (runs of equal compute fall on one side), kept
     only if at least `law.min_points` fittable runs lie below it and a scored run at or above it."""
     within = np.ones(C.size, dtype=bool) if within is None else within
-    c = np.sort(C[within])
-    cuts = []
+    c = np.sort(C[within & law.scored])
+    u = np.unique(c)
+    if u.size < 2:
+        return []
+    above = np.array([np.sum(c >= v) for v in u[1:]]) / c.size  # held out by a cut just below u[1:]
+    cuts: list[float] = []
     for h in holdouts:
-        m = int(round(h * c.size))
-        if not 0 < m < c.size or c[-m - 1] == c[-m]:
-            continue
-        cut = math.sqrt(c[-m - 1] * c[-m])
-        if _problem(C, law, cut, within) is None and cut not in cuts:
+        j = int(np.argmin(np.abs(above - h)))
+        cut = math.sqrt(u[j] * u[j + 1])
+        if cut not in cuts and _problem(C, law, cut, within) is None:
             cuts.append(cut)
     return sorted(cuts)
 
