@@ -108,7 +108,7 @@ def synthetic_study(extra: str, seed: int, noise: float = 0.01) -> Points:
 def test_synthetic_coverage_of_the_top_fifth(extra):
     """Pooled over 4 studies (44 held-out runs): drawn from the fitted form, coverage about nominal (90%
     +- 10 points); drawn from a law the fit does not contain, not worse than nominal minus 15 points.
-    Measured: none 88.6%, interaction 86.4%, step 90.9% (parameter intervals alone: down to 45%)."""
+    Measured: none 88.6%, interaction 86.4%, step 90.9% (one step study's parameter intervals alone: 45%)."""
     covered, total = 0.0, 0
     for seed in range(4):
         p = synthetic_study(extra, seed)
