@@ -73,7 +73,8 @@ test: setup browser slurm strace lint
 
 # The end-to-end scenarios left out of `make test` to keep it near 15 minutes (faults with several fresh
 # processes, a planned sweep, the VTAB protocol on stand-ins, submitit jobs, the streaming kill-and-resume,
-# the compile-cache benchmark's two processes, JupyterLab driven in Chromium); CI runs them after `make test`.
+# the compile-cache benchmark's two processes, JupyterLab driven in Chromium, the wheel built, installed into a
+# fresh venv and run in a new study folder); CI runs them after `make test`.
 test-long: setup browser slurm strace
 	$(RUN) -m pytest -q -m long --durations=10
 

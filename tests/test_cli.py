@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vitscale import cli, notebooks, runs
+from vitscale import cli, notebooks, study
 
 GOOD = dict(
     name="t", dataset="fashion_mnist", variant="Atto/7", total_steps=4, warmup_steps=1, batch_size=16, eval_every=2
@@ -74,7 +74,7 @@ def test_missing_parameter_file_and_unknown_kind(tmp_path, capsys):
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump(GOOD))
     assert cli.main(["run", str(params)]) == 2
-    assert "cannot tell the notebook" in capsys.readouterr().err
+    assert "cannot tell what the file is" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -103,9 +103,11 @@ def test_console_script_exits_nonzero(tmp_path, existing_run):
 
 def test_compile_cache_defaults_to_outputs_unless_set(monkeypatch, tmp_path):
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv(study.ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # no study marker here or above: the working directory is the study
     monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     env = notebooks.compile_cache_env()
-    assert env["JAX_COMPILATION_CACHE_DIR"] == str(runs.OUTPUTS / ".jax_cache")
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path.resolve() / "outputs" / ".jax_cache")
     assert "JAX_COMPILATION_CACHE_DIR" not in os.environ  # for the kernels, not this process
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # the user's choice (here: off) is kept
     assert "JAX_COMPILATION_CACHE_DIR" not in notebooks.compile_cache_env(tmp_path)

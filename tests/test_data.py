@@ -4,6 +4,9 @@ The preprocessing ops themselves: test_ops.py."""
 
 import gzip
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -263,3 +266,42 @@ def test_split_folders_give_the_splits(tmp_path):
     b = datasets.get_builder(f"folder:{root}", str(tmp_path / "tfds"))
     assert (b.info.splits["train"].num_examples, b.info.splits["test"].num_examples) == (12, 3)
     assert b.info.features["label"].names == ["digit_0", "digit_1", "digit_2"]
+
+
+# ----------------------------------------------------------------------------- preparing at once
+PREPARE = """
+import sys, time
+from pathlib import Path
+from vitscale.data import datasets
+go = Path(sys.argv[2])
+Path(sys.argv[3]).touch()  # ready: TensorFlow imported
+while not go.exists():
+    time.sleep(0.01)
+builder = datasets.get_builder("sklearn_digits", sys.argv[1])
+print(builder.info.splits["train"].num_examples, builder.info.splits["test"].num_examples)
+"""
+
+
+@pytest.mark.long  # four fresh processes, each importing TensorFlow: make test-long
+def test_four_processes_preparing_one_dataset_at_once_all_open_it(tmp_path):
+    data_dir, go = tmp_path / "tfds", tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PREPARE, str(data_dir), str(go), str(r)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in ready
+    ]
+    t0 = time.time()
+    while not all(r.exists() for r in ready) and time.time() - t0 < 300:
+        time.sleep(0.05)
+    go.touch()  # all four ask for the dataset at the same moment
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+        assert out.strip().splitlines()[-1] == "1297 500", out  # sklearn's 1797 digits, 500 held out for test
+    assert sum("Downloading and preparing" in out for out, _ in results) == 1  # one prepared, three waited
+    assert len([p for p in data_dir.rglob("*") if "incomplete" in p.name]) == 0

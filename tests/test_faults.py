@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from natural_images import write_folder
-from vitscale import config, metrics, runs, train
+from vitscale import cli as vitscale_cli
+from vitscale import config, metrics, pretrained, runs, sharding, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(
@@ -234,18 +235,67 @@ def test_a_full_disk_is_one_error_line_then_the_same_command_resumes(tmp_path, w
 
 
 # ----------------------------------------------------------------------------- a truncated checkpoint
+def saved_steps(out: Path) -> list[int]:
+    return sorted(int(q.name) for q in (out / "ckpt").iterdir() if q.name.isdigit())
+
+
+def truncate(step_dir: Path) -> None:
+    """Cut every file of a checkpoint's state to half its size (as a disk filled mid-copy would)."""
+    for f in (step_dir / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
 @pytest.mark.slow
 def test_a_truncated_newest_checkpoint_resumes_from_the_one_before(tmp_path, reference):
+    """An unfinished run (preempted after its checkpoint at 30) whose newest checkpoint is damaged:
+    the same command resumes from 30 and ends equal to an uninterrupted run. (A finished run's
+    checkpoints are read by export and transfer: the test below.)"""
     out = tmp_path / "trunc"
     p = start(BASE, out, tmp_path)  # checkpoints at 30 and 60
-    assert p.wait(timeout=600) == 0
-    newest = max((q for q in (out / "ckpt" / "60").rglob("*") if q.is_file()), key=lambda q: q.stat().st_size)
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    wait_for(lambda: (out / "ckpt" / "30").is_dir(), p)
+    p.send_signal(signal.SIGTERM)
+    text = p.communicate(timeout=300)[0]
+    assert p.returncode != 0 and "preempted at step" in text, text[-2000:]  # the run is not finished
+    saved = saved_steps(out)
+    assert saved[0] == 30 and 30 < saved[-1] < 60, saved
+    truncate(out / "ckpt" / str(saved[-1]))
     p = start(BASE, out, tmp_path)
     text = p.communicate(timeout=600)[0]
     assert p.returncode == 0 and "from step 30" in text, text[-2000:]
     for x, y in zip(final_params(reference), final_params(out), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def params_at(out: Path, step: int) -> list[np.ndarray]:
+    mngr = ocp.CheckpointManager(out.absolute() / "ckpt")
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return [np.asarray(x) for x in jax.tree.leaves(restored["state"]["params"])]
+
+
+@pytest.mark.slow
+def test_export_of_a_finished_run_whose_newest_checkpoint_is_truncated_uses_the_one_before(tmp_path, reference, capsys):
+    run = tmp_path / "finished"
+    shutil.copytree(reference, run)
+    assert (run / "summary.json").is_file() and saved_steps(run) == [30, 60]
+    truncate(run / "ckpt" / "60")
+    assert vitscale_cli.main(["export", str(run)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    notes = [line for line in err if line.startswith("note: ")]
+    assert len(notes) == 1 and "step 60 is unreadable" in notes[0] and "using step 30" in notes[0], err
+    npz = run / "export" / "big_vision_step30.npz"
+    assert yaml.safe_load(npz.with_suffix(".yaml").read_text())["exported_from"]["step"] == 30
+    with np.load(npz) as f:  # the layout renames and reshapes; the values' total stays
+        total = sum(float(np.abs(f[k].astype(np.float64)).sum()) for k in f.files)
+    at = {s: sum(float(np.abs(x.astype(np.float64)).sum()) for x in params_at(reference, s)) for s in (30, 60)}
+    assert total == pytest.approx(at[30], rel=1e-6) and total != pytest.approx(at[60], rel=1e-6), (total, at)
+    # Transfer reads it through the same fallback (a full restore, as fine-tuning starts from it).
+    loaded = pretrained.load_run(run, sharding.make_mesh([-1, 1]))
+    assert loaded.step == 30 and "using step 30" in capsys.readouterr().err
+    truncate(run / "ckpt" / "30")  # none readable: one line naming the damaged steps
+    assert vitscale_cli.main(["export", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could be read (damaged: steps 60, 30)" in err[0], err
 
 
 # ----------------------------------------------------------------------------- no network

@@ -21,16 +21,16 @@ LAYERS = [
     {"allocator", "environ", "logs", "metrics", "progress", "report", "fewshot", "models.variants"}  # leaves
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
-    | {"scaling.table", "scaling.isoflop", "scaling.allocation", "scaling.repetition", "scaling.backtest"},
+    | {"scaling.table", "scaling.isoflop", "scaling.allocation", "scaling.repetition", "scaling.backtest", "search"},
     {"config"},  # pure schemas
-    {"runs"},  # run folders: finding, claiming (params.yaml), reading, their status records
+    {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
-    | {"models.vit", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
+    | {"models.vit", "mup", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
     {"loop", "evaluators.fewshot", "evaluators.classify", "evaluators.real", "evaluators.imagenet_v2"}  # the loop,
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
     {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
     PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program
-    {"plots", "notebooks", "sweep", "cluster", "allocation_report"},  # presentation and orchestration
+    {"plots", "notebooks", "sweep", "cluster", "allocation_report", "search_report"},  # presentation, orchestration
     {"cli"},  # argparse only
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}

@@ -1,5 +1,6 @@
 """Sweeps: grid expansion with stable ids, early validation, shards, and a kill-and-resume run."""
 
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from browser import remote_tags, rendered_dom
-from vitscale import build, config, flops, runs, sweep
+from vitscale import build, cli, config, flops, runs, sweep
 
 
 def write(tmp_path, spec, name="s.yaml"):
@@ -127,3 +128,52 @@ def test_a_run_whose_process_lives_here_is_running_and_left_alone(tmp_path):
     for record in ({**here, "pid": dead}, {**here, "pid": os.getpid(), "host": "elsewhere"}, here):
         runs.write_json(folder / runs.STATUS, record)
         assert runs.status_of(folder) == "interrupted", record
+
+
+# ----------------------------------------------------------------------------- shards started at once
+def digits_sweep(tmp_path: Path) -> Path:
+    """Four seconds-long runs on sklearn_digits, prepared into a fresh data_dir (nothing there yet)."""
+    base = {
+        "dataset": "sklearn_digits",
+        "data_dir": str(tmp_path / "tfds"),
+        "variant": "Atto/7",
+        "train_examples": 256,
+        "test_split": "test[:128]",
+        "eval_batch_size": 128,
+        "batch_size": 32,
+        "total_steps": 6,
+        "warmup_steps": 2,
+        "eval_every": 6,
+        "log_every": 3,
+    }
+    spec = {"name": "digits", "notebook": "pretrain", "base": base, "analysis": False, "grid": {"seed": [0, 1, 2, 3]}}
+    return write(tmp_path, spec, "digits.yaml")
+
+
+def vitscale(*args: str, **kw) -> subprocess.Popen:
+    exe = str(Path(sys.executable).parent / "vitscale")
+    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_a_bad_shard_is_refused_before_the_sweep_file_is_read(tmp_path, capsys):
+    assert cli.main(["sweep", str(digits_sweep(tmp_path)), "--shard", "2/2"]) == 2
+    assert "--shard: '2/2' must be i/N" in capsys.readouterr().err
+    assert not (tmp_path / "tfds").exists()  # no dataset was prepared
+
+
+@pytest.mark.long  # three `vitscale sweep` processes, four real runs: make test-long
+def test_two_shards_started_at_once_on_a_fresh_data_dir_finish_every_run(tmp_path):
+    s, out = digits_sweep(tmp_path), tmp_path / "out"
+    shards = [vitscale("sweep", str(s), "--shard", f"{i}/2", "--out", str(out)) for i in (0, 1)]
+    results = [p.communicate(timeout=900) for p in shards]
+    for p, (stdout, stderr) in zip(shards, results):
+        assert p.returncode == 0 and "Traceback" not in stderr, (stdout[-2000:], stderr[-3000:])
+    ids = sorted(r.run_id for r in sweep.load(s).runs)
+    index = json.loads((out / "index.json").read_text())
+    assert index["runs"] == {i: "done" for i in ids}  # both shards' runs, as the last writer saw them
+    assert all((out / i / "summary.json").is_file() for i in ids)
+    status = vitscale("status", str(out)).communicate(timeout=300)[0]
+    assert status.strip().splitlines()[-1] == "4 done", status
+    third = vitscale("sweep", str(s), "--out", str(out))
+    stdout, stderr = third.communicate(timeout=600)
+    assert third.returncode == 0 and "4 already done, 0 to run" in stdout, (stdout, stderr[-2000:])

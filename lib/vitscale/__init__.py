@@ -2,6 +2,8 @@
 
 import os as _os
 
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it (dynamic)
+
 
 def _split_cpu_into_devices() -> None:
     """Expose the host's cores to JAX as VITSCALE_CPU_DEVICES CPU devices (default 1), before JAX

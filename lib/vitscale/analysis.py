@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale import checks, config, metrics, report, runs, scaling
+from vitscale import checks, config, metrics, report, runs, scaling, search
 
 __all__ = [
     "Failed",
@@ -635,7 +635,7 @@ def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
     is a ConfigError naming it, raised before anything is written."""
     if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
         check(cfg)
-    rows = runs.collect(cfg.sweep_dir)
+    rows, searched = searched_rows(cfg.sweep_dir)
     try:
         results = analyze_all(rows, cfg.metrics, x=cfg.x, n_bootstrap=cfg.n_bootstrap, backtest_cuts=cfg.backtest_cuts)
         alloc = allocation_of(
@@ -645,15 +645,41 @@ def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
     except scaling.backtest.ForecastError as e:
         raise config.ConfigError([config.Problem(e.field, e.message)]) from None
     with runs.writer(out_dir):
-        return _run(rows, results, alloc, out_dir)
+        return _run(rows, searched, results, alloc, out_dir)
 
 
-def _run(rows, results, alloc, out_dir: str | Path) -> dict[str, Any]:
-    """Findings on each metric's fits; writes out_dir/summary.json and returns {"rows", "results",
-    "findings", "allocation"} (findings per metric, like results)."""
+def _run(rows, searched, results, alloc, out_dir: str | Path) -> dict[str, Any]:
+    """Findings on each metric's fits; writes out_dir/summary.json (with the search's choices, if any) and
+    returns {"rows", "results", "findings", "allocation", "search"} (findings per metric, like results)."""
     found = {m: findings(rows, m, result=r) for m, r in results.items()}
-    write_summary(results, out_dir, findings=found, allocation=alloc)
-    return {"rows": rows, "results": results, "findings": found, "allocation": alloc}
+    path = write_summary(results, out_dir, findings=found, allocation=alloc)
+    if searched["choices"]:
+        doc = runs.read_json(path) | {"search": runs.to_jsonable(search_summary(searched))}
+        runs.write_json(path, doc)
+    return {"rows": rows, "results": results, "findings": found, "allocation": alloc, "search": searched}
+
+
+def searched_rows(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The sweep's rows, with a search's best run per point only (vitscale.search: chosen on the validation
+    split), and {"keys", "choices", "all_rows", "rate_law"} (the law: best lr against parameters, or why not)."""
+    rows = runs.collect(sweep_dir)
+    keys = search.read_keys(sweep_dir)
+    if not keys:
+        return rows, {"keys": [], "choices": [], "all_rows": rows, "rate_law": None}
+    best, choices = search.choose([*rows, *runs.diverged_rows(sweep_dir)], keys)
+    law = search.rate_law(choices) if "lr" in keys else None
+    return best, {"keys": keys, "choices": choices, "all_rows": rows, "rate_law": law}
+
+
+def search_summary(searched: Mapping[str, Any]) -> dict[str, Any]:
+    """summary.json's "search": per point what won, what was tried, the edges; and the rate law."""
+    law = searched["rate_law"]
+    return {
+        "keys": searched["keys"],
+        "points": [c.as_dict() for c in searched["choices"]],
+        "at_edge": sum(any(c.at_edge.values()) for c in searched["choices"]),
+        "rate_law": law.as_dict() if isinstance(law, search.RateLaw) else law,
+    }
 
 
 def allocation_of(

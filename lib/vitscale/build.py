@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from vitscale import config, loop, metrics, optim
+from vitscale import config, loop, metrics, mup, optim
 from vitscale.data import pipeline as data_pipeline
 from vitscale.data import sources
 from vitscale.evaluators import fewshot as fewshot_evaluator
@@ -18,6 +18,7 @@ def model(cfg: config.PretrainConfig, num_classes: int) -> vit.ViT:
     head_bias = cfg.head_bias_init
     if head_bias is None:
         head_bias = -10.0 if cfg.loss == "sigmoid_xent" else 0.0  # the paper's sigmoid head starts at p ~ 0
+    mult = mup.multipliers(cfg)
     return vit.make_model(
         cfg.variant,
         num_classes,
@@ -34,6 +35,10 @@ def model(cfg: config.PretrainConfig, num_classes: int) -> vit.ViT:
         dtype=cfg.dtype,
         representation_size=cfg.representation_size,
         gelu=cfg.gelu,
+        q_scale=mult.q_scale,
+        residual_scale=mult.residual_scale,
+        head_scale=mult.head_scale,
+        posemb_std=mult.posemb_std,
     )
 
 
@@ -53,12 +58,18 @@ def schedule(cfg: config.PretrainConfig) -> optax.Schedule:
 
 
 def optimizer(cfg: config.PretrainConfig, sched: optax.Schedule) -> optax.GradientTransformation:
+    """The optimizer of `cfg`: its wd rules, and its learning-rate rules and epsilon from the
+    parametrization unless `lr_rules` names them (vitscale.mup)."""
     rules = optim.DEFAULT_WD_RULES if cfg.wd_rules is None else tuple(tuple(r) for r in cfg.wd_rules)
+    mult = mup.multipliers(cfg)
+    lr_rules = mult.lr_rules if cfg.lr_rules is None else tuple(tuple(r) for r in cfg.lr_rules)
     return optim.make_optimizer(
         cfg.optimizer,
         sched,
         weight_decay=cfg.weight_decay,
         wd_rules=rules,
+        lr_rules=lr_rules,
+        eps_scale=mult.eps_scale,
         grad_clip_norm=cfg.grad_clip_norm,
         b2=cfg.b2,
     )
@@ -105,10 +116,14 @@ def trainer(
 
 
 def evaluators_of(
-    cfg: config.PretrainConfig, t: loop.Trainer, test: sources.Split | sources.Source, pipe: data_pipeline.Pipeline
+    cfg: config.PretrainConfig,
+    t: loop.Trainer,
+    test: sources.Split | sources.Source,
+    pipe: data_pipeline.Pipeline,
+    val: sources.Split | sources.Source | None = None,
 ) -> loop.Evaluators:
-    """Test-split loss and accuracy at every evaluation, plus few-shot linear transfer every
-    `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
+    """Test-split (and held-out `val`) loss and accuracy at every evaluation, plus few-shot linear
+    transfer every `fewshot_every` steps and at the end of the main run and of each branch (`final`)."""
     fewshot = None
     if cfg.fewshot_datasets:
         fewshot = fewshot_evaluator.FewShotEvaluator(
@@ -123,9 +138,11 @@ def evaluators_of(
     every = cfg.fewshot_every or cfg.eval_every
 
     def evaluate(params, step: int, final: bool = False) -> dict[str, float]:
-        batches = data_pipeline.eval_batches(test, pipe, loop.eval_batch_size(cfg.eval_batch_size))
-        test_metrics = loop.evaluate(t, params, batches)
-        record = {metrics.on_split("test", k): v for k, v in test_metrics.items()}
+        record = {}
+        for name, split in (("test", test), ("val", val)):
+            if split is not None:
+                batches = data_pipeline.eval_batches(split, pipe, loop.eval_batch_size(cfg.eval_batch_size))
+                record.update({metrics.on_split(name, k): v for k, v in loop.evaluate(t, params, batches).items()})
         if fewshot is not None and (step % every == 0 or final):
             record.update(fewshot.run(lambda x: t.features(params, x), t.mesh))
         return record

@@ -82,6 +82,12 @@ def _newest_first(ckpt_dir: Path) -> list[int]:
     return sorted((int(p.name) for p in Path(ckpt_dir).iterdir() if p.name.isdigit()), reverse=True)
 
 
+def newer_than(ckpt_dir: Path, step: int | None) -> list[int]:
+    """The saved steps in `ckpt_dir` newer than `step` (all of them for None), newest first: those a
+    reader of the newest readable checkpoint skipped as unreadable."""
+    return [s for s in _newest_first(ckpt_dir) if step is None or s > step]
+
+
 def param_shapes(ckpt_dir: Path) -> tuple[dict[str, Any], int] | tuple[None, None]:
     """(the parameter tree's shapes, step) of the newest checkpoint whose metadata reads, read
     without restoring any array (e.g. the head's class count), or (None, None)."""

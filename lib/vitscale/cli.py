@@ -13,11 +13,17 @@
   vitscale predict outputs/cpu_scaling --runs planned.csv [--out F.csv] [--level 0.9]
                                                  predicted error of planned runs (params, images_seen[,
                                                  unique_images]) with prediction and parameter intervals
+  vitscale init DIR                              a study folder: parameters/, notebooks/, README.md, vitscale.toml
   vitscale lab [--ip 0.0.0.0] [--port 8888]      JupyterLab on notebooks/ with the vitscale kernel (as root too)
   vitscale kernel                                register the `vitscale` Jupyter kernel
   vitscale export outputs/demo/run.ipynb         render an executed notebook to HTML
   vitscale export outputs/demo [--format big_vision|vision_transformer] [--out FILE.npz]
                                                  a run's newest checkpoint as a .npz that big_vision and timm read
+
+Runs and sweeps go to the study folder's outputs/ unless --out says otherwise: the study folder is
+$VITSCALE_STUDY_DIR, else the nearest folder at or above the working directory holding vitscale.toml or
+parameters/, else the working directory. A parameter file's `kind:` (pretrain, transfer, sweep) says
+which notebook runs it; without one, its folder does (parameters/<kind>/).
 
 Bad parameters print one `error: <file>: <field>: <problem>` line per problem and exit 2.
 """
@@ -27,11 +33,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from vitscale import allocation_report, cluster, config, export, logs, loop, notebooks, plan, runs, sweep
+from vitscale import allocation_report, cluster, config, export, logs, loop, notebooks, plan, runs, study, sweep
 
 
 def _bad_input(e: config.ConfigError) -> int:
@@ -63,6 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except runs.RunBusy as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if (since := runs.finished_at(out)) is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        print(f"{out}: finished at {when} (its summary.json); nothing to run. report: {out / 'run.html'}")
+        return 0
     logs.keep(out / logs.LOG_NAME)
     try:
         notebooks.execute(kind, cfg.model_dump(mode="json"), out, checked=True)  # prepare_run checked
@@ -82,15 +93,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    try:
-        spec = sweep.load(args.sweep)
+    try:  # the arguments first, then the file: no dataset is prepared for a command that cannot run
         shard = sweep.parse_shard(args.shard)
         if args.workers < 1:
             raise config.ConfigError([config.Problem("--workers", f"must be at least 1 (got {args.workers})")])
+        spec = sweep.load(args.sweep)
     except config.ConfigError as e:
         return _bad_input(e)
-    out = (Path(args.out) if args.out else runs.OUTPUTS / spec.name).resolve()
+    out = (Path(args.out) if args.out else study.outputs() / spec.name).resolve()
     logs.keep(out / logs.LOG_NAME)
+    spec = sweep.with_extras(spec, out)
+    if args.extend_search:
+        if not spec.search:
+            return _bad_input(config.ConfigError([config.Problem("--extend-search", "the sweep file has no search:")]))
+        spec, added = sweep.extend_search(spec, out)
+        print(f"search: {len(added)} run(s) added beyond an edge" + "".join(f"\n  {line}" for line in added))
     if args.launcher == "local":
         try:
             index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
@@ -109,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"submitted; `vitscale status {out}` shows the runs, `vitscale analyze {out}` the report when done")
             return 0
     failed = sorted(k for k, v in index.items() if v == "failed")
-    pending = sorted(k for k, v in index.items() if v != "done")
+    pending = sorted(k for k, v in index.items() if v not in ("done", "diverged"))  # diverged: final
     print(f"index: {out / 'index.json'}" + (f"; failed: {failed}" if failed else ""))
     if not pending and spec.analysis and not args.no_analysis:
         code = cmd_analyze(argparse.Namespace(sweep_dir=str(out)))
@@ -121,9 +138,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    sweep_dir = Path(args.sweep_dir).resolve()
-    if not sweep_dir.is_dir():
-        return _bad_input(config.ConfigError([config.Problem("sweep_dir", f"{sweep_dir} is not a folder")]))
+    try:
+        sweep_dir = config.expect_path(args.sweep_dir, "a sweep folder (outputs/<sweep>)", folder=True).resolve()
+    except config.ConfigError as e:
+        return _bad_input(e)
     rows = cluster.statuses(sweep_dir)
     width = max((len(r["run"]) for r in rows), default=3)
     for r in rows:
@@ -136,6 +154,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    try:
+        config.expect_path(args.sweep_dir, "a sweep folder, or a CSV of runs")
+    except config.ConfigError as e:
+        return _bad_input(e)
     if Path(args.sweep_dir).is_file():
         try:
             out = Path(args.out or Path(args.sweep_dir).with_suffix(""))
@@ -195,19 +217,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
+    folder = study.notebooks_dir()
+    if not folder.is_dir():
+        problem = config.Problem("notebooks", "no such folder; `vitscale init DIR` makes a study folder with them")
+        return _bad_input(config.ConfigError([problem], study.root()))
     notebooks.ensure_kernel()
     argv = notebooks.lab_argv(args.ip, args.port, open_browser=not args.no_browser)
     if "--ServerApp.allow_root=True" in argv:
         print("note: running as root, so JupyterLab starts with --allow-root", file=sys.stderr)
-    print(f"JupyterLab on {runs.NOTEBOOKS} at http://{args.ip}:{args.port}/lab (kernel: {notebooks.KERNEL})")
+    print(f"JupyterLab on {folder} at http://{args.ip}:{args.port}/lab (kernel: {notebooks.KERNEL})")
     sys.stdout.flush()
     # The server replaces this process (no 1 GB parent left waiting); its kernels share the batch
     # runs' compilation cache, so a Run All compiles a model shape once across sessions.
     os.execve(argv[0], argv, {**os.environ, **notebooks.compile_cache_env()})
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        written = study.init(args.folder)
+    except config.ConfigError as e:
+        return _bad_input(e)
+    folder = Path(args.folder)
+    print(f"made the study folder {folder} ({len(written)} files); next:\n  cd {folder}")
+    print("  vitscale run parameters/pretrain/tiny.yaml   # a minute: checks the install\n  vitscale lab")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     if args.target.endswith(".ipynb"):
+        try:
+            config.expect_path(args.target, "an executed notebook (run.ipynb)", folder=False)
+        except config.ConfigError as e:
+            return _bad_input(e)
         print(notebooks.export_html(Path(args.target)))
         return 0
     try:
@@ -240,6 +281,18 @@ def _add_planning(sub) -> None:
     p.set_defaults(fn=cmd_predict)
 
 
+def _add_study_commands(sub: argparse._SubParsersAction) -> None:
+    """`init` and `lab`: making a study folder and opening its notebooks."""
+    p = sub.add_parser("init", help="make a study folder: parameters/, notebooks/, README.md, vitscale.toml")
+    p.add_argument("folder", help="the folder to make (or fill: no existing file is overwritten)")
+    p.set_defaults(fn=cmd_init)
+    p = sub.add_parser("lab", help="JupyterLab on the study's notebooks/ with the vitscale kernel (as root too)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(fn=cmd_lab)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vitscale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -247,15 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="execute one parameter file's notebook into its run folder")
     p.add_argument("params", help="parameters/<kind>/<name>.yaml")
-    p.add_argument("--out", help="run folder (default: outputs/<name>)")
-    p.add_argument("--notebook", choices=config.RUN_KINDS, help="notebook kind (default: the parameter file's folder)")
+    p.add_argument("--out", help="run folder (default: outputs/<name> in the study folder)")
+    p.add_argument("--notebook", choices=config.RUN_KINDS, help="notebook kind (default: its kind:, else its folder)")
     p.add_argument("--replace", action="store_true", help="move an existing run with other parameters aside")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("sweep", help="run every run of a sweep file (resumable), then its scaling analysis")
     p.add_argument("sweep", help="parameters/sweeps/<name>.yaml")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (threads, one kernel each)")
     p.add_argument("--shard", help="i/N: run only every N-th run starting at i (split a sweep over machines)")
-    p.add_argument("--out", help="sweep folder (default: outputs/<name>)")
+    p.add_argument("--extend-search", action="store_true", help="add the next value beyond a best value at an edge")
+    p.add_argument("--out", help="sweep folder (default: outputs/<name> in the study folder)")
     p.add_argument("--no-retry", action="store_true", help="leave failed runs failed")
     p.add_argument("--no-analysis", action="store_true", help="skip the scaling analysis at the end")
     p.add_argument(
@@ -278,11 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
     p.set_defaults(fn=cmd_analyze)
     _add_planning(sub)
-    p = sub.add_parser("lab", help="JupyterLab on notebooks/ with the vitscale kernel (as root too)")
-    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8888)
-    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    p.set_defaults(fn=cmd_lab)
+    _add_study_commands(sub)
     p = sub.add_parser("kernel", help="register the vitscale Jupyter kernel")
     p.set_defaults(fn=lambda a: notebooks.ensure_kernel() or 0)
     p = sub.add_parser("export", help="a run's weights as a big_vision .npz, or an executed notebook as HTML")

@@ -80,6 +80,9 @@ def _run_locked(kind: str, params: dict[str, Any], folder_path: Path, env: submi
             if os.environ.get("SLURM_JOB_ID"):
                 _requeue(os.environ["SLURM_JOB_ID"])
             return "interrupted"
+        if reason := notebooks.diverged_reason(e):
+            runs.Status.diverged(reason, job=env.job_id).write(folder_path)
+            return "diverged"
         runs.Status.failed(e, job=env.job_id).write(folder_path)
         return "failed"
     runs.Status.done(job=env.job_id).write(folder_path)
@@ -111,13 +114,14 @@ def submit(
     """Submit this shard's unfinished runs, one job each; with `wait`, block until they end. A run
     whose job still lives (pending or running) is left alone."""
     out.mkdir(parents=True, exist_ok=True)
+    sweep.record_search(spec, out)
     jobs_dir = out / ".submitit"
     ex = executor(jobs_dir, launcher, spec.slurm)
     jobs = []
     for r in sweep.shard_of(spec, shard):
         folder = out / r.run_id
         status = runs.status_of(folder)
-        if status in ("done", "running") or (status == "failed" and not retry_failed):
+        if status in ("done", "running", "diverged") or (status == "failed" and not retry_failed):
             continue
         record = runs.Status.read(folder)
         if status in ("submitted", "interrupted") and job_state(jobs_dir, launcher, record and record.job) in ALIVE:

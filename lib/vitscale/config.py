@@ -148,6 +148,12 @@ class ModelSpec(_Schema):
     scan: bool = False  # one compiled block scanned over depth
     representation_size: int | None = Field(default=None, gt=0)  # tanh layer `pre_logits` (original ViT)
     gelu: Literal["tanh", "erf"] = "tanh"  # tanh: flax's approximation (big_vision); erf: exact (timm's nn.GELU)
+    # How init, forward multipliers and per-layer rates scale with width (vitscale.mup): "standard", or "mup"
+    # (Tensor Programs V) relative to a model of width `base_width`, where muP equals the standard model.
+    parametrization: Literal["standard", "mup"] = "standard"
+    base_width: int | None = Field(default=None, gt=0)  # mup: the width muP equals the standard model at
+    base_head_dim: int | None = Field(default=None, gt=0)  # mup: None = head_dim * base_width / width
+    base_depth: int | None = Field(default=None, gt=0)  # mup: CompleteP residual scaling base_depth/depth; None: off
 
     @field_validator("variant")
     @classmethod
@@ -176,6 +182,18 @@ class ModelSpec(_Schema):
             problems.append(Problem("num_heads", f"width {v.width} is not divisible by num_heads {v.num_heads}"))
         if self.posemb == "sincos2d" and v.width % 4:
             problems.append(Problem("posemb", f"'sincos2d' needs a width divisible by 4, got width {v.width}"))
+        return problems + self._parametrization_problems()
+
+    def _parametrization_problems(self) -> list[Problem]:
+        """muP needs its base width, and applies to the encoder's own attention (not a MAP head's)."""
+        mup_fields = [k for k in ("base_width", "base_head_dim", "base_depth") if getattr(self, k) is not None]
+        if self.parametrization == "standard":
+            return [Problem(k, "is only used with parametrization 'mup'") for k in mup_fields]
+        problems = []
+        if self.base_width is None:
+            problems.append(Problem("base_width", "parametrization 'mup' needs a base width (a positive integer)"))
+        if self.pool_type == "map":
+            problems.append(Problem("pool_type", "'map' has no muP rule here; use gap, tok or none with 'mup'"))
         return problems
 
     @property
@@ -216,6 +234,9 @@ class PretrainConfig(ModelSpec):
     train_split: str = "train"
     test_split: str = "test"
     train_examples: int | None = Field(default=None, gt=0)  # data axis: first n of train_split
+    # Held out from the end of train_split, never trained on: val/loss and val/acc at every evaluation,
+    # what a sweep's `search:` chooses its best run by (the test split never chooses anything). 0: none.
+    val_examples: int = Field(default=0, ge=0)
     crop_padding: int = Field(default=2, ge=0)  # random crop: reflect-pad then crop back
     flip: bool = True  # random horizontal flip
     # How splits are read (vitscale.data.sources): "memory" decodes a split into one array; "stream" reads the
@@ -240,6 +261,9 @@ class PretrainConfig(ModelSpec):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1.0, ge=0)  # times the per-path multipliers in wd_rules
     wd_rules: list[tuple[str, float]] | None = None  # (regex over param path, multiplier); None: paper's
+    # (regex over param path, learning-rate multiplier), first match wins; None: the parametrization's
+    # (standard: 1 everywhere; mup: vitscale.mup.MUP_LR_RULES at this width). Weight decay keeps lr x wd.
+    lr_rules: list[tuple[str, float]] | None = None
     grad_clip_norm: float | None = Field(default=1.0, gt=0)
     b2: float = Field(default=0.999, gt=0, lt=1)  # Adam's second-moment decay
     schedule: Schedule = "cosine"
@@ -285,14 +309,16 @@ class PretrainConfig(ModelSpec):
     def _pp_ops(cls, v: list[str] | None) -> list[str] | None:
         return _pp(v)
 
-    @field_validator("wd_rules")
+    @field_validator("wd_rules", "lr_rules")
     @classmethod
     def _wd_rules(cls, v: list[tuple[str, float]] | None) -> list[tuple[str, float]] | None:
-        for pattern, _ in v or []:
+        for pattern, mult in v or []:
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"regular expression {pattern!r} does not compile: {e}") from None
+            if mult < 0:
+                raise ValueError(f"multiplier of {pattern!r} must be >= 0, got {mult}")
         return v
 
     @field_validator("mesh")
@@ -332,8 +358,15 @@ class PretrainConfig(ModelSpec):
         return cls(**model.model_dump())
 
     def train_split_name(self) -> str:
-        """The TFDS split the run trains on: train_split, or its first train_examples."""
-        return f"{self.train_split}[:{self.train_examples}]" if self.train_examples else self.train_split
+        """The TFDS split the run trains on: train_split, or its first train_examples, without the
+        last val_examples."""
+        if self.train_examples:
+            return f"{self.train_split}[:{self.train_examples}]"
+        return f"{self.train_split}[:-{self.val_examples}]" if self.val_examples else self.train_split
+
+    def val_split_name(self) -> str | None:
+        """The TFDS split of the held-out validation images (the last val_examples of train_split)."""
+        return f"{self.train_split}[-{self.val_examples}:]" if self.val_examples else None
 
 
 RANDOM = "random"  # the value of TransferConfig.pretrained that asks for an untrained model
@@ -346,7 +379,7 @@ class TransferConfig(_Schema):
 
     name: str = "transfer"  # run name, shown in reports
     # --- the model
-    pretrained: str  # a pretraining run folder (absolute, or relative to the repository root, e.g.
+    pretrained: str  # a pretraining run folder (absolute, or relative to the study folder, e.g.
     #                  outputs/demo), or "random": an untrained model as `random_model` describes
     random_model: ModelSpec | None = None  # with pretrained "random": its model (None: ModelSpec's defaults)
     pretrained_model: ModelSpec | None = None  # with pretrained a .npz file: its model, the variant at least
@@ -556,6 +589,25 @@ def _args(annotation: Any) -> tuple:
     return tuple(a for arg in get_args(annotation) for a in (arg, *_args(arg)))
 
 
+EXCERPT_CHARS = 80  # the most of an offending value an error message quotes
+MESSAGE_CHARS = 1000  # the most of one problem's message (a validator's text may quote its value)
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """repr(value) as an error message quotes it: at most `limit` characters, a longer one cut with
+    "…", never building the whole text of a huge value (a string or list of a million items)."""
+    if isinstance(value, str | bytes | list | tuple) and len(value) > limit:
+        value = value[:limit]
+    elif isinstance(value, dict) and len(value) > limit:
+        value = dict(list(value.items())[:limit])
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """`text` (a message) at most `limit` characters, a longer one cut with "…"."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _problems(e: ValidationError, schema: type[BaseModel]) -> list[Problem]:
     out = []
     for err in e.errors():
@@ -564,22 +616,23 @@ def _problems(e: ValidationError, schema: type[BaseModel]) -> list[Problem]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             accepted = ", ".join(sorted((_schema_at(schema, loc[:-1]) or schema).model_fields))
-            out.append(Problem(field, f"unknown parameter (got {err.get('input')!r}; accepted: {accepted})"))
+            out.append(Problem(field, f"unknown parameter (got {excerpt(err.get('input'))}; accepted: {accepted})"))
         elif err["type"] == "value_error" and _schema_at(schema, loc) is not None:  # a model validator's lines
             for line in msg.splitlines():
                 name, _, text = line.partition(": ")
-                out.append(Problem(f"{field}.{name}" if field else name, text))
+                out.append(Problem(f"{field}.{name}" if field else name, cut(text)))
         else:
             if "input" in err and err["type"] != "value_error":
-                msg += f" (got {err['input']!r})"
-            out.append(Problem(field or "parameters", msg))
+                msg += f" (got {excerpt(err['input'])})"
+            out.append(Problem(field or "parameters", cut(msg)))
     return out
 
 
 def validate(schema: type[BaseModel], params: dict[str, Any], source: str | Path | None = None) -> Any:
     """Build `schema` from a dict; a ConfigError naming each bad field otherwise."""
     if not isinstance(params, dict):
-        raise ConfigError([Problem("parameters", f"must be a mapping of names to values (got {params!r})")], source)
+        problem = Problem("parameters", f"must be a mapping of names to values (got {excerpt(params)})")
+        raise ConfigError([problem], source)
     try:
         return schema(**params)
     except ValidationError as e:
@@ -595,20 +648,139 @@ def resolved(schema: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
         return params
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a parameter file (a YAML mapping); errors name the file, and the line and column."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([Problem("file", "does not exist")], path)
+# ----------------------------------------------------------------------------- reading YAML files
+# Every YAML file vitscale reads (parameter and sweep files, a run's params.yaml) goes through
+# `load_yaml`, whose limits hold before any value is built or validated: a file a collaborator sends
+# cannot exhaust memory, and a key written twice cannot silently win.
+MAX_YAML_BYTES = 1_000_000  # a parameter or sweep file is a few kB; cpu_scaling.yaml, the largest, 3 kB
+MAX_YAML_NODES = 100_000  # values once anchors' aliases are expanded (billion laughs: 9**9 and more)
+
+
+class _YamlRefused(yaml.YAMLError):
+    """A YAML file within YAML's grammar that vitscale does not read: (field, message)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def _key(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """A mapping key as the loader builds it (so `1` and `0x1` are one key), or None if not a scalar."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:merge":
+        return None
     try:
-        params = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        key = loader.construct_object(node, deep=True)
+        hash(key)
+    except (yaml.YAMLError, TypeError, ValueError):
+        return None
+    return key
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a mapping naming one key twice (the key, and both lines)."""
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = _key(self, key_node)
+            if key is None:
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _YamlRefused(
+                    str(key), f"given twice, at lines {seen[key]} and {line}; keep one (YAML keeps the last silently)"
+                )
+            seen[key] = line
+        return node
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """How many values `node` holds once every alias is expanded, counted without expanding (each
+    shared node once); stops past `limit`. A node that contains itself is refused."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in open_:
+            raise _YamlRefused(f"line {n.start_mark.line + 1}", "an anchor that contains its own alias")
+        open_.add(id(n))
+        children = [] if isinstance(n, yaml.ScalarNode) else n.value
+        total = 1
+        for child in children:
+            for c in child if isinstance(child, tuple) else (child,):
+                total = min(total + size(c), limit + 1)
+        open_.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
+
+def expect_path(path: str | Path, expected: str, folder: bool | None = None, field: str = "path") -> Path:
+    """`path`, or a ConfigError naming it and what was `expected` there: it does not exist, or it is a
+    file where a folder is expected (`folder`) or a folder where a file is (`folder=False`)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([Problem(field, f"does not exist (expected {expected})")], path)
+    if folder is True and not path.is_dir():
+        raise ConfigError([Problem(field, f"is not a folder, expected {expected}")], path)
+    if folder is False and path.is_dir():
+        raise ConfigError([Problem(field, f"is a directory, expected {expected}")], path)
+    return path
+
+
+def _read_yaml_text(path: Path, what: str) -> str:
+    """The text of a YAML file that exists, is a file, is at most MAX_YAML_BYTES and is UTF-8."""
+    expect_path(path, what, folder=False, field="file")
+    with path.open("rb") as f:
+        data = f.read(MAX_YAML_BYTES + 1)
+    if len(data) > MAX_YAML_BYTES:
+        size = path.stat().st_size
+        raise ConfigError(
+            [Problem("file", f"is {size:,} bytes; a YAML file vitscale reads may hold at most {MAX_YAML_BYTES:,}")],
+            path,
+        )
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([Problem("file", f"is not UTF-8 text (byte {e.start}: {e.reason})")], path) from None
+
+
+def _parse_yaml(text: str) -> Any:
+    """One YAML document, its size checked with aliases expanded before any value is built."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise _YamlRefused(
+                "file", f"holds more than {MAX_YAML_NODES:,} values once its aliases (*name) are expanded"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: str | Path, what: str = "a YAML parameter file") -> dict[str, Any]:
+    """Read a parameter file (a YAML mapping) within the limits above; errors name the file, and the
+    line and column, or the key written twice and its two lines."""
+    path = Path(path)
+    text = _read_yaml_text(path, what)
+    try:
+        params = _parse_yaml(text) or {}  # an empty file (or a bare `0`, `[]`): no parameters, as before
+    except _YamlRefused as e:
+        raise ConfigError([Problem(e.field, e.message)], path) from None
+    except RecursionError:
+        raise ConfigError([Problem("file", "is nested too deeply to read")], path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "file"
-        what = " ".join(str(x) for x in (getattr(e, "problem", None) or e, getattr(e, "context", None) or "") if x)
-        raise ConfigError([Problem(where, f"not valid YAML: {what.strip()}")], path) from None
+        why = " ".join(str(x) for x in (getattr(e, "problem", None) or e, getattr(e, "context", None) or "") if x)
+        raise ConfigError([Problem(where, f"not valid YAML: {cut(why.strip())}")], path) from None
     if not isinstance(params, dict):
         raise ConfigError(
             [Problem("file", f"must be a mapping of names to values (got {type(params).__name__})")], path

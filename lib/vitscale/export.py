@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from vitscale import config, pretrained, runs, weights
+from vitscale import config, mup, pretrained, runs, weights
 
 
 def check(cfg: config.PretrainConfig, layout: str) -> None:
@@ -31,15 +31,20 @@ def check(cfg: config.PretrainConfig, layout: str) -> None:
 
 def run(run_dir: str | Path, out: str | Path | None = None, layout: str = "big_vision") -> Path:
     """Write the newest readable checkpoint of `run_dir` as a `layout` .npz; returns its path."""
-    run = runs.find_run(run_dir)
+    run = runs.find_run(run_dir, "target")
     check(pretrained.read_pretrain_config(run), layout)
     run, cfg, params, step = pretrained.read_run(run)  # no optimizer, no dataset: the checkpoint's params
-    flat = weights.flatten(params)
+    spec = cfg.model_spec()
+    # A muP model's multipliers go into the weights: the file holds a standard ViT (vitscale.mup.fold).
+    flat = mup.fold(weights.flatten(params), mup.multipliers(spec), spec.shape.width)
+    spec = spec.model_copy(
+        update=dict(parametrization="standard", base_width=None, base_head_dim=None, base_depth=None)
+    )
     path = Path(out) if out else run / "export" / f"{layout}_step{step}.npz"
-    weights.save(path, weights.to_file(flat, cfg.model_spec(), layout))
+    weights.save(path, weights.to_file(flat, spec, layout))
     lines = {
         "pretrained": str(path.resolve()),
-        "pretrained_model": cfg.changed(),  # config.ModelSpec: the fields that differ from the defaults
+        "pretrained_model": spec.changed(),  # config.ModelSpec: the fields that differ from the defaults
         # (not parameters) where the weights come from
         "exported_from": {"run": str(run), "step": step, "layout": layout},
     }

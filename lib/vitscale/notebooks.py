@@ -2,7 +2,8 @@
 execution with the compilation cache, and HTML export of executed notebooks.
 
 `prepare_run` is every check before any compute (schema, then the program's `check`), then the
-claim of the run folder; `execute` runs notebooks/<kind>.ipynb into it and renders the report.
+claim of the run folder; `execute` runs the package's notebooks/<kind>.ipynb into it (its kernel in
+the study's notebooks/, `study.kernel_cwd`) and renders the report.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from vitscale import analysis, config, environ, logs, loop, runs, train, transfer
+from vitscale import analysis, config, environ, logs, loop, runs, study, train, transfer
 
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
@@ -77,14 +78,14 @@ def ensure_kernel() -> None:
 def lab_argv(
     ip: str = "127.0.0.1", port: int = 8888, open_browser: bool = True, as_root: bool | None = None
 ) -> list[str]:
-    """JupyterLab on notebooks/ with the `vitscale` kernel as the default, at `ip`:`port`; as root too
-    (containers and cloud notebook images run as root; JupyterLab refuses it without --allow-root)."""
+    """JupyterLab on the study's notebooks/ with the `vitscale` kernel as the default, at `ip`:`port`; as
+    root too (containers and cloud notebook images run as root; JupyterLab refuses it without --allow-root)."""
     as_root = os.geteuid() == 0 if as_root is None else as_root
     return [
         sys.executable,
         "-m",
         "jupyterlab",
-        f"--ServerApp.root_dir={runs.NOTEBOOKS}",
+        f"--ServerApp.root_dir={study.notebooks_dir()}",
         f"--ServerApp.ip={ip}",
         f"--ServerApp.port={port}",
         "--ServerApp.port_retries=0",
@@ -95,10 +96,10 @@ def lab_argv(
 
 
 def compile_cache_env(path: Path | None = None) -> dict[str, str]:
-    """JAX's persistent compilation cache at outputs/.jax_cache for the kernels we start, unless
+    """JAX's persistent compilation cache at the study's outputs/.jax_cache for the kernels we start, unless
     JAX_COMPILATION_CACHE_DIR is set ("" switches it off): runs sharing a model shape compile once."""
     env = {
-        "JAX_COMPILATION_CACHE_DIR": str(path or runs.OUTPUTS / ".jax_cache"),
+        "JAX_COMPILATION_CACHE_DIR": str(path or study.outputs() / ".jax_cache"),
         # JAX caches only programs that took >= 1 s to compile; the evaluation step takes less.
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
     }
@@ -178,6 +179,13 @@ def preempted_step(e: BaseException) -> str | None:
     return None
 
 
+def diverged_reason(e: BaseException) -> str | None:
+    """The message naming the first non-finite step when a kernel's run diverged (loop.NonFiniteLoss), else None."""
+    if getattr(e, "ename", None) == "NonFiniteLoss" or isinstance(e, loop.NonFiniteLoss):
+        return str(getattr(e, "evalue", None) or e)
+    return None
+
+
 def write_failure(e: BaseException) -> str | None:
     """The one line of a kernel's failed write (runs.WriteError), else None."""
     if getattr(e, "ename", None) == "WriteError":
@@ -188,14 +196,17 @@ def write_failure(e: BaseException) -> str | None:
 def execute(
     kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False, checked: bool = False
 ) -> Path:
-    """Execute notebooks/<kind>.ipynb with `params` into out/<name>.ipynb, then render <name>.html.
+    """Execute the package's notebooks/<kind>.ipynb with `params` into out/<name>.ipynb, then render
+    <name>.html; the kernel runs in the study's notebooks/ and is told the study folder (`study.ENV`).
     Raises papermill's PapermillExecutionError after saving both if a cell failed. `quiet` does not
     stream the kernel's output here (parallel sweep workers); `checked`: this process has checked
     `params` (notebooks.check), so the kernel's first cell validates them only."""
     import papermill as pm
 
     ensure_kernel()
-    kernel_env = {"VITSCALE_BATCH": "1", **compile_cache_env()}  # text progress bars; the shared cache
+    home = study.root()
+    # Text progress bars; the shared cache; the study this process found, wherever the kernel runs.
+    kernel_env = {"VITSCALE_BATCH": "1", study.ENV: str(home), **compile_cache_env()}
     out.mkdir(parents=True, exist_ok=True)
     run_nb = out / f"{name}.ipynb"
     # The kernel's own lines (progress) on the terminal; its stderr (library chatter) in the log file.
@@ -204,11 +215,11 @@ def execute(
     try:
         with forwarding_signals(), environ.scoped(kernel_env), runs.writing(run_nb, "the executed notebook"):
             pm.execute_notebook(
-                runs.NOTEBOOKS / f"{kind}.ipynb",
+                study.notebook(kind),
                 run_nb,
                 parameters={"params": params, "out_dir": str(out), **({"checked": True} if checked else {})},
                 kernel_name=KERNEL,
-                cwd=str(runs.NOTEBOOKS),
+                cwd=str(study.kernel_cwd(home)),
                 progress_bar=False,
                 **streams,
             )
@@ -228,20 +239,15 @@ def execute(
 def prepare_run(
     params_file: Path, out: Path | None = None, kind: str | None = None, replace: bool = False
 ) -> tuple[str, Any, Path]:
-    """Every check before any compute, then claim (or check) the run folder: (kind, cfg, folder)."""
-    kind = kind or params_file.parent.name
+    """Every check before any compute, then claim (or check) the run folder: (kind, cfg, folder). The
+    notebook is `kind` (--notebook), else the file's `kind:`, else its folder (`study.file_kind`)."""
+    params = config.load_yaml(params_file, "a parameter file (parameters/<kind>/<name>.yaml)")
+    kind, params = study.file_kind(params_file, params, kind)
     if kind not in config.RUN_KINDS:
-        raise config.ConfigError(
-            [
-                config.Problem(
-                    "notebook",
-                    f"cannot tell the notebook from the folder {params_file.parent.name!r}: put the file under "
-                    f"parameters/<kind>/ or pass --notebook (accepted kinds: {list(config.RUN_KINDS)})",
-                )
-            ],
-            params_file,
-        )
-    cfg = check(kind, config.load_yaml(params_file), params_file)
+        how = f"{kind!r} files run with `vitscale sweep {params_file}` (`vitscale run` runs kinds pretrain, transfer)"
+        problem = config.Problem("kind", how)
+        raise config.ConfigError([problem], params_file)
+    cfg = check(kind, params, params_file)
     out = (out or runs.default_out(kind, params_file)).resolve()  # the kernel runs in notebooks/: no relative paths
     runs.lock(out)  # held until this process ends; its kernel writes under it
     try:

@@ -38,6 +38,7 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "param_path",
+    "scale_by_path",
     "scale_by_factored_second_moment",
     "scale_by_paper_adafactor",
     "state_bytes_per_param",
@@ -238,6 +239,23 @@ def wd_multipliers(params: Any, rules: WdRules = DEFAULT_WD_RULES) -> Any:
     return jax.tree_util.tree_map_with_path(mult, params)
 
 
+def scale_by_path(rules: WdRules = ()) -> optax.GradientTransformation:
+    """Multiplies each update by its path's multiplier (first matching rule; 1 where none matches):
+    per-layer learning rates (muP's, vitscale.mup), applied before weight decay so lr x wd stays."""
+    compiled = _compile_rules(rules)
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def one(path, u):
+            i = _rule_index(param_path(path), compiled)
+            return u if i is None or compiled[i][1] == 1.0 else u * jnp.asarray(compiled[i][1], u.dtype)
+
+        return jax.tree_util.tree_map_with_path(one, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def add_decayed_weights_by_path(weight_decay: float, rules: WdRules = DEFAULT_WD_RULES) -> optax.GradientTransformation:
     """Adds `weight_decay * mult(path) * p` to the updates (decoupled wd).
 
@@ -436,8 +454,13 @@ def make_optimizer(
     momentum: float = 0.9,
     clip_update_rms: float | None = None,
     mu_dtype: Any = "bfloat16",
+    lr_rules: WdRules = (),
+    eps_scale: float = 1.0,
 ) -> optax.GradientTransformation:
-    """Builds clip_by_global_norm -> scale_by_<name> -> wd by path -> -lr(t).
+    """Builds clip_by_global_norm -> scale_by_<name> -> lr multipliers by path -> wd by path -> -lr(t).
+
+    `lr_rules`: (regex, multiplier) per-layer learning rates (the update, not the decay, is scaled);
+    `eps_scale`: times Adam's epsilon 1e-8 (Adafactor's 1e-30 on g^2: its square), as muP asks.
 
     adafactor: the paper's variant (momentum b1, beta2 capped at b2, momentum in
     mu_dtype, optional update RMS clip `clip_update_rms`); adam/adamw (same):
@@ -462,24 +485,33 @@ def make_optimizer(
 
     if clip_update_rms is not None:
         _check_float("clip_update_rms", clip_update_rms, 0.0, lo_open=True)
-    if name == "adafactor":
-        txs.append(
-            scale_by_paper_adafactor(
-                beta2_cap=b2, clipping_threshold=clip_update_rms, momentum=b1, momentum_dtype=mu_dt
-            )
-        )
-    else:
-        if clip_update_rms is not None:
-            raise ValueError(
-                f"clip_update_rms={clip_update_rms!r} is only supported by name='adafactor', not name={name!r}."
-            )
-        if name in ("adam", "adamw"):
-            txs.append(optax.scale_by_adam(b1=b1, b2=b2, mu_dtype=mu_dt))
-        elif momentum:
-            txs.append(optax.trace(decay=momentum, accumulator_dtype=mu_dt))
+    eps_scale = _check_float("eps_scale", eps_scale, 0.0, lo_open=True)
+    normalise = _scale_by(name, b1, b2, momentum, clip_update_rms, mu_dt, eps_scale)
+    txs += [normalise] if normalise is not None else []  # plain SGD: nothing (the state keeps its structure)
+    if any(mult != 1.0 for _, mult in _compile_rules(lr_rules)):  # none: the state keeps its old structure
+        txs.append(scale_by_path(lr_rules))
     txs.append(add_decayed_weights_by_path(weight_decay, wd_rules))
     txs.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*txs)
+
+
+def _scale_by(name, b1, b2, momentum, clip_update_rms, mu_dt, eps_scale) -> optax.GradientTransformation | None:
+    """make_optimizer's normalisation step: the paper's Adafactor, Adam, or SGD's momentum (or nothing)."""
+    if name == "adafactor":
+        return scale_by_paper_adafactor(
+            eps=1e-30 * eps_scale**2,
+            beta2_cap=b2,
+            clipping_threshold=clip_update_rms,
+            momentum=b1,
+            momentum_dtype=mu_dt,
+        )
+    if clip_update_rms is not None:
+        raise ValueError(
+            f"clip_update_rms={clip_update_rms!r} is only supported by name='adafactor', not name={name!r}."
+        )
+    if name in ("adam", "adamw"):
+        return optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8 * eps_scale, mu_dtype=mu_dt)
+    return optax.trace(decay=momentum, accumulator_dtype=mu_dt) if momentum else None
 
 
 def state_bytes_per_param(optimizer: optax.GradientTransformation, params_shapes: Any) -> float:

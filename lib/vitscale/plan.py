@@ -44,6 +44,7 @@ def load_points(source: str | Path, *, metric: str = metrics.TEST_ACC, k: float 
                 source,
             )
         return pts
+    config.expect_path(source, "a sweep folder or a CSV of runs", field="source")
     if not source.is_file():
         raise config.ConfigError([config.Problem("source", "is neither a sweep folder nor a CSV file")], source)
     try:
@@ -260,6 +261,7 @@ def run(
     "text", "sweep_file"}; ConfigError on bad input, before anything is written."""
     source = Path(source)
     _check_options(source, budget, out, unique_data, repetition_)
+    config.expect_path(source, "a sweep folder or a CSV of runs", field="source")
     points = load_points(source, metric=metric, k=k)
     res = _allocate(points, budget, max_epochs=max_epochs, n_bootstrap=n_bootstrap, repetition_=repetition_,
                     unique=unique_data)  # fmt: skip

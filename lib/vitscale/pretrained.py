@@ -4,6 +4,7 @@ init), and fitting loaded weights to a model: the one place either happens."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,24 @@ def read_run(path: str | Path) -> tuple[Path, config.PretrainConfig, Any, int]:
     run = runs.find_run(path)
     cfg = read_pretrain_config(run)
     params, step = checkpoints.restore_params(run / "ckpt")
-    if params is None:
-        raise config.ConfigError([config.Problem("pretrained", f"no checkpoint in {run / 'ckpt'} could be read")])
+    _say_skipped(run, step)
     return run, cfg, params, step
+
+
+def _say_skipped(run: Path, step: int | None) -> None:
+    """One line when the newest checkpoint of `run` could not be read and an older `step` is used
+    instead; a ConfigError naming the damaged steps when none could be read (step None)."""
+    skipped = checkpoints.newer_than(run / "ckpt", step)
+    damaged = ("step " if len(skipped) == 1 else "steps ") + ", ".join(str(s) for s in skipped)
+    if step is None:
+        problem = f"no checkpoint in {run / 'ckpt'} could be read (damaged: {damaged})"
+        raise config.ConfigError([config.Problem("pretrained", problem)])
+    if skipped:
+        print(
+            f"note: {run / 'ckpt'}: the checkpoint at {damaged} is unreadable; using step {step}, "
+            "the newest readable one",
+            file=sys.stderr,
+        )
 
 
 def load_run(path: str | Path, mesh) -> Pretrained:
@@ -73,9 +89,8 @@ def load_run(path: str | Path, mesh) -> Pretrained:
         state, _ = checkpoints.restore_latest(mngr, trainer.abstract_state(), move_aside=False)
     finally:
         mngr.close()
-    if state is None:
-        raise config.ConfigError([config.Problem("pretrained", f"no checkpoint in {run / 'ckpt'} could be read")])
-    step = int(jax.device_get(state.step))
+    step = None if state is None else int(jax.device_get(state.step))
+    _say_skipped(run, step)
     origin = {"file": str(run), "layout": "vitscale run folder (orbax)", "variant": cfg.variant, "step": step}
     return Pretrained("pretrained", cfg, state.params, step, str(run), trainer, origin)
 

@@ -41,11 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from vitscale import allocator, config, metrics
-
-ROOT = Path(__file__).resolve().parents[2]  # the repository (src layout: lib/vitscale)
-NOTEBOOKS = ROOT / "notebooks"
-OUTPUTS = ROOT / "outputs"
+from vitscale import allocator, config, metrics, search, study
 
 PACKAGES = (
     "vitscale",
@@ -62,11 +58,11 @@ PACKAGES = (
 
 
 def locate(path: str | Path, exists=Path.exists) -> tuple[Path | None, list[Path]]:
-    """(the path `path` names: absolute, or relative to the working directory or to the repository
-    root, so `outputs/demo` works from the repository and from notebooks/ alike; the places tried).
+    """(the path `path` names: absolute, or relative to the working directory or to the study folder
+    (`study.root`), so `outputs/demo` works from the study and from its notebooks/ alike; the places tried).
     The found path is None when none of them passes `exists`."""
     given = Path(path).expanduser()
-    tried = list(dict.fromkeys([given] if given.is_absolute() else [Path.cwd() / given, ROOT / given]))
+    tried = list(dict.fromkeys([given] if given.is_absolute() else [Path.cwd() / given, study.root() / given]))
     found = next((p for p in tried if exists(p)), None)
     return (found.resolve() if found else None), tried
 
@@ -78,8 +74,9 @@ def find_run(path: str | Path, field: str = "pretrained") -> Path:
     problem = lambda msg: config.ConfigError([config.Problem(field, msg)])
     if run is None:
         looked = ", ".join(str(p) for p in tried)
+        what = "is not a folder" if any(p.exists() for p in tried) else "does not exist"
         raise problem(
-            f"run folder {str(path)!r} does not exist (looked at {looked}); accepted: a pretraining run folder "
+            f"run folder {str(path)!r} {what} (looked at {looked}); accepted: a pretraining run folder "
             "holding params.yaml and ckpt/, or 'random'"
         )
     if not (run / "params.yaml").is_file():
@@ -91,8 +88,9 @@ def find_run(path: str | Path, field: str = "pretrained") -> Path:
 
 
 def default_out(kind: str, params_file: Path) -> Path:
-    """outputs/<name> for pretraining, outputs/<kind>/<name> otherwise."""
-    return OUTPUTS / params_file.stem if kind == "pretrain" else OUTPUTS / kind / params_file.stem
+    """outputs/<name> for pretraining, outputs/<kind>/<name> otherwise, in the study folder."""
+    outputs = study.outputs()
+    return outputs / params_file.stem if kind == "pretrain" else outputs / kind / params_file.stem
 
 
 def claim(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
@@ -112,13 +110,13 @@ def claim(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
                     config.Problem(
                         "out",
                         f"{out} holds a run with other parameters (differing: {', '.join(diff)}); nothing was "
-                        f"changed. Pass --replace to move it to {OUTPUTS / '.replaced'}, or choose another "
+                        f"changed. Pass --replace to move it to {study.outputs() / '.replaced'}, or choose another "
                         "output folder",
                     )
                 ]
             )
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        dest = OUTPUTS / ".replaced" / f"{out.name}-{stamp}"
+        dest = study.outputs() / ".replaced" / f"{out.name}-{stamp}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(out), dest)
         print(f"moved the previous run to {dest}")
@@ -320,16 +318,18 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per trained model of a sweep (each finished run, and each of its cooldown branches):
     size, data, duration, compute and final metrics. Unfinished runs are left out."""
     rows = []
+    keys = search.read_keys(sweep_dir)
     for run_dir in find_runs(sweep_dir):
         if not (run_dir / "summary.json").exists():
             continue
         s = read_json(run_dir / "summary.json")
         if s.get("kind") != "pretrain":  # transfer runs and the like are not points of a scaling study
             continue
-        base = {
+        base = _searched(run_dir, keys) | {
             "run_id": run_dir.name,
             "branch": None,
             "variant": s["variant"],
+            "parametrization": s.get("parametrization", "standard"),
             "num_params": s["num_params"],
             "train_examples": s.get("train_examples"),
             "batch_size": s["batch_size"],
@@ -355,8 +355,31 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _metric_columns(final: dict[str, Any]) -> dict[str, Any]:
-    """The analysable metrics of a run's final record, under their own names."""
-    return {k: v for k, v in final.items() if metrics.ANALYSABLE.fullmatch(k)}
+    """The analysable metrics of a run's final record, and the validation ones a search chooses by."""
+    return {
+        k: v for k, v in final.items() if metrics.ANALYSABLE.fullmatch(k) or k in (metrics.VAL_ACC, metrics.VAL_LOSS)
+    }
+
+
+def diverged_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """A searched sweep's diverged runs (Status "diverged") as rows with their point and searched values and
+    no metrics: what a search tried and can never choose."""
+    keys = search.read_keys(sweep_dir)
+    if not keys:
+        return []
+    return [
+        {"run_id": d.name, "branch": None, "diverged": True, **_searched(d, keys)}
+        for d in find_runs(sweep_dir)
+        if status_of(d) == "diverged"
+    ]
+
+
+def _searched(run_dir: Path, keys: list[str]) -> dict[str, Any]:
+    """A searched run's point (vitscale.search.point_id) and its searched values; {} outside a search."""
+    if not keys:
+        return {}
+    params = config.load_yaml(run_dir / "params.yaml")
+    return {"point": search.point_id(params, keys), "search": {k: params.get(k) for k in keys}}
 
 
 # ----------------------------------------------------------------------------- one writer per run folder
@@ -566,7 +589,7 @@ STATUS = "status.json"
 class Status:
     """A run folder's status.json, as the local runner (sweep) and the cluster launcher (cluster) write it."""
 
-    status: Literal["running", "done", "failed", "submitted", "interrupted"]
+    status: Literal["running", "done", "failed", "submitted", "interrupted", "diverged"]
     started: float | None = None
     ended: float | None = None
     submitted: float | None = None
@@ -591,6 +614,12 @@ class Status:
         """From inside the `except` block that caught `e` (keeps the end of its traceback)."""
         tb = traceback.format_exc()[-4000:]
         return cls("failed", ended=time.time(), job=job, error=f"{type(e).__name__}: {e}", traceback=tb)
+
+    @classmethod
+    def diverged(cls, reason: str, job: str | None = None) -> Status:
+        """Stopped on a non-finite loss (loop.NonFiniteLoss): final, since batches and init are a pure
+        function of the seed, a rerun would diverge again (a search records it and never chooses it)."""
+        return cls("diverged", ended=time.time(), job=job, reason=reason)
 
     @classmethod
     def interrupted(cls, reason: str, job: str | None = None) -> Status:
@@ -630,9 +659,19 @@ class Status:
             return True
 
 
+def finished_at(folder: Path) -> float | None:
+    """When the run in `folder` finished (its summary.json's time), if it wrote its summary and its
+    report (run.html); else None: it has something left to do."""
+    summary = folder / "summary.json"
+    if summary.is_file() and (folder / "run.html").is_file():
+        return summary.stat().st_mtime
+    return None
+
+
 def status_of(folder: Path) -> str:
-    """done | failed | submitted (to a scheduler, not started) | running (its process lives on this
-    host) | interrupted (started, not finished, no live process here: resumes) | pending."""
+    """done | failed | diverged (a non-finite loss: not retried) | submitted (to a scheduler, not started) |
+    running (its process lives on this host) | interrupted (started, not finished, no live process here:
+    resumes) | pending."""
     record = Status.read(folder)
     if record is None:
         return "pending"
@@ -640,4 +679,4 @@ def status_of(folder: Path) -> str:
         return "done"
     if record.status == "running" and record.live_here():
         return "running"
-    return record.status if record.status in ("failed", "submitted") else "interrupted"
+    return record.status if record.status in ("failed", "submitted", "diverged") else "interrupted"

@@ -2,6 +2,7 @@
 
 A sweep file (parameters/sweeps/<name>.yaml):
 
+    kind: sweep                        # optional: what the file is (study.file_kind)
     notebook: pretrain                 # which notebook each run executes
     extends: other_sweep.yaml          # optional: start from another sweep file's keys
     base: ../pretrain/demo.yaml        # a parameter file (relative to this one) or a mapping
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
+import fcntl
 import hashlib
 import html
 import itertools
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, environ, metrics, notebooks, progress, report, runs
+from vitscale import config, environ, metrics, notebooks, progress, report, runs, search, study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Sweep:
     runs: tuple[Run, ...]
     analysis: bool = True
     slurm: config.SlurmResources = config.SlurmResources()  # what each run asks a cluster for
+    search: dict[str, list] = dataclasses.field(default_factory=dict)  # key -> values each point is run at
+    keys: tuple[str, ...] = ()  # the swept and searched keys that label run ids
 
 
 def run_id(params: dict[str, Any], keys: list[str]) -> str:
@@ -59,16 +63,17 @@ def run_id(params: dict[str, Any], keys: list[str]) -> str:
 def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
     """A sweep file with the one it `extends` merged in, its keys and SLURM resources checked:
     (spec, slurm, notebook kind)."""
-    spec = config.load_yaml(path)
+    _, spec = study.file_kind(path, config.load_yaml(path, "a sweep file (parameters/sweeps/<name>.yaml)"), "sweep")
     if "extends" in spec:  # another sweep file whose keys this one overrides (e.g. a smaller grid)
         parent_path = path.parent / spec.pop("extends")
-        parent = config.load_yaml(parent_path)
+        parent = config.load_yaml(parent_path, f"the sweep file {path.name} extends")
+        _, parent = study.file_kind(parent_path, parent, "sweep")
         if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
             parent["base"] = str((parent_path.parent / parent["base"]).resolve())
         spec = {**parent, **spec}
-    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "runs", "analysis", "slurm"}
+    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "search", "runs", "analysis", "slurm"}
     if unknown:
-        accepted = "name, notebook, base, fixed, grid, runs, analysis, slurm"
+        accepted = "name, notebook, base, fixed, grid, search, runs, analysis, slurm"
         raise config.ConfigError(
             [config.Problem(k, f"unknown sweep key; accepted: {accepted}") for k in sorted(unknown)], path
         )
@@ -91,7 +96,9 @@ def load(path: str | Path) -> Sweep:
     spec, slurm, notebook = _read_spec(path)
     base = spec.get("base") or {}
     if isinstance(base, str):
-        base = config.load_yaml(path.parent / base)
+        base_path = path.parent / base
+        base = config.load_yaml(base_path, f"the parameter file {path.name} names as its base")
+        _, base = study.file_kind(base_path, base, notebook)
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise config.ConfigError([config.Problem("grid", "must map parameter names to non-empty lists")], path)
@@ -99,20 +106,24 @@ def load(path: str | Path) -> Sweep:
     combos += list(spec.get("runs") or [])
     if not combos:
         combos = [{}]
-    keys = list(grid) + sorted({k for c in spec.get("runs") or [] for k in c} - set(grid))
+    search = _search_of(spec, path, notebook, set(grid))
+    combos = [{**c, **dict(zip(search, values))} for c in combos for values in itertools.product(*search.values())]
+    keys = list(grid) + list(search) + sorted({k for c in spec.get("runs") or [] for k in c} - set(grid) - set(search))
     expanded, errors = [], []
     for i, overrides in enumerate(combos):
         params = {**base, **(spec.get("fixed") or {}), **overrides}
         try:
             cfg = notebooks.check(notebook, params)
         except config.ConfigError as e:
-            errors += [config.Problem(f"run {i} {overrides}: {p.field}", p.message) for p in e.problems]
+            errors += [config.Problem(f"run {i} {config.excerpt(overrides)}: {p.field}", p.message) for p in e.problems]
             continue
         resolved = cfg.model_dump(mode="json")
         # Labelled by the run's own swept keys: adding explicit runs to a grid keeps the grid's ids
         # (and so its finished runs).
         rid = run_id(resolved, [k for k in keys if k in overrides])
         expanded.append(Run(rid, {**resolved, "name": rid}))
+    if search and not errors and any(not r.params.get("val_examples") for r in expanded):
+        errors.append(config.Problem("search", "chooses each point's best run on held-out images: set val_examples"))
     if errors:
         raise config.ConfigError(errors, path)
     ids = [r.run_id for r in expanded]
@@ -125,7 +136,73 @@ def load(path: str | Path) -> Sweep:
         tuple(sorted(expanded, key=lambda r: r.run_id)),
         bool(spec.get("analysis", True)),
         slurm,
+        search,
+        tuple(keys),
     )
+
+
+def _search_of(spec: dict, path: Path, notebook: str, grid_keys: set[str]) -> dict[str, list]:
+    """The `search:` block: parameter names of the notebook's schema mapped to non-empty lists of values."""
+    search = spec.get("search") or {}
+    if not isinstance(search, dict):
+        raise config.ConfigError([config.Problem("search", "must map parameter names to lists of values")], path)
+    fields = config.KINDS[notebook].model_fields
+    problems = []
+    for key, values in search.items():
+        if key not in fields or key == "name":
+            problems.append(config.Problem(f"search.{key}", f"is not a parameter of {notebook} (e.g. lr, batch_size)"))
+        elif not isinstance(values, list) or not values:
+            problems.append(config.Problem(f"search.{key}", "must list at least one value"))
+        elif len(set(map(str, values))) != len(values):
+            problems.append(config.Problem(f"search.{key}", f"repeats a value: {values}"))
+        elif key in grid_keys:
+            problems.append(
+                config.Problem(f"search.{key}", "is also a grid key: a value is searched or swept, not both")
+            )
+    if problems:
+        raise config.ConfigError(problems, path)
+    return search
+
+
+# ----------------------------------------------------------------------------- a search that widens
+def with_extras(spec: Sweep, out: Path) -> Sweep:
+    """`spec` plus the runs `--extend-search` added to its folder before (search.json's "extra")."""
+    extra = _saved_extras(out)
+    have = {r.run_id for r in spec.runs}
+    new = [Run(rid, params) for rid, params in extra.items() if rid not in have]
+    return dataclasses.replace(spec, runs=tuple(sorted((*spec.runs, *new), key=lambda r: r.run_id))) if new else spec
+
+
+def _saved_extras(out: Path) -> dict[str, dict[str, Any]]:
+    path = out / search.SEARCH_FILE
+    return runs.read_json(path).get("extra", {}) if path.is_file() else {}
+
+
+def extend_search(spec: Sweep, out: Path) -> tuple[Sweep, list[str]]:
+    """For each point whose best value sits at an edge of what it tried, one run at the next value
+    beyond that edge (search.next_value); saved in the folder so later sweeps and analyses keep them.
+    Returns the widened sweep and a line per added run."""
+    by_id = {r.run_id: r for r in spec.runs}
+    rows = [
+        r for r in [*runs.collect(out), *runs.diverged_rows(out)] if r.get("branch") is None and r["run_id"] in by_id
+    ]
+    best, choices = search.choose(rows, list(spec.search))
+    winners = {(b["point"], b.get("branch")): b for b in best}
+    extra, lines = _saved_extras(out), []
+    for c in choices:
+        for key, edge in c.at_edge.items():
+            if edge is None or (c.point, c.branch) not in winners:
+                continue
+            value = search.next_value([v for v, _ in c.tried[key]], edge)
+            params = {**by_id[winners[(c.point, c.branch)]["run_id"]].params, key: value}
+            resolved = notebooks.check(spec.notebook, {k: v for k, v in params.items() if k != "name"})
+            resolved = resolved.model_dump(mode="json")
+            rid = run_id(resolved, [k for k in spec.keys if k in resolved])
+            if rid not in by_id and rid not in extra:
+                extra[rid] = {**resolved, "name": rid}
+                lines.append(f"{c.label['variant']} ({c.point}): {key} {edge} edge -> {value} ({rid})")
+    runs.write_json(out / search.SEARCH_FILE, {"keys": list(spec.search), "extra": extra})
+    return with_extras(spec, out), lines
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -136,6 +213,12 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
         raise config.ConfigError([config.Problem("--shard", f"{text!r} must be i/N with 0 <= i < N, e.g. 0/4")])
     return int(m.group(1)), int(m.group(2))
+
+
+def record_search(spec: Sweep, out: Path) -> None:
+    """search.json in the sweep folder: the searched keys (what the analysis groups runs by) and any extra runs."""
+    if spec.search:
+        runs.write_json(out / search.SEARCH_FILE, {"keys": list(spec.search), "extra": _saved_extras(out)})
 
 
 def shard_of(sweep: Sweep, shard: tuple[int, int]) -> list[Run]:
@@ -149,18 +232,26 @@ def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     for folder in sorted(p.parent for p in sweep_dir.glob("*/params.yaml")):
         record = runs.Status.read(folder)
         state = runs.status_of(folder)
-        reason = record.reason if record and state == "interrupted" else None  # "preempted at step N ..."
+        reason = record.reason if record and state in ("interrupted", "diverged") else None  # "preempted at step N"
         out.append({"run": folder.name, "status": state, "job": record and record.job, "reason": reason})
     return out
 
 
+INDEX_LOCK = ".index.lock"
+
+
 def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
-    """outputs/<sweep>/index.json: every run's status, recomputed from the run folders."""
-    index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
-    runs.write_json(
-        out / "index.json", {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
-    )
-    runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
+    """outputs/<sweep>/index.json: every run's status, recomputed from the run folders. Shards of one
+    sweep (processes, hosts sharing the folder) write it in turn, under a lock held only while one
+    reads the folders and replaces the file: the last write reflects every shard's runs, never a
+    status read before another shard's newer one was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / INDEX_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or when this process dies
+        index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
+        record = {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
+        runs.write_json(out / "index.json", record)
+        runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
     return index
 
 
@@ -240,6 +331,10 @@ def _execute_locked(sweep: Sweep, run: Run, folder: Path) -> str:
         if reason := notebooks.preempted_step(e):
             runs.Status.interrupted(reason).write(folder)
             return "interrupted"
+        if reason := notebooks.diverged_reason(e):
+            print(f"diverged: {run.run_id}: {reason}")
+            runs.Status.diverged(reason).write(folder)
+            return "diverged"
         if line := notebooks.write_failure(e):
             print(f"error: {line}")
         runs.Status.failed(e).write(folder)
@@ -253,8 +348,9 @@ def execute(
 ) -> dict[str, str]:
     """Run this shard's unfinished runs, `workers` at a time (threads, each with its own kernel)."""
     out.mkdir(parents=True, exist_ok=True)
+    record_search(sweep, out)
     mine = shard_of(sweep, shard)
-    skip = {"done", "running"} | (set() if retry_failed else {"failed"})  # running: by another process here
+    skip = {"done", "running", "diverged"} | (set() if retry_failed else {"failed"})  # running: another process
     todo = [r for r in mine if runs.status_of(out / r.run_id) not in skip]
     print(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "

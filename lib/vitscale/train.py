@@ -108,6 +108,7 @@ def make_summary(
         "kind": "pretrain",
         "name": cfg.name,
         "variant": cfg.variant,
+        "parametrization": cfg.parametrization,
         "dataset": cfg.dataset,
         "train_examples": cfg.train_examples,
         "total_steps": cfg.total_steps,
@@ -138,12 +139,21 @@ def check(cfg: config.PretrainConfig) -> None:
     batch fit the devices. Raises one ConfigError listing every problem."""
     problems: list[config.Problem] = []
     n_train = checks.split_size(problems, "dataset", cfg.dataset, cfg.train_split, cfg.data_dir)
-    if n_train is not None and cfg.train_examples and cfg.train_examples > n_train:
+    if n_train is not None and cfg.val_examples >= n_train:
+        problems.append(
+            config.Problem(
+                "val_examples",
+                f"{cfg.val_examples} leaves nothing to train on in the {n_train} examples of "
+                f"{cfg.dataset}:{cfg.train_split} (accepted: 0 to {n_train - 1})",
+            )
+        )
+    elif n_train is not None and cfg.train_examples and cfg.train_examples > n_train - cfg.val_examples:
+        held = f" less the {cfg.val_examples} held out (val_examples)" if cfg.val_examples else ""
         problems.append(
             config.Problem(
                 "train_examples",
-                f"{cfg.train_examples} exceeds the {n_train} examples of {cfg.dataset}:{cfg.train_split} "
-                f"(accepted: 1 to {n_train}, or null for all)",
+                f"{cfg.train_examples} exceeds the {n_train} examples of {cfg.dataset}:{cfg.train_split}{held} "
+                f"(accepted: 1 to {n_train - cfg.val_examples}, or null for all)",
             )
         )
     checks.split_size(problems, "test_split", cfg.dataset, cfg.test_split, cfg.data_dir)
@@ -183,6 +193,7 @@ def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     # 1. Data: the training subset and the test split, in memory or streamed (cfg.input).
     train = sources.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
     test = sources.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
+    val = sources.load(cfg.dataset, cfg.val_split_name(), cfg.data_dir, cfg.input) if cfg.val_examples else None
     pipe = build.pipeline(cfg)
 
     # 2. Compiled steps on the mesh.
@@ -190,7 +201,7 @@ def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     if advice := allocator.check(mesh.devices.flat[0].platform):
         warnings.warn(advice, stacklevel=2)
     trainer = build.trainer(cfg, mesh, train.num_classes)
-    make_evals = lambda t: build.evaluators_of(cfg, t, test, pipe)
+    make_evals = lambda t: build.evaluators_of(cfg, t, test, pipe, val)
     batches = build.batches(cfg, train, pipe)
 
     # 3. The main run, keeping the checkpoints the branches start from.

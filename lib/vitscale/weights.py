@@ -51,7 +51,7 @@ MAX_LINES = 40  # problems listed before "... and N more"
 
 
 def find_file(path: str | Path, field: str = "pretrained") -> Path:
-    """A .npz file named absolute or relative to the working directory or the repository root."""
+    """A .npz file named absolute or relative to the working directory or the study folder."""
     found, tried = runs.locate(path, Path.is_file)
     if found is None:
         looked = ", ".join(str(p) for p in tried)

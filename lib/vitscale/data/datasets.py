@@ -8,10 +8,12 @@ sub-folders of images, prepared once into `data_dir`. Nothing is downloaded at r
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow_datasets as tfds
@@ -67,18 +69,32 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
     check_dataset_name(name)
     data_dir = data_dir or default_data_dir()
     if (folder := folder_path(name)) is not None:
-        builder = builders.ImageFolder(folder=folder, data_dir=data_dir)
-        if not builder.is_prepared():
-            print(f"preparing {name} into {builder.data_dir} (once)")
-            builder.download_and_prepare()
-        return builder
+        make = functools.partial(builders.ImageFolder, folder=folder, data_dir=data_dir)
+        return prepared(make, f"preparing {name} into {{}} (once)")
     if name in builders.OFFLINE_BUILDERS:
-        builder = builders.OFFLINE_BUILDERS[name](data_dir=data_dir)
-        if not builder.is_prepared():
-            builder.download_and_prepare()
+        builder = prepared(functools.partial(builders.OFFLINE_BUILDERS[name], data_dir=data_dir))
         # From here on the stock TFDS path reads the prepared files like any dataset's.
         return tfds.builder(name, data_dir=data_dir) if name in tfds.list_builders() else builder
     return tfds.builder(name, data_dir=data_dir)
+
+
+def prepared(make: Callable[[], tfds.core.DatasetBuilder], note: str | None = None) -> tfds.core.DatasetBuilder:
+    """`make()`'s builder, prepared. Several processes may ask at once (two shards of a sweep on a
+    fresh data_dir): one prepares under a file lock beside the dataset's folder, the others wait for it
+    and then open what it prepared (TFDS alone lets the second rename fail on the first's files)."""
+    builder = make()
+    if builder.is_prepared():
+        return builder
+    lock = Path(f"{builder.data_dir}.prepare.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        builder = make()  # another process may have prepared it while this one waited
+        if not builder.is_prepared():
+            if note:
+                print(note.format(builder.data_dir))
+            builder.download_and_prepare()
+    return builder
 
 
 def not_prepared(name: str, builder) -> FileNotFoundError:

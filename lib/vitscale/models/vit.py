@@ -160,11 +160,15 @@ class Attention(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
     kernels: Kernels = PLAIN
+    q_scale: float = 1.0  # times the queries (muP's 1/head_dim logits: vitscale.mup)
 
     @nn.compact
     def __call__(self, x):
         d = x.shape[-1]
         qkv_kernel, qkv_bias = DenseParams(3 * d, dtype=self.dtype, name="qkv")(d)
+        if self.q_scale != 1.0:
+            scale = jnp.concatenate([jnp.full((d,), self.q_scale), jnp.ones((2 * d,))]).astype(self.dtype)
+            qkv_kernel, qkv_bias = qkv_kernel * scale, qkv_bias * scale
         out_kernel, out_bias = DenseParams(d, dtype=self.dtype, name="out")(d)
         return self.kernels.self_attention(
             x.astype(self.dtype), qkv_kernel, qkv_bias, out_kernel, out_bias, self.num_heads
@@ -180,18 +184,23 @@ class Encoder1DBlock(nn.Module):
     dtype: Any = jnp.float32
     kernels: Kernels = PLAIN
     gelu: str = "tanh"
+    q_scale: float = 1.0
+    residual_scale: float = 1.0  # times each residual branch (CompleteP: vitscale.mup)
 
     @nn.compact
     def __call__(self, x, deterministic=True):
         # Precision: LayerNorm's mean and variance in float32 (flax's _compute_stats), output in dtype.
         y = nn.LayerNorm(dtype=self.dtype)(x)
-        y = Attention(self.num_heads, dtype=self.dtype, kernels=self.kernels, name="Attention")(y)
-        x = x + nn.Dropout(rate=self.dropout)(y, deterministic)
+        y = Attention(self.num_heads, self.dtype, self.kernels, self.q_scale, name="Attention")(y)
+        x = x + self._branch(nn.Dropout(rate=self.dropout)(y, deterministic))
         y = nn.LayerNorm(dtype=self.dtype)(x)
         y = MlpBlock(
             self.mlp_dim, self.dropout, dtype=self.dtype, kernels=self.kernels, gelu=self.gelu, name="MlpBlock"
         )(y, deterministic)
-        return x + nn.Dropout(rate=self.dropout)(y, deterministic)
+        return x + self._branch(nn.Dropout(rate=self.dropout)(y, deterministic))
+
+    def _branch(self, y):
+        return y if self.residual_scale == 1.0 else y * jnp.asarray(self.residual_scale, y.dtype)
 
 
 class _ScanBlock(Encoder1DBlock):
@@ -212,6 +221,8 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
     kernels: Kernels = PLAIN
     gelu: str = "tanh"
+    q_scale: float = 1.0
+    residual_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x, deterministic=True):
@@ -222,6 +233,8 @@ class Encoder(nn.Module):
             dtype=self.dtype,
             kernels=self.kernels,
             gelu=self.gelu,
+            q_scale=self.q_scale,
+            residual_scale=self.residual_scale,
         )
         if self.scan:
             block = _ScanBlock
@@ -280,6 +293,11 @@ class ViT(nn.Module):
     kernels: Kernels = PLAIN
     representation_size: int | None = None  # a tanh representation layer `pre_logits` after pooling
     gelu: str = "tanh"  # "tanh" (flax's default approximation) or "erf" (exact)
+    # A parametrization's multipliers (vitscale.mup; 1 and None: the standard model).
+    q_scale: float = 1.0  # times the queries
+    residual_scale: float = 1.0  # times each residual branch
+    head_scale: float = 1.0  # times the head's input: logits = head_scale * (x @ W) + b
+    posemb_std: float | None = None  # learned position embedding's init std; None: 1/sqrt(width)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -291,7 +309,7 @@ class ViT(nn.Module):
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         if self.posemb == "learn":
-            init = nn.initializers.normal(stddev=1 / np.sqrt(d))
+            init = nn.initializers.normal(stddev=self.posemb_std or 1 / np.sqrt(d))
             pe = self.param("pos_embedding", init, (1, gh * gw, d), jnp.float32)
         elif self.posemb == "sincos2d":
             pe = sincos2d_posemb(gh, gw, d)
@@ -312,6 +330,8 @@ class ViT(nn.Module):
             dtype=self.dtype,
             kernels=self.kernels,
             gelu=self.gelu,
+            q_scale=self.q_scale,
+            residual_scale=self.residual_scale,
             name="Transformer",
         )(x, not train)
         out["encoded"] = x
@@ -332,7 +352,7 @@ class ViT(nn.Module):
             name="head",
             kernel_init=nn.initializers.zeros,
             bias_init=nn.initializers.constant(self.head_bias_init),
-        )(x.astype(jnp.float32))
+        )(x.astype(jnp.float32) if self.head_scale == 1.0 else x.astype(jnp.float32) * self.head_scale)
         return logits, out
 
 
