@@ -108,19 +108,18 @@ def test_a_hostile_file_is_refused_in_seconds_and_little_memory(attacks, name):
     assert seconds < SECONDS and rss_mb < RSS_MB, (seconds, rss_mb)
 
 
-@pytest.mark.long  # three fresh `vitscale` processes (each imports JAX and TensorFlow): make test-long
-def test_the_command_line_refuses_a_hostile_file_in_one_line_with_no_more_memory_than_it_starts_with(attacks, tmp_path):
-    """The CLI imports its frameworks before it reads any file (about 1 GB and 10 s on the 2-core test
-    machine), so the file's own cost is measured against the same command on a missing file."""
+@pytest.mark.long  # fresh `vitscale` processes: make test-long
+def test_the_command_line_refuses_a_hostile_file_in_seconds_and_little_memory(attacks, tmp_path):
+    """The command's entry point (vitscale.entry) reads the named file before the command line imports its
+    frameworks (about 1 GB and 10 s on the 2-core test machine): the issue's bounds hold for the whole command."""
     vitscale = str(Path(sys.executable).parent / "vitscale")
-    base = measured(vitscale, "run", str(tmp_path / "pretrain" / "missing.yaml"))
-    assert base[0] == 2 and "does not exist" in base[2], base
     for name in ("laughs", "huge"):
-        code, out, err, seconds, rss_mb = measured(vitscale, "run", str(attacks[name]))
-        print(f"vitscale run {name}: {seconds:.1f} s, {rss_mb:.0f} MB; missing file: {base[3]:.1f} s, {base[4]:.0f} MB")
-        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
-        assert err.startswith(f"error: {attacks[name]}: ") and all(s in err for s in EXPECTED[name]), err
-        assert rss_mb - base[4] < 100 and seconds - base[3] < SECONDS, (seconds, rss_mb, base)
+        for command in ("run", "sweep"):
+            code, out, err, seconds, rss_mb = measured(vitscale, command, str(attacks[name]))
+            print(f"vitscale {command} {name}: {seconds:.1f} s, {rss_mb:.0f} MB peak RSS")
+            assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+            assert err.startswith(f"error: {attacks[name]}: ") and all(s in err for s in EXPECTED[name]), err
+            assert seconds < SECONDS and rss_mb < RSS_MB, (command, name, seconds, rss_mb)
 
 
 # ----------------------------------------------------------------------------- every command that reads a YAML

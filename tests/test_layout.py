@@ -32,6 +32,7 @@ LAYERS = [
     PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program
     {"plots", "notebooks", "sweep", "cluster", "allocation_report", "search_report"},  # presentation, orchestration
     {"cli"},  # argparse only
+    {"entry"},  # the command's entry point: reads the named file before importing cli (importlib)
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 
