@@ -197,8 +197,8 @@ def _iv(iv) -> str:
 
 
 def _check_options(source: Path, budget: float, out, unique_data: float | None, repetition_: str) -> None:
-    """ConfigError naming the option for a budget or unique-data count that is not a positive number, a
-    repetition model not in the list, or --out with a CSV."""
+    """ConfigError naming the option for a budget or unique-data count that is not a positive number or a
+    repetition model not in the list; then for a source that does not exist, or --out with a CSV."""
     problems = []
     if not (budget > 0 and math.isfinite(budget)):
         problems.append(config.Problem("--budget", f"must be a positive number of FLOPs (got {budget})"))
@@ -208,10 +208,11 @@ def _check_options(source: Path, budget: float, out, unique_data: float | None, 
         problems.append(
             config.Problem("--repetition", f"{repetition_!r} is not one of {', '.join(repetition.REPETITION)}")
         )
-    if out is not None and not source.is_dir():
-        problems.append(config.Problem("--out", "a sweep file needs a sweep folder (a CSV has no recipe)"))
     if problems:
         raise config.ConfigError(problems)
+    config.expect_path(source, "a sweep folder or a CSV of runs", field="source")
+    if out is not None and not source.is_dir():
+        raise config.ConfigError([config.Problem("--out", "a sweep file needs a sweep folder (a CSV has no recipe)")])
 
 
 def _allocate(points: table.Points, budget: float, **kw: Any) -> dict[str, Any]:
@@ -261,7 +262,6 @@ def run(
     "text", "sweep_file"}; ConfigError on bad input, before anything is written."""
     source = Path(source)
     _check_options(source, budget, out, unique_data, repetition_)
-    config.expect_path(source, "a sweep folder or a CSV of runs", field="source")
     points = load_points(source, metric=metric, k=k)
     res = _allocate(points, budget, max_epochs=max_epochs, n_bootstrap=n_bootstrap, repetition_=repetition_,
                     unique=unique_data)  # fmt: skip
