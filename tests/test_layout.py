@@ -21,7 +21,7 @@ LAYERS = [
     {"allocator", "environ", "logs", "metrics", "progress", "report", "fewshot", "models.variants"}  # leaves
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
-    | {"scaling.table", "scaling.isoflop", "scaling.allocation", "search"},
+    | {"scaling.table", "scaling.isoflop", "scaling.allocation", "scaling.repetition", "scaling.backtest", "search"},
     {"config"},  # pure schemas
     {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks

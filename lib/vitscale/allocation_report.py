@@ -49,6 +49,15 @@ def constant_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     return [{"constant": n, "value": f"{j[n]:.4g}", "interval": _iv(j["intervals"].get(n))} for n in allocation.NAMES]
 
 
+def _coverage(p: dict[str, Any]) -> str:
+    """The prediction interval's nominal level and the coverage its backtests measured."""
+    level, cov = p.get("error_interval_level"), p.get("error_interval_coverage")
+    if level is None:
+        return ""
+    measured = "not measured (too few runs)" if cov is None else f"{cov:.0%} in backtests"
+    return f" ({level:.0%} nominal; {measured})"
+
+
 def plan_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     """The planner's recommendation at each budget."""
     return [
@@ -57,7 +66,8 @@ def plan_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
             "N*": f"{p['N']:.3g} {_iv(p.get('N_interval'))}",
             "D*": f"{p['D']:.3g} {_iv(p.get('D_interval'))}",
             "D*/N*": f"{p['D_per_N']:.3g} {_iv(p.get('D_per_N_interval'))}",
-            "predicted error": f"{p['error']:.4g} {_iv(p.get('error_interval'))}",
+            "predicted error [prediction interval]": f"{p['error']:.4g} {_iv(p.get('error_interval'))}" + _coverage(p),
+            "parameter interval": _iv(p.get("error_parameter_interval")),
             "data": ("extrapolates" if p["extrapolates"] else "within the data")
             + ("" if p.get("determined", True) else "; the N/D split is not determined (see the notes)"),
         }

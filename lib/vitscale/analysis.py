@@ -175,6 +175,7 @@ def analyze(
     cut_fraction: float = 0.5,
     e0: float = 0.9,
     seed: int = 0,
+    backtest_cuts: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Fit the frontier of `metric` (as error) against `x` over all rows carrying both.
 
@@ -191,10 +192,10 @@ def analyze(
                          the way across the frontier's log-x range (0.5: geometric midpoint), moved
                          up if fewer than 4 frontier points lie below it. Failed(reason) if even
                          then nothing is left to predict; a law that cannot be fitted is Failed there.
+      backtest           per law its scaling.backtest.Backtest at `backtest_cuts` (x; None: automatic), or
+                         Failed; a given cut leaving a law too few runs raises ForecastError (backtest_cuts)
       summary            all of the above as JSON-safe values (no arrays or fit objects)
-
-    Raises ValueError, naming the metric, x and the counts, when the power law cannot be fitted
-    (missing values, too few runs or frontier points, an error of exactly 0).
+    Raises ValueError naming the metric, x and the counts when the power law cannot be fitted.
     """
     if not 0.0 < cut_fraction < 1.0:
         raise ValueError(f"cut_fraction must be in (0, 1), got {cut_fraction}")
@@ -202,6 +203,7 @@ def analyze(
     xs, es, have = _observations(rows, metric, x, where)
     idx = np.flatnonzero(have)
     x_used, e_used = xs[idx], es[idx]
+    backtests = _backtests(x_used, e_used, e0=e0, cuts=backtest_cuts, seed=seed)  # first: a bad cut fails fast
     pl, mask_used = _fit_frontier(x_used, e_used, n_bootstrap=n_bootstrap, seed=seed, where=where)
     frontier = np.zeros(len(rows), dtype=bool)
     frontier[idx[mask_used]] = True
@@ -220,6 +222,7 @@ def analyze(
         "power_law": pl,
         "m4": m4,
         "extrapolation": extrap,
+        "backtest": backtests,
     }
     result["summary"] = _summary(rows, result)
     return result
@@ -271,6 +274,21 @@ def _extrapolate(
     return out
 
 
+def _backtests(x: np.ndarray, e: np.ndarray, *, e0: float, cuts, seed: int) -> dict[str, Any]:
+    """Each frontier law's backtests (scaling.backtest; the nested coverage reuses the earlier cuts' fits, as
+    the power law and M4 take a second or more a fit); a law that cannot be backtested is Failed."""
+    out: dict[str, Any] = {}
+    for name in (*SIMPLE_LAWS, "m4"):
+        law = scaling.backtest.frontier_law(x, e, name, e0=e0, seed=seed)
+        try:
+            out[name] = scaling.backtest.backtest(x, e, law, cuts, nested="earlier")
+        except scaling.backtest.ForecastError:
+            raise
+        except (ValueError, RuntimeError) as err:
+            out[name] = Failed(f"{law_label(name)}: backtest: {err}")
+    return out
+
+
 def _summary(rows: Sequence[Mapping[str, Any]], res: Mapping[str, Any]) -> dict[str, Any]:
     used, frontier = res["used"], res["frontier"]
     xf = res["x_values"][frontier]
@@ -300,6 +318,7 @@ def _summary(rows: Sequence[Mapping[str, Any]], res: Mapping[str, Any]) -> dict[
             "power_law": res["power_law"].as_dict(),
             "m4": m4.as_dict(),
             "extrapolation": extrap,
+            "backtest": {k: v.as_dict() for k, v in res["backtest"].items()},
         }
     )
 
@@ -319,6 +338,8 @@ def analyze_all(
         m_e0 = e0.get(m, 0.9) if isinstance(e0, Mapping) else e0
         try:
             out[m] = analyze(rows, metric=m, e0=m_e0, **kw)
+        except scaling.backtest.ForecastError:
+            raise  # a parameter that cannot serve: the caller's input error, not this metric's
         except ValueError as err:
             out[m] = Failed(str(err), m, kw.get("x", "train_flops"))
     return out
@@ -610,20 +631,27 @@ def check(cfg: config.ScalingConfig) -> None:
 
 def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
     """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
-    under its lock)."""
-    with runs.writer(out_dir):
-        return _run(cfg, out_dir)
-
-
-def _run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
-    """The whole analysis of a sweep folder: rows, fits per metric, findings on test error; writes
-    out_dir/summary.json and returns {"rows", "results", "findings"} (findings per metric, like results)."""
+    under its lock). A parameter the sweep cannot serve (a backtest cut that leaves a law too few runs)
+    is a ConfigError naming it, raised before anything is written."""
     if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
         check(cfg)
     rows, searched = runs.collect_searched(cfg.sweep_dir)
-    results = analyze_all(rows, cfg.metrics, x=cfg.x, n_bootstrap=cfg.n_bootstrap)
+    try:
+        results = analyze_all(rows, cfg.metrics, x=cfg.x, n_bootstrap=cfg.n_bootstrap, backtest_cuts=cfg.backtest_cuts)
+        alloc = allocation_of(
+            rows, budgets=cfg.budgets, n_bootstrap=min(cfg.n_bootstrap, 100), repetition_=cfg.repetition,
+            backtest_cuts=cfg.backtest_cuts,
+        )  # fmt: skip
+    except scaling.backtest.ForecastError as e:
+        raise config.ConfigError([config.Problem(e.field, e.message)]) from None
+    with runs.writer(out_dir):
+        return _run(rows, searched, results, alloc, out_dir)
+
+
+def _run(rows, searched, results, alloc, out_dir: str | Path) -> dict[str, Any]:
+    """Findings on each metric's fits; writes out_dir/summary.json (with the search's choices, if any) and
+    returns {"rows", "results", "findings", "allocation", "search"} (findings per metric, like results)."""
     found = {m: findings(rows, m, result=r) for m, r in results.items()}
-    alloc = allocation_of(rows, budgets=cfg.budgets, n_bootstrap=min(cfg.n_bootstrap, 100))
     path = write_summary(results, out_dir, findings=found, allocation=alloc)
     if searched["choices"]:
         doc = runs.read_json(path) | {"search": runs.to_jsonable(search_summary(searched))}
@@ -654,5 +682,7 @@ def allocation_of(
         return Failed(f"allocation: {len(pts.N)} trained models carry {metric}; the joint law needs {need}", metric)
     try:
         return scaling.allocation.allocate(pts, budgets=budgets, **kw)
+    except scaling.backtest.ForecastError:
+        raise
     except (ValueError, RuntimeError) as err:
         return Failed(f"allocation: {err}", metric)

@@ -8,8 +8,11 @@
   vitscale analyze outputs/cpu_scaling           the scaling report of a sweep folder
   vitscale analyze runs.csv --out DIR            the allocation report of any table of runs (params,
                                                  images_seen or tokens, error or loss[, flops, run, group])
-  vitscale plan outputs/cpu_scaling --budget 1e15 [--out plan.yaml]
+  vitscale plan outputs/cpu_scaling --budget 1e15 [--out plan.yaml] [--unique-data N]
                                                  compute-optimal N and D for a budget, and an IsoFLOP sweep
+  vitscale predict outputs/cpu_scaling --runs planned.csv [--out F.csv] [--level 0.9]
+                                                 predicted error of planned runs (params, images_seen[,
+                                                 unique_images]) with prediction and parameter intervals
   vitscale init DIR                              a study folder: parameters/, notebooks/, README.md, vitscale.toml
   vitscale lab [--ip 0.0.0.0] [--port 8888]      JupyterLab on notebooks/ with the vitscale kernel (as root too)
   vitscale kernel                                register the `vitscale` Jupyter kernel
@@ -186,12 +189,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
-        res = plan.run(args.source, args.budget, out=args.out, metric=args.metric, k=args.k)
+        res = plan.run(
+            args.source, args.budget, out=args.out, metric=args.metric, k=args.k, unique_data=args.unique_data,
+            repetition_=args.repetition,
+        )  # fmt: skip
         if res["sweep_file"] is not None:
             sweep.load(res["sweep_file"])  # the file runs as it is
     except config.ConfigError as e:
         return _bad_input(e)
     print(res["text"])
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    try:
+        res = plan.predict(
+            args.source, args.runs, out=args.out, level=args.level, metric=args.metric, k=args.k,
+            repetition_=args.repetition,
+        )  # fmt: skip
+    except config.ConfigError as e:
+        return _bad_input(e)
+    bt = res["backtest"]
+    if bt["q"] is None:
+        print(f"note: no prediction interval: {bt['n_scores']} backtest residual(s) are too few", file=sys.stderr)
+    print(f"predictions: {args.out}" if args.out else res["csv"], end="\n" if args.out else "")
     return 0
 
 
@@ -236,6 +257,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _bad_input(e)
     print(f"weights: {path}\nparameters to read them back: {path.with_suffix('.yaml')}")
     return 0
+
+
+def _add_planning(sub) -> None:
+    """The `plan` and `predict` subcommands."""
+    p = sub.add_parser("plan", help="compute-optimal model size and data for a budget (and an IsoFLOP sweep)")
+    p.add_argument("source", help="a sweep folder, or a CSV of runs")
+    p.add_argument("--budget", type=float, required=True, help="training FLOPs to plan for")
+    p.add_argument("--out", help="the sweep file to write (a sweep folder only; default <folder>/plan_<budget>.yaml)")
+    p.add_argument("--metric", default="test/acc", help="the metric whose error is fitted (default test/acc)")
+    p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
+    p.add_argument("--unique-data", type=float, help="plan under a fixed dataset of this many unique items")
+    p.add_argument("--repetition", default="none", help="repeated data: none (default) or muennighoff")
+    p.set_defaults(fn=cmd_plan)
+    p = sub.add_parser("predict", help="predicted error of planned runs, with prediction and parameter intervals")
+    p.add_argument("source", help="a sweep folder, or a CSV of runs")
+    p.add_argument("--runs", required=True, help="CSV of planned runs: params, images_seen[, unique_images]")
+    p.add_argument("--out", help="the CSV to write (default: print it)")
+    p.add_argument("--level", type=float, default=0.9, help="nominal level of both intervals (default 0.9)")
+    p.add_argument("--metric", default="test/acc", help="the metric whose error is fitted (default test/acc)")
+    p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
+    p.add_argument("--repetition", default="none", help="repeated data: none (default) or muennighoff")
+    p.set_defaults(fn=cmd_predict)
 
 
 def _add_study_commands(sub: argparse._SubParsersAction) -> None:
@@ -288,13 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="with a CSV: the report folder (default: the CSV's name without .csv)")
     p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
     p.set_defaults(fn=cmd_analyze)
-    p = sub.add_parser("plan", help="compute-optimal model size and data for a budget (and an IsoFLOP sweep)")
-    p.add_argument("source", help="a sweep folder, or a CSV of runs")
-    p.add_argument("--budget", type=float, required=True, help="training FLOPs to plan for")
-    p.add_argument("--out", help="the sweep file to write (a sweep folder only; default <folder>/plan_<budget>.yaml)")
-    p.add_argument("--metric", default="test/acc", help="the metric whose error is fitted (default test/acc)")
-    p.add_argument("--k", type=float, help="with a CSV without a flops column: C = k N D (default 6)")
-    p.set_defaults(fn=cmd_plan)
+    _add_planning(sub)
     _add_study_commands(sub)
     p = sub.add_parser("kernel", help="register the vitscale Jupyter kernel")
     p.set_defaults(fn=lambda a: notebooks.ensure_kernel() or 0)

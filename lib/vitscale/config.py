@@ -525,6 +525,12 @@ class ScalingConfig(_Schema):
     # Training FLOPs the allocation section plans for (compute-optimal N, D, predicted error); None:
     # 1x, 4x and 16x the largest run's compute.
     budgets: list[PositiveFloat] | None = None
+    # Repeated data: "none" leaves runs beyond 5 epochs out of the joint law; "muennighoff" fits them with the
+    # effective data of Muennighoff et al. 2023 (scaling.repetition) and reports R_D*.
+    repetition: Literal["none", "muennighoff"] = "none"
+    # Compute cuts of the backtests (fit below, predict above; x for the frontier laws, training FLOPs for the
+    # joint law); None: cuts holding out the top 20%, 35% and 50% of the runs where enough runs stay below.
+    backtest_cuts: list[PositiveFloat] | None = None
 
     @field_validator("metrics")
     @classmethod

@@ -8,15 +8,18 @@ bracket N*, each with the steps that spend the budget (3 x forward FLOPs per ima
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from vitscale import config, flops, metrics, runs, search
 from vitscale.models import vit
-from vitscale.scaling import allocation, table
+from vitscale.scaling import allocation, backtest, repetition, table
 
 #: Sizes in a planned IsoFLOP set.
 PLAN_SIZES = 5
@@ -210,6 +213,55 @@ def _iv(iv) -> str:
     return f"[{iv[0]:.3g}, {iv[1]:.3g}]" if iv else ""
 
 
+def _check_options(source: Path, budget: float, out, unique_data: float | None, repetition_: str) -> None:
+    """ConfigError naming the option for a budget or unique-data count that is not a positive number or a
+    repetition model not in the list; then for a source that does not exist, or --out with a CSV."""
+    problems = []
+    if not (budget > 0 and math.isfinite(budget)):
+        problems.append(config.Problem("--budget", f"must be a positive number of FLOPs (got {budget})"))
+    if unique_data is not None and not (unique_data > 0 and math.isfinite(unique_data)):
+        problems.append(config.Problem("--unique-data", f"must be a positive number of items (got {unique_data})"))
+    if repetition_ not in repetition.REPETITION:
+        problems.append(
+            config.Problem("--repetition", f"{repetition_!r} is not one of {', '.join(repetition.REPETITION)}")
+        )
+    if problems:
+        raise config.ConfigError(problems)
+    config.expect_path(source, "a sweep folder or a CSV of runs", field="source")
+    if out is not None and not source.is_dir():
+        raise config.ConfigError([config.Problem("--out", "a sweep file needs a sweep folder (a CSV has no recipe)")])
+
+
+def _allocate(points: table.Points, budget: float, **kw: Any) -> dict[str, Any]:
+    """allocation.allocate, a parameter it cannot serve as a ConfigError naming it."""
+    try:
+        return allocation.allocate(points, budgets=[budget], **kw)
+    except backtest.ForecastError as e:
+        raise config.ConfigError([config.Problem(e.field, e.message)]) from None
+
+
+def _error_text(p: dict[str, Any]) -> str:
+    """The predicted error with its prediction interval, the measured coverage, and the parameter interval."""
+    cov = p.get("error_interval_coverage")
+    measured = "coverage not measured: too few runs" if cov is None else f"{cov:.0%} coverage in backtests"
+    level = f"{p['error_interval_level']:.0%}"
+    pred = _iv(p.get("error_interval")) or f"[no {level} prediction interval: {p.get('error_interval_note', '')}]"
+    param = _iv(p.get("error_parameter_interval")) or "none (no bootstrap)"
+    return f"{p['error']:.4g} {pred} ({level} prediction interval, {measured}; parameter interval {param})"
+
+
+def _repeat_text(p: dict[str, Any]) -> str:
+    src = (
+        "fitted on this study"
+        if p["R_D*_source"] == "fitted"
+        else "Muennighoff et al.'s published value: the study cannot fit it"
+    )
+    return (
+        f"under a fixed dataset of {p['unique']:.4g} items the plan repeats it {p['epochs']:.3g} epochs "
+        f"(repeated data valued by the data-constrained law, R_D* = {p['R_D*']:.3g}, {src})"
+    )
+
+
 def run(
     source: str | Path,
     budget: float,
@@ -219,17 +271,17 @@ def run(
     max_epochs: float | None = allocation.MAX_EPOCHS,
     n_bootstrap: int = 100,
     k: float | None = None,
+    unique_data: float | None = None,
+    repetition_: str = "none",
 ) -> dict[str, Any]:
-    """Fit, plan `budget`, and for a sweep folder write the IsoFLOP sweep file to `out` (default
-    <study>/plan_<budget>.yaml). Returns {"summary", "plan", "text", "sweep_file"}; ConfigError on bad input."""
+    """Fit, plan `budget` (under a fixed dataset of `unique_data` items when given), and for a sweep folder
+    write the IsoFLOP sweep file to `out` (default <study>/plan_<budget>.yaml). Returns {"summary", "plan",
+    "text", "sweep_file"}; ConfigError on bad input, before anything is written."""
     source = Path(source)
-    if not (budget > 0 and math.isfinite(budget)):
-        raise config.ConfigError([config.Problem("--budget", f"must be a positive number of FLOPs (got {budget})")])
-    config.expect_path(source, "a sweep folder or a CSV of runs", field="source")
-    if out is not None and not source.is_dir():
-        raise config.ConfigError([config.Problem("--out", "a sweep file needs a sweep folder (a CSV has no recipe)")])
+    _check_options(source, budget, out, unique_data, repetition_)
     points = load_points(source, metric=metric, k=k)
-    res = allocation.allocate(points, budgets=[budget], max_epochs=max_epochs, n_bootstrap=n_bootstrap)
+    res = _allocate(points, budget, max_epochs=max_epochs, n_bootstrap=n_bootstrap, repetition_=repetition_,
+                    unique=unique_data)  # fmt: skip
     s, p = res["summary"], res["summary"]["plans"][0]
     unit = points.data_name.replace("_", " ")
     lines = [
@@ -239,31 +291,39 @@ def run(
         f"budget {budget:.4g} FLOPs: N* = {p['N']:.4g} {_iv(p.get('N_interval'))} parameters, "
         f"D* = {p['D']:.4g} {_iv(p.get('D_interval'))} {unit} "
         f"({p['D_per_N']:.3g} {_iv(p.get('D_per_N_interval'))} per parameter); "
-        f"predicted {points.error_name} error {p['error']:.4g} {_iv(p.get('error_interval'))}",
+        f"predicted {points.error_name} error " + _error_text(p),
         "allocation exponent a (N* ~ C^a): " + s["agreement"],
         s["support"],
     ]
+    if unique_data is not None:
+        lines.insert(2, _repeat_text(p))
     if not p["determined"]:
         lines.insert(2, "not determined: " + next(n for n in s["notes"] if "beyond any power law" in n))
     sweep_file = None
     if source.is_dir():
-        recipe = _recipe(source)
-        ncls = _num_classes(recipe["params"], recipe["summary"]["forward_flops_per_image"])
-        planned, notes = isoflop_runs(recipe, budget, p["N"], ncls)
-        rate = rate_of(source, recipe, planned)
-        ex = recipe["summary"].get("train_examples")
-        if ex and max_epochs is not None and p["D"] / ex > max_epochs:
-            notes.append(f"D* is {p['D'] / ex:.3g} epochs of the recipe's {ex:,} images: data-constrained")
-        sweep_file = Path(out) if out else source / f"plan_{budget:.3g}.yaml".replace("+", "")
-        name = sweep_file.stem.replace(".", "-")
-        runs.atomic_write_text(sweep_file, sweep_text(name, recipe, planned, p, str(source), rate))
-        lines.append(
-            f"IsoFLOP sweep ({len(planned)} sizes: "
-            + ", ".join(f"{r['variant']} x {r['total_steps']} steps" for r in planned)
-            + f"): {sweep_file}; run it with `vitscale sweep {sweep_file}`"
-        )
-        lines += [rate] + [f"note: {n}" for n in notes]
+        sweep_file = _write_sweep(source, budget, out, p, max_epochs, lines)
     return {"summary": s, "plan": p, "text": "\n".join(lines), "sweep_file": sweep_file, "result": res}
+
+
+def _write_sweep(source: Path, budget: float, out, p: dict[str, Any], max_epochs, lines: list[str]) -> Path:
+    """The IsoFLOP sweep file of the plan, written; its lines appended to `lines`."""
+    recipe = _recipe(source)
+    ncls = _num_classes(recipe["params"], recipe["summary"]["forward_flops_per_image"])
+    planned, notes = isoflop_runs(recipe, budget, p["N"], ncls)
+    rate = rate_of(source, recipe, planned)
+    ex = recipe["summary"].get("train_examples")
+    if ex and max_epochs is not None and p["D"] / ex > max_epochs:
+        notes.append(f"D* is {p['D'] / ex:.3g} epochs of the recipe's {ex:,} images: data-constrained")
+    sweep_file = Path(out) if out else source / f"plan_{budget:.3g}.yaml".replace("+", "")
+    name = sweep_file.stem.replace(".", "-")
+    runs.atomic_write_text(sweep_file, sweep_text(name, recipe, planned, p, str(source), rate))
+    lines.append(
+        f"IsoFLOP sweep ({len(planned)} sizes: "
+        + ", ".join(f"{r['variant']} x {r['total_steps']} steps" for r in planned)
+        + f"): {sweep_file}; run it with `vitscale sweep {sweep_file}`"
+    )
+    lines += [rate] + [f"note: {n}" for n in notes]
+    return sweep_file
 
 
 def predicted_vs_achieved(fit: allocation.JointFit, achieved: table.Points) -> list[dict[str, Any]]:
@@ -284,3 +344,69 @@ def predicted_vs_achieved(fit: allocation.JointFit, achieved: table.Points) -> l
             }
         )
     return sorted(rows, key=lambda r: r["achieved"])
+
+
+#: Columns of `vitscale predict`'s output table, after the planned runs' own.
+PREDICT_COLUMNS = ("predicted", "lower", "upper", "param_lower", "param_upper")
+
+
+def read_planned(path: str | Path) -> dict[str, list[float]]:
+    """A table of planned runs: `params`, `images_seen`, optionally `unique_images`; ConfigError naming
+    the column and row (rows count from 1 after the header) for anything missing or not a positive number."""
+    try:
+        with open(path, newline="") as f:
+            rows = [{(k or "").strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise config.ConfigError([config.Problem("--runs", f"cannot read it as CSV: {e}")], path) from None
+    if not rows:
+        raise config.ConfigError([config.Problem("--runs", "no planned runs (rows) in it")], path)
+    cols = ["params", "images_seen"] + (["unique_images"] if "unique_images" in rows[0] else [])
+    out: dict[str, list[float]] = {c: [] for c in cols}
+    for i, r in enumerate(rows, 1):
+        for c in cols:
+            try:
+                v = float(r.get(c) or "nan")
+            except ValueError:
+                v = math.nan
+            if not (v > 0 and math.isfinite(v)):
+                raise config.ConfigError([config.Problem(c, f"row {i}: {r.get(c)!r} is not a positive number")], path)
+            out[c].append(v)
+    return out
+
+
+def predict(source: str | Path, planned_csv: str | Path, *, out: str | Path | None = None, level: float = 0.9,
+            metric: str = metrics.TEST_ACC, k: float | None = None, repetition_: str = "none",
+            n_bootstrap: int = 100) -> dict[str, Any]:  # fmt: skip
+    """The predicted error of each planned run (`read_planned`) from the study's joint law, with its
+    prediction interval (`lower`, `upper`: the parameter interval stretched by the backtests' conformal
+    q, scaling.backtest) and its parameter interval (`param_lower`, `param_upper`: bootstrap), at `level`.
+    Returns {"rows", "csv", "backtest"}; writes the CSV to `out` when given; ConfigError on bad input."""
+    if not 0 < level < 1:
+        raise config.ConfigError([config.Problem("--level", f"must be between 0 and 1 (got {level})")])
+    if repetition_ not in repetition.REPETITION:
+        raise config.ConfigError([config.Problem("--repetition", f"{repetition_!r} is not one of none, muennighoff")])
+    planned = read_planned(planned_csv)
+    points = load_points(source, metric=metric, k=k)
+    fit, bt = allocation.forecast(points, repetition_=repetition_, n_bootstrap=n_bootstrap, level=level)
+    N, D = np.array(planned["params"]), np.array(planned["images_seen"])
+    U = np.array(planned["unique_images"]) if "unique_images" in planned else None
+    pred = np.atleast_1d(fit.predict(N, D, U))
+    plo, phi = fit.predict_band(N, D, U)
+    lo, hi = backtest.widen(pred, plo, phi, bt.q) if bt.q is not None else (np.full_like(pred, np.nan),) * 2
+    rows = [
+        {**{c: planned[c][i] for c in planned}, **dict(zip(PREDICT_COLUMNS, (pred[i], lo[i], hi[i], plo[i], phi[i])))}
+        for i in range(pred.size)
+    ]
+    text = _csv_text(rows)
+    if out is not None:
+        runs.atomic_write_text(Path(out), text)
+    return {"rows": rows, "csv": text, "backtest": bt.as_dict(), "fit": fit}
+
+
+def _csv_text(rows: list[dict[str, float]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if not math.isfinite(v) else f"{v:.10g}" for k, v in r.items()})
+    return buf.getvalue()

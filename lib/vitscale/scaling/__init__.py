@@ -70,7 +70,7 @@ of `log(error)`, as in the M4 paper (`rmse_log`), plus the mean
 absolute relative error.
 """
 
-from vitscale.scaling import allocation, isoflop, table
+from vitscale.scaling import allocation, backtest, isoflop, repetition, table
 from vitscale.scaling.extrapolation import extrapolation_check
 from vitscale.scaling.fitting import LAWS, MIN_POINTS, resolved, rmse_log
 from vitscale.scaling.frontier import PowerLawFit, fit_power_law, frontier_fit, pareto_frontier
@@ -78,6 +78,8 @@ from vitscale.scaling.laws import LawFit, M4Fit, fit_law, fit_m1, fit_m2, fit_m3
 
 __all__ = [
     "allocation",
+    "backtest",
+    "repetition",
     "isoflop",
     "table",
     "pareto_frontier",

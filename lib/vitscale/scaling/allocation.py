@@ -12,6 +12,7 @@ b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
+from vitscale.scaling import backtest, repetition
 from vitscale.scaling.fitting import _check_level, _interval, _unresolved, _validate
 from vitscale.scaling.isoflop import envelope, isoflop
 from vitscale.scaling.table import Points
@@ -119,15 +121,37 @@ class JointFit:
     ci_level: float = 0.9
     samples: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: With repeated data modelled (`fit_repeated`): D in the law is the effective data of
+    #: `repetition.effective_data` at this R_D*, and `rd` holds R_D*'s profile interval.
+    rd_star: float | None = None
+    rd: dict[str, Any] = field(default_factory=dict)
 
     @property
     def a(self) -> float:
         """Allocation exponent: N* grows as C^a."""
         return self.beta / (self.alpha + self.beta)
 
-    def predict(self, N: Any, D: Any) -> np.ndarray:
-        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+    def effective(self, D: Any, U: Any = None) -> np.ndarray:
+        """The D the law reads: D itself, or with repeated data modelled and U (unique) given, D'."""
+        if self.rd_star is None or U is None:
+            return np.asarray(D, dtype=float)
+        return repetition.effective_data(D, U, self.rd_star)
+
+    def predict(self, N: Any, D: Any, U: Any = None) -> np.ndarray:
+        N, D = np.asarray(N, dtype=float), self.effective(D, U)
         return self.E + self.A * N**-self.alpha + self.B * D**-self.beta
+
+    def predict_band(self, N: Any, D: Any, U: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The parameter interval of the prediction at each (N, D[, U]): percentiles of the bootstrap
+        fits' predictions, widened to contain the prediction itself (a point without bootstrap)."""
+        N, D = np.atleast_1d(np.asarray(N, dtype=float)), np.atleast_1d(self.effective(D, U))
+        pred = self.predict(N, D)
+        if not len(self.samples):
+            return pred, pred
+        E, A, B, al, be = (c[:, None] for c in self.samples.T)
+        draws = E + A * N[None, :] ** -al + B * D[None, :] ** -be
+        lo, hi = np.nanpercentile(draws, [50 * (1 - self.ci_level), 100 - 50 * (1 - self.ci_level)], axis=0)
+        return np.minimum(lo, pred), np.maximum(hi, pred)
 
     @property
     def degenerate(self) -> list[str]:
@@ -147,8 +171,12 @@ class JointFit:
         """(N*, D*) at compute C."""
         return optimum(C, A=self.A, B=self.B, alpha=self.alpha, beta=self.beta, k=self.k)
 
-    def plan(self, C: float) -> dict[str, Any]:
-        """N*, D*, D*/N* and the predicted error at compute C, each with its bootstrap interval."""
+    def plan(self, C: float, unique: float | None = None) -> dict[str, Any]:
+        """N*, D*, D*/N* and the predicted error at compute C, each with its bootstrap (parameter) interval.
+        With `unique` (a fixed dataset of that many items) the optimum is found numerically on the law with
+        D' for D (`constrained_optimum`), and `epochs` says how often the plan repeats the dataset."""
+        if unique is not None:
+            return self._plan_constrained(float(C), float(unique))
         n, d = (float(v) for v in self.optimum(C))
         out = {"C": float(C), "N": n, "D": d, "D_per_N": d / n, "error": float(self.predict(n, d))}
         if len(self.samples):
@@ -157,6 +185,35 @@ class JointFit:
             es = E + A * ns**-al + B * ds**-be
             for key, v in (("N", ns), ("D", ds), ("D_per_N", ds / ns), ("error", es)):
                 out[f"{key}_interval"] = _interval(v[np.isfinite(v)], self.ci_level)
+        out["extrapolates"] = bool(n > self.n_range[1] or d > self.d_range[1])
+        out["determined"] = not self.degenerate
+        return out
+
+    def constrained_optimum(self, C: float, unique: float) -> tuple[float, float]:
+        """(N*, D*) at compute C = k N D when only `unique` items exist: the minimum of the law with D'
+        (repeated data worth less) along the IsoFLOP line, by bounded scalar search over log N."""
+        n0, _ = self.optimum(C)
+        rd = self.rd_star if self.rd_star is not None else repetition.PUBLISHED["rd_star"]
+
+        def loss(t: float) -> float:
+            n = math.exp(t)
+            d_eff = repetition.effective_data(C / (self.k * n), unique, rd)
+            return float(self.E + self.A * n**-self.alpha + self.B * d_eff**-self.beta)
+
+        t0 = math.log(float(n0))
+        r = optimize.minimize_scalar(loss, bounds=(t0 - 12.0, t0 + 12.0), method="bounded", options={"xatol": 1e-6})
+        n = math.exp(float(r.x))
+        return n, C / (self.k * n)
+
+    def _plan_constrained(self, C: float, unique: float) -> dict[str, Any]:
+        n, d = self.constrained_optimum(C, unique)
+        rd = self.rd_star if self.rd_star is not None else repetition.PUBLISHED["rd_star"]
+        err = float(self.E + self.A * n**-self.alpha + self.B * repetition.effective_data(d, unique, rd) ** -self.beta)
+        out = {"C": C, "N": n, "D": d, "D_per_N": d / n, "error": err, "unique": unique, "epochs": d / unique}
+        out["R_D*"], out["R_D*_source"] = rd, ("fitted" if self.rd_star is not None else "published")
+        if len(self.samples):
+            lo, hi = self.predict_band(n, repetition.effective_data(d, unique, rd))
+            out["error_interval"] = (float(lo[0]), float(hi[0]))
         out["extrapolates"] = bool(n > self.n_range[1] or d > self.d_range[1])
         out["determined"] = not self.degenerate
         return out
@@ -178,6 +235,8 @@ class JointFit:
                 | ({"a"} if self.degenerate else set())
             ),
             "degenerate": self.degenerate,
+            "R_D*": self.rd_star,
+            "R_D*_profile": self.rd,
         }
 
 
@@ -255,6 +314,97 @@ def _fit_joint(N, D, err, k, delta, grid, n_starts, n_bootstrap, ci_level, seed)
     )
 
 
+def fit_repeated(N: Any, D: Any, U: Any, error: Any, *, n_bootstrap: int = 100, level: float = 0.9,
+                 profile: bool = True, **kw: Any) -> JointFit:  # fmt: skip
+    """The joint law with repeated data modelled (Muennighoff et al. 2023, `repetition`): E + A/N^alpha +
+    B/D'^beta, D' the effective data of D items seen out of U unique. R_D* is profiled: the joint law is
+    fitted at each R_D* of a log grid over `repetition.STAR_RANGE`, the best refined by a bounded scalar
+    search, and refitted there with `n_bootstrap` resamples (the parameter intervals hold R_D* fixed). R_D*'s
+    interval (`rd`) is where the profile crosses the likelihood-ratio threshold (`repetition.lr_limit`) above
+    the best objective (`profile` False: no interval, as backtests refit many times). R_N* (repeated
+    parameters) is not fitted: it matters only beyond N*(U), the compute-optimal size for the whole
+    dataset, which a study's sizes rarely reach."""
+    N, D, U, err = (np.asarray(v, dtype=float) for v in (N, D, U, error))
+    fast = {**kw, "n_bootstrap": 0, "n_starts": min(kw.get("n_starts", 64), 8)}
+
+    def at(log_rd: float) -> float:
+        return fit_joint(N, repetition.effective_data(D, U, math.exp(log_rd)), err, **fast).objective
+
+    grid = np.log(np.geomspace(*repetition.STAR_RANGE, 13))
+    prof = np.array([at(t) for t in grid])
+    i = int(np.argmin(prof))
+    r = optimize.minimize_scalar(at, bounds=(grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]), method="bounded")
+    t_best, f_best = (float(r.x), float(r.fun)) if r.fun < prof[i] else (float(grid[i]), float(prof[i]))
+    fit = fit_joint(N, repetition.effective_data(D, U, math.exp(t_best)), err, n_bootstrap=n_bootstrap,
+                    ci_level=level, **kw)  # fmt: skip
+    limit = repetition.lr_limit(f_best, N.size, level)
+    fit.rd_star = math.exp(t_best)
+    bounds = _profile_bounds(at, grid, prof, t_best, limit) if profile else {"interval": None}
+    fit.rd = {"R_D*": fit.rd_star, **bounds, "level": level}
+    fit.d_range = (float(D.min()), float(D.max()))
+    return fit
+
+
+def _profile_bounds(at, grid: np.ndarray, prof: np.ndarray, t_best: float, limit: float) -> dict[str, Any]:
+    """Where the profile objective `at` (of log R_D*) crosses `limit` either side of `t_best` (brentq between
+    the grid point beyond the crossing and the best); an end of the grid still inside is an open side."""
+    bounds = {}
+    for side, sel in (("lower", grid < t_best), ("upper", grid > t_best)):
+        g, f = grid[sel], prof[sel]
+        out = g[f > limit]
+        if not out.size:
+            bounds[side] = float(np.exp(g.min() if side == "lower" else g.max())) if g.size else math.exp(t_best)
+            bounds[f"open_{'below' if side == 'lower' else 'above'}"] = True
+            continue
+        edge = out.max() if side == "lower" else out.min()
+        t = optimize.brentq(lambda x: at(x) - limit, *sorted((edge, t_best)), xtol=0.02)
+        bounds[side], bounds[f"open_{'below' if side == 'lower' else 'above'}"] = math.exp(t), False
+    return {"interval": [bounds["lower"], bounds["upper"]], "open_below": bounds["open_below"],
+            "open_above": bounds["open_above"]}  # fmt: skip
+
+
+def unique_of(points: Points) -> np.ndarray:
+    """Unique items behind each point (D / epochs); NaN where the study does not say."""
+    if points.epochs is None:
+        return np.full(len(points.N), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return points.D / points.epochs
+
+
+def fit_points(points: Points, *, repetition_: str = "none", n_bootstrap: int = 100, ci_level: float = 0.9,
+               seed: int = 0, profile: bool = True, **kw: Any) -> JointFit:  # fmt: skip
+    """The joint law on `points`, with repeated data modelled when `repetition_` is "muennighoff" (and the
+    points say how many unique items each saw), else as if every item seen were fresh."""
+    if repetition_ not in repetition.REPETITION:
+        raise backtest.ForecastError("repetition", f"{repetition_!r} is not one of {', '.join(repetition.REPETITION)}")
+    U = unique_of(points)
+    if repetition_ == "muennighoff" and np.any(np.isfinite(U) & (points.D > U)):
+        return fit_repeated(points.N, points.D, U, points.error, k=points.k, n_bootstrap=n_bootstrap,
+                            level=ci_level, seed=seed, profile=profile, **kw)  # fmt: skip
+    return fit_joint(points.N, points.D, points.error, k=points.k, n_bootstrap=n_bootstrap, ci_level=ci_level,
+                     seed=seed, **kw)  # fmt: skip
+
+
+def joint_law(points: Points, **fit_kw: Any) -> backtest.Law:
+    """The joint law as a backtest sees it (every run fitted and scored; `fit_kw` go to `fit_points`)."""
+    U = unique_of(points)
+
+    def fit(mask: np.ndarray) -> JointFit:
+        return fit_points(points.subset(mask), **fit_kw)
+
+    def predict(model: JointFit, mask: np.ndarray):
+        pred = np.atleast_1d(model.predict(points.N[mask], points.D[mask], U[mask]))
+        lo, hi = model.predict_band(points.N[mask], points.D[mask], U[mask])
+        return pred, lo, hi
+
+    every = np.ones(len(points.N), dtype=bool)
+    return backtest.Law("joint", MIN_JOINT, fit, predict, every, every)
+
+
+#: The fewest runs the joint law is fitted on (five constants, and one more).
+MIN_JOINT = 6
+
+
 #: Runs that repeat their data more than this many epochs are left out of the fits by default: up to
 #: about 4 epochs repeated data is worth nearly as much as fresh data (Muennighoff et al. 2023); 5
 #: keeps a study whose longest runs just pass 4 (cpu_allocation: 4.3).
@@ -326,6 +476,62 @@ def _support(fit: JointFit, used: Points, plans: Sequence[Mapping[str, Any]]) ->
     )
 
 
+#: Bootstrap refits per backtest fit (each cut's parameter interval); fewer than the final fit's, as many fits run.
+BACKTEST_BOOTSTRAP = 10
+
+
+def backtest_joint(points: Points, cuts=None, *, level: float = 0.9, n_bootstrap: int = BACKTEST_BOOTSTRAP,
+                   seed: int = 0, **fit_kw: Any) -> backtest.Backtest:  # fmt: skip
+    """The joint law's backtests on `points` at `cuts` (compute; None: `backtest.auto_cuts`), each fit with
+    `n_bootstrap` resamples and 8 starts; ForecastError naming `backtest_cuts` for a cut that cannot serve."""
+    law = joint_law(points, n_bootstrap=n_bootstrap, ci_level=level, seed=seed, n_starts=8, profile=False, **fit_kw)
+    return backtest.backtest(points.C, points.error, law, cuts, level=level)
+
+
+def with_prediction_interval(plan: Mapping[str, Any], bt: backtest.Backtest) -> dict[str, Any]:
+    """A plan whose `error_interval` is the prediction interval (the parameter interval widened by the
+    backtests' conformal q, `backtest`), the bootstrap one kept as `error_parameter_interval`, and the
+    coverage the backtests measured for such intervals."""
+    p = dict(plan)
+    param = p.get("error_interval") or (p["error"], p["error"])
+    p["error_parameter_interval"] = p.get("error_interval")
+    covered = [c["coverage"] for c in bt.cuts if c.get("coverage") is not None]
+    p["error_interval_level"] = bt.level
+    p["error_interval_coverage"] = float(np.mean(covered)) if covered else None
+    if bt.q is None:
+        p["error_interval"] = None
+        p["error_interval_note"] = (
+            f"no prediction interval: {bt.n_scores} backtest residual(s), a {bt.level:.0%} interval needs "
+            f"at least {math.ceil(bt.level / (1 - bt.level))}"
+        )
+    else:
+        lo, hi = backtest.widen(p["error"], param[0], param[1], bt.q)
+        p["error_interval"] = (float(lo[0]), float(hi[0]))
+    return p
+
+
+def _used_points(points: Points, repetition_: str, max_epochs: float | None) -> tuple[np.ndarray, list[str]]:
+    """Which points the fit takes: all when repetition is modelled, else those within `max_epochs`."""
+    if repetition_ not in repetition.REPETITION:
+        raise backtest.ForecastError("repetition", f"{repetition_!r} is not one of {', '.join(repetition.REPETITION)}")
+    if repetition_ == "muennighoff":
+        return np.ones(len(points.N), dtype=bool), [
+            "repeated data modelled (Muennighoff et al. 2023): every point fitted"
+        ]
+    return _within_epochs(points, max_epochs)
+
+
+def forecast(points: Points, *, repetition_: str = "none", max_epochs: float | None = MAX_EPOCHS,
+             n_bootstrap: int = 100, level: float = 0.9, seed: int = 0, backtest_cuts: Any = None,
+             ) -> tuple[JointFit, backtest.Backtest]:  # fmt: skip
+    """The joint law on the points `allocate` would use and its backtests: what a prediction interval needs."""
+    keep, _ = _used_points(points, repetition_, max_epochs)
+    used = points.subset(keep)
+    bt = backtest_joint(used, backtest_cuts, level=level, n_bootstrap=min(n_bootstrap, BACKTEST_BOOTSTRAP),
+                        repetition_=repetition_, seed=seed)  # fmt: skip
+    return fit_points(used, n_bootstrap=n_bootstrap, ci_level=level, repetition_=repetition_, seed=seed), bt
+
+
 def allocate(
     points: Points,
     *,
@@ -334,22 +540,27 @@ def allocate(
     n_bootstrap: int = 100,
     ci_level: float = 0.9,
     seed: int = 0,
+    repetition_: str = "none",
+    backtest_cuts: Any = None,
+    unique: float | None = None,
     **fit_kw: Any,
 ) -> dict[str, Any]:
-    """All three approaches on `points` and the plan at each of `budgets` (compute). Points that
-    repeat their data more than `max_epochs` are left out (None: keep all). Returns {"fit": JointFit,
-    "points": the points used, "summary": JSON-safe: k, joint, isoflop, envelope, plans, agreement, support}."""
-    keep, epoch_notes = _within_epochs(points, max_epochs)
+    """All three approaches on `points`, the joint law's backtests, and the plan at each of `budgets`
+    (compute; under a fixed dataset of `unique` items when given) with its prediction interval. Points
+    that repeat their data more than `max_epochs` are left out unless `repetition_` is "muennighoff".
+    Returns {"fit": JointFit, "points": the points used, "backtest", "summary": JSON-safe: k, joint,
+    isoflop, envelope, backtest, plans, agreement, support}; ForecastError for a bad parameter."""
+    keep, epoch_notes = _used_points(points, repetition_, max_epochs)
     used = points.subset(keep)
-    fit = fit_joint(
-        used.N, used.D, used.error, k=used.k, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed, **fit_kw
-    )
+    kw = {"repetition_": repetition_, "seed": seed, **fit_kw}
+    bt = backtest_joint(used, backtest_cuts, level=ci_level, n_bootstrap=min(n_bootstrap, BACKTEST_BOOTSTRAP), **kw)
+    fit = fit_points(used, n_bootstrap=n_bootstrap, ci_level=ci_level, **kw)
     sizes = _curve_sizes(used)
     iso = isoflop(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
     env = envelope(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
     if budgets is None:
         budgets = [float(used.C.max()) * f for f in (1.0, 4.0, 16.0)]
-    plans = [fit.plan(float(c)) for c in np.atleast_1d(budgets)]
+    plans = [with_prediction_interval(fit.plan(float(c), unique), bt) for c in np.atleast_1d(budgets)]
     jd = fit.as_dict()
     agree = agreement(
         {"joint law": (jd["a"], jd["intervals"].get("a")), "IsoFLOP": (iso["a"], iso["interval"]),
@@ -361,12 +572,22 @@ def allocate(
         "n_points": int(keep.sum()),
         "n_excluded": int((~keep).sum()),
         "max_epochs": max_epochs,
+        "repetition": repetition_,
         "notes": [*points.notes, *epoch_notes, *_degenerate_notes(fit)],
         "joint": jd,
         "isoflop": iso,
         "envelope": env,
+        "backtest": bt.as_dict(),
+        "prediction_interval": PREDICTION_INTERVAL,
         "plans": plans,
         "agreement": agree,
         "support": _support(fit, used, plans),
     }
-    return {"fit": fit, "points": used, "summary": summary}
+    return {"fit": fit, "points": used, "backtest": bt, "summary": summary}
+
+
+#: How a report names the prediction interval's method.
+PREDICTION_INTERVAL = (
+    "prediction interval: the bootstrap (parameter) interval stretched by locally weighted split-conformal q on "
+    "backtest residuals of log error (Vovk et al. 2005; Lei et al. 2018), see vitscale.scaling.backtest"
+)

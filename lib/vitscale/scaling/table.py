@@ -1,7 +1,8 @@
 """Points (N, D, C, error) for the allocation fits: from a CSV of runs, or from a sweep's rows.
 
 CSV columns: `params` (N), `images_seen` or `tokens` (D), `error` or `loss`, optional
-`flops` (training compute C; absent: k N D with k = 6, the transformer count), `run`, `group`.
+`flops` (training compute C; absent: k N D with k = 6, the transformer count), `run`, `group`,
+`unique_images` or `unique` (unique items the run drew on: its epochs are D / unique, for repeated data).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import numpy as np
 
 #: k in C = k N D when a table gives no compute: 6 (2 forward + 4 backward FLOPs per parameter and item).
 DEFAULT_K = 6.0
+
+#: Optional columns of unique items (the dataset's size) behind each run; epochs = D / unique.
+UNIQUE_COLUMNS = ("unique_images", "unique")
 
 #: The fewest points an allocation fit takes (the joint law has five constants).
 MIN_ROWS = 6
@@ -102,7 +106,10 @@ def read_csv(path: str | Path, *, k: float | None = None) -> Points:
     run = [str(r.get("run") or i) for i, r in enumerate(rows, 1)]
     group = [str(r.get("group") or "") for r in rows]
     note = "compute from the flops column" if given else f"compute C = {kk:g} N D (no flops column)"
-    return Points(N, D, C, E, run, group, kk, given, found["data"], found["error"], None, [note])
+    epochs = None
+    if unique := next((c for c in UNIQUE_COLUMNS if c in cols), None):
+        epochs = D / np.array([_number(r.get(unique), unique, i) for i, r in enumerate(rows, 1)])
+    return Points(N, D, C, E, run, group, kk, given, found["data"], found["error"], epochs, [note])
 
 
 def from_rows(rows: Sequence[Mapping[str, Any]], error_of, *, metric: str) -> Points:
