@@ -90,7 +90,10 @@ def figure(results: dict) -> go.Figure:
     for col, param in enumerate(("standard", "mup"), start=1):
         for w in WIDTHS:
             losses = np.asarray(results[param][str(w)])
-            trace = go.Scatter(x=LRS, y=np.minimum(losses, 3.0), mode="lines+markers", name=f"width {w}")
+            color = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")[WIDTHS.index(w) % 4]
+            trace = go.Scatter(
+                x=LRS, y=np.minimum(losses, 3.0), mode="lines+markers", name=f"width {w}", line_color=color
+            )
             fig.add_trace(trace.update(legendgroup=str(w), showlegend=col == 1), row=1, col=col)
         fig.update_xaxes(type="log", title_text="learning rate", row=1, col=col)
     fig.update_yaxes(title_text="held-out loss (capped at 3)", row=1, col=1)
@@ -105,7 +108,11 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=10_000)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--html", type=Path)
+    ap.add_argument("--redraw", type=Path, help="draw --html from a --json of an earlier run (no training)")
     args = ap.parse_args()
+    if args.redraw:
+        figure(json.loads(args.redraw.read_text())).write_html(args.html, include_plotlyjs=True)
+        return
     data = load(args.train, 2000)
     results: dict = {"lrs": list(LRS), "widths": list(WIDTHS), "steps": args.steps, "batch": args.batch}
     for param in ("standard", "mup"):
