@@ -50,11 +50,14 @@ def train(cfg: config.PretrainConfig, lr: float, steps: int, seed=0):
         logits = m.apply({"params": p}, x)[0]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+    @jax.jit
+    def step(p, state):
+        updates, state = tx.update(jax.grad(loss)(p), state, p)
+        return optax.apply_updates(p, updates), state
+
     p = params
     for _ in range(steps):
-        g = jax.grad(loss)(p)
-        updates, state = tx.update(g, state, p)
-        p = optax.apply_updates(p, updates)
+        p, state = step(p, state)
     return m, params, p
 
 
