@@ -176,6 +176,7 @@ def test_predict_cli_gives_both_intervals_around_the_true_law(tmp_path, monkeypa
     assert (f["lower"] < f["predicted"]).all() and (f["predicted"] < f["upper"]).all()
 
 
+@pytest.mark.long  # 13-17 s: make test-long keeps make test near 15 minutes
 def test_plan_under_a_fixed_dataset_says_how_often_it_repeats_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(plan.run.__kwdefaults__, "n_bootstrap", 10)  # the CLI's fits, cheaper
     study = _law_csv(tmp_path / "runs.csv")
@@ -264,6 +265,7 @@ def repeated_study(rd_star: float = 5.0, seed: int = 0) -> tuple[np.ndarray, ...
     return n, d, u, e * np.exp(rng.normal(0.0, 0.005, n.size))
 
 
+@pytest.mark.long  # 13-17 s: make test-long keeps make test near 15 minutes
 def test_repeated_data_fit_recovers_a_known_r_d_star_inside_its_profile_interval():
     n, d, u, e = repeated_study(rd_star=5.0)
     fit = allocation.fit_repeated(n, d, u, e, n_bootstrap=0)
