@@ -50,7 +50,7 @@ browser:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else echo "Chromium is missing: run 'sudo apt-get install chromium'"; exit 1; fi
 
-# A ViT pretrained on Fashion-MNIST (outputs/demo/run.html), then a 4-run slice of the CPU scaling
+# A ViT pretrained on Fashion-MNIST (outputs/demo/run.html), then an 8-run slice (muP, a 2-rate search) of the CPU scaling
 # sweep with its analysis (outputs/cpu_scaling_slice/scaling/report.html).
 demo: setup
 	$(VENV)/bin/vitscale run parameters/pretrain/demo.yaml
