@@ -25,17 +25,13 @@ from scipy import stats
 
 from vitscale import metrics
 
-SEARCH_FILE = "search.json"  # in a sweep folder: {"keys": [...]} (written by vitscale.sweep)
+SEARCH_FILE = "search.json"  # in a sweep folder: {"keys": [...], "extra": {run id: params}} (vitscale.sweep)
 
 
 def point_id(params: Mapping[str, Any], keys: Sequence[str]) -> str:
     """The point a run belongs to: a hash of its resolved parameters without the searched keys and name."""
     rest = {k: v for k, v in params.items() if k not in keys and k != "name"}
     return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def write_keys(sweep_dir: Path, keys: Sequence[str]) -> None:
-    (Path(sweep_dir) / SEARCH_FILE).write_text(json.dumps({"keys": list(keys)}))
 
 
 def read_keys(sweep_dir: str | Path) -> list[str]:

@@ -40,11 +40,8 @@ def u_curves(searched: Mapping[str, Any], key: str = "lr") -> go.Figure | None:
     choices = [c for c in searched.get("choices", []) if c.branch is None and key in c.tried]
     if not choices:
         return None
-    variants = sorted(
-        {c.label["variant"] for c in choices},
-        key=lambda v: min(c.label["num_params"] or 0 for c in choices if c.label["variant"] == v),
-    )
-    color = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    sizes = {c.label["variant"]: c.label["num_params"] or 0 for c in choices}
+    color = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(sorted(sizes, key=sizes.get))}
     fig = go.Figure()
     for c in choices:
         xs = [v for v, e in c.tried[key] if np.isfinite(e)]

@@ -21,7 +21,8 @@ import numpy as np
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
-from vitscale.scaling import backtest, repetition
+import vitscale.scaling.backtest as backtest  # modules, not the package: scaling/__init__ imports this one
+import vitscale.scaling.repetition as repetition
 from vitscale.scaling.fitting import _check_level, _interval, _unresolved, _validate
 from vitscale.scaling.isoflop import envelope, isoflop
 from vitscale.scaling.table import Points
