@@ -158,6 +158,6 @@ def test_ladder_grows():
             flops.count_params(vit.make_model(f"{n}/4", 10), (28, 28, 1)),
             flops.forward_flops(vit.make_model(f"{n}/4", 10), (28, 28, 1)),
         )
-        for n in ("Atto", "Femto", "Pico", "Nano", "Micro")
+        for n in ("Zepto", "Atto", "Femto", "Pico", "Nano", "Micro")
     ]
     assert rows == sorted(rows) and all(math.isfinite(r[1]) for r in rows)

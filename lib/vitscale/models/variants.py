@@ -12,6 +12,7 @@ from dataclasses import dataclass
 # name: (width, depth, mlp_dim, heads). Paper Table 2 and big_vision; the CPU ladder is ours.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
     # CPU-scale ladder for 28-32 px images (parameters at 28 px, 10 classes, GAP head; the same at patch 7 and 4):
+    "Zepto": (16, 2, 64, 2),  # 8k: below Atto so that IsoFLOP profiles of the CPU studies can turn
     "Atto": (32, 2, 128, 2),  # 28k
     "Femto": (48, 3, 192, 3),  # 89k
     "Pico": (64, 4, 256, 4),  # 205k
