@@ -1,6 +1,7 @@
 """Forecasts that come true (issue 35): backtests and prediction intervals checked for coverage on
 public and synthetic runs, and the data-constrained law against its authors' published fit."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,49 @@ def test_predict_cli_gives_both_intervals_around_the_true_law(tmp_path, monkeypa
     assert f["predicted"].to_numpy() == pytest.approx(truth, rel=0.05)
     assert (f["lower"] <= f["param_lower"]).all() and (f["param_upper"] <= f["upper"]).all()
     assert (f["lower"] < f["predicted"]).all() and (f["predicted"] < f["upper"]).all()
+
+
+def _planned_folder(root: Path, runs: list[tuple[str, float, float, float]]) -> Path:
+    """A sweep folder of finished planned runs (variant, params, images seen, test error), as runs write them."""
+    for variant, n, d, err in runs:
+        run = root / variant.replace("/", "-")
+        run.mkdir(parents=True)
+        (run / "params.yaml").write_text(f"variant: {variant}\n")
+        summary = {"kind": "pretrain", "variant": variant, "num_params": n, "images_seen": d, "batch_size": 64,
+                   "total_steps": int(d // 64), "train_flops": 6 * n * d, "train_examples": 60000,
+                   "final": {"test/acc": 1 - err}}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+def test_predict_on_the_planned_runs_folder_closes_the_loop(tmp_path, monkeypatch, capsys):
+    """`--runs <planned sweep folder>`: each finished run's achieved error beside its intervals, how many
+    landed inside (one run put far off its law must fall outside), and the predicted and observed best."""
+    monkeypatch.setitem(plan.predict.__kwdefaults__, "n_bootstrap", 20)
+    study = _law_csv(tmp_path / "runs.csv")
+    c = 3e16  # an IsoFLOP set at one budget: C = 6 N D
+    sizes = {"S/1": 1e6, "M/1": 1e7, "L/1": 1e8}
+    truth = {v: SYN["E"] + SYN["A"] * n ** -SYN["alpha"] + SYN["B"] * (c / (6 * n)) ** -SYN["beta"]
+             for v, n in sizes.items()}  # fmt: skip
+    achieved = {"S/1": truth["S/1"], "M/1": truth["M/1"], "L/1": truth["L/1"] * 3}  # L far above its law
+    folder = _planned_folder(tmp_path / "plan", [(v, n, c / (6 * n), achieved[v]) for v, n in sizes.items()])
+    assert cli.main(["predict", str(study), "--runs", str(folder), "--out", str(tmp_path / "f.csv")]) == 0
+    f = pd.read_csv(tmp_path / "f.csv")
+    assert list(f.columns)[-2:] == ["achieved", "inside"]
+    assert f["achieved"].to_numpy() == pytest.approx([achieved[v] for v in sizes], rel=1e-6)
+    inside = (f["lower"] <= f["achieved"]) & (f["achieved"] <= f["upper"])
+    assert f["inside"].astype(bool).tolist() == inside.tolist() == [True, True, False]
+    out = capsys.readouterr().out
+    assert "2 of 3 planned runs inside their 90% prediction intervals" in out
+    best, seen = min(truth, key=truth.get), min(achieved, key=achieved.get)
+    assert f"predicted best size {best}, observed best {seen}" in out
+
+
+def test_predict_on_a_folder_without_finished_runs_is_exit_2(tmp_path, capsys):
+    study = _law_csv(tmp_path / "runs.csv")
+    (tmp_path / "plan").mkdir()
+    assert cli.main(["predict", str(study), "--runs", str(tmp_path / "plan")]) == 2
+    assert "--runs" in capsys.readouterr().err
 
 
 @pytest.mark.long  # 13-17 s: make test-long keeps make test near 15 minutes

@@ -12,7 +12,6 @@ import yaml
 
 from vitscale import cli, config, flops, plan, runs, sweep
 from vitscale.models import vit
-from vitscale.scaling import allocation, table
 
 DATA = Path(__file__).parent / "data"
 TRUE = {"E": 0.05, "A": 4.0, "B": 2.0, "alpha": 0.5, "beta": 0.5}
@@ -143,18 +142,3 @@ def test_tiny_planned_sweep_runs_end_to_end(tmp_path):
     assert len(done) >= 5
     for s in done:
         assert s["train_flops"] == pytest.approx(budget, rel=0.01)
-
-
-def test_predicted_vs_achieved_reads_the_law_at_each_planned_run():
-    """The prediction is the closed form E + A/N^alpha + B/D^beta at the run's own (N, D)."""
-    fit = allocation.JointFit(E=0.1, A=5.0, B=40.0, alpha=0.3, beta=0.4, k=6.0, objective=0.0, n_points=9,
-                              n_range=(1e4, 1e6), d_range=(1e4, 1e6))  # fmt: skip
-    pts = table.Points(
-        N=np.array([1e5, 3e5]), D=np.array([2e6, 5e5]), C=np.array([1.2e12, 9e11]), error=np.array([0.2, 0.15]),
-        run=["a", "b"], group=["", ""], k=6.0, k_given=True,
-    )  # fmt: skip
-    rows = plan.predicted_vs_achieved(fit, pts)
-    assert [r["run"] for r in rows] == ["b", "a"]  # best achieved first
-    for r, (n, d) in zip(rows, [(3e5, 5e5), (1e5, 2e6)]):
-        assert r["predicted"] == pytest.approx(0.1 + 5.0 * n**-0.3 + 40.0 * d**-0.4, rel=1e-12)
-        assert r["interval"] is None  # no bootstrap fits, no interval

@@ -213,6 +213,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bt["q"] is None:
         print(f"note: no prediction interval: {bt['n_scores']} backtest residual(s) are too few", file=sys.stderr)
     print(f"predictions: {args.out}" if args.out else res["csv"], end="\n" if args.out else "")
+    if res["check"] is not None:
+        print(plan.loop_text(res["check"], args.level))
     return 0
 
 
@@ -272,7 +274,10 @@ def _add_planning(sub) -> None:
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("predict", help="predicted error of planned runs, with prediction and parameter intervals")
     p.add_argument("source", help="a sweep folder, or a CSV of runs")
-    p.add_argument("--runs", required=True, help="CSV of planned runs: params, images_seen[, unique_images]")
+    runs_help = "CSV of planned runs (params, images_seen[, unique_images]), or the sweep folder of planned runs "
+    p.add_argument(
+        "--runs", required=True, help=runs_help + "that have run: their achieved errors beside the predictions"
+    )
     p.add_argument("--out", help="the CSV to write (default: print it)")
     p.add_argument("--level", type=float, default=0.9, help="nominal level of both intervals (default 0.9)")
     p.add_argument("--metric", default="test/acc", help="the metric whose error is fitted (default test/acc)")

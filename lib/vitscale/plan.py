@@ -326,28 +326,11 @@ def _write_sweep(source: Path, budget: float, out, p: dict[str, Any], max_epochs
     return sweep_file
 
 
-def predicted_vs_achieved(fit: allocation.JointFit, achieved: table.Points) -> list[dict[str, Any]]:
-    """Closing the loop: each run of a planned sweep, the error the study's joint law predicted for its
-    (N, D) with the bootstrap interval, beside the error it reached; best first by achieved error."""
-    rows = []
-    for i in range(len(achieved.N)):
-        n, d = float(achieved.N[i]), float(achieved.D[i])
-        rows.append(
-            {
-                "run": achieved.run[i],
-                "params": n,
-                "images_seen": d,
-                "flops": float(achieved.C[i]),
-                "predicted": float(fit.predict(n, d)),
-                "interval": fit.predict_interval(n, d),
-                "achieved": float(achieved.error[i]),
-            }
-        )
-    return sorted(rows, key=lambda r: r["achieved"])
-
-
 #: Columns of `vitscale predict`'s output table, after the planned runs' own.
 PREDICT_COLUMNS = ("predicted", "lower", "upper", "param_lower", "param_upper")
+
+#: Columns added when the planned runs have run (`--runs` is their sweep folder): the closed loop.
+ACHIEVED_COLUMNS = ("achieved", "inside")
 
 
 def read_planned(path: str | Path) -> dict[str, list[float]]:
@@ -374,18 +357,67 @@ def read_planned(path: str | Path) -> dict[str, list[float]]:
     return out
 
 
+def read_achieved(folder: Path, metric: str) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
+    """The finished runs of a planned sweep as planned runs (`params`, `images_seen`, `unique_images`) and
+    what they reached ({"run", "variant", "achieved"}); cooldown branches are not planned runs."""
+    rows = [r for r in runs.collect(folder) if r.get("branch") is None and math.isfinite(metrics.error_of(r, metric))]
+    if not rows:
+        raise config.ConfigError([config.Problem("--runs", f"no finished run of the folder carries {metric}")], folder)
+    rows.sort(key=lambda r: r["num_params"])
+    planned = {
+        "params": [float(r["num_params"]) for r in rows],
+        "images_seen": [float(r["images_seen"]) for r in rows],
+        "unique_images": [float(r.get("train_examples") or r["images_seen"]) for r in rows],
+    }
+    done = [{"run": r["run_id"], "variant": r["variant"], "achieved": metrics.error_of(r, metric)} for r in rows]
+    return planned, done
+
+
+def loop_check(rows: list[dict[str, Any]], done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The closed loop over planned runs that have run (smallest first): how many landed inside their
+    prediction intervals, and the size the law predicted best (lowest predicted error) against the size
+    that was best, with how many ladder steps apart they are."""
+    inside = [r["inside"] for r in rows if math.isfinite(r["lower"])]
+    pred = min(range(len(rows)), key=lambda i: rows[i]["predicted"])
+    seen = min(range(len(rows)), key=lambda i: rows[i]["achieved"])
+    return {
+        "n": len(rows),
+        "inside": int(sum(inside)) if inside else None,
+        "predicted_best": done[pred]["variant"],
+        "observed_best": done[seen]["variant"],
+        "ladder_steps": abs(pred - seen),
+    }
+
+
+def loop_text(check: dict[str, Any], level: float) -> str:
+    """The closed loop in two sentences."""
+    inside = (
+        "no prediction intervals (too few backtest residuals)"
+        if check["inside"] is None
+        else f"{check['inside']} of {check['n']} planned runs inside their {level:.0%} prediction intervals"
+    )
+    best = f"predicted best size {check['predicted_best']}, observed best {check['observed_best']}"
+    return f"{inside}; {best} ({check['ladder_steps']} ladder step(s) apart)"
+
+
 def predict(source: str | Path, planned_csv: str | Path, *, out: str | Path | None = None, level: float = 0.9,
             metric: str = metrics.TEST_ACC, k: float | None = None, repetition_: str = "none",
             n_bootstrap: int = 100) -> dict[str, Any]:  # fmt: skip
     """The predicted error of each planned run (`read_planned`) from the study's joint law, with its
     prediction interval (`lower`, `upper`: the parameter interval stretched by the backtests' conformal
     q, scaling.backtest) and its parameter interval (`param_lower`, `param_upper`: bootstrap), at `level`.
-    Returns {"rows", "csv", "backtest"}; writes the CSV to `out` when given; ConfigError on bad input."""
+    When `planned_csv` is the sweep folder of the planned runs, their errors are added (`achieved`,
+    `inside`) and "check" closes the loop (`loop_check`). Returns {"rows", "csv", "backtest", "fit",
+    "check"}; writes the CSV to `out` when given; ConfigError on bad input."""
     if not 0 < level < 1:
         raise config.ConfigError([config.Problem("--level", f"must be between 0 and 1 (got {level})")])
     if repetition_ not in repetition.REPETITION:
         raise config.ConfigError([config.Problem("--repetition", f"{repetition_!r} is not one of none, muennighoff")])
-    planned = read_planned(planned_csv)
+    done = None
+    if Path(planned_csv).is_dir():
+        planned, done = read_achieved(Path(planned_csv), metric)
+    else:
+        planned = read_planned(planned_csv)
     points = load_points(source, metric=metric, k=k)
     fit, bt = allocation.forecast(points, repetition_=repetition_, n_bootstrap=n_bootstrap, level=level)
     N, D = np.array(planned["params"]), np.array(planned["images_seen"])
@@ -397,10 +429,15 @@ def predict(source: str | Path, planned_csv: str | Path, *, out: str | Path | No
         {**{c: planned[c][i] for c in planned}, **dict(zip(PREDICT_COLUMNS, (pred[i], lo[i], hi[i], plo[i], phi[i])))}
         for i in range(pred.size)
     ]
+    check = None
+    if done is not None:
+        for r, d in zip(rows, done):
+            r.update(achieved=d["achieved"], inside=float(r["lower"] <= d["achieved"] <= r["upper"]))
+        check = loop_check(rows, done)
     text = _csv_text(rows)
     if out is not None:
         runs.atomic_write_text(Path(out), text)
-    return {"rows": rows, "csv": text, "backtest": bt.as_dict(), "fit": fit}
+    return {"rows": rows, "csv": text, "backtest": bt.as_dict(), "fit": fit, "check": check}
 
 
 def _csv_text(rows: list[dict[str, float]]) -> str:
