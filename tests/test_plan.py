@@ -142,3 +142,23 @@ def test_tiny_planned_sweep_runs_end_to_end(tmp_path):
     assert len(done) >= 5
     for s in done:
         assert s["train_flops"] == pytest.approx(budget, rel=0.01)
+
+
+def test_recommend_names_the_ladder_size_nearest_n_star_and_its_steps(tmp_path):
+    """The next run: the family's size nearest N* in log parameters (brute force over the table), the
+    steps that spend the budget with it (3 x forward FLOPs x batch), the plan's error and intervals."""
+    study = fake_study(tmp_path / "study")
+    res = plan.run(study, 2e11, out=tmp_path / "plan.yaml", n_bootstrap=10)
+    p = res["plan"]
+    rec = plan.recommend(study, p)
+    sizes = {f"{name}/7": flops.count_params(vit.make_model(f"{name}/7", 10), (28, 28, 1)) for name in vit.VARIANTS}
+    nearest = min(sizes, key=lambda v: abs(np.log(sizes[v] / p["N"])))
+    assert rec["variant"] == nearest and rec["params"] == sizes[nearest]
+    fwd = flops.forward_flops(vit.make_model(nearest, 10), (28, 28, 1))
+    assert rec["total_steps"] * 3 * fwd * 32 == pytest.approx(2e11, rel=0.01)
+    assert rec["images"] == rec["total_steps"] * 32
+    assert rec["error"] == p["error"] and rec["error_interval"] == p.get("error_interval")
+    assert rec["lr"] == config.load_yaml(DATA / "tiny_sweep.yaml")["base"].get("lr", config.PretrainConfig().lr)
+    assert "no learning-rate search" in rec["rate"]
+    csv_rec = plan.recommend(tmp_path / "none.csv", p)
+    assert "variant" not in csv_rec and csv_rec["N"] == p["N"]

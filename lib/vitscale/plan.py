@@ -305,6 +305,28 @@ def run(
     return {"summary": s, "plan": p, "text": "\n".join(lines), "sweep_file": sweep_file, "result": res}
 
 
+def recommend(source: str | Path, p: dict[str, Any]) -> dict[str, Any]:
+    """The next run a study recommends at plan `p` (one of allocation's "plans"): the size of the family
+    nearest N* in log parameters, the steps that spend the budget with the study's batch, its images, its
+    learning rate (the study's rate law, or the recipe's rate), and the plan's predicted error with both
+    intervals and the backtests' coverage. For a sweep folder; the plan's own fields for a CSV."""
+    keys = ("C", "N", "D", "error", "error_interval", "error_interval_level", "error_interval_coverage",
+            "error_parameter_interval", "extrapolates", "determined")  # fmt: skip
+    out: dict[str, Any] = {k: p.get(k) for k in keys}
+    source = Path(source)
+    if not source.is_dir():
+        return out
+    recipe = _recipe(source)
+    params = recipe["params"]
+    ncls = _num_classes(params, recipe["summary"]["forward_flops_per_image"])
+    v = min(family(params, ncls, near=p["N"], keep=3), key=lambda f: abs(math.log(f["params"] / p["N"])))
+    steps = max(1, round(p["C"] / (3 * v["forward_flops"] * params["batch_size"])))
+    run = {"_params": v["params"], "lr": params["lr"]}
+    rate = rate_of(source, recipe, [run])
+    return out | {"variant": v["variant"], "params": v["params"], "total_steps": steps,
+                  "images": steps * params["batch_size"], "lr": run["lr"], "rate": rate}  # fmt: skip
+
+
 def _write_sweep(source: Path, budget: float, out, p: dict[str, Any], max_epochs, lines: list[str]) -> Path:
     """The IsoFLOP sweep file of the plan, written; its lines appended to `lines`."""
     recipe = _recipe(source)
