@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from browser import remote_tags, rendered_dom
-from vitscale import build, cli, config, flops, runs, sweep
+from vitscale import build, cli, config, flops, notebooks, runs, sweep
 
 
 def write(tmp_path, spec, name="s.yaml"):
@@ -69,6 +69,38 @@ def test_invalid_runs_are_reported_before_anything_runs(tmp_path):
     assert fields == ["run 1 {'variant': 'Atto/5'}: image_size", "run 2 {'variant': 'Nope/7'}: variant"]
     with pytest.raises(config.ConfigError, match="grids: unknown sweep key"):
         sweep.load(write(tmp_path, {"grids": {}}))
+
+
+@pytest.mark.parametrize(
+    ("analysis", "field"),
+    [({"repetition": "twice"}, "analysis.repetition"), ({"n_bootstrap": -1}, "analysis.n_bootstrap"),
+     ({"sweep_dir": "x"}, "analysis"), ("yes", "analysis"), ({"bogus": 1}, "analysis.bogus")],
+)  # fmt: skip
+def test_bad_analysis_parameters_exit_2_naming_them_before_anything_runs(tmp_path, capsys, analysis, field):
+    f = write(tmp_path, {"base": {"variant": "Atto/7", "total_steps": 10, "warmup_steps": 1}, "analysis": analysis})
+    assert cli.main(["sweep", str(f), "--out", str(tmp_path / "out")]) == 2
+    assert field in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_the_analysis_runs_with_the_parameters_the_sweep_file_sets(tmp_path, monkeypatch):
+    """`analysis: {repetition: muennighoff}` reaches the scaling notebook, also when `vitscale analyze` reruns it;
+    without it the schema's defaults do."""
+    f = write(tmp_path, {"base": {"variant": "Atto/7", "total_steps": 10, "warmup_steps": 1},
+                         "analysis": {"repetition": "muennighoff", "n_bootstrap": 7}})  # fmt: skip
+    spec = sweep.load(f)
+    assert spec.analysis and spec.analysis_params == {"repetition": "muennighoff", "n_bootstrap": 7}
+    out = tmp_path / "out"
+    out.mkdir()
+    sweep.record_search(spec, out)
+    seen = []
+    monkeypatch.setattr(notebooks, "execute", lambda kind, params, *a, **k: seen.append(params))
+    notebooks.analyze(out)
+    assert seen[-1]["repetition"] == "muennighoff" and seen[-1]["n_bootstrap"] == 7
+    assert seen[-1]["sweep_dir"] == str(out)
+    sweep.record_search(sweep.load(write(tmp_path, {"base": {"variant": "Atto/7"}}, "plain.yaml")), out)
+    notebooks.analyze(out)
+    assert seen[-1]["repetition"] == config.ScalingConfig(sweep_dir=".").repetition == "none"
+    assert not sweep.load(write(tmp_path, {"base": {"variant": "Atto/7"}, "analysis": False}, "off.yaml")).analysis
 
 
 def test_shards_partition_the_runs(tmp_path):

@@ -261,10 +261,21 @@ def prepare_run(
     return kind, cfg, out
 
 
+#: A sweep folder's analysis parameters (its file's `analysis:` mapping), so `vitscale analyze` reuses them.
+ANALYSIS_FILE = "analysis.json"
+
+
+def save_analysis_params(sweep_dir: Path, params: dict[str, Any]) -> None:
+    """Record the scaling-analysis parameters a sweep file sets ({}: the schema's defaults)."""
+    runs.write_json(sweep_dir / ANALYSIS_FILE, params)
+
+
 def analyze(sweep_dir: Path, quiet: bool = False) -> Path:
-    """Execute notebooks/scaling_analysis.ipynb over a sweep's runs into <sweep>/scaling/report.html."""
+    """Execute notebooks/scaling_analysis.ipynb over a sweep's runs into <sweep>/scaling/report.html, with
+    the parameters its sweep file set (ANALYSIS_FILE), the schema's defaults for the rest."""
     out = sweep_dir / "scaling"
     runs.lock(out)
-    params = config.ScalingConfig(sweep_dir=str(sweep_dir)).model_dump(mode="json")  # the schema's defaults
+    saved = runs.read_json(sweep_dir / ANALYSIS_FILE) if (sweep_dir / ANALYSIS_FILE).is_file() else {}
+    params = config.ScalingConfig(**{**saved, "sweep_dir": str(sweep_dir)}).model_dump(mode="json")
     execute("scaling_analysis", params, out, name="report", quiet=quiet)
     return out / "report.html"

@@ -11,6 +11,7 @@ A sweep file (parameters/sweeps/<name>.yaml):
       variant: [Atto/7, Pico/7]
       train_examples: [2000, 60000]
     runs: []                           # or/and an explicit list of overrides
+    analysis: {repetition: muennighoff}  # optional: scaling-analysis parameters (false: no analysis)
 
 Each run's folder is outputs/<sweep>/<run id>, the id derived from its resolved parameters, so
 re-running a sweep finds its runs again: finished runs are skipped, interrupted ones resume from
@@ -47,6 +48,7 @@ class Sweep:
     notebook: str
     runs: tuple[Run, ...]
     analysis: bool = True
+    analysis_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # `analysis:` as a mapping
     slurm: config.SlurmResources = config.SlurmResources()  # what each run asks a cluster for
     search: dict[str, list] = dataclasses.field(default_factory=dict)  # key -> values each point is run at
     keys: tuple[str, ...] = ()  # the swept and searched keys that label run ids
@@ -81,6 +83,7 @@ def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
         slurm = config.validate(config.SlurmResources, spec.get("slurm") or {})
     except config.ConfigError as e:
         raise config.ConfigError([config.Problem(f"slurm.{p.field}", p.message) for p in e.problems], path) from None
+    _check_analysis(spec.get("analysis", True), path)
     notebook = spec.get("notebook", "pretrain")
     if notebook not in config.RUN_KINDS:
         problem = config.Problem(
@@ -88,6 +91,20 @@ def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
         )
         raise config.ConfigError([problem], path)
     return spec, slurm, notebook
+
+
+def _check_analysis(value: Any, path: Path) -> None:
+    """`analysis:` is true, false, or a mapping of scaling-analysis parameters (config.ScalingConfig)."""
+    if isinstance(value, bool):
+        return
+    if not isinstance(value, dict) or "sweep_dir" in value:
+        accepted = ", ".join(k for k in config.ScalingConfig.model_fields if k != "sweep_dir")
+        problem = config.Problem("analysis", f"must be true, false or a mapping of {accepted}")
+        raise config.ConfigError([problem], path)
+    try:
+        config.validate(config.ScalingConfig, {**value, "sweep_dir": "."})
+    except config.ConfigError as e:
+        raise config.ConfigError([config.Problem(f"analysis.{p.field}", p.message) for p in e.problems], path) from None
 
 
 def load(path: str | Path) -> Sweep:
@@ -134,7 +151,8 @@ def load(path: str | Path) -> Sweep:
         spec.get("name", path.stem),
         notebook,
         tuple(sorted(expanded, key=lambda r: r.run_id)),
-        bool(spec.get("analysis", True)),
+        spec.get("analysis", True) is not False,
+        dict(spec["analysis"]) if isinstance(spec.get("analysis"), dict) else {},
         slurm,
         search,
         tuple(keys),
@@ -216,7 +234,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def record_search(spec: Sweep, out: Path) -> None:
-    """search.json in the sweep folder: the searched keys (what the analysis groups runs by) and any extra runs."""
+    """search.json in the sweep folder: the searched keys (what the analysis groups runs by) and any extra runs;
+    and the analysis parameters the file sets."""
+    notebooks.save_analysis_params(out, spec.analysis_params)
     if spec.search:
         runs.write_json(out / search.SEARCH_FILE, {"keys": list(spec.search), "extra": _saved_extras(out)})
 
