@@ -13,7 +13,8 @@ import pytest
 
 import browser
 from browser import rendered_dom, screenshot
-from vitscale import allocator, report
+from vitscale import allocator
+from vitscale.report import page as report
 
 pytestmark = pytest.mark.slow
 

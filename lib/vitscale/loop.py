@@ -189,14 +189,9 @@ def make_trainer(
     )
 
 
-def eval_batch_size(batch_size: int) -> int:
-    """An evaluation batch size rounded up to a multiple of the device count (padded batches split evenly)."""
-    return -(-batch_size // jax.device_count()) * jax.device_count()
-
-
 def evaluate(trainer: Trainer, params, batches: Iterable[dict]) -> dict[str, float]:
     """Loss and top-1 accuracy over a whole split's masked batches (data.pipeline.eval_batches, sized by
-    eval_batch_size): {"loss": ..., "acc": ...}."""
+    sharding.eval_batch_size): {"loss": ..., "acc": ...}."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     for batch in batches:
         out = trainer.eval_step(params, sharding.put_batch(batch, trainer.mesh))

@@ -28,6 +28,7 @@ __all__ = [
     "section",
     "paragraph",
     "STYLE",
+    "Sentence",
 ]
 
 
@@ -223,3 +224,21 @@ def section(*parts: Any, css: str = "") -> Html:
     """Parts one after the other in one block (a class such as `vs-headline` styles it)."""
     inner = "\n".join(_body(p) for p in parts)
     return Html(f'<div class="{html.escape(css)}">{inner}</div>' if css else inner)
+
+
+class Sentence:
+    """What a report shows instead of a figure with nothing in it: one sentence (as Markdown)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def show(self) -> None:
+        paragraph(self.text).show()
+
+    def __repr__(self) -> str:
+        return f"Sentence({self.text!r})"
+
+
+NO_FEWSHOT = Sentence("No few-shot evaluation in this run (parameter `fewshot_datasets`).")
+
+NO_FINETUNING = Sentence("No fine-tuning in this run (parameter `finetune_datasets`).")
