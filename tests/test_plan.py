@@ -47,9 +47,9 @@ def fake_study(root: Path, variants=("Atto/7", "Femto/7", "Pico/7"), seed=0) -> 
             branches.append({"name": f"cooldown_{steps}", "metrics": m, **b})
         run = root / variant.replace("/", "-")
         runs.atomic_write_text(run / "params.yaml", yaml.safe_dump({**params, "name": run.name}))
-        summary = {"kind": "pretrain", "variant": variant, "num_params": n, "forward_flops_per_image": fwd,
-                   "batch_size": cfg.batch_size, "train_examples": 1_000_000, "final": final, "branches": branches,
-                   **main}  # fmt: skip
+        summary = {"kind": "pretrain", "variant": variant, "num_classes": 10, "num_params": n,
+                   "forward_flops_per_image": fwd, "batch_size": cfg.batch_size, "train_examples": 1_000_000,
+                   "final": final, "branches": branches, **main}  # fmt: skip
         runs.write_json(run / "summary.json", summary)
     return root
 
@@ -158,3 +158,16 @@ def test_predicted_vs_achieved_reads_the_law_at_each_planned_run():
     for r, (n, d) in zip(rows, [(3e5, 5e5), (1e5, 2e6)]):
         assert r["predicted"] == pytest.approx(0.1 + 5.0 * n**-0.3 + 40.0 * d**-0.4, rel=1e-12)
         assert r["interval"] is None  # no bootstrap fits, no interval
+
+
+def test_a_recipe_without_its_class_count_is_refused_by_name(tmp_path):
+    """The planner reads the head's classes from summary.json; a run written before summaries held them
+    is named, with the two ways out, instead of a class count guessed from its FLOPs."""
+    study = fake_study(tmp_path / "study")
+    for s in study.glob("*/summary.json"):
+        runs.write_json(s, {k: v for k, v in json.loads(s.read_text()).items() if k != "num_classes"})
+    with pytest.raises(config.ConfigError) as e:
+        plan.run(study, 2e11, out=tmp_path / "plan.yaml", n_bootstrap=10)
+    assert e.value.problems[0].field == "num_classes"
+    assert "summary.json does not record the head's class count" in str(e.value) and "rerun that run" in str(e.value)
+    assert not (tmp_path / "plan.yaml").exists()

@@ -212,7 +212,7 @@ def perf_summary(trainer: Trainer, records: list[dict], meta: dict | None = None
     overall = None
     last = max((r.get("images_seen", 0) for r in records), default=0)
     if trainer.peak is not None and meta.get("device_seconds"):
-        overall = 3.0 * trainer.forward_flops * last / (meta["device_seconds"] * trainer.peak.flops_per_s)
+        overall = flops.training(trainer.forward_flops, last) / (meta["device_seconds"] * trainer.peak.flops_per_s)
     return {
         "mfu": median(metrics.MFU),
         "perf": {

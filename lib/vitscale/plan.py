@@ -68,22 +68,22 @@ def _recipe(sweep_dir: Path) -> dict[str, Any]:
     if best is None:
         raise config.ConfigError([config.Problem("sweep", "no finished pretraining run to take the recipe from")])
     d, s = best
-    return {"params": config.load_yaml(d / "params.yaml"), "summary": s}
+    return {"params": config.load_yaml(d / "params.yaml"), "summary": s, "dir": d}
 
 
-def _num_classes(params: dict[str, Any], fwd: int) -> int:
-    """Classes of the study's head, from its measured forward FLOPs (the head is 2 x width x classes)."""
-    model = _model(params, params["variant"], 1)
-    w = model.width
-    extra = fwd - flops.forward_flops(model, _shape(params))
-    per = 2 * w * (1 if params.get("pool_type") != "none" else _tokens(params))
-    n = 1 + extra / per
-    return int(round(n)) if n > 0.5 and abs(n - round(n)) < 1e-6 else 10
-
-
-def _tokens(params: dict[str, Any]) -> int:
-    p = vit.decode_variant(params["variant"]).patch_size
-    return (params["image_size"] // p) ** 2
+def _num_classes(recipe: dict[str, Any]) -> int:
+    """Classes of the study's head, as its run recorded them in summary.json."""
+    if (n := recipe["summary"].get("num_classes")) is None:
+        raise config.ConfigError(
+            [
+                config.Problem(
+                    "num_classes",
+                    f"{recipe['dir'] / 'summary.json'} does not record the head's class count (a run written "
+                    'before summaries held it): rerun that run, or add "num_classes": <classes> to its summary.json',
+                )
+            ]
+        )
+    return int(n)
 
 
 def _shape(params: dict[str, Any]) -> tuple[int, int, int]:
@@ -141,7 +141,7 @@ def isoflop_runs(
     for v in fam[lo:]:
         if len(out) == sizes:
             break
-        per_step = 3 * v["forward_flops"] * params["batch_size"]
+        per_step = flops.training(v["forward_flops"], params["batch_size"])
         steps = round(budget / per_step)
         if steps < 1 or abs(steps * per_step - budget) > BUDGET_TOLERANCE * budget:
             notes.append(f"{v['variant']}: the budget is {budget / per_step:.3g} steps, not within 1% of a whole step")
@@ -308,7 +308,7 @@ def run(
 def _write_sweep(source: Path, budget: float, out, p: dict[str, Any], max_epochs, lines: list[str]) -> Path:
     """The IsoFLOP sweep file of the plan, written; its lines appended to `lines`."""
     recipe = _recipe(source)
-    ncls = _num_classes(recipe["params"], recipe["summary"]["forward_flops_per_image"])
+    ncls = _num_classes(recipe)
     planned, notes = isoflop_runs(recipe, budget, p["N"], ncls)
     rate = rate_of(source, recipe, planned)
     ex = recipe["summary"].get("train_examples")
