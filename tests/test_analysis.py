@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import browser
-from vitscale import analysis, metrics, notebooks
+from vitscale import analysis, formats, metrics, notebooks
 from vitscale.report import page as report
 from vitscale.report import scaling, scaling_figures
 
@@ -413,7 +413,7 @@ def test_notebook_through_papermill(root, tmp_path):
     cells = browser.cell_texts(source)
     assert len(cells) > 9 * len(rows) and [c for c in cells if c not in text] == []
     for r in rows:  # every run's full name and compute, as the formatting helpers write them
-        assert f"{r['run_id']}" in text and report.flops(r["train_flops"]) in text
+        assert f"{r['run_id']}" in text and formats.flops(r["train_flops"]) in text
     # the headline (test error first) comes before any figure, and the details are collapsed
     assert dom.index('class="vs-headline"') < dom.index("plotly-graph-div")
     head = text.index("Headline")
@@ -445,7 +445,7 @@ def test_constants_show_bounds_and_unresolved_intervals():
         "at_bound": ["b"],
         "unresolved": ["a"],
     }
-    text = {k: report.with_interval(pl[k], pl["intervals"].get(k), scaling.flags(pl, k)) for k in "abc"}
+    text = {k: formats.with_interval(pl[k], pl["intervals"].get(k), scaling.flags(pl, k)) for k in "abc"}
     assert text["a"].endswith("(unresolved)") and text["b"] == "2 (at bound)" and text["c"] == "0.1 [0.09, 0.11]"
 
 

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale import checks, config, metrics, runs, scaling, search
-from vitscale.report import page
+from vitscale import checks, config, formats, metrics, runs, scaling, search
 
 __all__ = [
     "Failed",
@@ -368,7 +367,7 @@ def write_summary(
 def _interval_text(value: float, interval: Sequence[float] | None, flags: Sequence[str] = ()) -> str:
     """The text "value [lo, hi]", marked "(at bound)" when the fit sits on a constraint and "(unresolved)" when
     the interval spans more than a decade (scaling.resolved): the curve does not determine it."""
-    return page.with_interval(value, interval, flags)
+    return formats.with_interval(value, interval, flags)
 
 
 # ----------------------------------------------------------------------------- findings
@@ -509,7 +508,7 @@ def _finding_double_saturation(result: Mapping[str, Any] | Failed) -> dict[str, 
     }
     txt = (
         f"c = {_interval_text(pl.c, iv.get('c'))}, d = {_interval_text(pl.d, iv.get('d'))} "
-        f"({page.number(pl.d / x_min, 2)} x the smallest frontier {result['x']}); "
+        f"({formats.number(pl.d / x_min, 2)} x the smallest frontier {result['x']}); "
     )
     if why := _unresolved_fit(pl):
         return out | numbers | {"verdict": f"not testable: {why} ({txt.rstrip('; ')})"}

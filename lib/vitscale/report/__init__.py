@@ -1,7 +1,7 @@
 """What a person reads: the analysis and the programs return values, these modules turn them into
 rows, words and figures (values in, HTML out).
 
-- page.py             number formats, HTML tables, sections, details: every report's helpers
+- page.py             HTML tables, sections, details: every report's helpers (numbers: vitscale.formats)
 - basics.py           the notebooks' first cell: offline plotly, a run's parameters grouped
 - pretraining.py      notebooks/pretrain.ipynb: curves, few-shot during pretraining, headline numbers
 - downstream.py       notebooks/transfer.ipynb: few-shot, fine-tuning, VTAB, the paper's table

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.io._base_renderers import NotebookRenderer
 
+from vitscale import formats
 from vitscale.report import page
 
 RENDERER = "plotly_mimetype+vitscale_notebook"
@@ -116,7 +117,7 @@ def _param_text(v: Any) -> str:
         return "None"
     if isinstance(v, dict | list):
         return json.dumps(v)
-    return page.auto(v) if not isinstance(v, int) or isinstance(v, bool) else str(v)
+    return formats.auto(v) if not isinstance(v, int) or isinstance(v, bool) else str(v)
 
 
 def show_all(figures: Sequence[go.Figure | page.Sentence | page.Html]) -> None:

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from vitscale import metrics
+from vitscale import formats, metrics
 from vitscale.report import page
 from vitscale.report.page import NO_FEWSHOT, NO_FINETUNING, Sentence
 from vitscale.report.pretraining import series
@@ -21,7 +21,7 @@ _DASHES = ("solid", "dash", "dot", "dashdot")
 _GRID_DASHES = ("dot", "dash", "dashdot", "longdash")
 
 
-_pct = page.percent_spread
+_pct = formats.percent_spread
 
 
 def fewshot_comparison(fewshot: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> go.Figure | Sentence:

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from vitscale import analysis, metrics
+from vitscale import analysis, formats, metrics
 from vitscale.report import page
 from vitscale.report.page import NO_FEWSHOT, Sentence
 
@@ -67,11 +67,11 @@ def fewshot_curves(records: Sequence[dict[str, Any]], x: str = "step") -> go.Fig
     return fig
 
 
-# How the run summary's quantities read (the others: page.auto).
+# How the run summary's quantities read (the others: formats.auto).
 _SUMMARY_FORMATS = {
-    "num_params": lambda v: f"{page.count(v)} ({page.integer(v)})",
-    "train_flops": page.flops,
-    "images_seen": page.integer,
+    "num_params": lambda v: f"{formats.count(v)} ({formats.integer(v)})",
+    "train_flops": formats.flops,
+    "images_seen": formats.integer,
     "train_examples": analysis.data_label,
 }
 
@@ -90,7 +90,7 @@ def summary_table(summary: dict[str, Any]) -> page.Html:
         "train_flops",
         "wall_seconds_this_session",
     ]
-    rows = [{"quantity": k, "value": _SUMMARY_FORMATS.get(k, page.auto)(summary.get(k))} for k in keys]
+    rows = [{"quantity": k, "value": _SUMMARY_FORMATS.get(k, formats.auto)(summary.get(k))} for k in keys]
     rows += [{"quantity": f"best {k}", "value": v} for k, v in summary.get("best", {}).items()]
     rows += [{"quantity": k, "value": v} for k, v in sorted(summary.get("final", {}).items())]
     return page.table(rows, ["quantity", "value"])

@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vitscale import analysis, metrics
+from vitscale import analysis, formats, metrics
 from vitscale.report import page
 from vitscale.report.scaling_figures import (
     metric_title,
@@ -22,10 +22,10 @@ from vitscale.report.scaling_figures import (
 
 # How the scaling tables show their numbers.
 _RUN_FORMATS = {
-    "params": page.count,
-    "train FLOPs": page.flops,
-    "images seen": page.integer,
-    "steps": page.integer,
+    "params": formats.count,
+    "train FLOPs": formats.flops,
+    "images seen": formats.integer,
+    "steps": formats.integer,
 }
 
 
@@ -81,18 +81,18 @@ def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | No
     ]
     if not out:
         return page.paragraph("No finished run in this sweep.")
-    formats = _RUN_FORMATS | {metric_title(m): page.percent for m in names}
+    shown = _RUN_FORMATS | {metric_title(m): formats.percent for m in names}
     return page.table(
-        out, title=f"{len(out)} trained models (runs and cooldown branches)", formats=formats, table_id="runs"
+        out, title=f"{len(out)} trained models (runs and cooldown branches)", formats=shown, table_id="runs"
     )
 
 
 def _law_text(result: dict[str, Any]) -> str:
     pl = result["power_law"]
     iv = pl.intervals
-    flags = {k: flags(pl.as_dict(), k) for k in "abcd"}
-    const = [f"{k} = {page.with_interval(getattr(pl, k), iv.get(k), flags[k])}" for k in "abd"]
-    floor = page.percent(pl.c, iv.get("c")) + "".join(f" ({f})" for f in flags["c"])
+    marks = {k: flags(pl.as_dict(), k) for k in "abcd"}
+    const = [f"{k} = {formats.with_interval(getattr(pl, k), iv.get(k), marks[k])}" for k in "abd"]
+    floor = formats.percent(pl.c, iv.get("c")) + "".join(f" ({f})" for f in marks["c"])
     const = ", ".join([*const[:2], f"c (error floor) = {floor}", const[2]])
     return f"E = a (x + d)^-b + c on {pl.n} frontier points: {const}"
 
@@ -111,9 +111,9 @@ def _extrapolation_text(result: dict[str, Any]) -> str:
     (best, name, r), rest = scored[0], scored[1:]
     txt = (
         f"Extrapolates best: {analysis.law_label(name)}, fitted on {ex['n_train']} runs below "
-        f"{page.flops(ex['cut']) if result['x'] == 'train_flops' else page.number(ex['cut'], 3)}, "
-        f"predicts the {ex['n_test']} above within {page.percent(r['mare'])} on average (RMSE of log error "
-        f"{page.number(best, 3)})"
+        f"{formats.flops(ex['cut']) if result['x'] == 'train_flops' else formats.number(ex['cut'], 3)}, "
+        f"predicts the {ex['n_test']} above within {formats.percent(r['mare'])} on average (RMSE of log error "
+        f"{formats.number(best, 3)})"
     )
     if rest:
         second, name2, _ = rest[0]
@@ -131,14 +131,14 @@ def next_run_text(allocation: Any) -> str:
     p = s["plans"][-1]
     if not p["determined"]:
         return (
-            f"Next run at {page.flops(p['C'])} FLOPs: not determined by this study (see Allocation: "
+            f"Next run at {formats.flops(p['C'])} FLOPs: not determined by this study (see Allocation: "
             "the model-size or data term is a step, not a power law)."
         )
     iv = p.get("error_interval")
     where = "extrapolating beyond the study" if p["extrapolates"] else "within the study's range"
     return (
-        f"Next run at {page.flops(p['C'])} FLOPs: {page.count(p['N'])} parameters on {page.count(p['D'])} "
-        f"images seen, predicted error {page.percent(p['error'], iv)} ({where}; details in Allocation)."
+        f"Next run at {formats.flops(p['C'])} FLOPs: {formats.count(p['N'])} parameters on {formats.count(p['D'])} "
+        f"images seen, predicted error {formats.percent(p['error'], iv)} ({where}; details in Allocation)."
     )
 
 
@@ -209,13 +209,13 @@ def constants_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
         s = r["summary"]
         pl, iv = s["power_law"], s["power_law"]["intervals"]
         row = {"metric": m, "runs": s["n_runs"], "frontier": s["n_frontier"]}
-        row |= {k: page.with_interval(pl[k], iv.get(k), flags(pl, k)) for k in "abcd"}
+        row |= {k: formats.with_interval(pl[k], iv.get(k), flags(pl, k)) for k in "abcd"}
         m4 = s["m4"]
         if "error" in m4:
             row |= {"M4 e_inf": "", "M4 alpha": "", "M4 c": ""}
         else:
             row |= {
-                f"M4 {k}": page.with_interval(m4[k], m4["intervals"].get(k), flags(m4, k))
+                f"M4 {k}": formats.with_interval(m4[k], m4["intervals"].get(k), flags(m4, k))
                 for k in ("e_inf", "alpha", "c")
             }
         ex = s["extrapolation"]

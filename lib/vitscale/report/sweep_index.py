@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from vitscale import metrics, runs
+from vitscale import formats, metrics, runs
 from vitscale.report import page
 
 
@@ -32,11 +32,11 @@ def index_html(out: Path, sweep: Any, index: dict[str, str]) -> str:
         cells = [r.params.get("variant"), s.get("train_examples", r.params.get("train_examples")), s.get("total_steps")]
         cells += [finals[r.run_id].get(m) for m in names]
         cells += [s.get("train_flops"), s.get("device_seconds"), len(s.get("branches", []))]
-        formats = [None] * (3 + len(names)) + [page.flops, None, None]
+        shown = [None] * (3 + len(names)) + [formats.flops, None, None]
         status = index[r.run_id]
         rows.append(
             f'<tr class="{status}"><td>{link}</td><td>{status}</td>'
-            + "".join(page.cell(c, f) for c, f in zip(cells, formats))
+            + "".join(page.cell(c, f) for c, f in zip(cells, shown))
             + "</tr>"
         )
     scaling = out / "scaling" / "report.html"

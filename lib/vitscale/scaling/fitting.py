@@ -43,6 +43,8 @@ def validate_points(
     what: str = "the fit",
     positive: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """A fit's (x, errors) as 1-D float arrays, checked (equal lengths, finite, positive where asked, at
+    least `min_points` for `what`); a ValueError naming the array otherwise. Shared by the scaling fits."""
     x = _as_1d(x, x_name)
     e = _as_1d(e, e_name)
     if x.shape[0] != e.shape[0]:
