@@ -138,3 +138,25 @@ def test_the_cli_exits_2_and_writes_nothing(tmp_path, capsys):
 def test_all_19_expand_from_the_shorthand():
     cfg = config.validate(config.TransferConfig, {**BASE, "vtab_tasks": ["vtab-1k", "dtd"]})
     assert transfer_vtab.task_names(cfg) == list(vtab.TASKS)
+
+
+def test_an_imagenet_variant_is_one_entry(monkeypatch, tmp_path):
+    """transfer.imagenet.VARIANTS is the one table of the ImageNet evaluations: an entry makes the name
+    valid in imagenet_evals, gives the paper's table its column, and puts its accuracy there."""
+    from types import SimpleNamespace
+
+    from vitscale.transfer import imagenet, table
+
+    sketch = imagenet.Variant("ImageNet-Sketch", lambda cfg: None, lambda cfg, pipe, batch, mesh: None)
+    monkeypatch.setitem(imagenet.VARIANTS, "sketch", sketch)
+    params = {k: v for k, v in BASE.items() if k != "random_model"} | {"data_dir": str(tmp_path / "tfds")}
+    params |= {"pretrained": "w.npz", "pretrained_model": {"variant": "Atto/7", "image_size": 28}}
+    params["imagenet_evals"] = ["sketch", "nope"]
+    cfg = config.validate(config.TransferConfig, params)
+    problems: list[config.Problem] = []
+    imagenet.check(problems, cfg)
+    assert [p.message for p in problems] == ["unknown evaluation 'nope'; accepted: real, v2, objectnet, sketch"]
+    assert table.column_status(cfg)["ImageNet-Sketch"] == "not run"
+    results = {"fewshot": {}, "finetune": {}, "vtab": {}, "imagenet_evals": {"m": {"sketch": {"acc": 0.5}}}}
+    row = table.paper_table([SimpleNamespace(name="m")], cfg, results)["m"]
+    assert row["ImageNet-Sketch"] == 0.5 and row["ImageNet-ReaL"] == "not prepared"
