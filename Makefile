@@ -20,11 +20,14 @@ setup: $(STAMP) data malloc
 # training steps on a CPU); the vitscale kernel starts the same way.
 RUN := $(PY) -m vitscale.allocator $(PY)
 
-# Real data that installs offline: Fashion-MNIST's IDX files from Debian.
+# System packages that some tests need: as root (CI) `make` installs them, so every test runs; as another user
+# a missing one is named here, and the tests that need it skip with that reason (pytest -rs lists them).
+
+# Real data that installs offline: Fashion-MNIST's IDX files from Debian (`make demo` needs them).
 data:
 	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu)"; exit 1; fi
+	else echo "note: Fashion-MNIST is not installed ('sudo apt-get install dataset-fashion-mnist'): the tests that need it skip, saying so"; fi
 
 # jemalloc for XLA's per-step buffers (optional: without it everything runs, with glibc's malloc).
 malloc:
@@ -36,19 +39,19 @@ malloc:
 slurm:
 	@if command -v sbatch > /dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq slurm-client; \
-	else echo "sbatch is missing: run 'sudo apt-get install slurm-client'"; exit 1; fi
+	else echo "note: sbatch is not installed ('sudo apt-get install slurm-client'): the tests that need it skip, saying so"; fi
 
 # strace for the fault suite's no-network test (it records every connect() a run attempts).
 strace:
 	@if command -v strace > /dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq strace; \
-	else echo "strace is missing: run 'sudo apt-get install strace'"; exit 1; fi
+	else echo "note: strace is not installed ('sudo apt-get install strace'): the tests that need it skip, saying so"; fi
 
 # Headless Chromium for the report-rendering test.
 browser:
 	@if command -v chromium > /dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-	else echo "Chromium is missing: run 'sudo apt-get install chromium'"; exit 1; fi
+	else echo "note: chromium is not installed ('sudo apt-get install chromium'): the tests that need it skip, saying so"; fi
 
 # A ViT pretrained on Fashion-MNIST (outputs/demo/run.html), then an 8-run slice (muP, a 2-rate search) of the CPU scaling
 # sweep with its analysis (outputs/cpu_scaling_slice/scaling/report.html).
@@ -69,14 +72,14 @@ lint: $(STAMP)
 # tests that load vitscale's .npz files with timm (tests/test_weights.py); without it they skip, saying so.
 test: setup browser slurm strace lint
 	$(PY) -m pip install --quiet -e '.[bench]' 2>&1 | grep -v "is ignored" || true
-	$(RUN) -m pytest -q -m "not bench and not long" --durations=20
+	$(RUN) -m pytest -q -rs -m "not bench and not long" --durations=20
 
 # The end-to-end scenarios left out of `make test` to keep it near 15 minutes (faults with several fresh
 # processes, a planned sweep, the VTAB protocol on stand-ins, submitit jobs, the streaming kill-and-resume,
 # the compile-cache benchmark's two processes, JupyterLab driven in Chromium, the wheel built, installed into a
 # fresh venv and run in a new study folder); CI runs them after `make test`.
 test-long: setup browser slurm strace
-	$(RUN) -m pytest -q -m long --durations=10
+	$(RUN) -m pytest -q -rs -m long --durations=10
 
 # Smoke tests of the benchmarks that `make bench-run-costs` runs for real (88 s: three fresh processes).
 test-bench: setup
@@ -84,7 +87,7 @@ test-bench: setup
 
 # The edit loop: every module's unit tests, no notebooks, no spawned processes, no long training.
 test-fast: setup lint
-	$(RUN) -m pytest -q -m "not slow and not bench and not long"
+	$(RUN) -m pytest -q -rs -m "not slow and not bench and not long"
 
 # JupyterLab on notebooks/ with the vitscale kernel; as root it says so and passes --allow-root.
 LAB_IP ?= 127.0.0.1

@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
         nb = nbformat.v4.new_notebook(
             cells=[
                 nbformat.v4.new_code_cell(
-                    "import jax, vitscale, vitscale.train, vitscale.plots, vitscale.runs, vitscale.config"
+                    "import jax, vitscale, vitscale.train, vitscale.report.pretraining, vitscale.runs, vitscale.config"
                 )
             ]
         )

@@ -2,18 +2,14 @@
 
 import html as ihtml
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import system_tool
 
 
 def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
-    return exe
+    return system_tool("chromium", "chromium-browser", package="chromium")
 
 
 # Headless, offline, no first-run work: what every page check runs Chromium with.

@@ -2,6 +2,7 @@
 runs they start in other processes do not (below)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,44 @@ else:
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+ROOT_USER = os.geteuid() == 0  # CI runs `make test` as root: it installs every tool, and every test runs
+
+
+def system_tool(*names: str, package: str) -> str:
+    """The path of a system tool some tests need (the first of `names` on PATH). Missing: as root a
+    failure (`make test` installs it, so CI runs every test); as another user a skip that names it."""
+    for name in names:
+        if exe := shutil.which(name):
+            return exe
+    why = f"{names[0]} is not installed (`sudo apt-get install {package}`; `make test` as root installs it)"
+    if ROOT_USER:
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+# How a missing Fashion-MNIST shows: data.builders' message, or a test's own read of the package's files.
+FASHION_MISSING = "fashion_mnist: missing"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _skip_without_fashion_mnist())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _skip_without_fashion_mnist())
+
+
+def _skip_without_fashion_mnist():
+    """As another user than root, a test (or fixture) that needs Fashion-MNIST's files where they are
+    not installed is skipped, saying so; as root it fails as any error does."""
+    try:
+        return (yield)
+    except Exception as e:
+        if ROOT_USER or not (FASHION_MISSING in str(e) or str(FASHION) in str(e)):
+            raise
+        pytest.skip("Fashion-MNIST is not installed (`sudo apt-get install dataset-fashion-mnist`)")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import browser
-from vitscale import analysis, metrics, notebooks, plots, report
+from vitscale import analysis, formats, metrics, notebooks
+from vitscale.report import page as report
+from vitscale.report import scaling, scaling_figures
 
 # ----------------------------------------------------------------------------- synthetic sweep
 # Frontier law in FLOP units: E*(C) = a (C + d)^-b + c. Its low-compute bend d sits inside the
@@ -312,27 +314,27 @@ def test_findings_double_saturation(fitted, sweep):
 # ----------------------------------------------------------------------------- figures
 def test_figures_have_expected_traces(sweep, fitted):
     rows, _ = sweep
-    fig = plots.scaling_error_vs_compute(rows, fitted)
+    fig = scaling_figures.scaling_error_vs_compute(rows, fitted)
     # 4 model sizes + frontier + band + power law + M4
     assert len(fig.data) == 4 + 4
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
     assert "%{customdata[0]}" in fig.data[0].hovertemplate and fig.data[0].customdata[0][0] == rows[0]["run_id"]
     assert len(fig.data[4].x) == sum(fitted["frontier"])
-    assert len(plots.scaling_best_vs_size(rows, "test/acc").data) == len(DATA)
-    assert len(plots.scaling_error_vs_images(rows, "test/acc").data) == len(DATA) * len(VARIANTS)
-    assert len(plots.scaling_extrapolation(fitted).data) == 5  # fitted, held out, cut, power law, M4
+    assert len(scaling_figures.scaling_best_vs_size(rows, "test/acc").data) == len(DATA)
+    assert len(scaling_figures.scaling_error_vs_images(rows, "test/acc").data) == len(DATA) * len(VARIANTS)
+    assert len(scaling_figures.scaling_extrapolation(fitted).data) == 5  # fitted, held out, cut, power law, M4
     failed = analysis.Failed("too few", "fewshot/x/1shot")
     results = {"test/acc": fitted, "fewshot/x/1shot": failed}
     # nobody has that metric: a sentence, not an empty frame
-    assert isinstance(plots.scaling_error_vs_compute(rows, failed), plots.Sentence)
-    assert "too few" in plots.scaling_extrapolation(failed).text
-    table = str(plots.scaling_constants_table(results))
+    assert isinstance(scaling_figures.scaling_error_vs_compute(rows, failed), report.Sentence)
+    assert "too few" in scaling_figures.scaling_extrapolation(failed).text
+    table = str(scaling.scaling_constants_table(results))
     assert "<th>test/acc</th><th>fewshot/x/1shot</th>" in table
     assert "too few" in table  # the unfittable metric says why
     found = {"test/acc": analysis.findings(rows, result=fitted)}
-    assert str(plots.scaling_findings_table(found)).count("<tr>") == 1 + 3
-    assert str(plots.scaling_runs_table(rows)).count("<tr>") == 1 + len(rows)
-    assert len(plots.scaling_report_figures(rows, results)) == 8
+    assert str(scaling.scaling_findings_table(found)).count("<tr>") == 1 + 3
+    assert str(scaling.scaling_runs_table(rows)).count("<tr>") == 1 + len(rows)
+    assert len(scaling_figures.scaling_report_figures(rows, results)) == 8
 
 
 # ----------------------------------------------------------------------------- notebook
@@ -411,7 +413,7 @@ def test_notebook_through_papermill(root, tmp_path):
     cells = browser.cell_texts(source)
     assert len(cells) > 9 * len(rows) and [c for c in cells if c not in text] == []
     for r in rows:  # every run's full name and compute, as the formatting helpers write them
-        assert f"{r['run_id']}" in text and report.flops(r["train_flops"]) in text
+        assert f"{r['run_id']}" in text and formats.flops(r["train_flops"]) in text
     # the headline (test error first) comes before any figure, and the details are collapsed
     assert dom.index('class="vs-headline"') < dom.index("plotly-graph-div")
     head = text.index("Headline")
@@ -429,7 +431,7 @@ def test_every_law_is_checked_and_the_best_named(fitted):
     scored = {k: r["rmse_log"] for k, r in ex["results"].items() if "rmse_log" in r}
     assert ex["best_law"] == min(scored, key=scored.get) == "power_law"
     assert scored["M1"] > 10 * scored["power_law"]
-    row = analysis.constants_rows({"test/acc": fitted})[0]
+    row = scaling.constants_rows({"test/acc": fitted})[0]
     assert row["extrapolates best"] == "power law" and row["extrap. RMSE log, M1"] == scored["M1"]
 
 
@@ -443,7 +445,7 @@ def test_constants_show_bounds_and_unresolved_intervals():
         "at_bound": ["b"],
         "unresolved": ["a"],
     }
-    text = {k: analysis._interval_text(pl[k], pl["intervals"].get(k), analysis._flags(pl, k)) for k in "abc"}
+    text = {k: formats.with_interval(pl[k], pl["intervals"].get(k), scaling.flags(pl, k)) for k in "abc"}
     assert text["a"].endswith("(unresolved)") and text["b"] == "2 (at bound)" and text["c"] == "0.1 [0.09, 0.11]"
 
 
@@ -456,7 +458,7 @@ def test_double_saturation_is_not_testable_on_four_frontier_points():
     assert found["holds"] is None
     assert found["verdict"].startswith("not testable: 4 frontier points for 4 constants")
     headline = str(
-        plots.scaling_headline(
+        scaling.scaling_headline(
             {"test/acc": analysis.analyze(rows, n_bootstrap=20)}, {"test/acc": {"double_saturation": found}}
         )
     )
@@ -466,8 +468,8 @@ def test_double_saturation_is_not_testable_on_four_frontier_points():
 def test_the_headline_recommends_a_next_run_only_when_the_law_determines_it():
     plan = {"C": 4e13, "N": 2.05e5, "D": 1.9e6, "error": 0.1113, "error_interval": [0.0995, 0.122]}
     plan["extrapolates"] = True
-    text = plots.next_run_text({"summary": {"plans": [{**plan, "determined": True}]}})
+    text = scaling.next_run_text({"summary": {"plans": [{**plan, "determined": True}]}})
     assert "205k parameters" in text and "11.1% [9.95, 12.2]" in text and "extrapolating" in text
-    text = plots.next_run_text({"summary": {"plans": [{**plan, "determined": False}]}})
+    text = scaling.next_run_text({"summary": {"plans": [{**plan, "determined": False}]}})
     assert "not determined" in text and "parameters" not in text
-    assert "too few runs" in plots.next_run_text(analysis.Failed("too few runs"))
+    assert "too few runs" in scaling.next_run_text(analysis.Failed("too few runs"))

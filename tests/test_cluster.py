@@ -3,7 +3,6 @@ summaries through submitit's local executor (real processes) as through the loca
 killed job is resubmitted on rerun and resumes from its checkpoint."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import system_tool
 from vitscale import cluster, config, runs, sweep
 
 pytestmark = pytest.mark.slow  # starts sbatch, submitit jobs and kernels
@@ -28,16 +28,15 @@ PartitionName=gpu Nodes=node[1-4] Default=YES
 
 
 def sbatch_script(resources: config.SlurmResources, folder) -> str:
-    """The sbatch script submitit writes for one run of these resources (checked by `sbatch --test-only`)."""
+    """The sbatch script submitit writes for one run of these resources (checked by `sbatch --test-only`);
+    submitit's SLURM executor looks for srun first."""
+    system_tool("srun", package="slurm-client")
     ex = cluster.executor(folder, "slurm", resources)
     return ex._executor._make_submission_file_text("python -m submitit.core._submit FOLDER", "UID")
 
 
 def sbatch() -> str:
-    exe = shutil.which("sbatch")
-    if exe is None:
-        pytest.fail("sbatch is not installed: `make test` installs it (apt-get install slurm-client)")
-    return exe
+    return system_tool("sbatch", package="slurm-client")
 
 
 def test_job_scripts_are_what_sbatch_accepts(tmp_path):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from vitscale import build, cli, config, export, pretrained, sharding, train, transfer, weights
+from vitscale import build, cli, config, export, pretrained, sharding, train, weights
+from vitscale.transfer import program
 
 pytestmark = pytest.mark.slow  # trains and exports runs (train.run starts git for the summary)
 
@@ -52,11 +53,11 @@ def test_export_writes_big_vision_names_and_the_lines_to_read_it(exported):
 
 def test_a_round_trip_reproduces_the_few_shot_numbers_exactly(root, tiny_run, exported, tmp_path):
     lines = yaml.safe_load(exported.with_suffix(".yaml").read_text())
-    from_run = transfer.run(
+    from_run = program.run(
         config.validate(config.TransferConfig, transfer_params(root, pretrained=str(tiny_run), compare_random=False)),
         tmp_path / "from_run",
     )
-    from_file = transfer.run(
+    from_file = program.run(
         config.validate(
             config.TransferConfig,
             transfer_params(

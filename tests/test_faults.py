@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
+from conftest import system_tool
 from natural_images import write_folder
 from vitscale import cli as vitscale_cli
 from vitscale import config, metrics, pretrained, runs, sharding, train
@@ -316,8 +317,7 @@ def connections(trace: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_run_without_network_is_the_same_run_and_tries_none(tmp_path, reference):
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed")
+    system_tool("strace", package="strace")
     out, trace = tmp_path / "offline", tmp_path / "trace"
     strace = ("strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o", str(trace))
     p = start(BASE, out, tmp_path, prefix=(*no_network(), *strace))

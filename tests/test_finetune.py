@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from vitscale import build, checkpoints, config, finetune, pretrained, runs, sharding, transfer
+from vitscale import build, checkpoints, config, pretrained, runs, sharding
 from vitscale.data import sources
 from vitscale.models import vit
+from vitscale.transfer import finetune, program
 
 PRE = dict(name="tiny", dataset="fashion_mnist", variant="Atto/7", total_steps=6, batch_size=32, warmup_steps=2)
 
@@ -123,7 +124,7 @@ def test_finetune_recipe_is_sgd_without_weight_decay(run_dir, mesh):
         ),
     )
     pre = pretrained.read_pretrain_config(run)
-    c = finetune._compile(pre, cfg, 10, 0.03, mesh)
+    c = finetune.setup(pre, cfg, 10, 0.03, mesh)
     assert c.image_shape == (42, 42, 1) and c.trainer.model.head_bias_init == 0.0
     assert (c.spec.total_steps, c.spec.batch_size) == (40, 16)
     # Cosine after a linear warmup of 5 steps to the lr.
@@ -181,7 +182,7 @@ def test_keep_the_best_grid_run_from_a_random_init_and_resume(tmp_path, mesh):
             log_every=1,
         ),
     )
-    models = transfer.load_models(cfg, mesh)
+    models = program.load_models(cfg, mesh)
     assert [m.name for m in models] == ["random"] and models[0].step == 0
     r = finetune.finetune(models, "sklearn_digits", cfg, tmp_path, mesh)["random"]
     assert (r["retrained"], r["best_lr"], r["train_images"], r["holdout_images"]) == (False, 0.05, 1271, 26)

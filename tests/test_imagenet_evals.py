@@ -12,7 +12,7 @@ from timm.data.real_labels import RealLabelsImagenet
 
 from vitscale import sharding
 from vitscale.data import pipeline
-from vitscale.evaluators import classify, real
+from vitscale.evaluators import classification, real
 
 
 def synthetic(n=300, classes=20, seed=0):
@@ -70,11 +70,11 @@ def test_predict_in_order_with_padding_and_restricted_classes():
         return 10.0 * tf.one_hot(tf.cast(tf.round(x[:, 0, 0, 0] / 40.0), tf.int32), k).numpy()
 
     mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
-    out = classify.predict(logits, None, classify.example_batches(ds, pipe, batch_size=4), mesh)
+    out = classification.predict(logits, None, pipeline.eval_batches(ds, pipe, batch_size=4), mesh)
     assert out["pred"].tolist() == target.tolist() and out["label"].tolist() == target.tolist()
     assert out["real"].shape == (n, 3) and all((row[row >= 0] == t).all() for row, t in zip(out["real"], target))
     allowed = [c for c in range(k) if c != target[0]]
-    restricted = classify.predict(logits, None, classify.example_batches(ds, pipe, batch_size=4), mesh, allowed)
+    restricted = classification.predict(logits, None, pipeline.eval_batches(ds, pipe, batch_size=4), mesh, allowed)
     assert restricted["pred"][0] in allowed and np.isin(restricted["pred"], allowed).all()
 
 
@@ -123,7 +123,7 @@ def test_objectnet_overlap_restriction_and_border(tmp_path):
         return 10.0 * tf.one_hot(tf.cast(tf.round(level), tf.int32), 6).numpy()
 
     mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
-    out = objectnet.evaluate(logits, None, pipe, mesh, path=tmp_path, batch_size=4)
+    out = objectnet.evaluator(tmp_path, pipe, 4, mesh).run(logits, None)
     # Counted: alarm_clock (3 images) and banana (4); sock does not overlap ImageNet. Predictions are
     # restricted to the mapped ImageNet classes 1, 2, 3: clock levels 1, 2 hit, 3 (banana) misses; banana
     # levels 3, 3 hit; levels 0 and 5 are not allowed, every allowed logit is 0, the first allowed (1, a
@@ -167,6 +167,6 @@ def test_imagenet_v2_accuracy_hand_count(monkeypatch):
         return 10.0 * tf.one_hot(tf.cast(tf.round(level), tf.int32), 5).numpy()
 
     mesh = sharding.make_mesh([1, 1], devices=jax.devices()[:1])
-    out = imagenet_v2.evaluate(logits, None, pipe, mesh, variant="topimages", batch_size=2)
-    assert out == {"acc": pytest.approx(3 / 5), "images": 5} and asked == ["topimages"]
+    out = imagenet_v2.evaluator(pipe, 2, mesh, variant="topimages").run(logits, None)
+    assert out == {"acc": pytest.approx(3 / 5), "images": 5, "variant": "topimages"} and asked == ["topimages"]
     assert imagenet_v2.dataset() == "imagenet_v2/matched-frequency"

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from natural_images import write_folder
-from vitscale import config, plots, train, transfer
+from vitscale import config, train
+from vitscale.report import downstream, page
+from vitscale.transfer import program
 
 PP_TRAIN = ["decode", "inception_crop(32)", "flip_lr", "value_range(-1, 1)"]
 PP_EVAL = ["decode", "resize_small(36)", "central_crop(32)", "value_range(-1, 1)"]
@@ -68,7 +70,7 @@ def test_pretrain_fewshot_and_finetune_on_a_folder_of_photos(tmp_path):
             eval_batch_size=16,
         ),
     )
-    out = transfer.run(cfg, tmp_path / "transfer")
+    out = program.run(cfg, tmp_path / "transfer")
     saved = json.loads((tmp_path / "transfer" / "summary.json").read_text())
     assert saved["final"] == out["final"]
     assert "fewshot/folder_images/1shot" in out["final"], out["final"]
@@ -77,11 +79,11 @@ def test_pretrain_fewshot_and_finetune_on_a_folder_of_photos(tmp_path):
     # summary entries and its labels, and the report's fine-tuning section finds the curves run wrote.
     assert out["datasets"]["folder_images"] == name
     assert (tmp_path / "transfer" / "finetune" / "folder_images" / "pretrained").is_dir()
-    table = str(plots.finetune_table(out))
-    curves = plots.finetune_curves(transfer.load_curves(tmp_path / "transfer"))
-    assert not isinstance(curves, plots.Sentence), curves
+    table = str(downstream.finetune_table(out))
+    curves = downstream.finetune_curves(program.load_curves(tmp_path / "transfer"))
+    assert not isinstance(curves, page.Sentence), curves
     assert "<td>folder_images</td>" in table and "folder:" not in table
-    assert [c["dataset"] for c in transfer.load_curves(tmp_path / "transfer")] == ["folder_images"] * 2
+    assert [c["dataset"] for c in program.load_curves(tmp_path / "transfer")] == ["folder_images"] * 2
     fine = out["finetune"]["folder_images"]["pretrained"]
     assert (fine["train_images"], fine["holdout_images"], fine["test_images"]) == (99, 10, 11)
     assert fine["resolution"] == 32

@@ -13,7 +13,7 @@ import pytest
 
 import browser
 from browser import rendered_dom, screenshot
-from vitscale import allocator, report
+from vitscale import allocator, formats
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_report_reads_in_full_offline(tiny_run, tmp_path):
     cells = browser.cell_texts(source)
     assert cells and [c for c in cells if c not in text] == []
     summary = json.loads((tiny_run / "summary.json").read_text())
-    assert report.flops(summary["train_flops"]) in text and report.count(summary["num_params"]) in text
+    assert formats.flops(summary["train_flops"]) in text and formats.count(summary["num_params"]) in text
     assert "All parameters" in text
     for group in ("model", "data", "recipe", "evaluation"):
         assert f">{group}</caption>" in source, group

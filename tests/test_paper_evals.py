@@ -10,8 +10,11 @@ import yaml
 from PIL import Image
 
 import browser
-from vitscale import cli, config, plots, transfer
+from vitscale import cli, config
 from vitscale.data import vtab
+from vitscale.report import downstream
+from vitscale.transfer import program
+from vitscale.transfer import vtab as transfer_vtab
 
 BASE = {
     "name": "vtab_standins",
@@ -46,7 +49,7 @@ def test_vtab_protocol_end_to_end_on_standins(tmp_path):
     folder = image_folder(tmp_path / "images")
     tasks = ["standin:fashion_mnist", "standin:mnist_5k", "standin:sklearn_digits", f"standin:folder:{folder}"]
     cfg = config.validate(config.TransferConfig, {**BASE, "vtab_tasks": tasks})
-    s = transfer.run(cfg, tmp_path / "out")
+    s = program.run(cfg, tmp_path / "out")
     result = s["vtab"]["random"]
     assert list(result["tasks"]) == tasks
     for name, r in result["tasks"].items():
@@ -73,9 +76,9 @@ def test_vtab_protocol_end_to_end_on_standins(tmp_path):
     assert row["VTAB-1k mean"] in ("not prepared", "not run") and row["ImageNet-ReaL"] in ("not prepared", "not run")
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["paper_table"] == s["paper_table"]
     # The report's tables: the paper's layout with the stand-in column, and VTAB per task marked not VTAB.
-    cells = browser.cell_texts(str(plots.paper_table(s)))
+    cells = browser.cell_texts(str(downstream.paper_table(s)))
     assert "VTAB stand-ins (not VTAB)" in cells and f"{100 * np.mean(accs):.1f}" in cells
-    assert browser.cell_texts(str(plots.vtab_table(s))).count("stand-in (not VTAB)") == 4
+    assert browser.cell_texts(str(downstream.vtab_table(s))).count("stand-in (not VTAB)") == 4
     # The runs are where the report's curves are read from: grid runs log val/, the final run test/.
     seed_dir = tmp_path / "out" / "vtab" / "sklearn_digits" / "random" / "seed_0"
     assert sorted(p.name for p in seed_dir.iterdir()) == sorted(
@@ -117,7 +120,7 @@ def test_bad_input_is_refused_before_compute(case, tmp_path):
     override = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in override.items()}
     params = {**BASE, "data_dir": str(tmp_path / "tfds"), **override}
     with pytest.raises(config.ConfigError) as e:
-        transfer.check(config.validate(config.TransferConfig, params))
+        program.check(config.validate(config.TransferConfig, params))
     for needle in needles:
         assert needle in str(e.value), (needle, str(e.value))
 
@@ -134,4 +137,26 @@ def test_the_cli_exits_2_and_writes_nothing(tmp_path, capsys):
 
 def test_all_19_expand_from_the_shorthand():
     cfg = config.validate(config.TransferConfig, {**BASE, "vtab_tasks": ["vtab-1k", "dtd"]})
-    assert transfer.vtab_task_names(cfg) == list(vtab.TASKS)
+    assert transfer_vtab.task_names(cfg) == list(vtab.TASKS)
+
+
+def test_an_imagenet_variant_is_one_entry(monkeypatch, tmp_path):
+    """transfer.imagenet.VARIANTS is the one table of the ImageNet evaluations: an entry makes the name
+    valid in imagenet_evals, gives the paper's table its column, and puts its accuracy there."""
+    from types import SimpleNamespace
+
+    from vitscale.transfer import imagenet, table
+
+    sketch = imagenet.Variant("ImageNet-Sketch", lambda cfg: None, lambda cfg, pipe, batch, mesh: None)
+    monkeypatch.setitem(imagenet.VARIANTS, "sketch", sketch)
+    params = {k: v for k, v in BASE.items() if k != "random_model"} | {"data_dir": str(tmp_path / "tfds")}
+    params |= {"pretrained": "w.npz", "pretrained_model": {"variant": "Atto/7", "image_size": 28}}
+    params["imagenet_evals"] = ["sketch", "nope"]
+    cfg = config.validate(config.TransferConfig, params)
+    problems: list[config.Problem] = []
+    imagenet.check(problems, cfg)
+    assert [p.message for p in problems] == ["unknown evaluation 'nope'; accepted: real, v2, objectnet, sketch"]
+    assert table.column_status(cfg)["ImageNet-Sketch"] == "not run"
+    results = {"fewshot": {}, "finetune": {}, "vtab": {}, "imagenet_evals": {"m": {"sketch": {"acc": 0.5}}}}
+    row = table.paper_table([SimpleNamespace(name="m")], cfg, results)["m"]
+    assert row["ImageNet-Sketch"] == 0.5 and row["ImageNet-ReaL"] == "not prepared"

@@ -46,9 +46,9 @@ def fake_study(root: Path, variants=("Atto/7", "Femto/7", "Pico/7"), seed=0) -> 
             branches.append({"name": f"cooldown_{steps}", "metrics": m, **b})
         run = root / variant.replace("/", "-")
         runs.atomic_write_text(run / "params.yaml", yaml.safe_dump({**params, "name": run.name}))
-        summary = {"kind": "pretrain", "variant": variant, "num_params": n, "forward_flops_per_image": fwd,
-                   "batch_size": cfg.batch_size, "train_examples": 1_000_000, "final": final, "branches": branches,
-                   **main}  # fmt: skip
+        summary = {"kind": "pretrain", "variant": variant, "num_classes": 10, "num_params": n,
+                   "forward_flops_per_image": fwd, "batch_size": cfg.batch_size, "train_examples": 1_000_000,
+                   "final": final, "branches": branches, **main}  # fmt: skip
         runs.write_json(run / "summary.json", summary)
     return root
 
@@ -162,3 +162,23 @@ def test_recommend_names_the_ladder_size_nearest_n_star_and_its_steps(tmp_path):
     assert "no learning-rate search" in rec["rate"]
     csv_rec = plan.recommend(tmp_path / "none.csv", p)
     assert "variant" not in csv_rec and csv_rec["N"] == p["N"]
+
+
+def test_a_recipe_without_its_class_count_is_solved_from_its_parameters_or_refused_by_name(tmp_path):
+    """The planner reads the head's classes from summary.json; for a run written before summaries held them,
+    the recorded parameter count gives them exactly (here 7 classes: the ladder's models built with 7), and a
+    count that fits no whole number of classes is named, with the two ways out, instead of a guess."""
+    study = fake_study(tmp_path / "study")
+    for s in study.glob("*/summary.json"):
+        doc = json.loads(s.read_text())
+        n7 = flops.count_params(vit.make_model(doc["variant"], 7), (28, 28, 1))
+        runs.write_json(s, {k: v for k, v in doc.items() if k != "num_classes"} | {"num_params": n7})
+    recipe = plan.load_recipe(study)
+    assert plan.recipe_classes(recipe) == 7
+    for s in study.glob("*/summary.json"):
+        runs.write_json(s, json.loads(s.read_text()) | {"num_params": 12345})
+    with pytest.raises(config.ConfigError) as e:
+        plan.run(study, 2e11, out=tmp_path / "plan.yaml", n_bootstrap=10)
+    assert e.value.problems[0].field == "num_classes"
+    assert "does not record the head's class count" in str(e.value) and "rerun that run" in str(e.value)
+    assert not (tmp_path / "plan.yaml").exists()

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import browser
-from vitscale import cli, config, finetune, runs, train, transfer
+from vitscale import cli, config, runs, train
+from vitscale.transfer import finetune, program
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_bad_references_fail_early_with_clear_messages(case, params, tmp_path):
     override, needles = CASES[case]
     override = {k: v(tmp_path) if callable(v) else v for k, v in override.items()}
     with pytest.raises(config.ConfigError) as e:  # the schema's own checks, then the ones that read files
-        transfer.check(config.validate(config.TransferConfig, {**params, **override}))
+        program.check(config.validate(config.TransferConfig, {**params, **override}))
     for needle in needles:
         assert needle in str(e.value), (needle, str(e.value))
 
@@ -90,7 +91,7 @@ def test_bad_references_fail_early_with_clear_messages(case, params, tmp_path):
 def test_batch_must_split_over_devices(params):
     cfg = config.validate(config.TransferConfig, {**params, "finetune_batch_size": 12})
     with pytest.raises(config.ConfigError, match="finetune_batch_size: 12 does not split over 8 devices"):
-        transfer.check(cfg)
+        program.check(cfg)
 
 
 def test_the_cli_refuses_a_missing_run_before_any_compute(params, tmp_path, capsys):
@@ -113,7 +114,7 @@ def test_random_init_needs_no_run_folder(params):
             "random_model": {"variant": "Atto/7", "image_size": 28},
         },
     )
-    pre = transfer.check(cfg)
+    pre = program.check(cfg)
     assert pre.variant == "Atto/7" and finetune.resolution(cfg, pre) == 42
 
 
@@ -159,4 +160,4 @@ def test_tiny_transfer_through_papermill(params, tmp_path):
     assert html.count('<table class="vs-table"') >= 2 + 4  # few-shot and fine-tuning, the parameter groups
     assert browser.remote_tags(html) == []
     assert "No fine-tuning in this run" not in html and "All parameters" in html
-    assert "transfer.run(cfg, out_dir)" not in html
+    assert "program.run(cfg, out_dir)" not in html

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale import checks, config, metrics, report, runs, scaling, search
+from vitscale import checks, config, formats, metrics, runs, scaling, search
 
 __all__ = [
     "Failed",
@@ -32,10 +32,8 @@ __all__ = [
     "analyze_all",
     "write_summary",
     "findings",
-    "findings_rows",
     "law_label",
     "failed",
-    "constants_rows",
     "run_label",
     "data_label",
     "data_sort_key",
@@ -369,42 +367,7 @@ def write_summary(
 def _interval_text(value: float, interval: Sequence[float] | None, flags: Sequence[str] = ()) -> str:
     """The text "value [lo, hi]", marked "(at bound)" when the fit sits on a constraint and "(unresolved)" when
     the interval spans more than a decade (scaling.resolved): the curve does not determine it."""
-    return report.with_interval(value, interval, flags)
-
-
-def _flags(fit: Mapping[str, Any], name: str) -> list[str]:
-    return [f for f, key in (("at bound", "at_bound"), ("unresolved", "unresolved")) if name in fit.get(key, ())]
-
-
-def constants_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One table row per metric: run counts, the power law's a, b, c, d and M4's e_inf, alpha, c
-    (with bootstrap intervals), and both estimators' extrapolation error (RMSE of log error)."""
-    out = []
-    for m, r in results.items():
-        if failed(r):
-            out.append({"metric": m, "runs": "", "frontier": "", "note": r.reason})
-            continue
-        s = r["summary"]
-        pl, iv = s["power_law"], s["power_law"]["intervals"]
-        row = {"metric": m, "runs": s["n_runs"], "frontier": s["n_frontier"]}
-        row |= {k: _interval_text(pl[k], iv.get(k), _flags(pl, k)) for k in "abcd"}
-        m4 = s["m4"]
-        if "error" in m4:
-            row |= {"M4 e_inf": "", "M4 alpha": "", "M4 c": ""}
-        else:
-            row |= {
-                f"M4 {k}": _interval_text(m4[k], m4["intervals"].get(k), _flags(m4, k)) for k in ("e_inf", "alpha", "c")
-            }
-        ex = s["extrapolation"]
-        for name, label in LAW_LABELS.items():
-            rr = ex.get("results", {}).get(name, {})
-            row[f"extrap. RMSE log, {label}"] = rr.get("rmse_log", "")
-        row["extrapolates best"] = law_label(ex.get("best_law"))
-        notes = [x.get("error") for x in (m4, ex) if "error" in x]
-        notes += [rr["error"] for rr in ex.get("results", {}).values() if "error" in rr]
-        row["note"] = "; ".join(notes)
-        out.append(row)
-    return out
+    return formats.with_interval(value, interval, flags)
 
 
 # ----------------------------------------------------------------------------- findings
@@ -545,7 +508,7 @@ def _finding_double_saturation(result: Mapping[str, Any] | Failed) -> dict[str, 
     }
     txt = (
         f"c = {_interval_text(pl.c, iv.get('c'))}, d = {_interval_text(pl.d, iv.get('d'))} "
-        f"({report.number(pl.d / x_min, 2)} x the smallest frontier {result['x']}); "
+        f"({formats.number(pl.d / x_min, 2)} x the smallest frontier {result['x']}); "
     )
     if why := _unresolved_fit(pl):
         return out | numbers | {"verdict": f"not testable: {why} ({txt.rstrip('; ')})"}
@@ -595,15 +558,6 @@ def findings(
             "double_saturation": _finding_double_saturation(result),
         }
     )
-
-
-def findings_rows(found: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The findings as table rows: claim, holds (yes/no/untestable) and verdict."""
-    word = {True: "yes", False: "no", None: "not testable"}
-    return [
-        {"finding": k, "claim": f["claim"], "holds": word[f["holds"]], "verdict": f["verdict"]}
-        for k, f in found.items()
-    ]
 
 
 def by_group(rows: Sequence[Mapping[str, Any]], metric: str, *keys: str) -> dict[tuple, list[Mapping[str, Any]]]:

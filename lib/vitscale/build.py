@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from vitscale import config, loop, metrics, mup, optim
+from vitscale import config, loop, metrics, mup, optim, sharding
 from vitscale.data import pipeline as data_pipeline
 from vitscale.data import sources
 from vitscale.evaluators import fewshot as fewshot_evaluator
@@ -129,6 +129,7 @@ def evaluators_of(
         fewshot = fewshot_evaluator.FewShotEvaluator(
             cfg.fewshot_datasets,
             pipe,
+            t.mesh,
             shots=tuple(cfg.fewshot_shots),
             seeds=tuple(range(cfg.fewshot_seeds)),
             data_dir=cfg.data_dir,
@@ -141,10 +142,10 @@ def evaluators_of(
         record = {}
         for name, split in (("test", test), ("val", val)):
             if split is not None:
-                batches = data_pipeline.eval_batches(split, pipe, loop.eval_batch_size(cfg.eval_batch_size))
+                batches = data_pipeline.eval_batches(split, pipe, sharding.eval_batch_size(cfg.eval_batch_size))
                 record.update({metrics.on_split(name, k): v for k, v in loop.evaluate(t, params, batches).items()})
         if fewshot is not None and (step % every == 0 or final):
-            record.update(fewshot.run(lambda x: t.features(params, x), t.mesh))
+            record.update(fewshot.run(t.features, params))
         return record
 
     return evaluate

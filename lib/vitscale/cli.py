@@ -38,7 +38,8 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from vitscale import allocation_report, cluster, config, export, logs, loop, notebooks, plan, runs, study, sweep
+from vitscale import cluster, config, export, logs, loop, notebooks, plan, runs, study, sweep
+from vitscale.report import allocation as allocation_report
 
 
 def _bad_input(e: config.ConfigError) -> int:

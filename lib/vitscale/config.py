@@ -423,10 +423,11 @@ class TransferConfig(_Schema):
     vtab_lr_grid: list[float] = [0.001, 0.003, 0.01, 0.03]  # AugReg's grid
     vtab_seeds: int = Field(default=1, gt=0)  # fine-tuning runs per task (seeds 0..n-1)
     vtab_warmup_steps: int = Field(default=0, ge=0)  # linear warmup of each VTAB run (< the smallest vtab_steps)
-    # --- ImageNet robustness (evaluators/real.py, imagenet_v2.py, objectnet.py): an ImageNet-1k classifier,
-    #     the model fine-tuned on imagenet2012 here (in finetune_datasets), else `pretrained` itself when its
-    #     head has 1000 classes, scored with the fine-tuning's evaluation preprocessing (pp_finetune_eval)
-    imagenet_evals: list[Literal["real", "v2", "objectnet"]] = []
+    # --- ImageNet robustness (transfer/imagenet.py's VARIANTS: real, v2, objectnet; names checked there, so
+    #     that a variant is one entry): an ImageNet-1k classifier, the model fine-tuned on imagenet2012 here
+    #     (in finetune_datasets), else `pretrained` itself when its head has 1000 classes, scored with the
+    #     fine-tuning's evaluation preprocessing (pp_finetune_eval)
+    imagenet_evals: list[str] = []
     imagenet_v2_variant: Literal["matched-frequency", "threshold-0.7", "topimages"] = "matched-frequency"
     objectnet_dir: str | None = None  # the ObjectNet folder as distributed (objectnet-1.0/ with images/, mappings/)
 

@@ -84,10 +84,15 @@ def forward_flops(
     return int(flops)
 
 
+def training(forward_per_image: float, images: float) -> float:
+    """The one rule for training compute: 3 x forward (forward + backward, the backward pass costing
+    two forwards) x images. Every count of training FLOPs (summaries, MFU, the planner) goes through here."""
+    return 3 * forward_per_image * images
+
+
 def train_flops(model: vit.ViT, image_shape: tuple[int, int, int], images_seen: int, **kw) -> int:
-    """Training compute: 3 x forward (forward + backward, the backward pass costing two forwards)
-    x images seen. Keyword arguments go to `forward_flops`."""
-    return 3 * forward_flops(model, image_shape, **kw) * images_seen
+    """Training compute of a model (`training` over its forward FLOPs). Keyword arguments go to `forward_flops`."""
+    return training(forward_flops(model, image_shape, **kw), images_seen)
 
 
 # ----------------------------------------------------------------------------- the paper's Table 2

@@ -189,14 +189,9 @@ def make_trainer(
     )
 
 
-def eval_batch_size(batch_size: int) -> int:
-    """An evaluation batch size rounded up to a multiple of the device count (padded batches split evenly)."""
-    return -(-batch_size // jax.device_count()) * jax.device_count()
-
-
 def evaluate(trainer: Trainer, params, batches: Iterable[dict]) -> dict[str, float]:
     """Loss and top-1 accuracy over a whole split's masked batches (data.pipeline.eval_batches, sized by
-    eval_batch_size): {"loss": ..., "acc": ...}."""
+    sharding.eval_batch_size): {"loss": ..., "acc": ...}."""
     totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     for batch in batches:
         out = trainer.eval_step(params, sharding.put_batch(batch, trainer.mesh))
@@ -217,7 +212,7 @@ def perf_summary(trainer: Trainer, records: list[dict], meta: dict | None = None
     overall = None
     last = max((r.get("images_seen", 0) for r in records), default=0)
     if trainer.peak is not None and meta.get("device_seconds"):
-        overall = 3.0 * trainer.forward_flops * last / (meta["device_seconds"] * trainer.peak.flops_per_s)
+        overall = flops.training(trainer.forward_flops, last) / (meta["device_seconds"] * trainer.peak.flops_per_s)
     return {
         "mfu": median(metrics.MFU),
         "perf": {

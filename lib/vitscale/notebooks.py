@@ -21,11 +21,12 @@ from typing import Any
 
 import psutil
 
-from vitscale import analysis, config, environ, logs, loop, runs, study, train, transfer
+from vitscale import analysis, config, environ, logs, loop, runs, study, train
+from vitscale.transfer import program as transfer_program
 
 KERNEL = "vitscale"
 # The program behind each notebook kind: its `check(cfg)` and `run(cfg, out_dir)`.
-PROGRAMS: dict[str, ModuleType] = {"pretrain": train, "transfer": transfer, "scaling_analysis": analysis}
+PROGRAMS: dict[str, ModuleType] = {"pretrain": train, "transfer": transfer_program, "scaling_analysis": analysis}
 
 
 def check(kind: str, params: dict[str, Any], source: str | Path | None = None, checked: bool = False) -> Any:
@@ -108,7 +109,7 @@ def compile_cache_env(path: Path | None = None) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- executing and exporting
 # nbconvert's lab template with the two <script src> it takes from a CDN (require.js, MathJax) left out:
-# the reports use neither (plotly.js is embedded by plots.setup_notebook's output, MathJax is off).
+# the reports use neither (plotly.js is embedded by report.basics.setup_notebook's output, MathJax is off).
 OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitscale import runs
+from vitscale import flops, runs
 
 
 def _gpu(bf16: float, tf32: float, datasheet: str) -> dict[str, tuple[float, str]]:
@@ -161,11 +161,11 @@ def device_peak(device, precision: str, override: float | None = None) -> Peak:
     if override is not None:
         return Peak(float(override), "parameter peak_flops", kind, precision)
     if device.platform == "cpu":
-        flops, source = cpu_matmul_peak()
+        rate, source = cpu_matmul_peak()
         share = len(jax.local_devices(backend="cpu"))
         if share > 1:
             source += f", shared by {share} CPU devices"
-        return Peak(flops / share, source, kind, precision)
+        return Peak(rate / share, source, kind, precision)
     found = table_peak(kind, precision)
     if found is None:
         return Peak(math.nan, f"unknown device kind {kind!r}: set peak_flops", kind, precision)
@@ -173,5 +173,5 @@ def device_peak(device, precision: str, override: float | None = None) -> Peak:
 
 
 def mfu(images_per_s: float, forward_flops: float, devices: int, peak_flops_per_s: float) -> float:
-    """images/s x 3 x forward FLOPs per image / (devices x peak per device)."""
-    return images_per_s * 3.0 * forward_flops / (devices * peak_flops_per_s)
+    """Training FLOPs per second (flops.training of images/s) / (devices x peak per device)."""
+    return flops.training(forward_flops, images_per_s) / (devices * peak_flops_per_s)

@@ -53,7 +53,7 @@ def load_points(source: str | Path, *, metric: str = metrics.TEST_ACC, k: float 
         raise config.ConfigError([config.Problem(e.field, e.message)], source) from None
 
 
-def _recipe(sweep_dir: Path) -> dict[str, Any]:
+def load_recipe(sweep_dir: Path) -> dict[str, Any]:
     """The study's recipe: params.yaml of its finished run on the most data (then the longest)."""
     best, key = None, None
     for d in runs.find_runs(sweep_dir):
@@ -68,22 +68,30 @@ def _recipe(sweep_dir: Path) -> dict[str, Any]:
     if best is None:
         raise config.ConfigError([config.Problem("sweep", "no finished pretraining run to take the recipe from")])
     d, s = best
-    return {"params": config.load_yaml(d / "params.yaml"), "summary": s}
+    return {"params": config.load_yaml(d / "params.yaml"), "summary": s, "dir": d}
 
 
-def _num_classes(params: dict[str, Any], fwd: int) -> int:
-    """Classes of the study's head, from its measured forward FLOPs (the head is 2 x width x classes)."""
-    model = _model(params, params["variant"], 1)
-    w = model.width
-    extra = fwd - flops.forward_flops(model, _shape(params))
-    per = 2 * w * (1 if params.get("pool_type") != "none" else _tokens(params))
-    n = 1 + extra / per
-    return int(round(n)) if n > 0.5 and abs(n - round(n)) < 1e-6 else 10
-
-
-def _tokens(params: dict[str, Any]) -> int:
-    p = vit.decode_variant(params["variant"]).patch_size
-    return (params["image_size"] // p) ** 2
+def recipe_classes(recipe: dict[str, Any]) -> int:
+    """Classes of the study's head, as its run recorded them in summary.json; for a run written before
+    summaries held them, solved exactly from its recorded parameter count (the head adds width + 1 per
+    class), and refused by name when that count does not fit a whole number of classes."""
+    s = recipe["summary"]
+    if (n := s.get("num_classes")) is not None:
+        return int(n)
+    one, two = (flops.count_params(_model(recipe["params"], s["variant"], k), _shape(recipe["params"])) for k in (1, 2))
+    k = 1 + (s.get("num_params", 0) - one) / (two - one)
+    if k >= 1 and k == int(k):
+        return int(k)
+    raise config.ConfigError(
+        [
+            config.Problem(
+                "num_classes",
+                f"{recipe['dir'] / 'summary.json'} does not record the head's class count and its num_params "
+                f"{s.get('num_params')} fits no whole number of classes: rerun that run, or add "
+                '"num_classes": <classes> to its summary.json',
+            )
+        ]
+    )
 
 
 def _shape(params: dict[str, Any]) -> tuple[int, int, int]:
@@ -141,7 +149,7 @@ def isoflop_runs(
     for v in fam[lo:]:
         if len(out) == sizes:
             break
-        per_step = 3 * v["forward_flops"] * params["batch_size"]
+        per_step = flops.training(v["forward_flops"], params["batch_size"])
         steps = round(budget / per_step)
         if steps < 1 or abs(steps * per_step - budget) > BUDGET_TOLERANCE * budget:
             notes.append(f"{v['variant']}: the budget is {budget / per_step:.3g} steps, not within 1% of a whole step")
@@ -316,9 +324,9 @@ def recommend(source: str | Path, p: dict[str, Any]) -> dict[str, Any]:
     source = Path(source)
     if not source.is_dir():
         return out
-    recipe = _recipe(source)
+    recipe = load_recipe(source)
     params = recipe["params"]
-    ncls = _num_classes(params, recipe["summary"]["forward_flops_per_image"])
+    ncls = recipe_classes(recipe)
     v = min(family(params, ncls, near=p["N"], keep=3), key=lambda f: abs(math.log(f["params"] / p["N"])))
     steps = max(1, round(p["C"] / (3 * v["forward_flops"] * params["batch_size"])))
     run = {"_params": v["params"], "lr": params["lr"]}
@@ -329,8 +337,8 @@ def recommend(source: str | Path, p: dict[str, Any]) -> dict[str, Any]:
 
 def _write_sweep(source: Path, budget: float, out, p: dict[str, Any], max_epochs, lines: list[str]) -> Path:
     """The IsoFLOP sweep file of the plan, written; its lines appended to `lines`."""
-    recipe = _recipe(source)
-    ncls = _num_classes(recipe["params"], recipe["summary"]["forward_flops_per_image"])
+    recipe = load_recipe(source)
+    ncls = recipe_classes(recipe)
     planned, notes = isoflop_runs(recipe, budget, p["N"], ncls)
     rate = rate_of(source, recipe, planned)
     ex = recipe["summary"].get("train_examples")

@@ -128,3 +128,9 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assemble this host's slice of the global batch into global arrays split over the mesh."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def eval_batch_size(batch_size: int) -> int:
+    """An evaluation batch size rounded up to a multiple of the device count (padded batches split
+    evenly): the one rounding every evaluator uses."""
+    return -(-batch_size // jax.device_count()) * jax.device_count()

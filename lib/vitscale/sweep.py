@@ -24,7 +24,6 @@ import concurrent.futures as futures
 import dataclasses
 import fcntl
 import hashlib
-import html
 import itertools
 import json
 import os
@@ -33,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, environ, metrics, notebooks, progress, report, runs, search, study
+from vitscale import config, environ, notebooks, progress, runs, search, study
+from vitscale.report import sweep_index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,54 +271,8 @@ def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
         index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
         record = {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
         runs.write_json(out / "index.json", record)
-        runs.atomic_write_text(out / "index.html", index_html(out, sweep, index))
+        runs.atomic_write_text(out / "index.html", sweep_index.index_html(out, sweep, index))
     return index
-
-
-def index_html(out: Path, sweep: Sweep, index: dict[str, str]) -> str:
-    """outputs/<sweep>/index.html: every run with its status, key metrics and compute, linked to its
-    report, and a link to the scaling report. Plain HTML: it opens offline anywhere."""
-    summaries = {
-        r.run_id: runs.read_json(out / r.run_id / "summary.json") if (out / r.run_id / "summary.json").is_file() else {}
-        for r in sweep.runs
-    }
-    finals = {k: s.get("final", {}) for k, s in summaries.items()}
-    names = sorted({m for f in finals.values() for m in f if metrics.ANALYSABLE.fullmatch(m)}, key=metrics.sort_key)
-    head = ["run", "status", "variant", "train images", "steps", *names, "train FLOPs", "device-seconds", "branches"]
-    rows = []
-    for r in sweep.runs:
-        s, run_html = summaries[r.run_id], out / r.run_id / "run.html"
-        link = (
-            f'<a href="{html.escape(r.run_id)}/run.html">{html.escape(r.run_id)}</a>'
-            if run_html.is_file()
-            else (html.escape(r.run_id))
-        )
-        cells = [r.params.get("variant"), s.get("train_examples", r.params.get("train_examples")), s.get("total_steps")]
-        cells += [finals[r.run_id].get(m) for m in names]
-        cells += [s.get("train_flops"), s.get("device_seconds"), len(s.get("branches", []))]
-        formats = [None] * (3 + len(names)) + [report.flops, None, None]
-        status = index[r.run_id]
-        rows.append(
-            f'<tr class="{status}"><td>{link}</td><td>{status}</td>'
-            + "".join(report.cell(c, f) for c, f in zip(cells, formats))
-            + "</tr>"
-        )
-    scaling = out / "scaling" / "report.html"
-    done = sum(v == "done" for v in index.values())
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(sweep.name)}</title>
-{report.STYLE}{report.SORTER}
-<style>body{{font-family:sans-serif;margin:2em}}tr.failed{{background:#fdd}}
-tr.interrupted,tr.pending{{color:#777}}</style></head><body>
-<h1>Sweep {html.escape(sweep.name)}</h1>
-<p>{done} of {len(index)} runs done (notebook {html.escape(sweep.notebook)}).
-{'<a id="scaling" href="scaling/report.html">Scaling report</a>' if scaling.is_file() else "No scaling report yet."}</p>
-<div class="vs-table-wrap"><table class="vs-table" id="runs">
-<thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody></table></div></body></html>
-"""
 
 
 def thread_env(workers: int) -> dict[str, str]:

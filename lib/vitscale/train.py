@@ -110,6 +110,7 @@ def make_summary(
         "variant": cfg.variant,
         "parametrization": cfg.parametrization,
         "dataset": cfg.dataset,
+        "num_classes": model.num_classes,  # the head's classes (the planner sizes its models with them)
         "train_examples": cfg.train_examples,
         "total_steps": cfg.total_steps,
         "batch_size": cfg.batch_size,
@@ -183,8 +184,7 @@ def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
 
 def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     """Pretrain as `cfg` says into `out_dir`, resuming from its checkpoints; returns the summary."""
-    out = Path(out_dir)
-    sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    out = Path(out_dir)  # (run joined the multi-host job, before anything touched a backend)
     if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
         check(cfg)
     runs.claim(out, cfg)

@@ -124,12 +124,16 @@ def train_batches(
 
 
 def eval_batches(
-    split: sources.Split | sources.Source, pipe: Pipeline, batch_size: int
+    data: sources.Split | sources.Source | tf.data.Dataset, pipe: Pipeline, batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The whole split in order; the last batch is padded and `mask` marks real examples."""
+    """The whole of `data` in order, through the pipeline's evaluation ops; the last batch is padded and
+    `mask` marks real examples. `data`: a split in memory or streamed, or a tf.data.Dataset of examples
+    (dicts with an encoded or decoded "image" and integer fields, such as ImageNet-ReaL's label sets)."""
     chain, shape = pipe.ops(train=False), pipe.output_shape()
-    n = len(split)
-    if isinstance(split, sources.Source):
+    if isinstance(data, tf.data.Dataset):
+        return _example_batches(data, chain, shape, batch_size, pipe.channels)
+    n = len(data)
+    if isinstance(data, sources.Source):
         num = -(-n // batch_size)
 
         def indices_and_draws(b):
@@ -137,10 +141,10 @@ def eval_batches(
             base = tf.stack([tf.constant(0, tf.int64), b])  # random ops in pp_eval: fixed draws
             return tf.minimum(g, n - 1), _draws(chain, base, batch_size), g < n
 
-        return _stream(split, tf.data.Dataset.range(num).map(indices_and_draws), chain, shape, batch_size)
+        return _stream(data, tf.data.Dataset.range(num).map(indices_and_draws), chain, shape, batch_size)
     pad = (-n) % batch_size
-    images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
-    labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
+    images = np.concatenate([data.images, np.zeros((pad, *data.images.shape[1:]), np.uint8)])
+    labels = np.concatenate([data.labels, np.zeros((pad,), np.int32)])
     mask = np.concatenate([np.ones((n,), bool), np.zeros((pad,), bool)])
     ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "mask": mask})
     ds = ds.batch(batch_size).enumerate()
@@ -151,6 +155,30 @@ def eval_batches(
 
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(2).as_numpy_iterator()
+
+
+def _example_batches(
+    ds: tf.data.Dataset, chain, shape: list[int], batch_size: int, channels: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """eval_batches of a dataset of examples: each preprocessed alone (random ops: the fixed draws of
+    base [0, 0]); variable-length integer fields padded with -1; the last batch padded to a whole one."""
+    base = tf.constant([0, 0], tf.int64)
+
+    def one(ex):
+        draws = tuple(d[0] for d in _draws(chain, base, 1))
+        return {**ex, "image": _apply(chain, ex["image"], draws, shape, channels), "mask": True}
+
+    ds = ds.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    pad = {k: tf.constant(-1, v.dtype) for k, v in ds.element_spec.items() if v.dtype.is_integer}
+    pad.update({"image": tf.constant(0, tf.float32), "mask": False})
+    ds = ds.padded_batch(batch_size, padding_values=pad).prefetch(2)
+    for batch in ds.as_numpy_iterator():
+        n = len(batch["mask"])
+        if n < batch_size:  # the last batch: pad to a whole batch so it splits over the devices
+            batch = {
+                k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()
+            }
+        yield batch
 
 
 def _stream(

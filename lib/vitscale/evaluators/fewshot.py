@@ -15,28 +15,17 @@ from vitscale import fewshot, sharding
 from vitscale.data import datasets, pipeline, sources
 
 
-def extract_features(
-    feature_fn: Callable, split: sources.Split | sources.Source, pipe: pipeline.Pipeline, batch_size: int, mesh
-) -> tuple[np.ndarray, np.ndarray]:
-    """(features (pre_logits) as float64, labels) of a whole split, in order: one pass over it, in
-    memory or streamed, through the pipeline's evaluation ops (at the model's resolution)."""
-    feats, labels = [], []
-    for batch in pipeline.eval_batches(split, pipe, batch_size):
-        out = feature_fn(sharding.put_batch({"image": batch["image"]}, mesh)["image"])
-        feats.append(np.asarray(jax.device_get(out))[batch["mask"]])
-        labels.append(batch["label"][batch["mask"]])
-    return np.concatenate(feats).astype(np.float64), np.concatenate(labels).astype(np.int32)
-
-
 class FewShotEvaluator:
-    """Few-shot linear transfer to downstream datasets; labels are loaded once, features computed
-    once per evaluation for each pool and test split. Shot counts are checked against the pools'
-    classes beforehand (the programs' check step), so here a short class is a plain error."""
+    """Few-shot linear transfer to downstream datasets, built once (the splits are loaded then); each
+    `run(features_fn, params)` computes the frozen features of every pool and test split once. Shot
+    counts are checked against the pools' classes beforehand (the programs' check step), so here a
+    short class is a plain error."""
 
     def __init__(
         self,
         names: Sequence[str],
         pipe: pipeline.Pipeline,
+        mesh,
         *,
         shots: Sequence[int] = fewshot.DEFAULT_SHOTS,
         seeds: Sequence[int] = fewshot.DEFAULT_SEEDS,
@@ -46,7 +35,7 @@ class FewShotEvaluator:
         mode: str = "auto",
     ):
         self.shots, self.seeds, self.l2 = tuple(shots), tuple(seeds), l2
-        self.pipe, self.batch_size = pipe, batch_size
+        self.pipe, self.mesh, self.batch_size = pipe, mesh, sharding.eval_batch_size(batch_size)
         self.splits = {}
         for name in names:
             pool_name, test_name = datasets.downstream_splits(name)
@@ -55,13 +44,24 @@ class FewShotEvaluator:
                 sources.load(name, test_name, data_dir, mode),
             )
 
-    def evaluate(self, feature_fn: Callable, mesh) -> dict[str, dict[str, dict[str, object]]]:
-        """{dataset: fewshot.evaluate_features(...) result}."""
-        batch = -(-self.batch_size // jax.device_count()) * jax.device_count()
+    def features(
+        self, features_fn: Callable, params, split: sources.Split | sources.Source
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(features (pre_logits) as float64, labels) of a whole split, in order: one pass over it, in
+        memory or streamed, through the pipeline's evaluation ops (at the model's resolution)."""
+        feats, labels = [], []
+        for batch in pipeline.eval_batches(split, self.pipe, self.batch_size):
+            out = features_fn(params, sharding.put_batch({"image": batch["image"]}, self.mesh)["image"])
+            feats.append(np.asarray(jax.device_get(out))[batch["mask"]])
+            labels.append(batch["label"][batch["mask"]])
+        return np.concatenate(feats).astype(np.float64), np.concatenate(labels).astype(np.int32)
+
+    def evaluate(self, features_fn: Callable, params) -> dict[str, dict[str, dict[str, object]]]:
+        """{dataset: fewshot.evaluate_features(...) result} of `features_fn(params, images)`."""
         results = {}
         for name, (pool, test) in self.splits.items():
-            pool_x, pool_y = extract_features(feature_fn, pool, self.pipe, batch, mesh)
-            test_x, test_y = extract_features(feature_fn, test, self.pipe, batch, mesh)
+            pool_x, pool_y = self.features(features_fn, params, pool)
+            test_x, test_y = self.features(features_fn, params, test)
             results[name] = fewshot.evaluate_features(
                 pool_x,
                 pool_y,
@@ -74,9 +74,9 @@ class FewShotEvaluator:
             )
         return results
 
-    def run(self, feature_fn: Callable, mesh) -> dict[str, float]:
+    def run(self, features_fn: Callable, params) -> dict[str, float]:
         """Flat metrics for metrics.jsonl: fewshot/<dataset>/<k>shot (mean) and ..._std."""
         out: dict[str, float] = {}
-        for name, result in self.evaluate(feature_fn, mesh).items():
+        for name, result in self.evaluate(features_fn, params).items():
             out.update(fewshot.flatten(datasets.metric_name(name), result))
         return out

@@ -1,13 +1,14 @@
 """ImageNet-v2 (Recht et al. 2019, "Do ImageNet Classifiers Generalize to ImageNet?"): top-1 of an
 ImageNet-1k classifier on TFDS `imagenet_v2`, matched-frequency by default, the other two variants by
-name, with the preprocessing of ImageNet validation (the pipeline the caller passes)."""
+name, with the preprocessing of ImageNet validation (the pipeline the caller passes): the
+classification evaluator over another dataset."""
 
 from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
 from vitscale.data import datasets, pipeline
-from vitscale.evaluators import classify
+from vitscale.evaluators import classification
 
 VARIANTS = ("matched-frequency", "threshold-0.7", "topimages")
 SPLIT = "test"
@@ -29,10 +30,9 @@ def examples(variant: str = "matched-frequency", data_dir: str | None = None):
     return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
 
 
-def evaluate(
-    logits, params, pipe: pipeline.Pipeline, mesh, *, variant="matched-frequency", data_dir=None, batch_size=512
-) -> dict[str, float | int]:
-    """{acc, images} of a 1000-class ImageNet classifier on one ImageNet-v2 variant."""
-    batches = classify.example_batches(examples(variant, data_dir), pipe, batch_size)
-    out = classify.predict(logits, params, batches, mesh)
-    return {"acc": float((out["pred"] == out["label"]).mean()), "images": int(len(out["pred"]))}
+def evaluator(
+    pipe: pipeline.Pipeline, batch_size: int, mesh, variant: str = "matched-frequency", data_dir: str | None = None
+) -> classification.Classification:
+    """{acc, images, variant} of a 1000-class ImageNet classifier on one ImageNet-v2 variant."""
+    read = lambda: examples(variant, data_dir)  # read when run (a test stands its own examples in)
+    return classification.Classification(read, pipe, batch_size, mesh, info={"variant": variant})

@@ -10,6 +10,9 @@ with images/<class folder>/ and mappings/), scored the way its authors prescribe
   when it maps to the image's class;
 - every image has a 1-pixel red border, which is cropped before preprocessing.
 
+So it is the classification evaluator with predictions restricted to the mapped ImageNet classes and,
+as each image's label, the set of ImageNet classes that map to its ObjectNet class.
+
 Source of the protocol: the README distributed in objectnet-1.0/ (remove the 1-pixel red border
 before testing; the mapping files for the classes that overlap ImageNet-1k) and Barbu et al. 2019,
 "ObjectNet: A large-scale bias-controlled dataset for pushing the limits of object recognition
@@ -25,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from vitscale.data import pipeline
-from vitscale.evaluators import classify
+from vitscale.evaluators import classification
 
 FOLDER_TO_LABEL = "mappings/folder_to_objectnet_label.json"
 TO_IMAGENET = "mappings/objectnet_to_imagenet_1k.json"
@@ -81,9 +84,10 @@ def crop_border(image: tf.Tensor) -> tf.Tensor:
 
 
 def examples(path: str | Path) -> tf.data.Dataset:
-    """The images of the overlapping classes, decoded and border-cropped, with their ObjectNet class."""
+    """The images of the overlapping classes, decoded and border-cropped, with their ObjectNet class
+    ("objectnet") and its label set: the ImageNet classes that map to it ("label", -1-padded)."""
     r = root(path)
-    folders, _ = class_map(r)
+    folders, imagenet_to_objectnet = class_map(r)
     files, labels = [], []
     for folder, label in sorted(folders.items()):
         for f in sorted((r / "images" / folder).glob("*")):
@@ -92,18 +96,21 @@ def examples(path: str | Path) -> tf.data.Dataset:
                 labels.append(label)
     if not files:
         raise ValueError(f"{r / 'images'} holds no image of the classes that overlap ImageNet-1k")
+    to_imagenet = {j: sorted(i for i, js in imagenet_to_objectnet.items() if j in js) for j in set(labels)}
+    width = max(len(v) for v in to_imagenet.values())
+    sets = np.asarray([to_imagenet[y] + [-1] * (width - len(to_imagenet[y])) for y in labels], np.int64)
 
-    def read(f, y):
+    def read(f, y, s):
         image = tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False)
-        return {"image": crop_border(image), "label": y}
+        return {"image": crop_border(image), "objectnet": y, "label": s}
 
-    return tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int64))).map(read)
+    return tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int64), sets)).map(read)
 
 
-def evaluate(logits, params, pipe: pipeline.Pipeline, mesh, *, path, batch_size=512) -> dict[str, float | int]:
+def evaluator(path: str | Path, pipe: pipeline.Pipeline, batch_size: int, mesh) -> classification.Classification:
     """{acc, images, classes} of a 1000-class ImageNet classifier on ObjectNet's overlapping classes."""
     folders, imagenet_to_objectnet = class_map(path)
-    batches = classify.example_batches(examples(path), pipe, batch_size)
-    out = classify.predict(logits, params, batches, mesh, classes=sorted(imagenet_to_objectnet))
-    correct = [int(y) in imagenet_to_objectnet[int(p)] for p, y in zip(out["pred"], out["label"])]
-    return {"acc": float(np.mean(correct)), "images": len(correct), "classes": len(set(folders.values()))}
+    return classification.Classification(
+        lambda: examples(path), pipe, batch_size, mesh,
+        classes=sorted(imagenet_to_objectnet), info={"classes": len(set(folders.values()))},
+    )  # fmt: skip

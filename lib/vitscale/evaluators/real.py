@@ -4,6 +4,7 @@
 As big_vision's classification evaluator and timm's `RealLabelsImagenet` count it: a prediction is
 correct when it is in the image's set of real labels; images whose set is empty are left out (their
 count is reported). The accuracy against the original label on the same images stands beside it.
+It is the classification evaluator with the ReaL set as the label.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vitscale.data import datasets, pipeline
-from vitscale.evaluators import classify
+from vitscale.evaluators import classification
 
 DATASET = "imagenet2012_real"
 SPLIT = "validation"
@@ -26,19 +27,10 @@ def real_accuracy(
 ) -> dict[str, float | int]:
     """{acc (ReaL), original_acc (same images), images (counted), excluded_empty (empty sets left out)}.
     `real_labels[i]` is the set of image i (-1 entries are padding)."""
-    sets = [{int(c) for c in s if c >= 0} for s in real_labels]
-    kept = [i for i, s in enumerate(sets) if s]
-    if not kept:
-        raise ValueError("every ReaL label set is empty: nothing to count")
-    pred = np.asarray(predictions)
-    correct = sum(int(pred[i]) in sets[i] for i in kept)
-    original = int(np.sum(pred[kept] == np.asarray(original_labels)[kept]))
-    return {
-        "acc": correct / len(kept),
-        "original_acc": original / len(kept),
-        "images": len(kept),
-        "excluded_empty": len(sets) - len(kept),
-    }
+    width = max((len(s) for s in real_labels), default=0) or 1
+    sets = [[int(c) for c in s] + [-1] * (width - len(s)) for s in real_labels]
+    also = {"original_acc": original_labels}
+    return classification.accuracy(predictions, np.asarray(sets, np.int64), exclude_empty=True, also=also)
 
 
 def examples(data_dir: str | None = None, split: str = SPLIT):
@@ -48,7 +40,11 @@ def examples(data_dir: str | None = None, split: str = SPLIT):
     return ds.map(lambda ex: {"image": ex["image"], "original_label": ex["original_label"], "real": ex["real_label"]})
 
 
-def evaluate(logits, params, pipe: pipeline.Pipeline, mesh, *, data_dir=None, batch_size=512) -> dict[str, float | int]:
+def evaluator(
+    pipe: pipeline.Pipeline, batch_size: int, mesh, data_dir: str | None = None
+) -> classification.Classification:
     """ReaL and original-label accuracy of a 1000-class ImageNet classifier (see real_accuracy)."""
-    out = classify.predict(logits, params, classify.example_batches(examples(data_dir), pipe, batch_size), mesh)
-    return real_accuracy(out["pred"], out["real"], out["original_label"])
+    return classification.Classification(
+        lambda: examples(data_dir), pipe, batch_size, mesh,
+        label_key="real", exclude_empty=True, also={"original_acc": "original_label"},
+    )  # fmt: skip

@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 import vitscale.scaling.backtest as backtest  # modules, not the package: scaling/__init__ imports this one
 import vitscale.scaling.repetition as repetition
-from vitscale.scaling.fitting import _check_level, _interval, _unresolved, _validate
+from vitscale.scaling.fitting import check_level, percentile_interval, unresolved_names, validate_points
 from vitscale.scaling.isoflop import envelope, isoflop
 from vitscale.scaling.table import Points
 
@@ -166,7 +166,7 @@ class JointFit:
             return None
         E, A, B, al, be = self.samples.T
         es = E + A * float(N) ** -al + B * float(D) ** -be
-        return _interval(es[np.isfinite(es)], self.ci_level)
+        return percentile_interval(es[np.isfinite(es)], self.ci_level)
 
     def optimum(self, C: Any) -> tuple[np.ndarray, np.ndarray]:
         """(N*, D*) at compute C."""
@@ -185,7 +185,7 @@ class JointFit:
             ns, ds = optimum(C, A=A, B=B, alpha=al, beta=be, k=self.k)
             es = E + A * ns**-al + B * ds**-be
             for key, v in (("N", ns), ("D", ds), ("D_per_N", ds / ns), ("error", es)):
-                out[f"{key}_interval"] = _interval(v[np.isfinite(v)], self.ci_level)
+                out[f"{key}percentile_interval"] = percentile_interval(v[np.isfinite(v)], self.ci_level)
         out["extrapolates"] = bool(n > self.n_range[1] or d > self.d_range[1])
         out["determined"] = not self.degenerate
         return out
@@ -231,7 +231,7 @@ class JointFit:
             "n_bootstrap": int(len(self.samples)),
             "intervals": {k: list(v) for k, v in self.intervals.items()},
             "unresolved": sorted(
-                set(_unresolved(self.intervals, {k: float(getattr(self, k)) for k in self.intervals}))
+                set(unresolved_names(self.intervals, {k: float(getattr(self, k)) for k in self.intervals}))
                 | set(self.degenerate)
                 | ({"a"} if self.degenerate else set())
             ),
@@ -263,9 +263,9 @@ def fit_joint(
     bootstrap resample (points with replacement) starts from that winner and the two next-best
     local optima, so the intervals cost a few fits each, not the whole grid.
     """
-    _check_level(ci_level)
-    N, err = _validate(N, error, x_name="N (parameters)", what="the joint law (5 constants)", min_points=6)
-    D, _ = _validate(D, err, x_name="D (images seen)", min_points=6)
+    check_level(ci_level)
+    N, err = validate_points(N, error, x_name="N (parameters)", what="the joint law (5 constants)", min_points=6)
+    D, _ = validate_points(D, err, x_name="D (images seen)", min_points=6)
     with threadpool_limits(1):  # a 5-variable L-BFGS is 30x slower when BLAS threads contend
         return _fit_joint(N, D, err, k, delta, grid, n_starts, n_bootstrap, ci_level, seed)
 
@@ -297,7 +297,7 @@ def _fit_joint(N, D, err, k, delta, grid, n_starts, n_bootstrap, ci_level, seed)
     if len(samples_arr):
         cols = dict(zip(NAMES[:5], samples_arr.T))
         cols["a"] = cols["beta"] / (cols["alpha"] + cols["beta"])
-        intervals = {n: _interval(v[np.isfinite(v)], ci_level) for n, v in cols.items()}
+        intervals = {n: percentile_interval(v[np.isfinite(v)], ci_level) for n, v in cols.items()}
     return JointFit(
         E=p["E"],
         A=p["A"],

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale.scaling.fitting import _bootstrap_indices, rmse_log
+from vitscale.scaling.fitting import bootstrap_indices, rmse_log
 from vitscale.scaling.frontier import pareto_frontier
 from vitscale.scaling.laws import fit_law
 
@@ -284,7 +284,7 @@ def frontier_law(
         main = fit_law(name, xt, et, e0=e0)
         rng, boots = np.random.default_rng(seed), []
         for _ in range(n_boot):
-            idx = _bootstrap_indices(rng, xt)
+            idx = bootstrap_indices(rng, xt)
             if idx is not None:
                 try:
                     boots.append(fit_law(name, xt[idx], et[idx], e0=e0))

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from vitscale.scaling.fitting import LAWS, MIN_POINTS, _validate, rmse_log
+from vitscale.scaling.fitting import LAWS, MIN_POINTS, rmse_log, validate_points
 from vitscale.scaling.frontier import PowerLawFit, fit_power_law, pareto_frontier
-from vitscale.scaling.laws import LawFit, M4Fit, _law_name, fit_law, fit_m4
+from vitscale.scaling.laws import LawFit, M4Fit, fit_law, fit_m4, law_name
 
 
 # --------------------------------------------------------------------------
@@ -49,16 +49,16 @@ def extrapolation_check(
     `test_x`), `rmse_log` (RMSE of `log e`) and `mare` (mean |pred - e| / e) over the test
     points, and `fit` (the fit object itself; drop it before `json.dumps`).
     """
-    x, e = _validate(x, e, x_name="x", min_points=None)
+    x, e = validate_points(x, e, x_name="x", min_points=None)
     fitters = tuple(fitters)
     for name in fitters:
         try:
-            _law_name(name)
+            law_name(name)
         except ValueError:
             raise ValueError(f"unknown fitter {name!r}; choose from {', '.join(LAWS)} (or 'm4')") from None
     if score not in ("all", "frontier"):
         raise ValueError(f"score must be 'all' or 'frontier', got {score!r}")
-    if any(_law_name(n) == "M4" for n in fitters) and e0 is None:
+    if any(law_name(n) == "M4" for n in fitters) and e0 is None:
         raise ValueError("extrapolation_check with the 'm4' fitter needs e0 (random-guess error)")
     keep = pareto_frontier(x, e) if frontier else np.ones(x.shape[0], dtype=bool)
     train = keep & (x < cut)
@@ -76,7 +76,7 @@ def extrapolation_check(
 
     results: dict[str, Any] = {}
     for name in fitters:
-        law = _law_name(name)
+        law = law_name(name)
         if law == "power_law":
             fit: LawFit | M4Fit | PowerLawFit = fit_power_law(xt, et, n_bootstrap=n_bootstrap, seed=seed)
         elif law == "M4":

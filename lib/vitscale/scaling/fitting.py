@@ -18,7 +18,7 @@ LAWS = ("power_law", "M1", "M2", "M3", "M4")
 ERR_MARGIN = 1e-3
 
 #: Power-law exponent range: published error-vs-compute/data exponents lie well inside it (about 0.05-0.7).
-_B_RANGE = (0.01, 2.0)
+B_RANGE = (0.01, 2.0)
 
 
 # --------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def _as_1d(v: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _validate(
+def validate_points(
     x: Any,
     e: Any,
     *,
@@ -43,6 +43,8 @@ def _validate(
     what: str = "the fit",
     positive: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """A fit's (x, errors) as 1-D float arrays, checked (equal lengths, finite, positive where asked, at
+    least `min_points` for `what`); a ValueError naming the array otherwise. Shared by the scaling fits."""
     x = _as_1d(x, x_name)
     e = _as_1d(e, e_name)
     if x.shape[0] != e.shape[0]:
@@ -66,12 +68,12 @@ def _validate(
     return x, e
 
 
-def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     lo = 50.0 * (1.0 - level)
     return (float(np.percentile(samples, lo)), float(np.percentile(samples, 100.0 - lo)))
 
 
-def _check_level(level: float) -> None:
+def check_level(level: float) -> None:
     if not 0.0 < level < 1.0:
         raise ValueError(f"ci_level must be in (0, 1), got {level}")
 
@@ -87,7 +89,7 @@ def is_whole_sample(idx: np.ndarray) -> bool:
     return np.unique(idx).shape[0] == idx.shape[0]
 
 
-def _bootstrap_indices(rng: np.random.Generator, x: np.ndarray) -> np.ndarray | None:
+def bootstrap_indices(rng: np.random.Generator, x: np.ndarray) -> np.ndarray | None:
     """Resample with replacement; retry until >= MIN_POINTS distinct x values."""
     n = x.shape[0]
     for _ in range(20):
@@ -116,17 +118,17 @@ def resolved(interval: tuple[float, float], max_ratio: float = 10.0) -> bool:
     return b / a <= max_ratio
 
 
-def _unresolved(intervals: dict[str, tuple[float, float]], estimates: dict[str, float]) -> list[str]:
+def unresolved_names(intervals: dict[str, tuple[float, float]], estimates: dict[str, float]) -> list[str]:
     """Parameters whose interval fails `resolved` or does not contain the estimate (a fit on
     a bound sits at one end of its bootstrap distribution; the percentiles can leave it out)."""
     return [k for k, v in intervals.items() if not resolved(v) or not v[0] <= estimates[k] <= v[1]]
 
 
-def _margin(e: np.ndarray) -> float:
+def error_margin(e: np.ndarray) -> float:
     return min(ERR_MARGIN, 0.1 * float(e.min()))
 
 
-def _box_lstsq(A: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[float, np.ndarray]:
+def box_lstsq(A: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[float, np.ndarray]:
     """Exact `min |A v - y|^2` s.t. `lo <= v <= hi` (each bound one-sided or none; few columns).
 
     Enumerates which bounded variables sit on their bound and keeps the best feasible solution;
@@ -157,7 +159,7 @@ def _box_lstsq(A: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> 
     return best
 
 
-def _minimize_1d(obj, lo: float, hi: float, n_grid: int = 41) -> tuple[float, float]:
+def minimize_1d(obj, lo: float, hi: float, n_grid: int = 41) -> tuple[float, float]:
     """Grid over [lo, hi], then bounded Brent around the best cell; returns (argmin, min)."""
     grid = np.linspace(lo, hi, n_grid)
     vals = np.array([obj(g) for g in grid])

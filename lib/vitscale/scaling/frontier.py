@@ -10,16 +10,16 @@ import numpy as np
 from scipy import optimize
 
 from vitscale.scaling.fitting import (
-    _B_RANGE,
+    B_RANGE,
     MIN_POINTS,
-    _bootstrap_indices,
-    _check_level,
-    _interval,
-    _unresolved,
-    _validate,
+    bootstrap_indices,
     can_bootstrap,
+    check_level,
     is_whole_sample,
+    percentile_interval,
     rmse_log,
+    unresolved_names,
+    validate_points,
 )
 
 
@@ -36,7 +36,7 @@ def pareto_frontier(x: Any, y: Any) -> np.ndarray:
     larger `x` but *equal* `y` to an earlier frontier point is kept (it is
     not strictly worse).  O(n log n).
     """
-    x, y = _validate(x, y, x_name="x", e_name="y", min_points=None, positive=False)
+    x, y = validate_points(x, y, x_name="x", e_name="y", min_points=None, positive=False)
     n = x.shape[0]
     if n == 0:
         return np.zeros(0, dtype=bool)
@@ -93,7 +93,7 @@ class PowerLawFit:
         if self.bootstrap_params.shape[0] == 0:
             raise ValueError("no bootstrap samples: refit with n_bootstrap > 0")
         level = self.ci_level if level is None else level
-        _check_level(level)
+        check_level(level)
         Cn = np.asarray(C, dtype=float)[..., None] / self.c_ref
         p = self.bootstrap_params
         preds = _pl_eval(Cn, p[:, 0], p[:, 1], p[:, 2], p[:, 3])
@@ -154,9 +154,9 @@ def _pl_fun_jac(Cn: np.ndarray, logE: np.ndarray):
 
 def _pl_bounds(Cn: np.ndarray, E: np.ndarray):
     emin = float(E.min())
-    lo = np.array([-60.0, math.log(_B_RANGE[0]), 0.0, math.log(Cn.min() * 1e-6)])
+    lo = np.array([-60.0, math.log(B_RANGE[0]), 0.0, math.log(Cn.min() * 1e-6)])
     # a bend (d) beyond the largest compute is not resolved by the data
-    hi = np.array([60.0, math.log(_B_RANGE[1]), emin * (1.0 - 1e-9), math.log(Cn.max())])
+    hi = np.array([60.0, math.log(B_RANGE[1]), emin * (1.0 - 1e-9), math.log(Cn.max())])
     return lo, hi
 
 
@@ -242,8 +242,8 @@ def fit_power_law(
     resample: no intervals, and every constant is listed as unresolved.  Raises `ValueError` for fewer than 4 points,
     non-positive or non-finite values, or mismatched lengths.
     """
-    C, E = _validate(C, E, x_name="compute", what="the power-law fit")
-    _check_level(ci_level)
+    C, E = validate_points(C, E, x_name="compute", what="the power-law fit")
+    check_level(ci_level)
     if np.unique(C).shape[0] < MIN_POINTS:
         raise ValueError(
             f"too few distinct compute values for the power-law fit: got "
@@ -262,7 +262,7 @@ def fit_power_law(
     rng = np.random.default_rng(seed)
     boot = []
     for _ in range(int(n_bootstrap) if can_bootstrap(C) else 0):
-        idx = _bootstrap_indices(rng, C)
+        idx = bootstrap_indices(rng, C)
         if idx is None:
             continue
         if is_whole_sample(idx):  # the data itself: its fit is the estimate, not a noisy refit of it
@@ -289,7 +289,7 @@ def fit_power_law(
                     boot_arr[:, 3] * c_ref,
                 ]
             )
-        intervals = {k: _interval(orig[:, i], ci_level) for i, k in enumerate(_PL_NAMES)}
+        intervals = {k: percentile_interval(orig[:, i], ci_level) for i, k in enumerate(_PL_NAMES)}
 
     with np.errstate(over="ignore"):
         a = a_n * c_ref**b
@@ -304,7 +304,7 @@ def fit_power_law(
         intervals=intervals,
         n_bootstrap=int(boot_arr.shape[0]),
         at_bound=at_bound,
-        unresolved=_unresolved(intervals, dict(zip(_PL_NAMES, (float(a), b, c, d_n * c_ref))))
+        unresolved=unresolved_names(intervals, dict(zip(_PL_NAMES, (float(a), b, c, d_n * c_ref))))
         if intervals
         else list(_PL_NAMES),
         c_ref=c_ref,
@@ -320,7 +320,7 @@ def frontier_fit(C: Any, E: Any, **kw: Any) -> tuple[PowerLawFit, np.ndarray]:
     Returns `(fit, mask)` where `mask` marks the frontier runs (the fitted
     points).  Keyword arguments go to `fit_power_law`.
     """
-    C, E = _validate(C, E, x_name="compute", min_points=None)
+    C, E = validate_points(C, E, x_name="compute", min_points=None)
     mask = pareto_frontier(C, E)
     if mask.sum() < MIN_POINTS:
         raise ValueError(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale.scaling.fitting import _check_level, _interval
+from vitscale.scaling.fitting import check_level, percentile_interval
 
 #: The fewest sizes an IsoFLOP profile needs: three for a parabola (its minimum then must be the middle one).
 MIN_SIZES = 3
@@ -92,7 +92,7 @@ def envelope(
     N: Any, C: Any, error: Any, *, budgets: Any = None, n_bootstrap: int = 200, ci_level: float = 0.9, seed: int = 0
 ) -> dict[str, Any]:
     """Approach 1: the best size at each budget and a, the slope of log N* against log C."""
-    _check_level(ci_level)
+    check_level(ci_level)
     cv = curves(N, C, error)
     budgets = default_budgets(cv) if budgets is None else np.asarray(budgets, dtype=float)
     pts = []
@@ -112,7 +112,7 @@ def envelope(
         idx = rng.integers(0, len(lc), len(lc))
         if np.unique(lc[idx]).size >= 2:
             boot.append(_slope(lc[idx], ln[idx])[0])
-    return out | {"a": a, "intercept": c0, "interval": _interval(np.array(boot), ci_level) if boot else None}
+    return out | {"a": a, "intercept": c0, "interval": percentile_interval(np.array(boot), ci_level) if boot else None}
 
 
 def isoflop(
@@ -127,7 +127,7 @@ def isoflop(
 ) -> dict[str, Any]:
     """Approach 2: a profile per budget (sizes, errors, parabola, optimum or the reason it is an edge)
     and a, the slope of log N* against log C over the profiles with an interior optimum."""
-    _check_level(ci_level)
+    check_level(ci_level)
     cv = curves(N, C, error)
     budgets = default_budgets(cv) if budgets is None else np.asarray(budgets, dtype=float)
     profiles = []
@@ -159,4 +159,4 @@ def isoflop(
                 ln.append(np.log(q["N_opt"]))
         if len(set(lc)) >= 2:
             boot.append(_slope(np.array(lc), np.array(ln))[0])
-    return out | {"a": a, "intercept": c0, "interval": _interval(np.array(boot), ci_level) if boot else None}
+    return out | {"a": a, "intercept": c0, "interval": percentile_interval(np.array(boot), ci_level) if boot else None}

@@ -12,17 +12,17 @@ from scipy import optimize
 from vitscale.scaling.fitting import (
     LAWS,
     MIN_POINTS,
-    _bootstrap_indices,
-    _box_lstsq,
-    _check_level,
-    _interval,
-    _margin,
-    _minimize_1d,
-    _unresolved,
-    _validate,
+    bootstrap_indices,
+    box_lstsq,
     can_bootstrap,
+    check_level,
+    error_margin,
     is_whole_sample,
+    minimize_1d,
+    percentile_interval,
     rmse_log,
+    unresolved_names,
+    validate_points,
 )
 from vitscale.scaling.frontier import PowerLawFit, fit_power_law
 
@@ -143,7 +143,7 @@ def _e0_of(t: float, e0_lo: float, W: float) -> float:
 def _m4_linear(logx: np.ndarray, e: np.ndarray, e_inf: float, e0: float, lb_min: float):
     """Best (log beta, c, alpha) and residual norm^2 for fixed e_inf and e0 (bounded linear LS)."""
     A = np.column_stack([np.ones_like(logx), logx, np.log(e0 - e)])
-    return _box_lstsq(A, np.log(e - e_inf), np.array([lb_min, -np.inf, 0.0]), np.array([np.inf, 0.0, np.inf]))
+    return box_lstsq(A, np.log(e - e_inf), np.array([lb_min, -np.inf, 0.0]), np.array([np.inf, 0.0, np.inf]))
 
 
 def _m4_core(
@@ -160,7 +160,7 @@ def _m4_core(
     `start` (a previous optimum's (s, t)) replaces the grid by a local polish (bootstrap).
     Returns (e_inf, e0, log_beta, c, alpha, cost, at_bound, (s, t)).
     """
-    m = _margin(e)
+    m = error_margin(e)
     inf_hi = float(e.min()) - m
     e0_lo = float(e.max()) + m
     if learn_e0:
@@ -200,7 +200,7 @@ def _m4_core(
             e_inf_, e0_ = e_inf_of(p[0]), _e0_of(min(max(p[1], 0.0), 1.0), e0_lo, W)
             A = np.column_stack([np.ones_like(logx), logx, np.log(e0_ - e)])
             y = np.log(e - e_inf_)
-            v = _box_lstsq(A, y, np.array([lb_min, -np.inf, 0.0]), np.array([np.inf, 0.0, np.inf]))[1]
+            v = box_lstsq(A, y, np.array([lb_min, -np.inf, 0.0]), np.array([np.inf, 0.0, np.inf]))[1]
             return A @ v - y
 
         try:
@@ -216,7 +216,7 @@ def _m4_core(
     else:
         e0_fit = float(e0) if not learn_e0 else e0_lo
         t_best = 0.0
-        s_best, _ = _minimize_1d(lambda s: obj2((s, 0.0)), 0.0, 1.0)
+        s_best, _ = minimize_1d(lambda s: obj2((s, 0.0)), 0.0, 1.0)
     e_inf = e_inf_of(s_best)
     cost, (log_beta, c, alpha) = _m4_linear(logx, e, e_inf, e0_fit, lb_min)
     at_bound = []
@@ -252,8 +252,8 @@ def fit_m4(
     `beta_min` is the authors' `log(beta) >= 0` (in the units of `x`); None drops it.
     Bootstrap intervals as in `fit_power_law` when `n_bootstrap > 0`.
     """
-    x, e = _validate(x, e, x_name="x", what="the M4 fit")
-    _check_level(ci_level)
+    x, e = validate_points(x, e, x_name="x", what="the M4 fit")
+    check_level(ci_level)
     if e0 is None:
         if not learn_e0:
             raise ValueError("fit_m4: e0=None needs learn_e0=True (there is no random-guess error to hold fixed)")
@@ -283,7 +283,7 @@ def fit_m4(
     rng = np.random.default_rng(seed)
     boot = []
     for _ in range(int(n_bootstrap) if can_bootstrap(x) else 0):
-        idx = _bootstrap_indices(rng, x)
+        idx = bootstrap_indices(rng, x)
         if idx is None:
             continue
         if is_whole_sample(idx):  # the data itself: its fit is the estimate
@@ -293,7 +293,9 @@ def fit_m4(
         boot.append([ei, math.exp(lbb), cb, ab, e0b])
     boot_arr = np.array(boot, dtype=float).reshape(-1, 5)
     names = _M4_NAMES if learn_e0 else _M4_NAMES[:4]
-    intervals = {k: _interval(boot_arr[:, i], ci_level) for i, k in enumerate(names)} if boot_arr.shape[0] else {}
+    intervals = (
+        {k: percentile_interval(boot_arr[:, i], ci_level) for i, k in enumerate(names)} if boot_arr.shape[0] else {}
+    )
 
     fit = M4Fit(
         e_inf=float(e_inf),
@@ -312,7 +314,7 @@ def fit_m4(
         e0_init=e0,
         learn_e0=learn_e0,
         at_bound=at_bound,
-        unresolved=_unresolved(intervals, dict(zip(_M4_NAMES, (e_inf, math.exp(lb), c, alpha, e0_fit))))
+        unresolved=unresolved_names(intervals, dict(zip(_M4_NAMES, (e_inf, math.exp(lb), c, alpha, e0_fit))))
         if intervals
         else list(names),
     )
@@ -395,10 +397,10 @@ def _check_distinct(x: np.ndarray, what: str, k: int) -> None:
 
 def fit_m1(x: Any, e: Any) -> LawFit:
     """Fit M1, `e = beta x^c`: ordinary least squares of `log e` on `log x` (c unconstrained)."""
-    x, e = _validate(x, e, x_name="x", what="the M1 fit", min_points=2)
+    x, e = validate_points(x, e, x_name="x", what="the M1 fit", min_points=2)
     _check_distinct(x, "the M1 fit", 2)
     A = np.column_stack([np.ones_like(x), np.log(x)])
-    cost, (lb, c) = _box_lstsq(A, np.log(e), np.full(2, -np.inf), np.full(2, np.inf))
+    cost, (lb, c) = box_lstsq(A, np.log(e), np.full(2, -np.inf), np.full(2, np.inf))
     fit = LawFit("M1", {"beta": math.exp(lb), "c": float(c)}, int(x.size), float("nan"), math.sqrt(cost / x.size))
     fit.rmse_log = fit.rmse_log_on(x, e)
     return fit
@@ -406,19 +408,19 @@ def fit_m1(x: Any, e: Any) -> LawFit:
 
 def fit_m2(x: Any, e: Any) -> LawFit:
     """Fit M2, `e = e_inf + beta x^c`: least squares of `log(e - e_inf)` on `log x`, e_inf profiled."""
-    x, e = _validate(x, e, x_name="x", what="the M2 fit", min_points=3)
+    x, e = validate_points(x, e, x_name="x", what="the M2 fit", min_points=3)
     _check_distinct(x, "the M2 fit", 3)
     logx = np.log(x)
     x_ref = float(np.exp(np.mean(logx)))
     A = np.column_stack([np.ones_like(x), logx - math.log(x_ref)])
-    inf_hi = float(e.min()) - _margin(e)
+    inf_hi = float(e.min()) - error_margin(e)
     free = (np.full(2, -np.inf), np.full(2, np.inf))
 
     def obj(s):
-        return _box_lstsq(A, np.log(e - inf_hi * s), *free)[0]
+        return box_lstsq(A, np.log(e - inf_hi * s), *free)[0]
 
-    s, _ = _minimize_1d(obj, 0.0, 1.0)
-    cost, (lb, c) = _box_lstsq(A, np.log(e - inf_hi * s), *free)
+    s, _ = minimize_1d(obj, 0.0, 1.0)
+    cost, (lb, c) = box_lstsq(A, np.log(e - inf_hi * s), *free)
     at_bound = ["e_inf"] if s <= 1e-7 or s >= 1.0 - 1e-7 else []
     params = {"e_inf": inf_hi * s, "beta": _scale("M2", lb - c * math.log(x_ref), c), "c": float(c)}
     fit = LawFit("M2", params, int(x.size), float("nan"), math.sqrt(cost / x.size), at_bound)
@@ -428,7 +430,7 @@ def fit_m2(x: Any, e: Any) -> LawFit:
 
 def fit_m3(x: Any, e: Any) -> LawFit:
     """Fit M3, `e = beta (1/x + gamma)^c` with `c, gamma >= 0`: least squares in log space, gamma profiled."""
-    x, e = _validate(x, e, x_name="x", what="the M3 fit", min_points=3)
+    x, e = validate_points(x, e, x_name="x", what="the M3 fit", min_points=3)
     _check_distinct(x, "the M3 fit", 3)
     x_ref = float(np.exp(np.mean(np.log(x))))
     inv = x_ref / x  # 1/x in units of 1/x_ref
@@ -436,11 +438,11 @@ def fit_m3(x: Any, e: Any) -> LawFit:
     lo, hi = np.array([-np.inf, 0.0]), np.array([np.inf, np.inf])
 
     def solve(g):
-        return _box_lstsq(np.column_stack([np.ones_like(inv), np.log(inv + g)]), y, lo, hi)
+        return box_lstsq(np.column_stack([np.ones_like(inv), np.log(inv + g)]), y, lo, hi)
 
     # gamma~ = gamma * x_ref on a log scale from far below to far above the range of 1/x~
     lg_lo, lg_hi = math.log(inv.min() * 1e-6), math.log(inv.max() * 1e3)
-    t, v = _minimize_1d(lambda t: solve(math.exp(t))[0], lg_lo, lg_hi, n_grid=61)
+    t, v = minimize_1d(lambda t: solve(math.exp(t))[0], lg_lo, lg_hi, n_grid=61)
     g = math.exp(t)
     if solve(0.0)[0] <= v:
         g = 0.0
@@ -458,7 +460,7 @@ def fit_m3(x: Any, e: Any) -> LawFit:
     return fit
 
 
-def _law_name(name: str) -> str:
+def law_name(name: str) -> str:
     canon = {n.lower(): n for n in LAWS}
     if name.lower() not in canon:
         raise ValueError(f"unknown law {name!r}; choose from {', '.join(LAWS)}")
@@ -472,7 +474,7 @@ def fit_law(name: str, x: Any, e: Any, *, e0: float | None = None, **kw: Any) ->
     (`fit_power_law` defaults to `n_bootstrap=0` here).  Every result has `predict`,
     `params`, `at_bound`, `rmse_log` and `rmse_log_on`.
     """
-    law = _law_name(name)
+    law = law_name(name)
     if law == "power_law":
         return fit_power_law(x, e, **({"n_bootstrap": 0} | kw))
     if law == "M4":

@@ -12,11 +12,15 @@ its end and is skipped (read back) when run again:
 
   <transfer run>/finetune/<dataset>/<model>/lr_<lr>/         grid runs: metrics.jsonl (val/...), ckpt/
   <transfer run>/finetune/<dataset>/<model>/final_lr_<lr>/   the retrained run: metrics.jsonl (test/...), ckpt/
+
+`search` is the one grid search: the lr grid here and VTAB's (steps, lr) grid (transfer.vtab) are
+both lists of points, each a run folder named by `run_name`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ import jax
 import numpy as np
 import optax
 
-from vitscale import build, config, loop, metrics, optim, pretrained, runs
+from vitscale import build, config, loop, metrics, optim, pretrained, runs, sharding
 from vitscale.data import datasets, pipeline, sources
 
 HOLDOUT_SEED = 0  # the held-out part is a property of the dataset: the same for every model, lr and seed
@@ -58,17 +62,19 @@ def resolution(cfg: config.TransferConfig, pre: config.PretrainConfig) -> int:
 
 # ----------------------------------------------------------------------------- one run
 @dataclasses.dataclass
-class _Compiled:
-    """One compiled fine-tuning setup (per class count and lr), shared by every start point."""
+class Setup:
+    """One compiled fine-tuning setup (per class count and grid point), shared by every start point;
+    `cfg` is the run's parameters (a VTAB point's steps and seed written in)."""
 
     trainer: loop.Trainer
     schedule: optax.Schedule
     spec: loop.LoopSpec
     pipe: pipeline.Pipeline
     image_shape: tuple[int, int, int]
+    cfg: config.TransferConfig
 
 
-def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: int, lr: float, mesh) -> _Compiled:
+def setup(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: int, lr: float, mesh) -> Setup:
     """The pretrained shape at the fine-tuning resolution with a zero-bias head, SGD with momentum
     at `lr` (no weight decay, clipping), cosine after warmup, softmax cross-entropy."""
     res = resolution(cfg, pre)
@@ -95,29 +101,22 @@ def _compile(pre: config.PretrainConfig, cfg: config.TransferConfig, classes: in
         train_ops=tuple(cfg.pp_finetune) if cfg.pp_finetune else None,
         eval_ops=tuple(cfg.pp_finetune_eval) if cfg.pp_finetune_eval else None,
     )
-    return _Compiled(trainer, schedule, spec, pipe, shape)
+    return Setup(trainer, schedule, spec, pipe, shape, cfg)
+
+
+def score(c: Setup, params: Any, split: sources.Split | sources.Source, prefix: str) -> dict[str, float]:
+    """`<prefix>/acc` and `<prefix>/loss` of `params` over a whole split."""
+    batches = pipeline.eval_batches(split, c.pipe, sharding.eval_batch_size(c.cfg.eval_batch_size))
+    return {metrics.on_split(prefix, k): v for k, v in loop.evaluate(c.trainer, params, batches).items()}
 
 
 def train_one(
-    c: _Compiled,
-    cfg: config.TransferConfig,
-    params: Any,
-    train_split: sources.Split | sources.Source,
-    eval_split: sources.Split | sources.Source,
-    eval_prefix: str,
-    run_dir: Path,
-    desc: str,
+    c: Setup, params: Any, train_split: sources.Split | sources.Source, scored: Scored, run_dir: Path, desc: str
 ) -> tuple[dict[str, float], loop.TrainState]:
-    """Fine-tune from `params` on `train_split`, evaluating on `eval_split` as `<eval_prefix>/acc|loss`;
+    """Fine-tune from `params` on `train_split`, scored on `scored.split` as `<scored.prefix>/acc|loss`;
     a run folder that already holds the finished run is read back instead. Returns (final metrics and
     device_seconds, state)."""
-
-    def evaluate(p, step: int, final: bool = False) -> dict[str, float]:
-        result = loop.evaluate(
-            c.trainer, p, pipeline.eval_batches(eval_split, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
-        )
-        return {metrics.on_split(eval_prefix, k): v for k, v in result.items()}
-
+    cfg = c.cfg
     batches = lambda step: pipeline.train_batches(
         train_split,
         c.pipe,
@@ -133,21 +132,30 @@ def train_one(
         run_dir,
         schedule=c.schedule,
         batches=batches,
-        evaluators=evaluate,
+        evaluators=lambda p, step, final=False: score(c, p, scored.split, scored.prefix),
         desc=desc,
         start=lambda: (c.trainer.start_from(params), None),
         params_text=config.dump(cfg) + f"run: {desc}\n",
     )
     final = runs.final_metrics(runs.read_metrics(run_dir / "metrics.jsonl"))
-    final = {k: v for k, v in final.items() if k.startswith((f"{eval_prefix}/", "train/"))}
+    final = {k: v for k, v in final.items() if k.startswith((f"{scored.prefix}/", "train/"))}
     final["device_seconds"] = meta.get("device_seconds")
     return final, state
 
 
-# ----------------------------------------------------------------------------- lr selection, then the final run
-@dataclasses.dataclass
-class _Splits:
-    """A fine-tuning dataset's splits: the whole training split, its two parts, and the test split."""
+# ----------------------------------------------------------------------------- the grid search, then the final run
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """A split a run is scored on, and the prefix of its metrics (val, test)."""
+
+    split: sources.Split | sources.Source
+    prefix: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """A fine-tuning dataset's splits: what the final run trains on (`full`), what the grid runs train
+    on (`train_part`) and are picked on (`holdout`), and the test split."""
 
     full: sources.Split | sources.Source
     train_part: sources.Split | sources.Source
@@ -155,21 +163,41 @@ class _Splits:
     test: sources.Split | sources.Source
 
 
-def _grid_run(
-    c: _Compiled, lr: float, cfg: config.TransferConfig, init_params: Any, d: _Splits, run_dir: Path, desc: str
-):
-    """One lr of the grid, trained on the training part and scored on the held-out part: (row, state)."""
-    row: dict[str, Any] = {"lr": lr}
+FINAL = "final_"  # the retrained run's folder: final_<grid point's name>
+
+
+def _text(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"  # steps as written, rates short: 500, 0.01
+
+
+def run_name(point: dict[str, float], final: bool = False) -> str:
+    """A grid point's run folder: lr_0.01 (fine-tuning), steps_500_lr_0.01 (VTAB); final_... when retrained."""
+    return (FINAL if final else "") + "_".join(f"{k}_{_text(v)}" for k, v in point.items())
+
+
+def parse_run_name(name: str) -> tuple[dict[str, float], bool]:
+    """(grid point, retrained?) of a run folder `run_name` made."""
+    final = name.startswith(FINAL)
+    parts = name.removeprefix(FINAL).split("_")
+    return {k: float(v) for k, v in zip(parts[::2], parts[1::2])}, final
+
+
+def _describe(point: dict[str, float]) -> str:
+    return " ".join(f"{k}={_text(v)}" for k, v in point.items())
+
+
+def grid_run(c: Setup, init: Any, data: Data, run_dir: Path, desc: str) -> tuple[dict[str, Any], Any]:
+    """One grid point trained on the training part and scored on the held-out part: (its row, state)."""
     try:
-        final, state = train_one(c, cfg, init_params, d.train_part, d.holdout, "val", run_dir, desc=desc)
+        final, state = train_one(c, init, data.train_part, Scored(data.holdout, "val"), run_dir, desc)
     except loop.NonFiniteLoss as e:
-        return {**row, metrics.VAL_ACC: None, metrics.VAL_LOSS: None, "diverged": True, "error": str(e)}, None
+        return {metrics.VAL_ACC: None, metrics.VAL_LOSS: None, "diverged": True, "error": str(e)}, None
     keep = {
         metrics.VAL_ACC: final[metrics.VAL_ACC],
         metrics.VAL_LOSS: final[metrics.VAL_LOSS],
         metrics.TRAIN_LOSS: final.get(metrics.TRAIN_LOSS),
     }
-    return {**row, **keep, "device_seconds": final["device_seconds"], "diverged": False}, state
+    return {**keep, "device_seconds": final["device_seconds"], "diverged": False}, state
 
 
 def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -181,33 +209,52 @@ def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return best is None or key(row) > key(best)
 
 
-def _search(m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, d: _Splits, setup, out: Path):
-    """Every lr of the grid for model `m`: (grid rows, best row, its state, the fitted start params).
-    Best: the highest held-out accuracy; ties go to the lower held-out loss."""
-    init_params = None  # the model's params with a new head at the fine-tuning resolution
-    grid, best, best_state = [], None, None
-    for lr in cfg.lr_grid:
-        c = setup(m.cfg, lr)
-        if init_params is None:
-            init_params = pretrained.fit(m.params, c.trainer.model, c.image_shape)
-        row, state = _grid_run(
-            c,
-            lr,
-            cfg,
-            init_params,
-            d,
-            out / m.name / f"lr_{lr:g}",
-            f"{datasets.metric_name(dataset)} {m.name} lr={lr:g}",
-        )
+@dataclasses.dataclass
+class Search:
+    """A grid search's outcome: every row, the best point and row, its state, and the fitted start params."""
+
+    grid: list[dict[str, Any]]
+    point: dict[str, float]
+    best: dict[str, Any]
+    state: Any
+    init: Any
+
+
+def search(
+    m: pretrained.Pretrained,
+    points: list[dict[str, float]],
+    make: Callable[[dict], Setup],
+    data: Data,
+    out: Path,
+    label: str,
+) -> Search:
+    """Every point of a grid ({"lr": ...} or {"steps": ..., "lr": ...}) for model `m`, each a run under
+    `out`/`run_name(point)` described as "<label> lr=..."; the best: the highest held-out accuracy, ties
+    to the lower held-out loss. `make(point)` gives the point's (cached) setup; the start params are
+    fitted once, at the first point."""
+    grid, found, init = [], None, None
+    for point in points:
+        c = make(point)
+        if init is None:  # the model's params with a new head at the fine-tuning resolution
+            init = pretrained.fit(m.params, c.trainer.model, c.image_shape)
+        row, state = grid_run(c, init, data, out / run_name(point), f"{label} {_describe(point)}")
+        row = {**point, **row}
         grid.append(row)
-        if beats(row, best):
-            best, best_state = row, state
+        if beats(row, found and found[1]):
+            found = (point, row, state)
         del state
-    if best is None:
-        raise RuntimeError(
-            f"fine-tuning {m.name} on {dataset}: every lr in lr_grid {cfg.lr_grid} diverged; try smaller learning rates"
-        )
-    return grid, best, best_state, init_params
+    if found is None:
+        raise RuntimeError(f"{label}: every run of the grid {points} diverged; try smaller learning rates")
+    return Search(grid, *found, init)
+
+
+def final_run(s: Search, c: Setup, data: Data, out: Path, label: str) -> dict[str, Any]:
+    """The best point retrained from the same start on the whole training split and scored on the test
+    split: {test/acc, test/loss, device_seconds}."""
+    desc = f"{label} final {_describe(s.point)}"
+    run_dir = out / run_name(s.point, final=True)
+    final, _ = train_one(c, s.init, data.full, Scored(data.test, "test"), run_dir, desc)
+    return {k: final[k] for k in (metrics.TEST_ACC, metrics.TEST_LOSS, "device_seconds")}
 
 
 def _note_if_at_grid_edge(name: str, dataset: str, lr_grid, best_lr: float) -> bool:
@@ -221,75 +268,64 @@ def _note_if_at_grid_edge(name: str, dataset: str, lr_grid, best_lr: float) -> b
     return at_edge
 
 
-def _retrain_and_test(
-    c: _Compiled, cfg: config.TransferConfig, init_params: Any, d: _Splits, run_dir: Path, desc: str
-) -> tuple[dict[str, float], list[float | None]]:
-    """The final run on the whole training split, scored on the test split: (test metrics, [device_seconds])."""
-    final, _ = train_one(c, cfg, init_params, d.full, d.test, "test", run_dir, desc=desc)
-    test_metrics = {metrics.TEST_ACC: final[metrics.TEST_ACC], metrics.TEST_LOSS: final[metrics.TEST_LOSS]}
-    return test_metrics, [final["device_seconds"]]
-
-
-def _test_best_grid_run(
-    c: _Compiled, cfg: config.TransferConfig, state: loop.TrainState, d: _Splits
-) -> dict[str, float]:
-    """The best grid run (trained on the training part) scored on the test split."""
-    batches = pipeline.eval_batches(d.test, c.pipe, loop.eval_batch_size(cfg.eval_batch_size))
-    scores = loop.evaluate(c.trainer, state.params, batches)
-    return {f"test/{k}": v for k, v in scores.items()}
-
-
 def _finetune_one(
-    m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, d: _Splits, setup, out: Path
+    m: pretrained.Pretrained, dataset: str, cfg: config.TransferConfig, data: Data, make, out: Path
 ) -> dict[str, Any]:
     """One model: the lr search, then the test score of the retrained (or best grid) run; its result."""
-    grid, best, state, init_params = _search(m, dataset, cfg, d, setup, out)
-    best_lr = best["lr"]
+    label = f"{datasets.metric_name(dataset)} {m.name}"
+    s = search(m, [{"lr": lr} for lr in cfg.lr_grid], make, data, out / m.name, label)
+    best_lr = s.best["lr"]
     at_edge = _note_if_at_grid_edge(m.name, dataset, cfg.lr_grid, best_lr)
-    c = setup(m.cfg, best_lr)
+    c = make({"lr": best_lr})
     if cfg.retrain:
-        state = None  # free the grid run's state before the final run
-        run_dir = out / m.name / f"final_lr_{best_lr:g}"
-        desc = f"{datasets.metric_name(dataset)} {m.name} final lr={best_lr:g}"
-        test_metrics, seconds = _retrain_and_test(c, cfg, init_params, d, run_dir, desc)
+        s.state = None  # free the grid run's state before the final run
+        test = final_run(s, c, data, out / m.name, label)
+        seconds = [test.pop("device_seconds")]
     else:
-        test_metrics, seconds = _test_best_grid_run(c, cfg, state, d), []
-    seconds += [g.get("device_seconds") for g in grid]
+        test, seconds = score(c, s.state.params, data.test, "test"), []
+    seconds += [g.get("device_seconds") for g in s.grid]
     return {
         "dataset": dataset,
         "model": m.name,
         "resolution": c.image_shape[0],
         "steps": c.spec.total_steps,
         "batch_size": c.spec.batch_size,
-        "grid": grid,
+        "grid": s.grid,
         "best_lr": best_lr,
         "best_lr_at_grid_edge": at_edge,
         "retrained": cfg.retrain,
-        "train_images": len(d.full) if cfg.retrain else len(d.train_part),
-        "holdout_images": len(d.holdout),
-        "test_images": len(d.test),
-        **test_metrics,
+        "train_images": len(data.full) if cfg.retrain else len(data.train_part),
+        "holdout_images": len(data.holdout),
+        "test_images": len(data.test),
+        **test,
         # Training device-seconds of the grid runs and the final run (kept across resumes).
         "device_seconds": sum(x for x in seconds if x is not None),
     }
 
 
+def finetune_dir(out_dir: str | Path, dataset: str) -> Path:
+    """Where a transfer run keeps the fine-tuning runs on `dataset`: finetune/<its safe token>."""
+    return Path(out_dir) / "finetune" / datasets.metric_name(dataset)
+
+
 def finetune(
     models: list[pretrained.Pretrained], dataset: str, cfg: config.TransferConfig, out_dir: str | Path, mesh
 ) -> dict[str, dict[str, Any]]:
-    """Fine-tune each model on `dataset`: pick the lr on the held-out part, then retrain on the whole
-    training split (or keep the best grid run) and score the test split. Returns {model name: result}."""
-    out = Path(out_dir)
+    """Fine-tune each model on `dataset` (runs under `out_dir`/<model>/): pick the lr on the held-out
+    part, then retrain on the whole training split (or keep the best grid run) and score the test
+    split. Returns {model name: result}."""
     train_name, test_name = datasets.finetune_splits(dataset)
     full = sources.load(dataset, train_name, cfg.data_dir, cfg.input)
-    d = _Splits(
-        full, *holdout_split(full, cfg.holdout_fraction), sources.load(dataset, test_name, cfg.data_dir, cfg.input)
-    )
-    compiled: dict[float, _Compiled] = {}
+    test = sources.load(dataset, test_name, cfg.data_dir, cfg.input)
+    data = Data(full, *holdout_split(full, cfg.holdout_fraction), test)
+    compiled: dict[float, Setup] = {}
 
-    def setup(pre: config.PretrainConfig, lr: float) -> _Compiled:
-        if lr not in compiled:
-            compiled[lr] = _compile(pre, cfg, full.num_classes, lr, mesh)
-        return compiled[lr]
+    def make_for(pre: config.PretrainConfig):
+        def make(point: dict[str, float]) -> Setup:
+            if point["lr"] not in compiled:
+                compiled[point["lr"]] = setup(pre, cfg, full.num_classes, point["lr"], mesh)
+            return compiled[point["lr"]]
 
-    return {m.name: _finetune_one(m, dataset, cfg, d, setup, out) for m in models}
+        return make
+
+    return {m.name: _finetune_one(m, dataset, cfg, data, make_for(m.cfg), Path(out_dir)) for m in models}

@@ -1,5 +1,5 @@
-"""How every report shows numbers: one set of formatting helpers and plain HTML tables, sections and
-collapsible details (no plotly tables, so nothing is clipped), fully offline.
+"""How every report shows its parts: plain HTML tables, sections and collapsible details (no plotly
+tables, so nothing is clipped), fully offline; numbers in them are written by vitscale.formats.
 
 Tables sort by a click on a header (a few lines of inline JavaScript, no CDN); a cell's `data-sort`
 keeps the exact value and its `title` the full number, whatever the text shows.
@@ -8,19 +8,12 @@ keeps the exact value and its `title` the full number, whatever the text shows.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from vitscale import formats
+
 __all__ = [
-    "count",
-    "flops",
-    "integer",
-    "number",
-    "percent",
-    "percent_spread",
-    "with_interval",
-    "auto",
     "Html",
     "table",
     "cell",
@@ -28,85 +21,8 @@ __all__ = [
     "section",
     "paragraph",
     "STYLE",
+    "Sentence",
 ]
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def number(v: Any, digits: int = 4) -> str:
-    """A float for reading: `digits` significant digits, exponents as `1.39e10` (not `1.39e+10`)."""
-    if not _finite(v):
-        return "" if v is None else str(v)
-    s = f"{v:.{digits}g}"
-    if "e" in s:
-        mant, exp = s.split("e")
-        s = f"{mant}e{int(exp)}"
-    return s
-
-
-def count(v: Any) -> str:
-    """A count with SI suffix: parameters 205,312 -> `205k`, 6,712,000 -> `6.71M`."""
-    if not _finite(v):
-        return "" if v is None else str(v)
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{suffix}"
-    return f"{v:g}"
-
-
-def flops(v: Any) -> str:
-    """Compute as `1.39e10 (13.9 GFLOP)`: the exponent for comparing, the unit for reading."""
-    if not _finite(v):
-        return "" if v is None else str(v)
-    for div, unit in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
-        if abs(v) >= div:
-            return f"{number(v, 3)} ({v / div:.3g} {unit})"
-    return number(v, 3)
-
-
-def integer(v: Any) -> str:
-    """An exact integer with thousands separators: 13,866,762,240."""
-    if not _finite(v):
-        return "" if v is None else str(v)
-    return f"{round(v):,}"
-
-
-def percent(v: Any, interval: Sequence[float] | None = None, digits: int = 3) -> str:
-    """A fraction (an error, an accuracy) as `12.3%`, with its interval as `12.3% [11.0, 13.5]`."""
-    if not _finite(v):
-        return "" if v is None else str(v)
-    s = f"{100 * v:.{digits}g}%"
-    if interval:
-        s += f" [{100 * interval[0]:.{digits}g}, {100 * interval[1]:.{digits}g}]"
-    return s
-
-
-def percent_spread(mean: Any, std: Any = None) -> str:
-    """A mean accuracy and its spread over seeds, in percent: `81.2 ± 1.3`."""
-    if not _finite(mean):
-        return ""
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if _finite(std) else "")
-
-
-def with_interval(v: Any, interval: Sequence[float] | None = None, flags: Sequence[str] = ()) -> str:
-    """A fitted constant as `0.35 [0.33, 0.37]`, plus flags such as `(at bound)`."""
-    s = number(v)
-    if interval:
-        s += f" [{number(interval[0], 3)}, {number(interval[1], 3)}]"
-    return s + "".join(f" ({f})" for f in flags)
-
-
-def auto(v: Any) -> str:
-    """The default cell text: floats with 4 significant digits, integers exact, None empty."""
-    if isinstance(v, bool) or v is None:
-        return "" if v is None else str(v)
-    if isinstance(v, int):
-        return integer(v)
-    if isinstance(v, float):
-        return number(v)
-    return str(v)
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -162,8 +78,8 @@ class Html:
 
 def cell(v: Any, fmt: Callable[[Any], str] | None = None) -> str:
     """One <td>: the text `fmt` (default `auto`) gives, the exact number kept for sorting and hovering."""
-    text = (fmt or auto)(v)
-    if _finite(v):
+    text = (fmt or formats.auto)(v)
+    if formats.finite(v):
         return f'<td class="num" data-sort="{float(v)!r}" title="{v!r}">{html.escape(text)}</td>'
     if isinstance(v, Html):
         return f"<td>{v.body}</td>"
@@ -223,3 +139,21 @@ def section(*parts: Any, css: str = "") -> Html:
     """Parts one after the other in one block (a class such as `vs-headline` styles it)."""
     inner = "\n".join(_body(p) for p in parts)
     return Html(f'<div class="{html.escape(css)}">{inner}</div>' if css else inner)
+
+
+class Sentence:
+    """What a report shows instead of a figure with nothing in it: one sentence (as Markdown)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def show(self) -> None:
+        paragraph(self.text).show()
+
+    def __repr__(self) -> str:
+        return f"Sentence({self.text!r})"
+
+
+NO_FEWSHOT = Sentence("No few-shot evaluation in this run (parameter `fewshot_datasets`).")
+
+NO_FINETUNING = Sentence("No fine-tuning in this run (parameter `finetune_datasets`).")

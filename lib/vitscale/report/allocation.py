@@ -15,7 +15,8 @@ import numpy as np
 import plotly
 import plotly.graph_objects as go
 
-from vitscale import report, runs
+from vitscale import runs
+from vitscale.report import page as report  # (the HTML helpers; named as before the move, for merges)
 from vitscale.scaling import allocation, table
 
 

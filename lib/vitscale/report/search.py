@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from vitscale import report
+from vitscale.report import page
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -70,22 +70,22 @@ def choice_rows(searched: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def section(searched: Mapping[str, Any], parametrization: str | None = None) -> report.Html:
+def section(searched: Mapping[str, Any], parametrization: str | None = None) -> page.Html:
     """The whole section (empty sentence when the sweep has no search)."""
-    parts: list[Any] = [report.paragraph(law_text(searched, parametrization))]
+    parts: list[Any] = [page.paragraph(law_text(searched, parametrization))]
     if searched.get("choices"):
         edges = sum(any(c.at_edge.values()) for c in searched["choices"])
         if edges:
             parts.append(
-                report.paragraph(
+                page.paragraph(
                     f"{edges} point(s) have their best value at an edge of the searched range: "
                     "`vitscale sweep <file> --extend-search` adds the next value beyond it."
                 )
             )
         fig = u_curves(searched)
         parts += [fig] if fig is not None else []
-        parts.append(report.details("What won per point", report.table(choice_rows(searched))))
-    return report.section(*parts)
+        parts.append(page.details("What won per point", page.table(choice_rows(searched))))
+    return page.section(*parts)
 
 
 def parametrization_of(rows: list[Mapping[str, Any]]) -> str | None:
