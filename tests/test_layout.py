@@ -30,7 +30,15 @@ LAYERS = [
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
     {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
     PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program
-    {"plots", "notebooks", "sweep", "cluster", "allocation_report", "search_report"},  # presentation, orchestration
+    {
+        "plots",
+        "notebooks",
+        "sweep",
+        "group",
+        "cluster",
+        "allocation_report",
+        "search_report",
+    },  # presentation, orchestration
     {"cli"},  # argparse only
     {"entry"},  # the command's entry point: reads the named file before importing cli (importlib)
 ]
