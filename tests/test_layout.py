@@ -26,7 +26,14 @@ LAYERS = [
     {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
     | {"models.vit", "mup", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
-    {"loop", "evaluators.fewshot", "evaluators.classify", "evaluators.real", "evaluators.imagenet_v2"}  # the loop,
+    {
+        "loop",
+        "stacked",
+        "evaluators.fewshot",
+        "evaluators.classify",
+        "evaluators.real",
+        "evaluators.imagenet_v2",
+    }  # the loop,
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
     {"build", "pretrained", "finetune"},  # the front door: cfg -> model, ...; where weights come from; recipes
     PROGRAMS,  # check(cfg), run(cfg, out_dir): a program never imports another program

@@ -1,14 +1,11 @@
 """Runs trained as one program: the runs of a sweep that differ only in learning rate, weight decay,
-seed or warmup, trained together with `jax.vmap` over a stacked parameter tree.
+seed or warmup, trained together (vitscale.stacked: `jax.vmap` over a stacked parameter tree).
 
-Each copy keeps what makes it its own run: its optimizer (the run's own optax chain, with its
-schedule and weight decay, applied to its slice of the stack), its init and dropout keys (its seed),
-its batches (build.batches of its own parameters) and its run folder (metrics.jsonl and ckpt/,
-written as loop.fit writes them, one checkpoint per copy). Only the forward and backward passes
-are batched over the copies: one program whose products are a few large ones instead of many small
-ones. The copies axis is replicated over the mesh (every device holds every copy; each copy's batch
-is split over the devices as when it trains alone), so a copy computes what it computes alone,
-to float32 rounding (tests/test_group.py).
+Each copy keeps what makes it its own run: its optimizer (its own optax chain, with its schedule and
+weight decay, on its slice of the stack), its init and dropout keys (its seed), its batches
+(build.batches of its own parameters) and its run folder (metrics.jsonl and ckpt/, written as
+loop.fit writes them, one checkpoint per copy). The copies axis is replicated over the mesh, so a
+copy computes what it computes alone, to float32 rounding (tests/test_group.py).
 
 What the group leaves, each run's own notebook does alone afterwards (vitscale.sweep): it finds the
 main run finished and only trains its cooldown branches and writes its summary and report. A copy
@@ -24,17 +21,11 @@ import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from vitscale import build, config, loop, progress, sharding
+from vitscale import build, config, loop, progress, sharding, stacked
 from vitscale import train as pretrain
 
 # What copies of one group may differ in; every other resolved parameter is the group's.
@@ -74,88 +65,9 @@ class Member:
     out: Path
 
 
-# ----------------------------------------------------------------------------- the compiled group
-@flax.struct.dataclass
-class GroupState:
-    step: jax.Array
-    params: Any  # every leaf with a leading copies axis
-    opt_states: tuple  # each copy's own (a weight decay of 0 gives a chain of another structure)
-
-
-@dataclasses.dataclass
-class GroupTrainer:
-    """Each copy's own trainer (optimizer, init, shardings, as it would train alone) and the group's steps."""
-
-    trainers: list[loop.Trainer]
-    step: Any  # (GroupState, stacked batch) -> (GroupState, {"loss": [copies], "grad_norm": [copies]})
-    stack: Any  # tuple of copies' TrainStates -> GroupState
-    unstack: Any  # GroupState -> tuple of copies' TrainStates, each with its run's own shardings
-    batch_sharding: NamedSharding  # [copies, batch, ...]: copies replicated, the batch as a run's
-
-
-def _update(tx, g: GroupState, grads, loss, i: int) -> tuple[loop.TrainState, jax.Array]:
-    """Copy i's own optimizer update on its slice, and its gradient norm; a copy whose loss or
-    gradient is not finite keeps its state (frozen), so it never feeds a non-finite value on."""
-    pick = lambda tree: jax.tree.map(lambda x: x[i], tree)
-    old = loop.TrainState(g.step, pick(g.params), g.opt_states[i])
-    mine = pick(grads)
-    norm = optax.tree.norm(mine)
-    new = loop.apply_gradients(tx, old, mine)
-    keep = lambda a, b: jnp.where(jnp.isfinite(loss) & jnp.isfinite(norm), a, b)
-    frozen = jax.tree.map(keep, new.params, old.params), jax.tree.map(keep, new.opt_state, old.opt_state)
-    return loop.TrainState(new.step, *frozen), norm
-
-
-def _group_step(trainers: list[loop.Trainer], grad, keys: jax.Array):
-    """The group's step: every copy's gradient in one vmap, then each copy's own update."""
-
-    def step(g: GroupState, batch: dict):
-        rngs = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, g.step)
-        losses, grads = jax.vmap(grad)(g.params, batch["image"], batch["label"], rngs)
-        new = [_update(t.tx, g, grads, losses[i], i) for i, t in enumerate(trainers)]
-        params = jax.tree.map(lambda *x: jnp.stack(x), *(s.params for s, _ in new))
-        out = {"loss": losses, "grad_norm": jnp.stack([n for _, n in new])}
-        return GroupState(g.step + 1, params, tuple(s.opt_state for s, _ in new)), out
-
-    return step
-
-
-def _stack(states: tuple[loop.TrainState, ...]) -> GroupState:
-    params = jax.tree.map(lambda *x: jnp.stack(x), *(s.params for s in states))
-    return GroupState(states[0].step, params, tuple(s.opt_state for s in states))
-
-
-def make_group_trainer(
-    cfgs: Sequence[config.PretrainConfig], mesh, num_classes: int, trainers: list[loop.Trainer] | None = None
-) -> GroupTrainer:
-    """The compiled group of `cfgs` (one key_of) on `mesh`: copies replicated, each copy's arrays
-    sharded as its run's (a leading copies axis on the parameters). `trainers`: each copy's own
-    (build.trainer), when the caller has them."""
-    trainers = trainers or [build.trainer(c, mesh, num_classes) for c in cfgs]
-    first = trainers[0]
-    grad = loop.gradient_fn(first.model, loop.LOSSES[first.loss], first.chains, mesh)
-    keys = jnp.stack([t.dropout_key for t in trainers])
-    stacked = jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), first.state_shardings.params)
-    group_sh = GroupState(first.state_shardings.step, stacked, tuple(t.state_shardings.opt_state for t in trainers))
-    copies_sh = tuple(t.state_shardings for t in trainers)
-    batch_sh = NamedSharding(mesh, P(None, sharding.AXES))
-
-    def unstack(g: GroupState) -> tuple[loop.TrainState, ...]:
-        pick = lambda i: jax.tree.map(lambda x: x[i], g.params)
-        return tuple(loop.TrainState(g.step, pick(i), g.opt_states[i]) for i in range(len(trainers)))
-
-    return GroupTrainer(
-        trainers=trainers,
-        step=jax.jit(
-            _group_step(trainers, grad, keys),
-            in_shardings=(group_sh, batch_sh),
-            out_shardings=(group_sh, sharding.replicated(mesh)),
-            donate_argnums=0,
-        ),
-        stack=jax.jit(_stack, out_shardings=group_sh),
-        unstack=jax.jit(unstack, out_shardings=copies_sh),
-        batch_sharding=batch_sh,
-    )
+def make_group_trainer(cfgs: Sequence[config.PretrainConfig], mesh, num_classes: int) -> stacked.GroupTrainer:
+    """The compiled group of `cfgs` (one key_of) on `mesh`: each copy's own trainer (build.trainer)."""
+    return stacked.make([build.trainer(c, mesh, num_classes) for c in cfgs], mesh)
 
 
 def batches(cfgs: Sequence[config.PretrainConfig], train_split, pipe, step: int) -> Iterator[dict[str, np.ndarray]]:
@@ -192,7 +104,9 @@ def _check(copies: list[Copy], pending: list[tuple[int, jax.Array]]) -> None:
             print(f"{c.member.cfg.name}: {c.stopped}; the group goes on without it (its own run records it)")
 
 
-def _log_eval_save(g: GroupTrainer, copies: list[Copy], gstate, out: dict, step: int, rate: float | None, save: bool):
+def _log_eval_save(
+    g: stacked.GroupTrainer, copies: list[Copy], gstate, out: dict, step: int, rate: float | None, save: bool
+):
     """What loop.train_loop does after a step, for every copy still training: its training row
     (`rate`: None when no row is due), its evaluation at eval steps, its checkpoint when `save`."""
     spec = copies[0].session.spec
@@ -213,7 +127,9 @@ def _log_eval_save(g: GroupTrainer, copies: list[Copy], gstate, out: dict, step:
         c.ledger.checkpoint(c.session.mngr, states[i], step, step * spec.batch_size)
 
 
-def train_loop(g: GroupTrainer, copies: list[Copy], gstate: GroupState, stream: Iterator[dict], step: int) -> None:
+def train_loop(
+    g: stacked.GroupTrainer, copies: list[Copy], gstate: stacked.GroupState, stream: Iterator[dict], step: int
+) -> None:
     """Steps to the end for every copy that stays finite: log, evaluate and checkpoint each copy
     at the steps loop.train_loop would. A stop signal saves every copy, then raises loop.Preempted."""
     spec = copies[0].session.spec
@@ -264,7 +180,9 @@ def _open(trainers: list[loop.Trainer], members: Sequence[Member]) -> tuple[list
     return joined, start
 
 
-def _copies(g: GroupTrainer, joined: list[tuple], start: int, data: tuple) -> tuple[list[Copy], list[loop.TrainState]]:
+def _copies(
+    g: stacked.GroupTrainer, joined: list[tuple], start: int, data: tuple
+) -> tuple[list[Copy], list[loop.TrainState]]:
     """The loop's Copy of each joined member (each with its ledger's share of the devices) and its state."""
     _, test, val, pipe = data
     copies, states = [], []
@@ -292,7 +210,7 @@ def train(members: Sequence[Member]) -> list[Member]:
         for _, _, (mngr, *_) in joined:
             mngr.close()
         return []
-    g = make_group_trainer([m.cfg for _, m, _ in joined], mesh, data[0].num_classes, [t for t, _, _ in joined])
+    g = stacked.make([t for t, _, _ in joined], mesh)
     copies, states = _copies(g, joined, start, data)
     try:
         stream = batches([c.member.cfg for c in copies], data[0], data[3], start)

@@ -128,6 +128,7 @@ def make_summary(
         "eval_share": meta["eval_seconds"] / meta["wall_seconds"] if meta.get("wall_seconds") else None,
         "wall_seconds_this_session": time.time() - t0,
         "branches": branches,
+        **({"group_copies": meta["group_copies"]} if meta.get("group_copies") else {}),  # trained with n-1 others
         "environment": runs.environment(),
     }
 
