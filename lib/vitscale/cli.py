@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-retry", action="store_true", help="leave failed runs failed")
     p.add_argument("--no-analysis", action="store_true", help="skip the scaling analysis at the end")
     p.add_argument(
-        "--no-group", action="store_true", help="train every run alone (default: runs differing only in lr, "
-        "weight_decay, seed or warmup_steps train as one program, the sweep file's group:)"
+        "--no-group", action="store_true", help="train every run alone (default: the sweep file's group:; "
+        "unset, runs differing only in lr, weight_decay, seed or warmup_steps train as one program on an accelerator)"
     )  # fmt: skip
     p.add_argument(
         "--launcher",

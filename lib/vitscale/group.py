@@ -33,6 +33,13 @@ FREE_KEYS = ("name", "lr", "weight_decay", "seed", "warmup_steps")
 DEFAULT_SIZE = 8  # copies per program unless the sweep file's `group:` says otherwise
 
 
+def default_size() -> int:
+    """Copies per program when the sweep file does not say: DEFAULT_SIZE on an accelerator, 0 (every run
+    alone) on a CPU, where a group of 4 or 8 measured 0.8-0.9x the runs one after another
+    (benchmarks/README.md, "Runs trained as one program")."""
+    return DEFAULT_SIZE if jax.default_backend() != "cpu" else 0
+
+
 def key_of(cfg: config.PretrainConfig) -> str | None:
     """What the copies of a group share (every parameter but FREE_KEYS), or None for a run that
     trains alone: a multi-host run, or one that starts from a weights file."""

@@ -13,7 +13,8 @@ A sweep file (parameters/sweeps/<name>.yaml):
     runs: []                           # or/and an explicit list of overrides
     group: true                        # optional: train runs differing only in lr, weight_decay, seed or
                                        # warmup_steps as one program, up to 8 (or this number) at a time;
-                                       # false: every run alone (as `--no-group` does)
+                                       # false: every run alone (as `--no-group` does); unset: on an
+                                       # accelerator, not on a CPU (where it measured slower, benchmarks/)
 
 Each run's folder is outputs/<sweep>/<run id>, the id derived from its resolved parameters, so
 re-running a sweep finds its runs again: finished runs are skipped, interrupted ones resume from
@@ -54,7 +55,7 @@ class Sweep:
     slurm: config.SlurmResources = config.SlurmResources()  # what each run asks a cluster for
     search: dict[str, list] = dataclasses.field(default_factory=dict)  # key -> values each point is run at
     keys: tuple[str, ...] = ()  # the swept and searched keys that label run ids
-    group: int = group.DEFAULT_SIZE  # at most this many runs per program (vitscale.group); 0: every run alone
+    group: int | None = None  # at most this many runs per program (vitscale.group); 0: alone; None: group.default_size
 
 
 def run_id(params: dict[str, Any], keys: list[str]) -> str:
@@ -165,7 +166,7 @@ def load(path: str | Path) -> Sweep:
         slurm,
         search,
         tuple(keys),
-        spec.get("group", group.DEFAULT_SIZE if notebook == "pretrain" else 0),
+        spec.get("group"),
     )
 
 
@@ -375,10 +376,11 @@ def train_groups(sweep: Sweep, todo: list[Run], out: Path) -> None:
     """The main runs of each group among `todo` (vitscale.group.plan, at most sweep.group per
     program) trained as one program in this process, one group after another, before the runs'
     notebooks: each notebook then finds its main run finished (or resumes what the group left)."""
-    if sweep.group < 2 or sweep.notebook != "pretrain":
+    size = group.default_size() if sweep.group is None else sweep.group
+    if size < 2 or sweep.notebook != "pretrain":
         return
     cfgs = {r.run_id: config.validate(config.PretrainConfig, r.params) for r in todo}
-    for ids in group.plan(cfgs, sweep.group):
+    for ids in group.plan(cfgs, size):
         if notebooks.STOP.is_set():
             return
         with contextlib.ExitStack() as held:
