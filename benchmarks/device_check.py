@@ -10,6 +10,12 @@ included), then `--steps` timed steps. Reported per case: images/s, images/s per
 vitscale.perf's peak for the device kind and dtype, and the attention kernel. On a GPU where cuDNN's
 attention was chosen, B/16 is also timed with XLA's attention when the time budget allows.
 
+Then a group of 8 small models (Pico/7 at 28 px, batch 128 each, float32, each with its own learning
+rate and seed) trained as one program (vitscale.stacked, what `vitscale sweep` does for runs that differ
+only in lr, weight decay, seed or warmup) against the same runs one after another: one run's step
+timed, times 8 (their programs differ only in constants). Reported under "groups": images/s summed over
+the copies for both, their ratio, and MFU per copy and in all.
+
 It needs JAX, Flax, optax, orbax, PyYAML and pydantic, and no TensorFlow: it imports only the
 TensorFlow-free part of vitscale (loop, models, optim, sharding, flops, backend, perf, config).
 benchmarks/README.md says how to carry a missing package (pydantic) to a bare machine as a wheel.
@@ -35,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitscale import config, loop, optim, sharding
+from vitscale import config, loop, optim, sharding, stacked
 from vitscale.models import vit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +162,66 @@ def measure(case: Case, mesh, steps: int, warmup: int, log=print) -> dict[str, A
             os.environ["VITSCALE_ATTENTION"] = previous
 
 
+GROUP_COPIES = 8
+
+
+def _timed(step, state, batch, steps: int, warmup: int) -> tuple[float, float]:
+    """(warm-up seconds, compilation included; seconds per step) of `step` from `state` on `batch`."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        state, out = step(state, batch)
+    jax.block_until_ready(out)
+    warm, t0 = time.perf_counter() - t0, time.perf_counter()
+    for _ in range(steps):
+        state, out = step(state, batch)
+    jax.block_until_ready((state, out))
+    return warm, (time.perf_counter() - t0) / steps
+
+
+def measure_group(dry_run: bool, mesh, steps: int, warmup: int, copies: int = GROUP_COPIES) -> dict[str, Any]:
+    """`copies` small models as one program against one after another: images/s summed over copies, MFU."""
+    if dry_run:
+        model, image, batch = (
+            vit.ViT(num_classes=10, patch_size=4, width=16, depth=1, mlp_dim=32, num_heads=2),
+            (8, 8, 1),
+            8,
+        )
+    else:
+        model, image, batch = vit.make_model("Pico/7", 10), (28, 28, 1), 128
+    batch = -(-batch // mesh.size) * mesh.size
+    trainers = [
+        loop.make_trainer(
+            model, optim.make_optimizer("adamw", 1e-4 * (i + 1), weight_decay=1e-4), mesh, image_shape=image, seed=i
+        )
+        for i in range(copies)
+    ]
+    rng = np.random.default_rng(0)
+    data = {
+        "image": rng.standard_normal((batch, *image), np.float32),
+        "label": rng.integers(0, 10, batch).astype(np.int32),
+    }
+    alone_warm, alone_s = _timed(
+        trainers[0].train_step, trainers[0].init_fn(), sharding.put_batch(data, mesh), steps, warmup
+    )
+    g = stacked.make(trainers, mesh)
+    stacked_data = jax.device_put({k: np.stack([v] * copies) for k, v in data.items()}, g.batch_sharding)
+    group_warm, group_s = _timed(g.step, g.stack(tuple(t.init_fn() for t in trainers)), stacked_data, steps, warmup)
+    mfu = lambda rate: rate * 3 * trainers[0].forward_flops / (mesh.size * trainers[0].peak.flops_per_s)
+    alone_rate, group_rate = batch / alone_s, copies * batch / group_s
+    row = {
+        "case": f"{copies} x {'tiny (dry)' if dry_run else 'Pico/7'}, batch {batch} each",
+        "copies": copies, "batch": batch, "steps": steps, "forward_flops_per_image": trainers[0].forward_flops,
+        "alone_images_per_s": alone_rate, "alone_warmup_seconds": alone_warm, "alone_mfu": mfu(alone_rate),
+        "group_images_per_s": group_rate, "group_warmup_seconds": group_warm, "group_mfu": mfu(group_rate),
+        "group_mfu_per_copy": mfu(group_rate) / copies, "ratio": group_rate / alone_rate,
+    }  # fmt: skip
+    print(
+        f"  group: {row['case']}: {group_rate:.0f} img/s against {alone_rate:.0f} one after another "
+        f"({row['ratio']:.2f}x), MFU {100 * row['group_mfu']:.1f}% against {100 * row['alone_mfu']:.1f}%"
+    )
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, 1 step: checks the script on a CPU")
@@ -195,9 +261,13 @@ def main(argv: list[str] | None = None) -> int:
             again = dataclasses.replace(case, name=f"{case.name}, XLA attention", attention="xla")
         if again is not None:
             todo.insert(todo.index(case) + 1, again)
+    try:  # the dry run: 2 copies (8 take minutes to compile on a busy CPU: each copy's update is its own code)
+        groups = [measure_group(args.dry_run, mesh, steps, warmup, copies=2 if args.dry_run else GROUP_COPIES)]
+    except Exception as e:  # noqa: BLE001 - reported, the rows above stand
+        groups = [{"case": f"{GROUP_COPIES} small models", "error": f"{type(e).__name__}: {str(e)[:300]}"}]
     header["tensorflow_imported"] = any(m.split(".")[0] == "tensorflow" for m in sys.modules)
     header["seconds"] = time.perf_counter() - t_start
-    result = {**header, "rows": rows}
+    result = {**header, "rows": rows, "groups": groups}
     print("\n| case | batch/device | img/s/device | MFU | attention |\n|---|---|---|---|---|")
     for r in rows:
         if "mfu" in r:
@@ -211,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")
-    return 0 if all("mfu" in r for r in rows) else 1
+    return 0 if all("mfu" in r for r in rows) and all("ratio" in g for g in groups) else 1
 
 
 if __name__ == "__main__":

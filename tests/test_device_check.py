@@ -1,6 +1,6 @@
 """benchmarks/device_check.py --dry-run on this CPU, in a fresh process, so the script cannot rot: it
 runs every case, imports no TensorFlow, and each row's MFU is images/s x 3 x flops.py's forward
-FLOPs / (devices x peak)."""
+FLOPs / (devices x peak); a group of models (8; 2 in the dry run) is timed against the same runs one after another."""
 
 import json
 import os
@@ -34,3 +34,7 @@ def test_device_check_dry_run(root, tmp_path):
     model = vit.make_model(demo["variant"], 10).clone(depth=1)
     assert rows[2]["forward_flops_per_image"] == flops.forward_flops(model, (28, 28, 1))
     assert "| demo" in result.stdout  # the printed table
+    # A group of tiny models as one program against one after another (vitscale.stacked; 2 in the dry run).
+    (g,) = report["groups"]
+    assert g["copies"] == 2 and g["ratio"] == pytest.approx(g["group_images_per_s"] / g["alone_images_per_s"])
+    assert g["group_mfu"] == pytest.approx(2 * g["group_mfu_per_copy"]) and g["alone_mfu"] > 0

@@ -27,14 +27,21 @@ LAYERS = [
     {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
     | {"models.vit", "mup", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
-    {"loop", "evaluators.fewshot", "evaluators.classification", "evaluators.real", "evaluators.imagenet_v2"}  # loop,
+    {
+        "loop",
+        "stacked",
+        "evaluators.fewshot",
+        "evaluators.classification",
+        "evaluators.real",
+        "evaluators.imagenet_v2",
+    }  # loop,
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
     {"build", "pretrained"}  # the front door: cfg -> model, ...; where weights come from
     | {"transfer.finetune", "transfer.vtab", "transfer.imagenet", "transfer.table"},  # transfer's protocols
     PROGRAMS | {"transfer.program"},  # check(cfg), run(cfg, out_dir): a program never imports another program
     {"report.basics", "report.pretraining", "report.downstream", "report.scaling", "report.scaling_figures"}
     | {"report.allocation", "report.search", "report.sweep_index"},  # what a person reads (values in, words out)
-    {"notebooks", "sweep", "cluster"},  # orchestration
+    {"notebooks", "sweep", "group", "cluster"},  # orchestration
     {"cli"},  # argparse only
     {"entry"},  # the command's entry point: reads the named file before importing cli (importlib)
 ]

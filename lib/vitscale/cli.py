@@ -111,7 +111,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"search: {len(added)} run(s) added beyond an edge" + "".join(f"\n  {line}" for line in added))
     if args.launcher == "local":
         try:
-            index = sweep.execute(spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry)
+            index = sweep.execute(
+                spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry, grouped=not args.no_group
+            )
         except runs.RunError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -318,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="sweep folder (default: outputs/<name> in the study folder)")
     p.add_argument("--no-retry", action="store_true", help="leave failed runs failed")
     p.add_argument("--no-analysis", action="store_true", help="skip the scaling analysis at the end")
+    p.add_argument(
+        "--no-group", action="store_true", help="train every run alone (default: the sweep file's group:; "
+        "unset, runs differing only in lr, weight_decay, seed or warmup_steps train as one program on an accelerator)"
+    )  # fmt: skip
     p.add_argument(
         "--launcher",
         choices=cluster.LAUNCHERS,

@@ -90,6 +90,9 @@ class Trainer:
     forward_flops: int = 0  # matmul FLOPs of one image's forward pass (flops.forward_flops)
     peak: perf.Peak | None = None  # each device's matmul peak, for MFU
     attention: str = "xla"  # the attention kernel: "cudnn", "xla" or "xla-cpu" (backend.attention_of)
+    dropout_key: jax.Array | None = None  # folded with the step: each step's dropout (a group's copies keep theirs)
+    loss: str = "softmax_xent"  # the LOSSES entry the steps use
+    chains: int | None = None  # gradient chains per device (None: backend.default_chains for the batch)
 
     def abstract_state(self) -> TrainState:
         """The state's shapes, dtypes and shardings (what a checkpoint restores into)."""
@@ -99,8 +102,9 @@ class Trainer:
         )
 
 
-def _train_step(model: vit.ViT, tx, loss_fn, dropout_key, chains: int | None, mesh) -> Callable:
-    """The training step (not yet jitted): `chains` gradient chains per device, then the optimizer update."""
+def gradient_fn(model: vit.ViT, loss_fn, chains: int | None, mesh) -> Callable:
+    """(params, images, labels, rng) -> (mean loss, gradients) over `chains` gradient chains per device
+    (None: backend.default_chains for the batch). A group of runs vmaps this very function (vitscale.group)."""
 
     def objective(params, images, labels, rng):
         logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
@@ -110,13 +114,27 @@ def _train_step(model: vit.ViT, tx, loss_fn, dropout_key, chains: int | None, me
     value_and_grad = jax.jit(jax.value_and_grad(objective))
     platform = mesh.devices.flat[0].platform
 
+    def fn(params, images, labels, rng):
+        n = chains or backend.default_chains(images.shape[0] // mesh.size, platform)
+        return backend.chained(value_and_grad, n)(params, images, labels, rng)
+
+    return fn
+
+
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads) -> TrainState:
+    """The optimizer update: the next step's state."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+
+
+def _train_step(model: vit.ViT, tx, loss_fn, dropout_key, chains: int | None, mesh) -> Callable:
+    """The training step (not yet jitted): `chains` gradient chains per device, then the optimizer update."""
+    grad = gradient_fn(model, loss_fn, chains, mesh)
+
     def train_step(state, batch):
         rng = jax.random.fold_in(dropout_key, state.step)
-        n = chains or backend.default_chains(batch["image"].shape[0] // mesh.size, platform)
-        value, grads = backend.chained(value_and_grad, n)(state.params, batch["image"], batch["label"], rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
-        return new, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+        value, grads = grad(state.params, batch["image"], batch["label"], rng)
+        return apply_gradients(tx, state, grads), {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
 
@@ -186,6 +204,9 @@ def make_trainer(
         forward_flops=flops.forward_flops(model, image_shape),
         peak=peak,
         attention=backend.attention_of(model.kernels),
+        dropout_key=dropout_key,
+        loss=loss,
+        chains=chains,
     )
 
 
@@ -249,7 +270,7 @@ class Preempted(KeyboardInterrupt):
         super().__init__(f"preempted at step {step} ({signame}); checkpoint saved, run the same command to resume")
 
 
-class _Interrupt:
+class Interrupt:
     """Turns STOP_SIGNALS into a flag the loop checks between steps, so the state stays whole to save."""
 
     def __init__(self):
@@ -311,14 +332,15 @@ class _Losses:
         self.pending.clear()
 
 
-class _Ledger:
+class Ledger:
     """The meta saved with every checkpoint: the data position and the seconds spent (device, wall,
-    evaluation, checkpoints) summed over every session of the run."""
+    evaluation, checkpoints) summed over every session of the run. `share`: the part of the devices the
+    run had (a copy of a group of n: 1/n), so a group's copies' device-seconds add up to the group's."""
 
-    def __init__(self, meta: dict | None):
+    def __init__(self, meta: dict | None, share: float = 1.0):
         zero = {"device_seconds": 0.0, "wall_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0}
         self.meta = {**zero, **(meta or {})}
-        self.devices = jax.device_count()
+        self.devices = jax.device_count() * share
         self.mark = time.perf_counter()
 
     def evaluate(self, evaluators: Evaluators, params, step: int, final: bool) -> dict[str, float]:
@@ -337,7 +359,7 @@ class _Ledger:
         self.meta["checkpoint_seconds"] += time.perf_counter() - now
 
 
-class _Rate:
+class Rate:
     """Images (or steps) per second since the last reading, and since the meter started."""
 
     def __init__(self, step: int):
@@ -354,7 +376,7 @@ class _Rate:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Session:
+class Session:
     """What one loop session writes to and calls: fixed for the session, unlike the state and step."""
 
     trainer: Trainer
@@ -393,16 +415,16 @@ def _eval_line(desc: str, step: int, end_step: int, steps_per_s: float, loss, re
 
 
 def train_loop(
-    session: _Session, state: TrainState, batches: Iterator[dict], end_step: int, meta: dict | None = None
+    session: Session, state: TrainState, batches: Iterator[dict], end_step: int, meta: dict | None = None
 ) -> tuple[TrainState, dict]:
     """Steps until `end_step`: log, evaluate, checkpoint. `meta` (saved with every checkpoint)
     carries the data position and the seconds spent so far, over every session of the run."""
     trainer, spec = session.trainer, session.spec
     step = int(jax.device_get(state.step))
-    losses, ledger, rate = _Losses(session.mngr), _Ledger(meta), _Rate(step)
+    losses, ledger, rate = _Losses(session.mngr), Ledger(meta), Rate(step)
     batch = progress.batch_mode()  # a batch report gets a line per evaluation instead of a progress bar
     bar = progress.bar(total=end_step, initial=step, desc=session.desc, unit="step", disable=batch)
-    with bar as pbar, _Interrupt() as interrupt:
+    with bar as pbar, Interrupt() as interrupt:
         while step < end_step:
             state, out = trainer.train_step(state, sharding.put_batch(next(batches), trainer.mesh))
             step += 1
@@ -431,6 +453,28 @@ def train_loop(
     return state, ledger.meta
 
 
+def open_run(
+    trainer: Trainer, spec: LoopSpec, run_dir: Path, *, protect: Iterable[int] = (), end_step: int
+) -> tuple[Any, runs.MetricsLog, TrainState | None, dict | None]:
+    """A run folder's checkpoint manager and metrics log, and its newest readable checkpoint at or
+    before `end_step` as (state, meta), or (None, None)."""
+    mngr = checkpoints.manager(
+        run_dir / "ckpt", keep=spec.keep_checkpoints, keep_every=spec.keep_every, protect=protect
+    )
+    log = runs.MetricsLog(run_dir / "metrics.jsonl", events=jax.process_index() == 0)
+    state, meta = checkpoints.restore_latest(mngr, trainer.abstract_state(), max_step=end_step)
+    return mngr, log, state, meta
+
+
+def begin_log(log: runs.MetricsLog, run_dir: Path, step: int, end_step: int, params_text: str | None) -> None:
+    """Drop the records a resumed run re-logs, say that it resumes, and put its parameters in the events."""
+    log.truncate_after(step)
+    if step and step < end_step:
+        print(f"resuming {run_dir} from step {step}")
+    if params_text and step < end_step:
+        log.text("parameters", f"```\n{params_text}```", step=step)
+
+
 def fit(
     trainer: Trainer,
     spec: LoopSpec,
@@ -450,21 +494,13 @@ def fit(
     batches from `step` on; `protect`ed steps are checkpointed and kept (branch points). Metrics go
     to metrics.jsonl and, from process 0, to TensorBoard event files beside it, with `params_text`."""
     end_step = spec.total_steps if end_step is None else end_step
-    mngr = checkpoints.manager(
-        run_dir / "ckpt", keep=spec.keep_checkpoints, keep_every=spec.keep_every, protect=protect
-    )
-    log = runs.MetricsLog(run_dir / "metrics.jsonl", events=jax.process_index() == 0)
-    state, meta = checkpoints.restore_latest(mngr, trainer.abstract_state(), max_step=end_step)
+    mngr, log, state, meta = open_run(trainer, spec, run_dir, protect=protect, end_step=end_step)
     if state is None:
         state, meta = start() if start else (trainer.init_fn(), None)
     step = int(jax.device_get(state.step))
-    log.truncate_after(step)
-    if step and step < end_step:
-        print(f"resuming {run_dir} from step {step}")
-    if params_text and step < end_step:
-        log.text("parameters", f"```\n{params_text}```", step=step)
+    begin_log(log, run_dir, step, end_step, params_text)
     try:
-        session = _Session(trainer, spec, schedule, log, mngr, evaluators, desc, checkpoint_at=frozenset(protect))
+        session = Session(trainer, spec, schedule, log, mngr, evaluators, desc, checkpoint_at=frozenset(protect))
         return train_loop(session, state, batches(step), end_step, meta)
     finally:
         mngr.close()

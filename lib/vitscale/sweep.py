@@ -12,6 +12,10 @@ A sweep file (parameters/sweeps/<name>.yaml):
       train_examples: [2000, 60000]
     runs: []                           # or/and an explicit list of overrides
     analysis: {repetition: muennighoff}  # optional: scaling-analysis parameters (false: no analysis)
+    group: true                        # optional: train runs differing only in lr, weight_decay, seed or
+                                       # warmup_steps as one program, up to 8 (or this number) at a time;
+                                       # false: every run alone (as `--no-group` does); unset: on an
+                                       # accelerator, not on a CPU (where it measured slower, benchmarks/)
 
 Each run's folder is outputs/<sweep>/<run id>, the id derived from its resolved parameters, so
 re-running a sweep finds its runs again: finished runs are skipped, interrupted ones resume from
@@ -21,6 +25,7 @@ their checkpoints, failed ones are tried again (their executed notebook keeps th
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -32,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, environ, notebooks, progress, runs, search, study
+from vitscale import config, environ, group, loop, notebooks, progress, runs, search, study
 from vitscale.report import sweep_index
 
 
@@ -52,6 +57,7 @@ class Sweep:
     slurm: config.SlurmResources = config.SlurmResources()  # what each run asks a cluster for
     search: dict[str, list] = dataclasses.field(default_factory=dict)  # key -> values each point is run at
     keys: tuple[str, ...] = ()  # the swept and searched keys that label run ids
+    group: int | None = None  # at most this many runs per program (vitscale.group); 0: alone; None: group.default_size
 
 
 def run_id(params: dict[str, Any], keys: list[str]) -> str:
@@ -73,9 +79,9 @@ def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
         if isinstance(parent.get("base"), str):  # keep the parent's relative base path meaning the same file
             parent["base"] = str((parent_path.parent / parent["base"]).resolve())
         spec = {**parent, **spec}
-    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "search", "runs", "analysis", "slurm"}
+    unknown = set(spec) - {"name", "notebook", "base", "fixed", "grid", "search", "runs", "analysis", "slurm", "group"}
     if unknown:
-        accepted = "name, notebook, base, fixed, grid, search, runs, analysis, slurm"
+        accepted = "name, notebook, base, fixed, grid, search, runs, analysis, slurm, group"
         raise config.ConfigError(
             [config.Problem(k, f"unknown sweep key; accepted: {accepted}") for k in sorted(unknown)], path
         )
@@ -90,6 +96,8 @@ def _read_spec(path: Path) -> tuple[dict[str, Any], config.SlurmResources, str]:
             "notebook", f"{notebook!r} is not a notebook kind (accepted: {list(config.RUN_KINDS)})"
         )
         raise config.ConfigError([problem], path)
+    if "group" in spec:
+        spec["group"] = group_size(spec["group"], notebook, path)
     return spec, slurm, notebook
 
 
@@ -105,6 +113,26 @@ def _check_analysis(value: Any, path: Path) -> None:
         config.validate(config.ScalingConfig, {**value, "sweep_dir": "."})
     except config.ConfigError as e:
         raise config.ConfigError([config.Problem(f"analysis.{p.field}", p.message) for p in e.problems], path) from None
+
+
+def group_size(value: Any, notebook: str, path: Path | None = None) -> int:
+    """The sweep file's `group:` as the most runs per program: true -> group.DEFAULT_SIZE, false -> 0
+    (every run alone), or a number of copies >= 2; only pretraining runs are grouped."""
+    accepted = (
+        f"accepted: true (up to {group.DEFAULT_SIZE} runs per program), false (every run alone), or a number >= 2"
+    )
+    if isinstance(value, bool):
+        size = group.DEFAULT_SIZE if value else 0
+    elif isinstance(value, int) and value >= 2:
+        size = value
+    else:
+        raise config.ConfigError(
+            [config.Problem("group", f"{config.excerpt(value)} is not accepted; {accepted}")], path
+        )
+    if size and notebook != "pretrain":
+        problem = config.Problem("group", f"groups pretraining runs only, not {notebook!r} runs; set group: false")
+        raise config.ConfigError([problem], path)
+    return size
 
 
 def load(path: str | Path) -> Sweep:
@@ -156,6 +184,7 @@ def load(path: str | Path) -> Sweep:
         slurm,
         search,
         tuple(keys),
+        spec.get("group"),
     )
 
 
@@ -317,10 +346,60 @@ def _execute_locked(sweep: Sweep, run: Run, folder: Path) -> str:
     return "done"
 
 
+def train_groups(sweep: Sweep, todo: list[Run], out: Path) -> None:
+    """The main runs of each group among `todo` (vitscale.group.plan, at most sweep.group per
+    program) trained as one program in this process, one group after another, before the runs'
+    notebooks: each notebook then finds its main run finished (or resumes what the group left)."""
+    size = group.default_size() if sweep.group is None else sweep.group
+    if size < 2 or sweep.notebook != "pretrain":
+        return
+    cfgs = {r.run_id: config.validate(config.PretrainConfig, r.params) for r in todo}
+    for ids in group.plan(cfgs, size):
+        if notebooks.STOP.is_set():
+            return
+        with contextlib.ExitStack() as held:
+            members = [m for rid in ids if (m := _join(held, cfgs[rid], out / rid)) is not None]
+            if len(members) >= 2:
+                _train_group(members)
+
+
+def _join(held: contextlib.ExitStack, cfg: config.PretrainConfig, folder: Path) -> group.Member | None:
+    """`folder` locked (held until the group ends), claimed and marked running; None when another
+    process writes it or it holds another run (its own execution then says so)."""
+    try:
+        held.enter_context(runs.writer(folder))
+        runs.claim(folder, cfg)
+    except (runs.RunBusy, config.ConfigError):
+        return None
+    runs.Status.running().write(folder)
+    return group.Member(cfg, folder)
+
+
+def _train_group(members: list[group.Member]) -> None:
+    names = ", ".join(m.out.name for m in members)
+    print(f"group of {len(members)} (one program): {names}")
+    try:
+        group.train(members)
+    except KeyboardInterrupt as e:  # loop.Preempted (every copy saved), or a signal before the first step
+        notebooks.STOP.set()
+        reason = str(e) if isinstance(e, loop.Preempted) else "stopped before the group's first step"
+        for m in members:
+            runs.Status.interrupted(reason).write(m.out)
+    except Exception as e:  # noqa: BLE001 - the runs then train alone, where a real problem shows again
+        print(f"note: the group ({names}) stopped ({type(e).__name__}: {str(e)[:300]}); its runs train alone")
+
+
 def execute(
-    sweep: Sweep, out: Path, *, workers: int = 1, shard: tuple[int, int] = (0, 1), retry_failed: bool = True
+    sweep: Sweep,
+    out: Path,
+    *,
+    workers: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = True,
+    grouped: bool = True,
 ) -> dict[str, str]:
-    """Run this shard's unfinished runs, `workers` at a time (threads, each with its own kernel)."""
+    """Run this shard's unfinished runs, `workers` at a time (threads, each with its own kernel);
+    `grouped`: the main runs of each group among them first, as one program each (train_groups)."""
     out.mkdir(parents=True, exist_ok=True)
     record_search(sweep, out)
     mine = shard_of(sweep, shard)
@@ -330,6 +409,8 @@ def execute(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, shard {shard[0]}/{shard[1]} has {len(mine)}, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run with {workers} worker(s)"
     )
+    if grouped:
+        train_groups(sweep, todo, out)
     results = {}
     with (
         environ.scoped(thread_env(workers)),  # for this sweep's kernels only, not the rest of the process

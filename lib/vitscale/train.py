@@ -129,11 +129,20 @@ def make_summary(
         "eval_share": meta["eval_seconds"] / meta["wall_seconds"] if meta.get("wall_seconds") else None,
         "wall_seconds_this_session": time.time() - t0,
         "branches": branches,
+        **({"group_copies": meta["group_copies"]} if meta.get("group_copies") else {}),  # trained with n-1 others
         "environment": runs.environment(),
     }
 
 
 # ----------------------------------------------------------------------------- entry points
+def load_data(cfg: config.PretrainConfig):
+    """(train, test, val or None, pipeline): the splits a run reads, in memory or streamed (cfg.input)."""
+    train = sources.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
+    test = sources.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
+    val = sources.load(cfg.dataset, cfg.val_split_name(), cfg.data_dir, cfg.input) if cfg.val_examples else None
+    return train, test, val, build.pipeline(cfg)
+
+
 def check(cfg: config.PretrainConfig) -> None:
     """Everything about `cfg` that needs disk, datasets or devices, before any compute: the splits
     exist, train_examples fits its split, few-shot pools have enough images per class, the mesh and
@@ -191,10 +200,7 @@ def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     t0 = time.time()
 
     # 1. Data: the training subset and the test split, in memory or streamed (cfg.input).
-    train = sources.load(cfg.dataset, cfg.train_split_name(), cfg.data_dir, cfg.input)
-    test = sources.load(cfg.dataset, cfg.test_split, cfg.data_dir, cfg.input)
-    val = sources.load(cfg.dataset, cfg.val_split_name(), cfg.data_dir, cfg.input) if cfg.val_examples else None
-    pipe = build.pipeline(cfg)
+    train, test, val, pipe = load_data(cfg)
 
     # 2. Compiled steps on the mesh.
     mesh = sharding.make_mesh(cfg.mesh)
