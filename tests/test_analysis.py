@@ -420,8 +420,10 @@ def test_notebook_through_papermill(root, tmp_path):
     assert head < text.index("test error", head) < text.index("10-shot error, mnist_5k", head)
     assert dom.count('<details class="vs-details"') == 2 and '<details class="vs-details" open' not in dom
     figures = len(re.findall(r'class="plotly-graph-div[^"]*"', dom))
-    # 4 per metric (drawn, even inside closed details) and the Allocation section's 2
-    assert figures == 2 * 4 + 2 and dom.count('class="main-svg"') >= figures
+    # the headline's frontier of the upstream metric, 4 per metric (drawn, even inside closed details) and the
+    # Allocation section's 2; the headline's figure comes before the details
+    assert figures == 1 + 2 * 4 + 2 and dom.count('class="main-svg"') >= figures
+    assert dom.index("plotly-graph-div") < dom.index('<details class="vs-details"')
 
 
 def test_every_law_is_checked_and_the_best_named(fitted):
@@ -473,3 +475,25 @@ def test_the_headline_recommends_a_next_run_only_when_the_law_determines_it():
     text = scaling.next_run_text({"summary": {"plans": [{**plan, "determined": False}]}})
     assert "not determined" in text and "parameters" not in text
     assert "too few runs" in scaling.next_run_text(analysis.Failed("too few runs"))
+
+
+def test_the_headline_leads_with_the_recommended_run_and_names_unresolved_constants(tmp_path):
+    """Issue 35.5: the first screen is the next run (size, steps, rate, predicted error with its interval and
+    the coverage backtests measured) and the upstream frontier with its law; unresolved constants are named
+    there, their values left to the details."""
+    rows = [make_row("Pico/7", 2e5, 60_000, s, law(6.0 * 2e5 * BATCH * s, **TRUTH)) for s in (250, 1000)]
+    rows += [make_row("Mini/7", 5e6, 60_000, s, law(6.0 * 5e6 * BATCH * s, **TRUTH)) for s in (2000, 8000)]
+    fitted = analysis.analyze(rows, n_bootstrap=20)
+    plan = {"C": 4e13, "N": 2.05e5, "D": 1.9e6, "error": 0.1113, "error_interval": [0.0995, 0.122],
+            "error_interval_level": 0.9, "error_interval_coverage": 0.76, "error_parameter_interval": [0.105, 0.118],
+            "extrapolates": True, "determined": True}  # fmt: skip
+    rec = plan | {"variant": "Pico/7", "params": 204938, "total_steps": 31304, "images": 31304 * 64, "lr": 0.00504,
+                  "rate": "learning rate per run from the study's rate law"}  # fmt: skip
+    html = str(scaling.scaling_headline({"test/acc": fitted}, {}, {"summary": {"plans": [plan]}}, rows=rows,
+                                        next_run=rec))  # fmt: skip
+    order = [html.index(s) for s in ("Recommended next run", "Pico/7 (205k parameters", "plotly", "<h3>")]
+    assert order == sorted(order)  # the run, then the frontier figure, then the per-metric lines
+    for text in ("31,304 steps", "2M images seen", "0.00504", "11.1% [9.95, 12.2]", "90% nominal, 76% in backtests"):
+        assert text in html
+    unresolved = fitted["power_law"].as_dict()["unresolved"]
+    assert unresolved and f"unresolved (see the details): {', '.join(sorted(unresolved))}" in html

@@ -335,6 +335,17 @@ def recommend(source: str | Path, p: dict[str, Any]) -> dict[str, Any]:
                   "images": steps * params["batch_size"], "lr": run["lr"], "rate": rate}  # fmt: skip
 
 
+def next_run(source: str | Path, allocation: Any) -> dict[str, Any] | None:
+    """`recommend` at the largest budget an analysis planned (what the scaling report leads with); None when
+    the analysis gave no plan, the plan is not determined, or the study's recipe cannot size it."""
+    if not isinstance(allocation, dict) or not allocation["summary"]["plans"][-1].get("determined", True):
+        return None
+    try:
+        return recommend(source, allocation["summary"]["plans"][-1])
+    except (config.ConfigError, KeyError, ValueError):  # a recipe without its class count or input shape
+        return None  # the report's sentence still gives N* and D*
+
+
 def _write_sweep(source: Path, budget: float, out, p: dict[str, Any], max_epochs, lines: list[str]) -> Path:
     """The IsoFLOP sweep file of the plan, written; its lines appended to `lines`."""
     recipe = load_recipe(source)

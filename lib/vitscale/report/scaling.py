@@ -88,13 +88,25 @@ def scaling_runs_table(rows: Sequence[dict[str, Any]], names: Sequence[str] | No
 
 
 def _law_text(result: dict[str, Any]) -> str:
+    """The frontier law with its resolved constants; unresolved ones are only named (their values and
+    intervals are in the details)."""
     pl = result["power_law"]
-    iv = pl.intervals
+    iv, unresolved = pl.intervals, set(pl.as_dict().get("unresolved") or [])
     marks = {k: flags(pl.as_dict(), k) for k in "abcd"}
-    const = [f"{k} = {formats.with_interval(getattr(pl, k), iv.get(k), marks[k])}" for k in "abd"]
-    floor = formats.percent(pl.c, iv.get("c")) + "".join(f" ({f})" for f in marks["c"])
-    const = ", ".join([*const[:2], f"c (error floor) = {floor}", const[2]])
-    return f"E = a (x + d)^-b + c on {pl.n} frontier points: {const}"
+    shown = []
+    for k in "abcd":
+        if k in unresolved:
+            continue
+        if k == "c":
+            shown.append(
+                "c (error floor) = " + formats.percent(pl.c, iv.get("c")) + "".join(f" ({f})" for f in marks["c"])
+            )
+        else:
+            shown.append(f"{k} = {formats.with_interval(getattr(pl, k), iv.get(k), marks[k])}")
+    text = f"E = a (x + d)^-b + c on {pl.n} frontier points: " + (", ".join(shown) or "no constant resolved")
+    if unresolved:
+        text += f"; unresolved (see the details): {', '.join(sorted(unresolved))}"
+    return text
 
 
 def _extrapolation_text(result: dict[str, Any]) -> str:
@@ -123,8 +135,8 @@ def _extrapolation_text(result: dict[str, Any]) -> str:
 
 
 def next_run_text(allocation: Any) -> str:
-    """The headline's recommendation: the compute-optimal next run at the largest planned budget, or why
-    the study cannot give one."""
+    """The headline's recommendation in a sentence: the compute-optimal next run at the largest planned
+    budget, or why the study cannot give one."""
     if analysis.failed(allocation):
         return f"Next run: none recommended ({allocation.reason})."
     s = allocation["summary"]
@@ -142,13 +154,48 @@ def next_run_text(allocation: Any) -> str:
     )
 
 
-def scaling_headline(results: dict[str, Any], found: dict[str, dict[str, Any]], allocation: Any = None) -> page.Html:
-    """The answer first: per metric (upstream first) the fitted law with its intervals, which law
-    extrapolates best and by how much, the findings that hold (and which cannot be tested), and the
-    recommended next run when the allocation analysis ran."""
+def next_run_table(rec: Mapping[str, Any]) -> page.Html:
+    """The recommended run (plan.recommend) as one row: what to train, for how long, at what rate, and what
+    it should reach, with the prediction interval's measured coverage beside its nominal level."""
+    level, cov = rec.get("error_interval_level"), rec.get("error_interval_coverage")
+    coverage = (
+        ""
+        if level is None
+        else f"{level:.0%} nominal, "
+        + ("coverage not measured (too few runs)" if cov is None else f"{cov:.0%} in backtests")
+    )
+    row = {
+        "budget": formats.flops(rec["C"]),
+        "model": f"{rec['variant']} ({formats.count(rec['params'])} parameters; N* {formats.count(rec['N'])})",
+        "training": f"{formats.integer(rec['total_steps'])} steps, {formats.count(rec['images'])} images seen",
+        "learning rate": f"{rec['lr']:.3g}",
+        "predicted error [prediction interval]": formats.percent(rec["error"], rec.get("error_interval")),
+        "interval's coverage": coverage,
+        "parameter interval": formats.percent(rec["error"], rec.get("error_parameter_interval")).split(" ", 1)[-1],
+    }
+    return page.section(page.table([row], title="Recommended next run"), page.paragraph(rec["rate"]))
+
+
+def scaling_headline(
+    results: dict[str, Any],
+    found: dict[str, dict[str, Any]],
+    allocation: Any = None,
+    *,
+    rows: Sequence[dict[str, Any]] = (),
+    next_run: Mapping[str, Any] | None = None,
+) -> page.Html:
+    """The answer first: the recommended next run (when the allocation analysis gave one; with `next_run`,
+    plan.recommend's record, its size, steps and rate) and the upstream metric's frontier with its law
+    (given the `rows`); then per metric (upstream first) the law's resolved constants, which law
+    extrapolates best and by how much, and the findings that hold (and which cannot be tested)."""
     blocks = []
     if allocation is not None:
         blocks.append(page.paragraph(next_run_text(allocation)))
+    if next_run is not None and "variant" in next_run and not analysis.failed(allocation):
+        blocks.append(next_run_table(next_run))
+    first = next((m for m in ordered(results) if not analysis.failed(results[m])), None)
+    if rows and first is not None:
+        blocks.append(scaling_error_vs_compute(rows, results[first], first))
     for metric in ordered(results):
         result, title = results[metric], metric_title(metric)
         if analysis.failed(result):
