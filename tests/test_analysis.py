@@ -493,7 +493,14 @@ def test_the_headline_leads_with_the_recommended_run_and_names_unresolved_consta
                                         next_run=rec))  # fmt: skip
     order = [html.index(s) for s in ("Recommended next run", "Pico/7 (205k parameters", "plotly", "<h3>")]
     assert order == sorted(order)  # the run, then the frontier figure, then the per-metric lines
-    for text in ("31,304 steps", "2M images seen", "0.00504", "11.1% [9.95, 12.2]", "90% nominal, 76% in backtests"):
+    for text in (
+        "31,304 steps",
+        "2M images seen",
+        "0.00504",
+        "11.1% [9.95, 12.2]",
+        "90% nominal, 76% in backtests",
+        "[10.5, 11.8]",
+    ):
         assert text in html
     unresolved = fitted["power_law"].as_dict()["unresolved"]
     assert unresolved and f"unresolved (see the details): {', '.join(sorted(unresolved))}" in html

@@ -154,6 +154,11 @@ def next_run_text(allocation: Any) -> str:
     )
 
 
+def _bracket(iv: Sequence[float] | None) -> str:
+    """An error interval in percent, `[11.0, 13.5]`; empty without one."""
+    return f"[{100 * iv[0]:.3g}, {100 * iv[1]:.3g}]" if iv else ""
+
+
 def next_run_table(rec: Mapping[str, Any]) -> page.Html:
     """The recommended run (plan.recommend) as one row: what to train, for how long, at what rate, and what
     it should reach, with the prediction interval's measured coverage beside its nominal level."""
@@ -171,7 +176,7 @@ def next_run_table(rec: Mapping[str, Any]) -> page.Html:
         "learning rate": f"{rec['lr']:.3g}",
         "predicted error [prediction interval]": formats.percent(rec["error"], rec.get("error_interval")),
         "interval's coverage": coverage,
-        "parameter interval": formats.percent(rec["error"], rec.get("error_parameter_interval")).split(" ", 1)[-1],
+        "parameter interval": _bracket(rec.get("error_parameter_interval")),
     }
     return page.section(page.table([row], title="Recommended next run"), page.paragraph(rec["rate"]))
 
