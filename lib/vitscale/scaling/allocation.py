@@ -185,7 +185,7 @@ class JointFit:
             ns, ds = optimum(C, A=A, B=B, alpha=al, beta=be, k=self.k)
             es = E + A * ns**-al + B * ds**-be
             for key, v in (("N", ns), ("D", ds), ("D_per_N", ds / ns), ("error", es)):
-                out[f"{key}percentile_interval"] = percentile_interval(v[np.isfinite(v)], self.ci_level)
+                out[f"{key}_interval"] = percentile_interval(v[np.isfinite(v)], self.ci_level)
         out["extrapolates"] = bool(n > self.n_range[1] or d > self.d_range[1])
         out["determined"] = not self.degenerate
         return out

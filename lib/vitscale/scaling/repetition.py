@@ -130,7 +130,7 @@ class StarFit:
             "R_N*": self.rn_star,
             "objective": self.objective,
             "n_points": self.n_points,
-            "R_D*percentile_interval": list(self.interval) if self.interval else None,
+            "R_D*_interval": list(self.interval) if self.interval else None,
             "R_D*_open_above": self.open_above,
             "level": self.level,
         }
