@@ -196,10 +196,10 @@ def test_predict_on_the_planned_runs_folder_closes_the_loop(tmp_path, monkeypatc
     monkeypatch.setitem(plan.predict.__kwdefaults__, "n_bootstrap", 20)
     study = _law_csv(tmp_path / "runs.csv")
     c = 3e16  # an IsoFLOP set at one budget: C = 6 N D
-    sizes = {"S/1": 1e6, "M/1": 1e7, "L/1": 1e8}
+    sizes = {"Ti/16": 1e6, "B/16": 1e7, "H/16": 1e8}  # 2 and 4 steps up the variant table (S, M, L between)
     truth = {v: SYN["E"] + SYN["A"] * n ** -SYN["alpha"] + SYN["B"] * (c / (6 * n)) ** -SYN["beta"]
              for v, n in sizes.items()}  # fmt: skip
-    achieved = {"S/1": truth["S/1"], "M/1": truth["M/1"], "L/1": truth["L/1"] * 3}  # L far above its law
+    achieved = {"Ti/16": truth["Ti/16"], "B/16": truth["B/16"], "H/16": truth["H/16"] * 3}  # H far above its law
     folder = _planned_folder(tmp_path / "plan", [(v, n, c / (6 * n), achieved[v]) for v, n in sizes.items()])
     assert cli.main(["predict", str(study), "--runs", str(folder), "--out", str(tmp_path / "f.csv")]) == 0
     f = pd.read_csv(tmp_path / "f.csv")
@@ -210,7 +210,9 @@ def test_predict_on_the_planned_runs_folder_closes_the_loop(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "2 of 3 planned runs inside their 90% prediction intervals" in out
     best, seen = min(truth, key=truth.get), min(achieved, key=achieved.get)
-    assert f"predicted best size {best}, observed best {seen}" in out
+    steps = {("Ti/16", "B/16"): 3, ("B/16", "H/16"): 3, ("Ti/16", "H/16"): 6}  # Ti S M B L So400m H
+    apart = 0 if best == seen else steps.get((best, seen), steps.get((seen, best)))
+    assert f"predicted best size {best}, observed best {seen} ({apart} ladder step(s) apart)" in out
 
 
 def test_predict_on_a_folder_without_finished_runs_is_exit_2(tmp_path, capsys):

@@ -426,8 +426,15 @@ def loop_check(rows: list[dict[str, Any]], done: list[dict[str, Any]]) -> dict[s
         "inside": int(sum(inside)) if inside else None,
         "predicted_best": done[pred]["variant"],
         "observed_best": done[seen]["variant"],
-        "ladder_steps": abs(pred - seen),
+        "ladder_steps": ladder_steps(done[pred]["variant"], done[seen]["variant"]),
     }
+
+
+def ladder_steps(a: str, b: str) -> int:
+    """How many sizes of the variant table apart two variants are (sizes ordered by depth x width^2), so a
+    planned run that has not finished still counts as a step between its neighbours."""
+    order = sorted(vit.VARIANTS, key=lambda n: vit.VARIANTS[n][1] * vit.VARIANTS[n][0] ** 2)
+    return abs(order.index(vit.decode_variant(a).name) - order.index(vit.decode_variant(b).name))
 
 
 def loop_text(check: dict[str, Any], level: float) -> str:
