@@ -2,42 +2,20 @@
 the same runs, statuses and values. The group trains the three rates as one program; the one that diverges
 is recorded as diverged by its own run, as alone; each run's notebook finds its main run finished."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
+import searched
 from vitscale import metrics, runs
 
 pytestmark = pytest.mark.long
 
-SPEC = {
-    "name": "grouped",
-    "notebook": "pretrain",
-    "base": {
-        "dataset": "fashion_mnist",
-        "variant": "Atto/7",
-        "train_examples": 256,
-        "val_examples": 256,
-        "test_split": "test[:256]",
-        "eval_batch_size": 256,
-        "batch_size": 32,
-        "total_steps": 6,
-        "warmup_steps": 2,
-        "eval_every": 3,
-        "log_every": 3,
-        "grad_clip_norm": None,
-    },
-    "search": {"lr": [0.0005, 0.001, 1.0e30]},  # 1e30: the first update overflows float32
-    "group": True,  # on a CPU too (unset, only accelerators group)
-}
+# group: on a CPU too (unset, only accelerators group)
+SPEC = searched.spec("grouped", total_steps=6, eval_every=3, group=True)
 
 
-def vitscale(*args: str) -> subprocess.CompletedProcess:
-    exe = str(Path(sys.executable).parent / "vitscale")
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=1500)
+def vitscale(*args: str):
+    return searched.vitscale(*args, timeout=1500)
 
 
 def test_a_grouped_sweep_gives_the_runs_of_one_without_groups(tmp_path):

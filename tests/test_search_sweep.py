@@ -3,41 +3,20 @@ diverges is recorded as such and never chosen nor retried, the analysis keeps th
 validation split, a rerun finds nothing to do, and `--extend-search` adds the next value beyond an edge."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+import searched
 from vitscale import runs, sweep
 
 pytestmark = pytest.mark.long
 
-SPEC = {
-    "name": "searched",
-    "notebook": "pretrain",
-    "base": {
-        "dataset": "fashion_mnist",
-        "variant": "Atto/7",
-        "train_examples": 256,
-        "val_examples": 256,
-        "test_split": "test[:256]",
-        "eval_batch_size": 256,
-        "batch_size": 32,
-        "total_steps": 12,
-        "warmup_steps": 2,
-        "eval_every": 6,
-        "log_every": 3,
-        "grad_clip_norm": None,
-    },
-    "search": {"lr": [0.0005, 0.001, 1.0e30]},  # 1e30: the first update overflows float32
-}
+SPEC = searched.spec("searched", total_steps=12, eval_every=6)
 
 
-def vitscale(*args: str) -> subprocess.CompletedProcess:
-    exe = str(Path(sys.executable).parent / "vitscale")
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=900)
+def vitscale(*args: str):
+    return searched.vitscale(*args, timeout=900)
 
 
 def test_a_searched_sweep_runs_chooses_on_validation_and_extends(tmp_path):
