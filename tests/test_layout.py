@@ -18,7 +18,7 @@ PROGRAMS = {"train", "transfer", "analysis", "export", "plan"}
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "environ", "logs", "metrics", "progress", "formats", "report", "report.page", "fewshot"}
+    {"allocator", "environ", "files", "logs", "metrics", "progress", "formats", "report", "report.page", "fewshot"}
     | {"models.variants"}
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
