@@ -30,10 +30,10 @@ PROGRAMS: dict[str, ModuleType] = {"pretrain": train, "transfer": transfer_progr
 
 
 def check(kind: str, params: dict[str, Any], source: str | Path | None = None, checked: bool = False) -> Any:
-    """The validated config of `params` for notebook `kind`, after the program's own checks, marked
-    checked (config.mark_checked) so that the program's run does not check again. Once per process
-    boundary: `checked` (a batch kernel whose parent, the CLI or the local sweep, has just checked the
-    same values) validates the schema only."""
+    """The validated config of `params` for notebook `kind`, after the program's own checks: the one
+    way to check once. `checked` says the checks ran already (a batch kernel whose parent, the CLI or
+    the local sweep, checked the same values: `execute(checked=True)`), so only the schema is
+    validated; the notebook then runs the program with `run(cfg, out_dir, checked=True)`."""
     if kind not in PROGRAMS:
         raise config.ConfigError([config.Problem("notebook", f"{kind!r} is not one of {sorted(PROGRAMS)}")], source)
     try:
@@ -42,7 +42,7 @@ def check(kind: str, params: dict[str, Any], source: str | Path | None = None, c
             PROGRAMS[kind].check(cfg)
     except config.ConfigError as e:
         raise e.with_source(source) if source else e from None
-    return config.mark_checked(cfg)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- the kernel

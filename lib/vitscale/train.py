@@ -181,20 +181,21 @@ def check(cfg: config.PretrainConfig) -> None:
     checks.raise_problems(problems)
 
 
-def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
+def run(cfg: config.PretrainConfig, out_dir: str | Path, *, checked: bool = False) -> dict[str, Any]:
     """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
-    under its lock); the other processes of a multi-host run write under process 0's."""
+    under its lock); the other processes of a multi-host run write under process 0's. `checked`: the
+    caller has run `check(cfg)` on these values (notebooks.check), so it is not run again."""
     sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     if jax.process_index():
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, checked)
     with runs.writer(out_dir):
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, checked)
 
 
-def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
+def _run(cfg: config.PretrainConfig, out_dir: str | Path, checked: bool) -> dict[str, Any]:
     """Pretrain as `cfg` says into `out_dir`, resuming from its checkpoints; returns the summary."""
     out = Path(out_dir)  # (run joined the multi-host job, before anything touched a backend)
-    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+    if not checked:
         check(cfg)
     runs.claim(out, cfg)
     t0 = time.time()
