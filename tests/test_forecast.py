@@ -26,12 +26,14 @@ def datablations():
 def test_the_published_data_constrained_fit_reaches_its_published_objective(datablations):
     """Muennighoff et al.'s objective at their R_D*, R_N* (base constants fixed as they did): 0.0158259."""
     p = repetition.PUBLISHED
-    f = repetition.objective(repetition.Base.published(), *datablations, p["rd_star"], p["rn_star"])
+    f = repetition.objective(
+        repetition.Base.published(), repetition.Observed(*datablations), p["rd_star"], p["rn_star"]
+    )
     assert f == pytest.approx(0.0158259, abs=1e-7)
 
 
 def test_fitting_r_stars_reaches_no_higher_objective_and_r_d_profile_contains_15_4(datablations):
-    fit = repetition.fit_stars(repetition.Base.published(), *datablations)
+    fit = repetition.fit_stars(repetition.Base.published(), repetition.Observed(*datablations))
     assert fit.objective <= 0.0158259
     lo, hi = fit.interval
     assert lo <= 15.4 <= hi

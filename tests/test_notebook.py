@@ -67,7 +67,7 @@ def test_pretrain_notebook_through_papermill(tiny_run):
     html = (out / "run.html").read_text()
     assert len(re.findall(r'class="plotly-graph-div"', html)) >= 2  # the curves (the summary is a table)
     assert "tiny step 6/6" in html  # a line per evaluation instead of a progress bar
-    assert "train.run(cfg, out_dir)" not in html  # code cells are hidden in the report
+    assert "train.run(cfg, out_dir, checked=True)" not in html  # code cells are hidden in the report
     # Parameters first, no library chatter (it is in log.txt), a sentence instead of an empty figure.
     text = re.sub(r"<script.*?</script>", "", html, flags=re.S)  # the report's text, not plotly.js
     for chatter in ("W0000", "absl", "IProgress", "ipywidgets", "oneDNN", "Generating splits", "Warning", "it/s]"):

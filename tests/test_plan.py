@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from vitscale import cli, config, flops, plan, runs, sweep
+from vitscale import cli, config, files, flops, plan, runs, sweep
 from vitscale.models import vit
 
 DATA = Path(__file__).parent / "data"
@@ -45,7 +45,7 @@ def fake_study(root: Path, variants=("Atto/7", "Femto/7", "Pico/7"), seed=0) -> 
             b, m = point(steps)
             branches.append({"name": f"cooldown_{steps}", "metrics": m, **b})
         run = root / variant.replace("/", "-")
-        runs.atomic_write_text(run / "params.yaml", yaml.safe_dump({**params, "name": run.name}))
+        files.atomic_write_text(run / "params.yaml", yaml.safe_dump({**params, "name": run.name}))
         summary = {"kind": "pretrain", "variant": variant, "num_classes": 10, "num_params": n,
                    "forward_flops_per_image": fwd, "batch_size": cfg.batch_size, "train_examples": 1_000_000,
                    "final": final, "branches": branches, **main}  # fmt: skip

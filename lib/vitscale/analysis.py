@@ -583,11 +583,12 @@ def check(cfg: config.ScalingConfig) -> None:
     checks.raise_problems(problems)
 
 
-def run(cfg: config.ScalingConfig, out_dir: str | Path) -> dict[str, Any]:
+def run(cfg: config.ScalingConfig, out_dir: str | Path, *, checked: bool = False) -> dict[str, Any]:
     """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
     under its lock). A parameter the sweep cannot serve (a backtest cut that leaves a law too few runs)
-    is a ConfigError naming it, raised before anything is written."""
-    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+    is a ConfigError naming it, raised before anything is written. `checked`: the caller has run
+    `check(cfg)` on these values (notebooks.check), so it is not run again."""
+    if not checked:
         check(cfg)
     rows, searched = runs.collect_searched(cfg.sweep_dir)
     try:

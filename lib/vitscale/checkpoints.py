@@ -13,7 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from vitscale import runs
+from vitscale import files
 
 
 def manager(
@@ -37,7 +37,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
     if step in mngr.all_steps():
         return
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    with runs.writing(Path(mngr.directory) / str(step), f"the checkpoint at step {step}"):
+    with files.writing(Path(mngr.directory) / str(step), f"the checkpoint at step {step}"):
         try:
             mngr.save(step, args=args, force=True)
             mngr.wait_until_finished()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from papermill.exceptions import PapermillExecutionError
 
-from vitscale import cluster, config, export, logs, loop, notebooks, plan, runs, study, sweep
+from vitscale import cluster, config, export, files, logs, loop, notebooks, plan, runs, study, sweep
 from vitscale.report import allocation as allocation_report
 
 
@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.keep(out / logs.LOG_NAME)
     try:
         notebooks.execute(kind, cfg.model_dump(mode="json"), out, checked=True)  # prepare_run checked
-    except (PapermillExecutionError, runs.RunError, loop.Preempted) as e:
+    except (PapermillExecutionError, runs.RunError, files.WriteError, loop.Preempted) as e:
         if (code := _run_failed(e)) is not None:
             return code
         if not isinstance(e, PapermillExecutionError):
@@ -114,7 +114,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             index = sweep.execute(
                 spec, out, workers=args.workers, shard=shard, retry_failed=not args.no_retry, grouped=not args.no_group
             )
-        except runs.RunError as e:
+        except (runs.RunError, files.WriteError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         if notebooks.STOP.is_set():
@@ -122,9 +122,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return PREEMPTED
     else:
         wait = args.wait or args.launcher == "submitit-local"
-        index = cluster.submit(
-            spec, out, launcher=args.launcher, shard=shard, retry_failed=not args.no_retry, wait=wait
-        )
+        index = sweep.submit(spec, out, launcher=args.launcher, shard=shard, retry_failed=not args.no_retry, wait=wait)
         if not wait:
             print(f"submitted; `vitscale status {out}` shows the runs, `vitscale analyze {out}` the report when done")
             return 0
@@ -145,7 +143,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         sweep_dir = config.expect_path(args.sweep_dir, "a sweep folder (outputs/<sweep>)", folder=True).resolve()
     except config.ConfigError as e:
         return _bad_input(e)
-    rows = cluster.statuses(sweep_dir)
+    rows = sweep.statuses(sweep_dir)
     width = max((len(r["run"]) for r in rows), default=3)
     for r in rows:
         job = f"job {r['job']} ({r['scheduler']})" if r.get("job") else ""
@@ -176,7 +174,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     logs.keep(sweep_dir / "scaling" / logs.LOG_NAME)
     try:
         print(f"scaling report: {notebooks.analyze(sweep_dir)}")
-    except runs.RunError as e:
+    except (runs.RunError, files.WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except PapermillExecutionError as e:

@@ -19,7 +19,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveFloat,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -84,20 +83,6 @@ def _problems_text(problems: list[Problem]) -> str:
 class _Schema(BaseModel):
     # Frozen values; unknown names refused; NaN and infinity refused for every float field.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
-    # The values a program's check(cfg) passed with (`mark_checked`); not a parameter, not dumped.
-    _checked: dict | None = PrivateAttr(default=None)
-
-
-def mark_checked(cfg: _Schema) -> _Schema:
-    """Record on `cfg` that its program's check(cfg) passed in this process (or in the process that
-    started this one, for a batch kernel): `run(cfg, out_dir)` then does not check again."""
-    cfg._checked = cfg.model_dump()
-    return cfg
-
-
-def is_checked(cfg: _Schema) -> bool:
-    """Whether `cfg`, with exactly these values (a `model_copy(update=...)` changes them), was checked."""
-    return cfg._checked is not None and cfg._checked == cfg.model_dump()
 
 
 def _positive_unique(values: list, what: str) -> list:

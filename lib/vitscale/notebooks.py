@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from vitscale import analysis, config, environ, logs, loop, runs, study, train
+from vitscale import analysis, config, environ, files, logs, loop, runs, study, train
 from vitscale.transfer import program as transfer_program
 
 KERNEL = "vitscale"
@@ -30,10 +30,10 @@ PROGRAMS: dict[str, ModuleType] = {"pretrain": train, "transfer": transfer_progr
 
 
 def check(kind: str, params: dict[str, Any], source: str | Path | None = None, checked: bool = False) -> Any:
-    """The validated config of `params` for notebook `kind`, after the program's own checks, marked
-    checked (config.mark_checked) so that the program's run does not check again. Once per process
-    boundary: `checked` (a batch kernel whose parent, the CLI or the local sweep, has just checked the
-    same values) validates the schema only."""
+    """The validated config of `params` for notebook `kind`, after the program's own checks: the one
+    way to check once. `checked` says the checks ran already (a batch kernel whose parent, the CLI or
+    the local sweep, checked the same values: `execute(checked=True)`), so only the schema is
+    validated; the notebook then runs the program with `run(cfg, out_dir, checked=True)`."""
     if kind not in PROGRAMS:
         raise config.ConfigError([config.Problem("notebook", f"{kind!r} is not one of {sorted(PROGRAMS)}")], source)
     try:
@@ -42,7 +42,7 @@ def check(kind: str, params: dict[str, Any], source: str | Path | None = None, c
             PROGRAMS[kind].check(cfg)
     except config.ConfigError as e:
         raise e.with_source(source) if source else e from None
-    return config.mark_checked(cfg)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -73,7 +73,7 @@ def ensure_kernel() -> None:
     path = Path(install(kernel_name=KERNEL, display_name="vitscale (Python 3.11)", prefix=sys.prefix))
     spec_json = json.loads((path / "kernel.json").read_text())
     spec_json["argv"] = kernel_argv()
-    runs.atomic_write_text(path / "kernel.json", json.dumps(spec_json, indent=1))
+    files.atomic_write_text(path / "kernel.json", json.dumps(spec_json, indent=1))
 
 
 def lab_argv(
@@ -134,7 +134,7 @@ def export_html(notebook: Path, html: Path | None = None) -> Path:
         exclude_output_prompt=True,
     )
     body, _ = exporter.from_notebook_node(nb)
-    runs.atomic_write_text(html, body, "the report")
+    files.atomic_write_text(html, body, "the report")
     return html
 
 
@@ -188,10 +188,10 @@ def diverged_reason(e: BaseException) -> str | None:
 
 
 def write_failure(e: BaseException) -> str | None:
-    """The one line of a kernel's failed write (runs.WriteError), else None."""
+    """The one line of a kernel's failed write (files.WriteError), else None."""
     if getattr(e, "ename", None) == "WriteError":
         return str(e.evalue)
-    return str(e) if isinstance(e, runs.WriteError) else None
+    return str(e) if isinstance(e, files.WriteError) else None
 
 
 def execute(
@@ -214,7 +214,7 @@ def execute(
     streams = {} if quiet else {"stdout_file": sys.stdout, "stderr_file": logs.stream() or sys.stderr}
     failure = None
     try:
-        with forwarding_signals(), environ.scoped(kernel_env), runs.writing(run_nb, "the executed notebook"):
+        with forwarding_signals(), environ.scoped(kernel_env), files.writing(run_nb, "the executed notebook"):
             pm.execute_notebook(
                 study.notebook(kind),
                 run_nb,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitscale import flops, runs
+from vitscale import files, flops
 
 
 def _gpu(bf16: float, tf32: float, datasheet: str) -> dict[str, tuple[float, str]]:
@@ -148,7 +148,7 @@ def cpu_matmul_peak() -> tuple[float, str]:
         else:
             entry = {**entry, "load_per_core": min(load, entry.get("load_per_core", load))}
         cached[key] = entry
-        runs.atomic_write_text(path, json.dumps(cached, indent=1))
+        files.atomic_write_text(path, json.dumps(cached, indent=1))
     busy = f", load {entry['load_per_core']:.1f}/core" if entry.get("load_per_core", 0.0) > BUSY else ""
     return float(entry["flops_per_s"]), f"measured f32 {MATMUL_N}^3 matmul, {entry['measured_at']}{busy} ({path})"
 

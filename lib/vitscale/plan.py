@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from vitscale import config, flops, metrics, runs, search
+from vitscale import config, files, flops, metrics, runs, search
 from vitscale.models import vit
 from vitscale.scaling import allocation, backtest, repetition, table
 
@@ -357,7 +357,7 @@ def _write_sweep(source: Path, budget: float, out, p: dict[str, Any], max_epochs
         notes.append(f"D* is {p['D'] / ex:.3g} epochs of the recipe's {ex:,} images: data-constrained")
     sweep_file = Path(out) if out else source / f"plan_{budget:.3g}.yaml".replace("+", "")
     name = sweep_file.stem.replace(".", "-")
-    runs.atomic_write_text(sweep_file, sweep_text(name, recipe, planned, p, str(source), rate))
+    files.atomic_write_text(sweep_file, sweep_text(name, recipe, planned, p, str(source), rate))
     lines.append(
         f"IsoFLOP sweep ({len(planned)} sizes: "
         + ", ".join(f"{r['variant']} x {r['total_steps']} steps" for r in planned)
@@ -484,7 +484,7 @@ def predict(source: str | Path, planned_csv: str | Path, *, out: str | Path | No
         check = loop_check(rows, done)
     text = _csv_text(rows)
     if out is not None:
-        runs.atomic_write_text(Path(out), text)
+        files.atomic_write_text(Path(out), text)
     return {"rows": rows, "csv": text, "backtest": bt.as_dict(), "fit": fit, "check": check}
 
 

@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import dataclasses
 import datetime
-import errno
 import fcntl
 import hashlib
 import json
@@ -30,7 +29,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Iterator
@@ -41,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from vitscale import allocator, config, metrics, search, study
+from vitscale import allocator, config, files, metrics, search, study
 
 PACKAGES = (
     "vitscale",
@@ -124,32 +122,7 @@ def claim(out: Path, cfg: BaseModel, *, replace: bool = False) -> None:
         raise config.ConfigError(
             [config.Problem("out", f"{out} exists and is not a run folder; choose another folder")]
         )
-    atomic_write_text(params, config.dump(cfg))
-
-
-def atomic_write_text(path: str | Path, text: str, what: str | None = None) -> None:
-    """Write a file so that readers see the old or the new content, never a torn one; a full disk is
-    a WriteError naming the file and `what` it holds."""
-    path = Path(path)
-    with writing(path, what or path.name):
-        _atomic_write(path, text)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.atomic_write_text(params, config.dump(cfg))
 
 
 def to_jsonable(x: Any) -> Any:
@@ -168,7 +141,7 @@ def to_jsonable(x: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """The one JSON writer of run folders: atomic, through to_jsonable."""
-    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    files.atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -203,19 +176,19 @@ class MetricsLog:
         if self._events is not None:
             from tensorboard.plugins.text import summary_v2 as text_summary
 
-            with writing(self.path.parent / "events.out.tfevents.*", "TensorBoard events"):
+            with files.writing(self.path.parent / "events.out.tfevents.*", "TensorBoard events"):
                 self._event(step, text_summary.text_pb(tag, text))
                 self._events.flush()
 
     def append(self, record: dict[str, Any]) -> None:
-        with writing(self.path, "the metrics"):
+        with files.writing(self.path, "the metrics"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(json.dumps(to_jsonable(record)) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
         if self._events is not None:
-            with writing(self.path.parent / "events.out.tfevents.*", "TensorBoard events"):
+            with files.writing(self.path.parent / "events.out.tfevents.*", "TensorBoard events"):
                 self._append_events(record)
 
     def _append_events(self, record: dict[str, Any]) -> None:
@@ -235,7 +208,7 @@ class MetricsLog:
         if not self.path.exists():
             return
         kept = [r for r in self.read() if r.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        files.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -401,15 +374,11 @@ _HELD: dict[Path, tuple[Any, int]] = {}  # folder -> (open lock file, how many t
 
 
 class RunError(Exception):
-    """A run folder that cannot be written (busy, disk full): told in one line, never a traceback."""
+    """A run folder that cannot be written (busy; a full disk is files.WriteError): one line, no traceback."""
 
 
 class RunBusy(RunError):
     """Another process writes this run folder."""
-
-
-class WriteError(RunError):
-    """Writing a file of the run failed (no space, I/O error); the message names the file and what."""
 
 
 def _proc_start(pid: int) -> str:
@@ -553,44 +522,6 @@ def writer(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         unlock(folder)
-
-
-# ----------------------------------------------------------------------------- write failures
-DISK_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS, errno.EFBIG}
-
-
-def disk_error(e: BaseException) -> OSError | None:
-    """The OSError of a full or failing disk in `e` or its causes (libraries wrap them), or None."""
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
-            return e
-        text = str(e)
-        for code in DISK_ERRORS:
-            if os.strerror(code) in text:
-                return OSError(code, os.strerror(code))
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return None
-
-
-@contextlib.contextmanager
-def writing(path: str | Path, what: str) -> Iterator[None]:
-    """Turn a full or failing disk while writing `what` to `path` into one WriteError line."""
-    try:
-        yield
-    except WriteError:
-        raise
-    except Exception as e:
-        if (err := disk_error(e)) is None:
-            raise
-        try:
-            free = f", {shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free there"
-        except OSError:
-            free = ""
-        raise WriteError(
-            f"{path}: writing {what} failed: {err.strerror}{free}; the newest complete checkpoint is kept: free "
-            "space (or fix the disk) and run the same command again to resume"
-        ) from None
 
 
 # ----------------------------------------------------------------------------- status records

@@ -37,7 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitscale import config, environ, group, loop, notebooks, progress, runs, search, study
+import submitit
+
+from vitscale import cluster, config, environ, files, group, loop, notebooks, progress, runs, search, study
 from vitscale.report import sweep_index
 
 
@@ -276,13 +278,18 @@ def shard_of(sweep: Sweep, shard: tuple[int, int]) -> list[Run]:
 
 
 def statuses(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every run folder of a sweep folder: its status and, for a scheduled run, the job that ran it."""
+    """Every run folder of a sweep folder: its status and, for a scheduled run, the job that ran it
+    and the scheduler's state of that job."""
     out = []
     for folder in sorted(p.parent for p in sweep_dir.glob("*/params.yaml")):
         record = runs.Status.read(folder)
         state = runs.status_of(folder)
         reason = record.reason if record and state in ("interrupted", "diverged") else None  # "preempted at step N"
-        out.append({"run": folder.name, "status": state, "job": record and record.job, "reason": reason})
+        row = {"run": folder.name, "status": state, "job": record and record.job, "reason": reason}
+        if row["job"]:
+            launcher = (record and record.launcher) or "local"
+            row["scheduler"] = cluster.job_state(sweep_dir / ".submitit", launcher, row["job"])
+        out.append(row)
     return out
 
 
@@ -300,7 +307,7 @@ def write_index(out: Path, sweep: Sweep) -> dict[str, str]:
         index = {r.run_id: runs.status_of(out / r.run_id) for r in sweep.runs}
         record = {"sweep": sweep.name, "notebook": sweep.notebook, "runs": index, "updated": time.time()}
         runs.write_json(out / "index.json", record)
-        runs.atomic_write_text(out / "index.html", sweep_index.index_html(out, sweep, index))
+        files.atomic_write_text(out / "index.html", sweep_index.index_html(out, sweep, index))
     return index
 
 
@@ -428,3 +435,82 @@ def execute(
             pbar.set_postfix(last=f"{r.run_id}:{results[r.run_id]}", refresh=False)
             pbar.update(1)
     return write_index(out, sweep)
+
+
+# ----------------------------------------------------------------------------- on a cluster
+def submit(
+    sweep: Sweep,
+    out: Path,
+    *,
+    launcher: str,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = True,
+    wait: bool = False,
+) -> dict[str, str]:
+    """Submit this shard's unfinished runs, one job each (`run_job`, through cluster.executor, with the
+    sweep file's `slurm:` resources); with `wait`, block until they end. Run ids, idempotence and the
+    index are the local runner's: a run that is done is never resubmitted; one whose job still lives
+    (pending or running) is left alone; one whose job is gone is resubmitted and resumes."""
+    out.mkdir(parents=True, exist_ok=True)
+    record_search(sweep, out)
+    jobs_dir = out / ".submitit"
+    ex = cluster.executor(jobs_dir, launcher, sweep.slurm)
+    jobs = []
+    for r in shard_of(sweep, shard):
+        folder = out / r.run_id
+        status = runs.status_of(folder)
+        if status in ("done", "running", "diverged") or (status == "failed" and not retry_failed):
+            continue
+        record = runs.Status.read(folder)
+        alive = cluster.job_state(jobs_dir, launcher, record and record.job) in cluster.ALIVE
+        if status in ("submitted", "interrupted") and alive:
+            continue
+        runs.claim(folder, config.validate(config.KINDS[sweep.notebook], r.params))
+        job = ex.submit(run_job, sweep.notebook, r.params, str(folder))
+        runs.Status.submitted_as(job.job_id, launcher).write(folder)
+        jobs.append(job)
+        print(f"{r.run_id}: submitted job {job.job_id} ({launcher})")
+    write_index(out, sweep)
+    if wait:
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as e:  # noqa: BLE001 - the job died (killed, out of time): its run resumes on rerun
+                print(f"job {job.job_id} ended without a result: {type(e).__name__}: {str(e)[:300]}")
+            write_index(out, sweep)
+    return write_index(out, sweep)
+
+
+def run_job(kind: str, params: dict[str, Any], folder: str) -> str:
+    """What one submitted job runs. Process 0 executes the notebook into the run folder (the report);
+    the other processes of a multi-node run call the program directly and join the same JAX job."""
+    folder_path = Path(folder)
+    env = submitit.JobEnvironment()
+    if env.global_rank != 0:
+        notebooks.PROGRAMS[kind].run(config.validate(config.KINDS[kind], params), folder_path)
+        return "done"
+    try:
+        with runs.writer(folder_path), notebooks.forwarding_signals():
+            return _run_job_locked(kind, params, folder_path, env)
+    except runs.RunBusy as e:
+        print(f"error: {e}")
+        return "failed"
+
+
+def _run_job_locked(kind: str, params: dict[str, Any], folder_path: Path, env: submitit.JobEnvironment) -> str:
+    runs.Status.running(job=env.job_id, host=env.hostname).write(folder_path)
+    try:
+        notebooks.execute(kind, params, folder_path, quiet=True)
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded, as by the local runner
+        if reason := notebooks.preempted_step(e):
+            runs.Status.interrupted(reason, job=env.job_id).write(folder_path)
+            if os.environ.get("SLURM_JOB_ID"):
+                cluster.requeue(os.environ["SLURM_JOB_ID"])
+            return "interrupted"
+        if reason := notebooks.diverged_reason(e):
+            runs.Status.diverged(reason, job=env.job_id).write(folder_path)
+            return "diverged"
+        runs.Status.failed(e, job=env.job_id).write(folder_path)
+        return "failed"
+    runs.Status.done(job=env.job_id).write(folder_path)
+    return "done"

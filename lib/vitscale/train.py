@@ -8,8 +8,10 @@ pure function of (seed, step), so a resumed run sees exactly the batches it woul
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +41,21 @@ def branch_name(branch: config.CooldownBranch) -> str:
     return f"cooldown_{branch.start}+{branch.steps}"
 
 
-def run_branch(
-    cfg: config.PretrainConfig,
-    branch: config.CooldownBranch,
-    out: Path,
-    mesh,
-    num_classes: int,
-    batches,
-    make_evals,
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class MainRun:
+    """What a cooldown branch takes from the main run: its folder (the checkpoint at the branch's
+    start), its mesh and head size, its batches and the evaluators of a trainer."""
+
+    out: Path
+    mesh: Any
+    num_classes: int
+    batches: Callable[[int], Iterator[dict]]
+    make_evals: Callable[[loop.Trainer], loop.Evaluators]
+
+
+def run_branch(cfg: config.PretrainConfig, branch: config.CooldownBranch, main: MainRun) -> dict[str, Any]:
     """A cooldown branch: from the main run's checkpoint at `start`, cool down linearly over `steps`."""
+    out, batches = main.out, main.batches
     name = branch_name(branch)
     schedule = optim.cooldown_branch_schedule(
         cfg.lr,
@@ -57,14 +64,14 @@ def run_branch(
         warmup_steps=cfg.warmup_steps,
         timescale=cfg.timescale,
     )
-    trainer = build.trainer(cfg, mesh, num_classes, schedule)
+    trainer = build.trainer(cfg, main.mesh, main.num_classes, schedule)
 
     def from_main_run():
-        main = checkpoints.manager(out / "ckpt", protect={branch.start})
+        mngr = checkpoints.manager(out / "ckpt", protect={branch.start})
         try:
-            state, meta = checkpoints.restore_latest(main, trainer.abstract_state(), max_step=branch.start)
+            state, meta = checkpoints.restore_latest(mngr, trainer.abstract_state(), max_step=branch.start)
         finally:
-            main.close()
+            mngr.close()
         if state is None or int(state.step) != branch.start:
             raise RuntimeError(f"cooldown branch {name}: the main run has no checkpoint at step {branch.start}")
         return state, meta
@@ -76,7 +83,7 @@ def run_branch(
         out / "branches" / name,
         schedule=schedule,
         batches=batches,
-        evaluators=make_evals(trainer),
+        evaluators=main.make_evals(trainer),
         desc=name,
         start=from_main_run,
         end_step=end,
@@ -181,20 +188,21 @@ def check(cfg: config.PretrainConfig) -> None:
     checks.raise_problems(problems)
 
 
-def run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
+def run(cfg: config.PretrainConfig, out_dir: str | Path, *, checked: bool = False) -> dict[str, Any]:
     """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
-    under its lock); the other processes of a multi-host run write under process 0's."""
+    under its lock); the other processes of a multi-host run write under process 0's. `checked`: the
+    caller has run `check(cfg)` on these values (notebooks.check), so it is not run again."""
     sharding.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     if jax.process_index():
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, checked)
     with runs.writer(out_dir):
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, checked)
 
 
-def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
+def _run(cfg: config.PretrainConfig, out_dir: str | Path, checked: bool) -> dict[str, Any]:
     """Pretrain as `cfg` says into `out_dir`, resuming from its checkpoints; returns the summary."""
     out = Path(out_dir)  # (run joined the multi-host job, before anything touched a backend)
-    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+    if not checked:
         check(cfg)
     runs.claim(out, cfg)
     t0 = time.time()
@@ -227,7 +235,8 @@ def _run(cfg: config.PretrainConfig, out_dir: str | Path) -> dict[str, Any]:
     )
 
     # 4. Cooldown branches, each from its start checkpoint.
-    branches = [run_branch(cfg, b, out, mesh, train.num_classes, batches, make_evals) for b in cfg.cooldown_branches]
+    main = MainRun(out, mesh, train.num_classes, batches, make_evals)
+    branches = [run_branch(cfg, b, main) for b in cfg.cooldown_branches]
 
     # 5. The summary.
     records = runs.read_metrics(out / "metrics.jsonl")

@@ -15,7 +15,7 @@ import numpy as np
 import plotly
 import plotly.graph_objects as go
 
-from vitscale import runs
+from vitscale import files, runs
 from vitscale.report import page as report  # (the HTML helpers; named as before the move, for merges)
 from vitscale.scaling import allocation, table
 
@@ -165,5 +165,5 @@ def write(points: table.Points, out_dir: str | Path, *, source: str = "", budget
         "approaches; the joint law fitted as Besiroglu et al. 2024 do).</p>"
         f"{section(res)._repr_html_()}</body></html>"
     )
-    runs.atomic_write_text(out_dir / "report.html", page)
+    files.atomic_write_text(out_dir / "report.html", page)
     return out_dir / "report.html"

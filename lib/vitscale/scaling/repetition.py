@@ -20,7 +20,7 @@ and objective f, the scale is f / (delta n), and 2 n (f - f_min) / f_min is chi-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import optimize, stats
@@ -106,10 +106,20 @@ def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
-def objective(base: Base, N, D, U, loss, rd_star: float, rn_star: float | None = None) -> float:
+class Observed(NamedTuple):
+    """Runs as the data-constrained law sees them: N parameters, D items seen out of U unique, and
+    the loss (error) each reached; the fits' one argument for the data."""
+
+    N: Any
+    D: Any
+    U: Any
+    loss: Any
+
+
+def objective(base: Base, runs: Observed, rd_star: float, rn_star: float | None = None) -> float:
     """The authors' objective: sum of Huber(1e-3) of log predicted minus log observed loss."""
-    pred = predict(base, N, D, U, rd_star, rn_star)
-    return float(huber(np.log(pred) - np.log(np.asarray(loss, dtype=float))).sum())
+    pred = predict(base, runs.N, runs.D, runs.U, rd_star, rn_star)
+    return float(huber(np.log(pred) - np.log(np.asarray(runs.loss, dtype=float))).sum())
 
 
 @dataclass
@@ -147,14 +157,14 @@ def _minimise(fun, starts: list[np.ndarray]) -> tuple[np.ndarray, float]:
     return best
 
 
-def fit_stars(base: Base, N, D, U, loss, *, fit_rn: bool = True, level: float = 0.9) -> StarFit:
+def fit_stars(base: Base, runs: Observed, *, fit_rn: bool = True, level: float = 0.9) -> StarFit:
     """Fit R_D* (and R_N* when `fit_rn`) with the base law held fixed, from a grid of starts; then
     R_D*'s profile interval at `level` (see the module docstring)."""
-    data = tuple(np.asarray(v, dtype=float) for v in (N, D, U, loss))
+    data = Observed(*(np.asarray(v, dtype=float) for v in runs))
     grid = np.log([1.0, 15.0, 300.0])
 
     def fun(t):
-        return objective(base, *data, float(np.exp(t[0])), float(np.exp(t[1])) if fit_rn else None)
+        return objective(base, data, float(np.exp(t[0])), float(np.exp(t[1])) if fit_rn else None)
 
     starts = [np.array([g, h]) for g in grid for h in grid] if fit_rn else [np.array([g, 0.0]) for g in grid]
     x, f = _minimise(fun, starts)
@@ -183,8 +193,8 @@ def profile_interval(base: Base, data, f_min: float, *, fit_rn: bool, level: flo
 
 def _profile_at(base: Base, data, rd: float, fit_rn: bool) -> float:
     if not fit_rn:
-        return objective(base, *data, rd, None)
+        return objective(base, data, rd, None)
     r = optimize.minimize_scalar(
-        lambda t: objective(base, *data, rd, float(np.exp(t))), bounds=tuple(np.log(STAR_RANGE)), method="bounded"
+        lambda t: objective(base, data, rd, float(np.exp(t))), bounds=tuple(np.log(STAR_RANGE)), method="bounded"
     )
     return float(r.fun)

@@ -224,19 +224,20 @@ def load_curves(out_dir: str | Path, names: list[str] | None = None) -> list[dic
     return curves
 
 
-def run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
+def run(cfg: config.TransferConfig, out_dir: str | Path, *, checked: bool = False) -> dict[str, Any]:
     """`_run` as the one writer of `out_dir` (runs.lock; a notebook started by `vitscale run` writes
-    under its lock); the other processes of a multi-host run write under process 0's."""
+    under its lock); the other processes of a multi-host run write under process 0's. `checked`: the
+    caller has run `check(cfg)` on these values (notebooks.check), so it is not run again."""
     if jax.process_index():
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, checked)
     with runs.writer(out_dir):
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, checked)
 
 
-def _run(cfg: config.TransferConfig, out_dir: str | Path) -> dict[str, Any]:
+def _run(cfg: config.TransferConfig, out_dir: str | Path, checked: bool) -> dict[str, Any]:
     """Models -> few-shot -> fine-tuning -> VTAB -> ImageNet evaluations -> summary, into `out_dir`."""
     out = Path(out_dir)
-    if not config.is_checked(cfg):  # the caller (CLI, sweep, notebook cell) checked it already
+    if not checked:
         check(cfg)
     runs.claim(out, cfg)
     t0 = time.time()
