@@ -5,8 +5,8 @@
 Each process sees its own CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=4), joins
 the job through `vitscale.sharding.initialize`, builds the same trainer on a mesh over all
 processes' devices, feeds its own slice of the global batch (`pipeline.train_batches(...,
-process_index, process_count)` + `sharding.put_batch`), runs `STEPS` train steps and writes the
-losses and the gathered parameters to OUT.npz. With STREAM (`DATASET@DATA_DIR`, a prepared folder
+host=pipeline.Host(process_index, process_count))` + `sharding.put_batch`), runs `STEPS` train steps
+and writes the losses and the gathered parameters to OUT.npz. With STREAM (`DATASET@DATA_DIR`, a prepared folder
 dataset) it also writes this process's slices of the first streamed batches (`stream_batches`).
 The tests import `run`, `batches`, `stream_batches` and
 `assert_params_match` from here, so that the one-process reference runs the very same code.
@@ -51,8 +51,7 @@ def batches(process_index: int, process_count: int):
         pipe,
         global_batch=GLOBAL_BATCH,
         seed=0,
-        process_index=process_index,
-        process_count=process_count,
+        host=pipeline.Host(process_index, process_count),
     )
 
 
@@ -68,8 +67,7 @@ def stream_batches(spec: str, process_index: int, process_count: int, steps: int
         pipeline.Pipeline(16, 3, train_ops=STREAM_OPS),
         global_batch=GLOBAL_BATCH,
         seed=1,
-        process_index=process_index,
-        process_count=process_count,
+        host=pipeline.Host(process_index, process_count),
     )
     return [next(it) for _ in range(steps)]
 

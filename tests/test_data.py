@@ -117,7 +117,7 @@ def test_hosts_take_their_slice_of_the_same_global_batch():
     pipe = pipeline.Pipeline(28, 1, crop_padding=2, flip=True)
     full = _take(pipeline.train_batches(split, pipe, global_batch=64, seed=1), 3)
     parts = [
-        _take(pipeline.train_batches(split, pipe, global_batch=64, seed=1, process_index=p, process_count=4), 3)
+        _take(pipeline.train_batches(split, pipe, global_batch=64, seed=1, host=pipeline.Host(p, 4)), 3)
         for p in range(4)
     ]
     for s in range(3):
@@ -215,8 +215,7 @@ def test_streamed_batches_are_a_function_of_seed_and_step_and_hosts_take_slices(
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
     parts = [
-        _take(pipeline.train_batches(src, pipe, global_batch=24, seed=3, process_index=p, process_count=2), 3)
-        for p in range(2)
+        _take(pipeline.train_batches(src, pipe, global_batch=24, seed=3, host=pipeline.Host(p, 2)), 3) for p in range(2)
     ]
     for s in range(3):  # two hosts read disjoint halves whose union is the one-host global batch
         for k in ("image", "label"):

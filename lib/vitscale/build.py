@@ -159,6 +159,5 @@ def batches(cfg: config.PretrainConfig, train: sources.Split | sources.Source, p
         global_batch=cfg.batch_size,
         seed=cfg.seed,
         start_step=step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        host=data_pipeline.Host(jax.process_index(), jax.process_count()),
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,6 +88,17 @@ def _step_indices(step, seed: int, n: int, global_batch: int) -> tf.Tensor:
     )
 
 
+class Host(NamedTuple):
+    """This process's place in a multi-host job (jax.process_index(), jax.process_count()): which
+    slice of each global batch it reads. One process: Host(0, 1)."""
+
+    index: int = 0
+    count: int = 1
+
+
+ONE_PROCESS = Host(0, 1)
+
+
 def train_batches(
     split: sources.Split | sources.Source,
     pipe: Pipeline,
@@ -94,15 +106,14 @@ def train_batches(
     global_batch: int,
     seed: int,
     start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
+    host: Host = ONE_PROCESS,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless training batches for steps start_step, start_step+1, ... (this host's slice), from a
+    """Endless training batches for steps start_step, start_step+1, ... (`host`'s slice), from a
     split in memory or streamed from its files (a `sources.Source`): the same function of (seed, step)."""
-    if global_batch % process_count:
-        raise ValueError(f"batch_size {global_batch} is not divisible by the process count {process_count}")
-    n, local = len(split), global_batch // process_count
-    sl = slice(process_index * local, (process_index + 1) * local)
+    if global_batch % host.count:
+        raise ValueError(f"batch_size {global_batch} is not divisible by the process count {host.count}")
+    n, local = len(split), global_batch // host.count
+    sl = slice(host.index * local, (host.index + 1) * local)
     chain, shape = pipe.ops(train=True), pipe.output_shape()
 
     def indices_and_draws(step):

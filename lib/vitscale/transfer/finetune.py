@@ -123,8 +123,7 @@ def train_one(
         global_batch=c.spec.batch_size,
         seed=cfg.seed,
         start_step=step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        host=pipeline.Host(jax.process_index(), jax.process_count()),
     )
     state, meta = loop.fit(
         c.trainer,
