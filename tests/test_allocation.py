@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from vitscale.scaling import allocation, isoflop
+from vitscale.scaling.bootstrap import Bootstrap
 from vitscale.scaling.table import Points
 
 DATA = Path(__file__).parent / "data"
@@ -95,7 +96,7 @@ def test_isoflop_profile_with_its_minimum_at_the_edge_is_not_an_optimum():
     assert not q["edge"] and q["N_opt"] == pytest.approx(1e7, rel=1e-6)
     # inside the study: a budget whose profile is all edge is listed among the edges, not fitted
     c = np.repeat(1e18, 6)
-    r = isoflop.isoflop(np.r_[n, n], np.r_[c, 2 * c], np.r_[falling, falling * 0.9], budgets=[1e18], n_bootstrap=0)
+    r = isoflop.isoflop(np.r_[n, n], np.r_[c, 2 * c], np.r_[falling, falling * 0.9], budgets=[1e18], boot=Bootstrap(0))
     assert r["profiles"][0]["edge"] and r["edges"] == [1e18] and r["a"] is None
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from vitscale import analysis, cli, config, plan
 from vitscale.scaling import allocation, backtest, repetition, table
+from vitscale.scaling.bootstrap import Bootstrap
 from vitscale.scaling.table import Points
 
 DATA = Path(__file__).parent / "data"
@@ -76,7 +77,7 @@ def test_joint_law_prediction_intervals_cover_chinchillas_top_compute_fifth(chin
     parameter intervals alone: 12.5%), mean relative width 2.78%."""
     p = chinchilla_points
     cut = _top_fifth_cut(p.C)
-    law = allocation.joint_law(p, n_bootstrap=10, n_starts=16)
+    law = allocation.joint_law(p, boot=Bootstrap(10), n_starts=16)
     bt = backtest.backtest(p.C, p.error, law, [cut], level=0.9)
     (res,) = bt.cuts
     held = p.error[p.C >= cut]
@@ -115,7 +116,7 @@ def test_synthetic_coverage_of_the_top_fifth(extra):
     covered, total = 0.0, 0
     for seed in range(4):
         p = synthetic_study(extra, seed)
-        law = allocation.joint_law(p, n_bootstrap=10, n_starts=16)
+        law = allocation.joint_law(p, boot=Bootstrap(10), n_starts=16)
         (res,) = backtest.backtest(p.C, p.error, law, [_top_fifth_cut(p.C)]).cuts
         covered, total = covered + res["coverage"] * res["n_test"], total + res["n_test"]
     rate = covered / total

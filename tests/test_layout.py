@@ -21,7 +21,7 @@ LAYERS = [
     {"allocator", "environ", "files", "logs", "metrics", "progress", "formats", "report", "report.page", "fewshot"}
     | {"models.variants"}
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
-    | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
+    | {"scaling", "scaling.bootstrap", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
     | {"scaling.table", "scaling.isoflop", "scaling.allocation", "scaling.repetition", "scaling.backtest", "search"},
     {"config"},  # pure schemas
     {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder
@@ -324,7 +324,7 @@ def many_parameters(path: Path, least: int = 7) -> list[str]:
 
 # Public functions with 7 or more parameters: a long signature asks for a small record (as loop.LoopSpec,
 # transfer.finetune.Setup and Data are). The budget only goes down.
-MANY_PARAMETERS_BUDGET = 25  # 31 when counted first (issue 37); the issue asks for fewer than 18
+MANY_PARAMETERS_BUDGET = 19  # 31 when counted first (issue 37); the issue asks for fewer than 18
 
 
 def test_few_functions_take_seven_or_more_parameters():

@@ -277,7 +277,7 @@ def _backtests(x: np.ndarray, e: np.ndarray, *, e0: float, cuts, seed: int) -> d
     the power law and M4 take a second or more a fit); a law that cannot be backtested is Failed."""
     out: dict[str, Any] = {}
     for name in (*SIMPLE_LAWS, "m4"):
-        law = scaling.backtest.frontier_law(x, e, name, e0=e0, seed=seed)
+        law = scaling.backtest.frontier_law(x, e, name, e0=e0, boot=scaling.Bootstrap(0, scaling.backtest.LEVEL, seed))
         try:
             out[name] = scaling.backtest.backtest(x, e, law, cuts, nested="earlier")
         except scaling.backtest.ForecastError:

@@ -20,6 +20,7 @@ import yaml
 from vitscale import config, files, flops, metrics, runs, search
 from vitscale.models import vit
 from vitscale.scaling import allocation, backtest, repetition, table
+from vitscale.scaling.bootstrap import Bootstrap
 
 #: Sizes in a planned IsoFLOP set.
 PLAN_SIZES = 5
@@ -467,7 +468,7 @@ def predict(source: str | Path, planned_csv: str | Path, *, out: str | Path | No
     else:
         planned = read_planned(planned_csv)
     points = load_points(source, metric=metric, k=k)
-    fit, bt = allocation.forecast(points, repetition_=repetition_, n_bootstrap=n_bootstrap, level=level)
+    fit, bt = allocation.forecast(points, repetition_=repetition_, boot=Bootstrap(n_bootstrap, level))
     N, D = np.array(planned["params"]), np.array(planned["images_seen"])
     U = np.array(planned["unique_images"]) if "unique_images" in planned else None
     pred = np.atleast_1d(fit.predict(N, D, U))

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 import vitscale.scaling.backtest as backtest  # modules, not the package: scaling/__init__ imports this one
 import vitscale.scaling.repetition as repetition
+from vitscale.scaling.bootstrap import Bootstrap
 from vitscale.scaling.fitting import check_level, percentile_interval, unresolved_names, validate_points
 from vitscale.scaling.isoflop import envelope, isoflop
 from vitscale.scaling.table import Points
@@ -372,18 +373,21 @@ def unique_of(points: Points) -> np.ndarray:
         return points.D / points.epochs
 
 
-def fit_points(points: Points, *, repetition_: str = "none", n_bootstrap: int = 100, ci_level: float = 0.9,
-               seed: int = 0, profile: bool = True, **kw: Any) -> JointFit:  # fmt: skip
-    """The joint law on `points`, with repeated data modelled when `repetition_` is "muennighoff" (and the
-    points say how many unique items each saw), else as if every item seen were fresh."""
+BOOTSTRAP = Bootstrap()  # the joint law's parameter intervals: 100 resamples at 90%
+
+
+def fit_points(points: Points, *, repetition_: str = "none", boot: Bootstrap = BOOTSTRAP, profile: bool = True,
+               **kw: Any) -> JointFit:  # fmt: skip
+    """The joint law on `points` (its intervals: `boot`), with repeated data modelled when `repetition_` is
+    "muennighoff" (and the points say how many unique items each saw), else as if every item seen were fresh."""
     if repetition_ not in repetition.REPETITION:
         raise backtest.ForecastError("repetition", f"{repetition_!r} is not one of {', '.join(repetition.REPETITION)}")
     U = unique_of(points)
     if repetition_ == "muennighoff" and np.any(np.isfinite(U) & (points.D > U)):
-        return fit_repeated(points.N, points.D, U, points.error, k=points.k, n_bootstrap=n_bootstrap,
-                            level=ci_level, seed=seed, profile=profile, **kw)  # fmt: skip
-    return fit_joint(points.N, points.D, points.error, k=points.k, n_bootstrap=n_bootstrap, ci_level=ci_level,
-                     seed=seed, **kw)  # fmt: skip
+        return fit_repeated(points.N, points.D, U, points.error, k=points.k, n_bootstrap=boot.samples,
+                            level=boot.level, seed=boot.seed, profile=profile, **kw)  # fmt: skip
+    return fit_joint(points.N, points.D, points.error, k=points.k, n_bootstrap=boot.samples, ci_level=boot.level,
+                     seed=boot.seed, **kw)  # fmt: skip
 
 
 def joint_law(points: Points, **fit_kw: Any) -> backtest.Law:
@@ -479,14 +483,20 @@ def _support(fit: JointFit, used: Points, plans: Sequence[Mapping[str, Any]]) ->
 
 #: Bootstrap refits per backtest fit (each cut's parameter interval); fewer than the final fit's, as many fits run.
 BACKTEST_BOOTSTRAP = 10
+BACKTEST_BOOT = Bootstrap(samples=BACKTEST_BOOTSTRAP)
 
 
-def backtest_joint(points: Points, cuts=None, *, level: float = 0.9, n_bootstrap: int = BACKTEST_BOOTSTRAP,
-                   seed: int = 0, **fit_kw: Any) -> backtest.Backtest:  # fmt: skip
-    """The joint law's backtests on `points` at `cuts` (compute; None: `backtest.auto_cuts`), each fit with
-    `n_bootstrap` resamples and 8 starts; ForecastError naming `backtest_cuts` for a cut that cannot serve."""
-    law = joint_law(points, n_bootstrap=n_bootstrap, ci_level=level, seed=seed, n_starts=8, profile=False, **fit_kw)
-    return backtest.backtest(points.C, points.error, law, cuts, level=level)
+def backtest_joint(points: Points, cuts=None, *, boot: Bootstrap = BACKTEST_BOOT,
+                   **fit_kw: Any) -> backtest.Backtest:  # fmt: skip
+    """The joint law's backtests on `points` at `cuts` (compute; None: `backtest.auto_cuts`) at `boot.level`,
+    each fit with `boot` and 8 starts; ForecastError naming `backtest_cuts` for a cut that cannot serve."""
+    law = joint_law(points, boot=boot, n_starts=8, profile=False, **fit_kw)
+    return backtest.backtest(points.C, points.error, law, cuts, level=boot.level)
+
+
+def for_backtests(boot: Bootstrap) -> Bootstrap:
+    """`boot` with at most BACKTEST_BOOTSTRAP samples: the backtests' many fits each take fewer."""
+    return Bootstrap(min(boot.samples, BACKTEST_BOOTSTRAP), boot.level, boot.seed)
 
 
 def with_prediction_interval(plan: Mapping[str, Any], bt: backtest.Backtest) -> dict[str, Any]:
@@ -523,14 +533,12 @@ def _used_points(points: Points, repetition_: str, max_epochs: float | None) -> 
 
 
 def forecast(points: Points, *, repetition_: str = "none", max_epochs: float | None = MAX_EPOCHS,
-             n_bootstrap: int = 100, level: float = 0.9, seed: int = 0, backtest_cuts: Any = None,
-             ) -> tuple[JointFit, backtest.Backtest]:  # fmt: skip
+             boot: Bootstrap = BOOTSTRAP, backtest_cuts: Any = None) -> tuple[JointFit, backtest.Backtest]:  # fmt: skip
     """The joint law on the points `allocate` would use and its backtests: what a prediction interval needs."""
     keep, _ = _used_points(points, repetition_, max_epochs)
     used = points.subset(keep)
-    bt = backtest_joint(used, backtest_cuts, level=level, n_bootstrap=min(n_bootstrap, BACKTEST_BOOTSTRAP),
-                        repetition_=repetition_, seed=seed)  # fmt: skip
-    return fit_points(used, n_bootstrap=n_bootstrap, ci_level=level, repetition_=repetition_, seed=seed), bt
+    bt = backtest_joint(used, backtest_cuts, boot=for_backtests(boot), repetition_=repetition_)
+    return fit_points(used, boot=boot, repetition_=repetition_), bt
 
 
 def allocate(
@@ -553,12 +561,12 @@ def allocate(
     isoflop, envelope, backtest, plans, agreement, support}; ForecastError for a bad parameter."""
     keep, epoch_notes = _used_points(points, repetition_, max_epochs)
     used = points.subset(keep)
-    kw = {"repetition_": repetition_, "seed": seed, **fit_kw}
-    bt = backtest_joint(used, backtest_cuts, level=ci_level, n_bootstrap=min(n_bootstrap, BACKTEST_BOOTSTRAP), **kw)
-    fit = fit_points(used, n_bootstrap=n_bootstrap, ci_level=ci_level, **kw)
+    boot = Bootstrap(n_bootstrap, ci_level, seed)
+    bt = backtest_joint(used, backtest_cuts, boot=for_backtests(boot), repetition_=repetition_, **fit_kw)
+    fit = fit_points(used, boot=boot, repetition_=repetition_, **fit_kw)
     sizes = _curve_sizes(used)
-    iso = isoflop(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
-    env = envelope(sizes, used.C, used.error, n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+    iso = isoflop(sizes, used.C, used.error, boot=boot)
+    env = envelope(sizes, used.C, used.error, boot=boot)
     if budgets is None:
         budgets = [float(used.C.max()) * f for f in (1.0, 4.0, 16.0)]
     plans = [with_prediction_interval(fit.plan(float(c), unique), bt) for c in np.atleast_1d(budgets)]

@@ -34,12 +34,16 @@ from typing import Any
 
 import numpy as np
 
+from vitscale.scaling.bootstrap import Bootstrap
 from vitscale.scaling.fitting import bootstrap_indices, rmse_log
 from vitscale.scaling.frontier import pareto_frontier
 from vitscale.scaling.laws import fit_law
 
 #: The nominal level of the intervals.
 LEVEL = 0.9
+
+#: A frontier law's default: no parameter interval (its prediction interval is plain split-conformal).
+NO_BOOTSTRAP = Bootstrap(samples=0, level=LEVEL)
 
 #: Fractions of the runs (by compute) the automatic cuts hold out.
 HOLDOUTS = (0.2, 0.35, 0.5)
@@ -268,11 +272,9 @@ def backtest(C: Any, e: Any, law: Law, cuts=None, *, level: float = LEVEL, neste
 
 
 # ----------------------------------------------------------------------------- the laws
-def frontier_law(
-    x: Any, e: Any, name: str, *, e0: float | None = None, n_boot: int = 0, level: float = LEVEL, seed: int = 0
-) -> Law:
+def frontier_law(x: Any, e: Any, name: str, *, e0: float | None = None, boot: Bootstrap = NO_BOOTSTRAP) -> Law:
     """A law of `LAWS` on the Pareto frontier of (x, e) (M4: its points below e0), with a parameter
-    interval from `n_boot` refits on resampled training points (0, the default: none, as the power law and
+    interval from `boot.samples` refits on resampled training points (none by default, as the power law and
     M4 take a second or more a fit; the prediction interval is then plain split-conformal)."""
     x, e = np.asarray(x, dtype=float), np.asarray(e, dtype=float)
     front = pareto_frontier(x, e)
@@ -282,8 +284,8 @@ def frontier_law(
     def fit(mask):
         xt, et = x[mask], e[mask]
         main = fit_law(name, xt, et, e0=e0)
-        rng, boots = np.random.default_rng(seed), []
-        for _ in range(n_boot):
+        rng, boots = np.random.default_rng(boot.seed), []
+        for _ in range(boot.samples):
             idx = bootstrap_indices(rng, xt)
             if idx is not None:
                 try:
@@ -298,7 +300,7 @@ def frontier_law(
         if not boots:
             return pred, pred, pred
         draws = np.array([np.asarray(b.predict(x[mask]), dtype=float) for b in boots])
-        lo, hi = np.nanpercentile(draws, [50 * (1 - level), 100 - 50 * (1 - level)], axis=0)
+        lo, hi = np.nanpercentile(draws, [50 * (1 - boot.level), 100 - 50 * (1 - boot.level)], axis=0)
         return pred, np.minimum(lo, pred), np.maximum(hi, pred)
 
     return Law(name, 4, fit, predict, front, front)

@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from vitscale.scaling.bootstrap import Bootstrap
 from vitscale.scaling.fitting import check_level, percentile_interval
+
+BOOTSTRAP = Bootstrap(samples=200)  # the slope's interval: 200 resamples at 90%
 
 #: The fewest sizes an IsoFLOP profile needs: three for a parabola (its minimum then must be the middle one).
 MIN_SIZES = 3
@@ -88,11 +91,9 @@ def _slope(logc: np.ndarray, logn: np.ndarray) -> tuple[float, float]:
     return float(a), float(c)
 
 
-def envelope(
-    N: Any, C: Any, error: Any, *, budgets: Any = None, n_bootstrap: int = 200, ci_level: float = 0.9, seed: int = 0
-) -> dict[str, Any]:
-    """Approach 1: the best size at each budget and a, the slope of log N* against log C."""
-    check_level(ci_level)
+def envelope(N: Any, C: Any, error: Any, *, budgets: Any = None, boot: Bootstrap = BOOTSTRAP) -> dict[str, Any]:
+    """Approach 1: the best size at each budget and a, the slope of log N* against log C (its interval: `boot`)."""
+    check_level(boot.level)
     cv = curves(N, C, error)
     budgets = default_budgets(cv) if budgets is None else np.asarray(budgets, dtype=float)
     pts = []
@@ -106,28 +107,20 @@ def envelope(
         return out | {"a": None, "interval": None, "note": "fewer than 3 budgets or a single best size: no slope"}
     lc, ln = np.log(out["budgets"]), np.log(out["N_opt"])
     a, c0 = _slope(lc, ln)
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_bootstrap):
+    rng = np.random.default_rng(boot.seed)
+    slopes = []
+    for _ in range(boot.samples):
         idx = rng.integers(0, len(lc), len(lc))
         if np.unique(lc[idx]).size >= 2:
-            boot.append(_slope(lc[idx], ln[idx])[0])
-    return out | {"a": a, "intercept": c0, "interval": percentile_interval(np.array(boot), ci_level) if boot else None}
+            slopes.append(_slope(lc[idx], ln[idx])[0])
+    interval = percentile_interval(np.array(slopes), boot.level) if slopes else None
+    return out | {"a": a, "intercept": c0, "interval": interval}
 
 
-def isoflop(
-    N: Any,
-    C: Any,
-    error: Any,
-    *,
-    budgets: Any = None,
-    n_bootstrap: int = 200,
-    ci_level: float = 0.9,
-    seed: int = 0,
-) -> dict[str, Any]:
+def isoflop(N: Any, C: Any, error: Any, *, budgets: Any = None, boot: Bootstrap = BOOTSTRAP) -> dict[str, Any]:
     """Approach 2: a profile per budget (sizes, errors, parabola, optimum or the reason it is an edge)
-    and a, the slope of log N* against log C over the profiles with an interior optimum."""
-    check_level(ci_level)
+    and a, the slope of log N* against log C over the profiles with an interior optimum (its interval: `boot`)."""
+    check_level(boot.level)
     cv = curves(N, C, error)
     budgets = default_budgets(cv) if budgets is None else np.asarray(budgets, dtype=float)
     profiles = []
@@ -144,9 +137,9 @@ def isoflop(
     if len(good) < 2:
         return out | {"a": None, "interval": None, "note": f"{len(good)} profile(s) with an interior minimum: no slope"}
     a, c0 = _slope(np.log(out["budgets"]), np.log(out["N_opt"]))
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_bootstrap):
+    rng = np.random.default_rng(boot.seed)
+    slopes = []
+    for _ in range(boot.samples):
         lc, ln = [], []
         for p in good:
             ns, es = np.array(p["N"]), np.array(p["error"])
@@ -158,5 +151,6 @@ def isoflop(
                 lc.append(np.log(p["C"]))
                 ln.append(np.log(q["N_opt"]))
         if len(set(lc)) >= 2:
-            boot.append(_slope(np.array(lc), np.array(ln))[0])
-    return out | {"a": a, "intercept": c0, "interval": percentile_interval(np.array(boot), ci_level) if boot else None}
+            slopes.append(_slope(np.array(lc), np.array(ln))[0])
+    interval = percentile_interval(np.array(slopes), boot.level) if slopes else None
+    return out | {"a": a, "intercept": c0, "interval": interval}
