@@ -1,6 +1,7 @@
 """Forecasts that come true (issue 35): backtests and prediction intervals checked for coverage on
 public and synthetic runs, and the data-constrained law against its authors' published fit."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def _law_csv(path: Path, seed: int = 0) -> Path:
 
 
 def test_predict_cli_gives_both_intervals_around_the_true_law(tmp_path, monkeypatch):
-    monkeypatch.setitem(plan.predict.__kwdefaults__, "n_bootstrap", 20)  # the CLI's fits, cheaper
+    monkeypatch.setattr(plan, "LawSpec", functools.partial(plan.LawSpec, n_bootstrap=20))  # the CLI's fits, cheaper
     study = _law_csv(tmp_path / "runs.csv")
     n, d = np.array([3e7, 2e8]), np.array([3e8, 2e9])  # one inside the data, one beyond its largest size
     pd.DataFrame({"params": n, "images_seen": d}).to_csv(tmp_path / "planned.csv", index=False)
@@ -196,7 +197,7 @@ def _planned_folder(root: Path, runs: list[tuple[str, float, float, float]]) -> 
 def test_predict_on_the_planned_runs_folder_closes_the_loop(tmp_path, monkeypatch, capsys):
     """`--runs <planned sweep folder>`: each finished run's achieved error beside its intervals, how many
     landed inside (one run put far off its law must fall outside), and the predicted and observed best."""
-    monkeypatch.setitem(plan.predict.__kwdefaults__, "n_bootstrap", 20)
+    monkeypatch.setattr(plan, "LawSpec", functools.partial(plan.LawSpec, n_bootstrap=20))
     study = _law_csv(tmp_path / "runs.csv")
     c = 3e16  # an IsoFLOP set at one budget: C = 6 N D
     sizes = {"Ti/16": 1e6, "B/16": 1e7, "H/16": 1e8}  # 2 and 4 steps up the variant table (S, M, L between)
@@ -227,12 +228,12 @@ def test_predict_on_a_folder_without_finished_runs_is_exit_2(tmp_path, capsys):
 
 @pytest.mark.long  # 13-17 s: make test-long keeps make test near 15 minutes
 def test_plan_under_a_fixed_dataset_says_how_often_it_repeats_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(plan.run.__kwdefaults__, "n_bootstrap", 10)  # the CLI's fits, cheaper
+    monkeypatch.setattr(plan, "LawSpec", functools.partial(plan.LawSpec, n_bootstrap=10))  # the CLI's fits, cheaper
     study = _law_csv(tmp_path / "runs.csv")
     assert cli.main(["plan", str(study), "--budget", "1e19", "--unique-data", "1e8"]) == 0
     out = capsys.readouterr().out
     assert "repeats it" in out and "epochs" in out and "R_D* = 15.4" in out
-    res = plan.run(study, 1e19, unique_data=1e8, n_bootstrap=0)
+    res = plan.run(study, 1e19, unique_data=1e8, law=plan.LawSpec(n_bootstrap=0))
     p = res["plan"]
     assert p["epochs"] == pytest.approx(p["D"] / 1e8)
     # the constrained optimum is the minimum of the data-constrained law along C = 6 N D (brute force)

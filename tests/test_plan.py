@@ -56,7 +56,7 @@ def fake_study(root: Path, variants=("Atto/7", "Femto/7", "Pico/7"), seed=0) -> 
 def test_plan_writes_an_isoflop_sweep_that_spends_the_budget(tmp_path):
     study = fake_study(tmp_path / "study")
     budget = 2e11
-    res = plan.run(study, budget, out=tmp_path / "plan.yaml", n_bootstrap=10)
+    res = plan.run(study, budget, out=tmp_path / "plan.yaml", law=plan.LawSpec(n_bootstrap=10))
     assert res["sweep_file"] == tmp_path / "plan.yaml"
     spec = sweep.load(res["sweep_file"])  # validates every run, as `vitscale sweep` does
     assert len(spec.runs) >= 5
@@ -148,7 +148,7 @@ def test_recommend_names_the_ladder_size_nearest_n_star_and_its_steps(tmp_path):
     """The next run: the family's size nearest N* in log parameters (brute force over the table), the
     steps that spend the budget with it (3 x forward FLOPs x batch), the plan's error and intervals."""
     study = fake_study(tmp_path / "study")
-    res = plan.run(study, 2e11, out=tmp_path / "plan.yaml", n_bootstrap=10)
+    res = plan.run(study, 2e11, out=tmp_path / "plan.yaml", law=plan.LawSpec(n_bootstrap=10))
     p = res["plan"]
     rec = plan.recommend(study, p)
     sizes = {f"{name}/7": flops.count_params(vit.make_model(f"{name}/7", 10), (28, 28, 1)) for name in vit.VARIANTS}
@@ -178,7 +178,7 @@ def test_a_recipe_without_its_class_count_is_solved_from_its_parameters_or_refus
     for s in study.glob("*/summary.json"):
         runs.write_json(s, json.loads(s.read_text()) | {"num_params": 12345})
     with pytest.raises(config.ConfigError) as e:
-        plan.run(study, 2e11, out=tmp_path / "plan.yaml", n_bootstrap=10)
+        plan.run(study, 2e11, out=tmp_path / "plan.yaml", law=plan.LawSpec(n_bootstrap=10))
     assert e.value.problems[0].field == "num_classes"
     assert "does not record the head's class count" in str(e.value) and "rerun that run" in str(e.value)
     assert not (tmp_path / "plan.yaml").exists()

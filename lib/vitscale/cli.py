@@ -188,12 +188,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _law(args: argparse.Namespace) -> plan.LawSpec:
+    """The joint law `plan` and `predict` fit: --metric, --k, --repetition."""
+    return plan.LawSpec(metric=args.metric, k=args.k, repetition=args.repetition)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
-        res = plan.run(
-            args.source, args.budget, out=args.out, metric=args.metric, k=args.k, unique_data=args.unique_data,
-            repetition_=args.repetition,
-        )  # fmt: skip
+        res = plan.run(args.source, args.budget, out=args.out, law=_law(args), unique_data=args.unique_data)
         if res["sweep_file"] is not None:
             sweep.load(res["sweep_file"])  # the file runs as it is
     except config.ConfigError as e:
@@ -204,10 +206,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     try:
-        res = plan.predict(
-            args.source, args.runs, out=args.out, level=args.level, metric=args.metric, k=args.k,
-            repetition_=args.repetition,
-        )  # fmt: skip
+        res = plan.predict(args.source, args.runs, out=args.out, level=args.level, law=_law(args))
     except config.ConfigError as e:
         return _bad_input(e)
     bt = res["backtest"]

@@ -9,6 +9,7 @@ bracket N*, each with the steps that spend the budget (3 x forward FLOPs per ima
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -27,6 +28,21 @@ PLAN_SIZES = 5
 
 #: A planned run must spend the budget within this fraction.
 BUDGET_TOLERANCE = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class LawSpec:
+    """Which joint law a study gives and how it is fitted, the same for `run` and `predict`: the error of
+    `metric`, FLOPs C = k N D (None: the study's own k), the `repetition` model (none, muennighoff), and
+    `n_bootstrap` resamples for the parameter intervals."""
+
+    metric: str = metrics.TEST_ACC
+    k: float | None = None
+    repetition: str = "none"
+    n_bootstrap: int = 100
+
+
+DEFAULT_LAW = LawSpec()
 
 
 def load_points(source: str | Path, *, metric: str = metrics.TEST_ACC, k: float | None = None) -> table.Points:
@@ -276,20 +292,17 @@ def run(
     budget: float,
     *,
     out: str | Path | None = None,
-    metric: str = metrics.TEST_ACC,
+    law: LawSpec = DEFAULT_LAW,
     max_epochs: float | None = allocation.MAX_EPOCHS,
-    n_bootstrap: int = 100,
-    k: float | None = None,
     unique_data: float | None = None,
-    repetition_: str = "none",
 ) -> dict[str, Any]:
-    """Fit, plan `budget` (under a fixed dataset of `unique_data` items when given), and for a sweep folder
-    write the IsoFLOP sweep file to `out` (default <study>/plan_<budget>.yaml). Returns {"summary", "plan",
-    "text", "sweep_file"}; ConfigError on bad input, before anything is written."""
+    """Fit the study's `law`, plan `budget` (under a fixed dataset of `unique_data` items when given), and
+    for a sweep folder write the IsoFLOP sweep file to `out` (default <study>/plan_<budget>.yaml). Returns
+    {"summary", "plan", "text", "sweep_file"}; ConfigError on bad input, before anything is written."""
     source = Path(source)
-    _check_options(source, budget, out, unique_data, repetition_)
-    points = load_points(source, metric=metric, k=k)
-    res = _allocate(points, budget, max_epochs=max_epochs, n_bootstrap=n_bootstrap, repetition_=repetition_,
+    _check_options(source, budget, out, unique_data, law.repetition)
+    points = load_points(source, metric=law.metric, k=law.k)
+    res = _allocate(points, budget, max_epochs=max_epochs, n_bootstrap=law.n_bootstrap, repetition_=law.repetition,
                     unique=unique_data)  # fmt: skip
     s, p = res["summary"], res["summary"]["plans"][0]
     unit = points.data_name.replace("_", " ")
@@ -450,9 +463,8 @@ def loop_text(check: dict[str, Any], level: float) -> str:
 
 
 def predict(source: str | Path, planned_csv: str | Path, *, out: str | Path | None = None, level: float = 0.9,
-            metric: str = metrics.TEST_ACC, k: float | None = None, repetition_: str = "none",
-            n_bootstrap: int = 100) -> dict[str, Any]:  # fmt: skip
-    """The predicted error of each planned run (`read_planned`) from the study's joint law, with its
+            law: LawSpec = DEFAULT_LAW) -> dict[str, Any]:  # fmt: skip
+    """The predicted error of each planned run (`read_planned`) from the study's joint `law`, with its
     prediction interval (`lower`, `upper`: the parameter interval stretched by the backtests' conformal
     q, scaling.backtest) and its parameter interval (`param_lower`, `param_upper`: bootstrap), at `level`.
     When `planned_csv` is the sweep folder of the planned runs, their errors are added (`achieved`,
@@ -460,15 +472,17 @@ def predict(source: str | Path, planned_csv: str | Path, *, out: str | Path | No
     "check"}; writes the CSV to `out` when given; ConfigError on bad input."""
     if not 0 < level < 1:
         raise config.ConfigError([config.Problem("--level", f"must be between 0 and 1 (got {level})")])
-    if repetition_ not in repetition.REPETITION:
-        raise config.ConfigError([config.Problem("--repetition", f"{repetition_!r} is not one of none, muennighoff")])
+    if law.repetition not in repetition.REPETITION:
+        raise config.ConfigError(
+            [config.Problem("--repetition", f"{law.repetition!r} is not one of none, muennighoff")]
+        )
     done = None
     if Path(planned_csv).is_dir():
-        planned, done = read_achieved(Path(planned_csv), metric)
+        planned, done = read_achieved(Path(planned_csv), law.metric)
     else:
         planned = read_planned(planned_csv)
-    points = load_points(source, metric=metric, k=k)
-    fit, bt = allocation.forecast(points, repetition_=repetition_, boot=Bootstrap(n_bootstrap, level))
+    points = load_points(source, metric=law.metric, k=law.k)
+    fit, bt = allocation.forecast(points, repetition_=law.repetition, boot=Bootstrap(law.n_bootstrap, level))
     N, D = np.array(planned["params"]), np.array(planned["images_seen"])
     U = np.array(planned["unique_images"]) if "unique_images" in planned else None
     pred = np.atleast_1d(fit.predict(N, D, U))
