@@ -200,3 +200,36 @@ def test_params_yaml_from_before_the_model_schema_still_resumes(root, name, tmp_
         given = cfg.random_model or cfg.pretrained_model
         assert (given and given.variant) == model
         assert params["random_model"] == {} or params["pretrained_model"] == {}  # the old spelling of "not given"
+
+
+def test_a_kernel_that_never_started_is_started_again_a_failed_cell_is_not(monkeypatch, tmp_path, capsys):
+    """Side-by-side kernels sometimes die before their first reply (jupyter_client's RuntimeError); no cell
+    ran, so notebooks.execute starts another, up to KERNEL_START_TRIES; any other failure is raised at once."""
+    from vitscale import notebooks
+
+    def fake(errors):
+        calls = []
+
+        def execute_notebook(*args, **kwargs):
+            calls.append(kwargs["parameters"])
+            if len(calls) <= len(errors):
+                raise errors[len(calls) - 1]
+
+        monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+        return calls
+
+    died = RuntimeError("Kernel died before replying to kernel_info")
+    calls = fake([died])
+    notebooks.execute("pretrain", {"name": "x"}, tmp_path / "a", quiet=True)
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert "the kernel did not start" in capsys.readouterr().err
+
+    calls = fake([RuntimeError("a cell failed")])
+    with pytest.raises(RuntimeError, match="a cell failed"):
+        notebooks.execute("pretrain", {"name": "x"}, tmp_path / "b", quiet=True)
+    assert len(calls) == 1
+
+    calls = fake([died] * notebooks.KERNEL_START_TRIES)
+    with pytest.raises(RuntimeError, match="Kernel died"):
+        notebooks.execute("pretrain", {"name": "x"}, tmp_path / "c", quiet=True)
+    assert len(calls) == notebooks.KERNEL_START_TRIES

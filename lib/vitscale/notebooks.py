@@ -194,6 +194,17 @@ def write_failure(e: BaseException) -> str | None:
     return str(e) if isinstance(e, files.WriteError) else None
 
 
+# Kernels started side by side (a sweep's workers) sometimes die before they answer (a known race in
+# launching ipykernels in parallel, nteract/papermill#239); no cell has run then, so starting another is safe.
+KERNEL_START_TRIES = 3
+_KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+
+def kernel_did_not_start(e: BaseException) -> bool:
+    """Whether `e` is a kernel that never started (jupyter_client's wait for its first reply), not a cell's failure."""
+    return isinstance(e, RuntimeError) and str(e).startswith(_KERNEL_START_FAILURES)
+
+
 def execute(
     kind: str, params: dict[str, Any], out: Path, *, name: str = "run", quiet: bool = False, checked: bool = False
 ) -> Path:
@@ -215,15 +226,22 @@ def execute(
     failure = None
     try:
         with forwarding_signals(), environ.scoped(kernel_env), files.writing(run_nb, "the executed notebook"):
-            pm.execute_notebook(
-                study.notebook(kind),
-                run_nb,
-                parameters={"params": params, "out_dir": str(out), **({"checked": True} if checked else {})},
-                kernel_name=KERNEL,
-                cwd=str(study.kernel_cwd(home)),
-                progress_bar=False,
-                **streams,
-            )
+            for attempt in range(1, KERNEL_START_TRIES + 1):
+                try:
+                    pm.execute_notebook(
+                        study.notebook(kind),
+                        run_nb,
+                        parameters={"params": params, "out_dir": str(out), **({"checked": True} if checked else {})},
+                        kernel_name=KERNEL,
+                        cwd=str(study.kernel_cwd(home)),
+                        progress_bar=False,
+                        **streams,
+                    )
+                    break
+                except RuntimeError as e:
+                    if not kernel_did_not_start(e) or attempt == KERNEL_START_TRIES:
+                        raise
+                    print(f"{out.name}: the kernel did not start ({e}); starting another", file=sys.stderr)
     except BaseException as e:
         failure = e
         raise
