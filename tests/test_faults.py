@@ -149,7 +149,7 @@ def test_two_concurrent_runs_of_one_folder_the_second_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- preemption
-@pytest.mark.slow
+@pytest.mark.long  # a signalled process and its restart: make test-long
 def test_sigterm_saves_at_the_next_step_then_the_resumed_run_equals_an_uninterrupted_one(tmp_path, reference):
     out = tmp_path / "preempted"
     p = start(BASE, out, tmp_path)

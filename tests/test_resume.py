@@ -102,7 +102,7 @@ def kill_and_resume(params: dict, tmp_path: Path, kill_after: int) -> tuple[Path
     return ref, crashed
 
 
-@pytest.mark.slow
+@pytest.mark.long  # a killed process and its restart: make test-long
 def test_sigkill_then_restart_equals_uninterrupted_run(tmp_path):
     kill_and_resume(BASE, tmp_path, 40)
 
@@ -147,7 +147,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_pa
     assert not (out / "summary.json").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.long  # an interrupted process and its restart: make test-long
 def test_ctrl_c_saves_a_checkpoint_then_the_run_resumes(tmp_path):
     params = {**BASE, "total_steps": 400, "checkpoint_every": 1000, "eval_every": 1000}
     out = tmp_path / "int"
@@ -166,7 +166,7 @@ def test_ctrl_c_saves_a_checkpoint_then_the_run_resumes(tmp_path):
     assert json.loads((out / "summary.json").read_text())["total_steps"] == 400
 
 
-@pytest.mark.long  # the in-memory variant stays in make test; this one streams: make test-long
+@pytest.mark.long  # the in-memory variant's twin, streaming: make test-long
 def test_sigkill_then_restart_equals_uninterrupted_run_when_streaming(tmp_path):
     """The same through the streaming path: natural images of varying sizes, inception crops."""
     root = write_folder(tmp_path / "images", per_class=12)

@@ -114,7 +114,7 @@ def test_shards_partition_the_runs(tmp_path):
     assert sorted(sum(parts, [])) == sorted(r.run_id for r in s.runs)  # disjoint, and together every run
 
 
-@pytest.mark.slow
+@pytest.mark.long  # a killed sweep process and its rerun (77 s of setup): make test-long
 def test_killed_sweep_finishes_on_rerun_without_repeating_finished_runs(killed_local_sweep, tmp_path):
     out, ids, stamp, r = killed_local_sweep
     first = out / ids[0]

@@ -113,7 +113,7 @@ def _loss_curve(dtype: str, seed: int, steps: int = 300) -> np.ndarray:
     return np.asarray(jax.device_get(losses), np.float64)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # two 300-step trainings: make test-long
 def test_bfloat16_training_tracks_float32_within_seed_noise():
     """Mixed precision (bf16 activations, f32 parameters) over 300 steps on real images: its loss curve
     differs from the f32 run of the same seed by no more than two f32 runs of different seeds differ."""
