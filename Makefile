@@ -76,9 +76,10 @@ test: setup browser slurm strace lint
 	$(RUN) -m pytest -q -rs -m "not bench and not long" --durations=20
 
 # The end-to-end scenarios left out of `make test` to keep it under 15 minutes (faults with several fresh
-# processes, a planned sweep, the VTAB protocol on stand-ins, submitit jobs, a killed sweep and its rerun, the
-# kill-and-resume, Ctrl-C and SIGTERM restarts, bf16 against f32 over 300 steps, the compile-cache benchmark's two processes, JupyterLab driven in Chromium, the wheel built, installed into a
-# fresh venv and run in a new study folder); CI runs them after `make test`.
+# processes, a planned sweep, the VTAB protocol on stand-ins, submitit jobs, a killed sweep and its rerun,
+# the kill-and-resume, Ctrl-C and SIGTERM restarts, bf16 against f32 over 300 steps, the compile-cache
+# benchmark's two processes, JupyterLab driven in Chromium, the wheel built, installed into a fresh venv
+# and run in a new study folder); CI runs them after `make test`.
 test-long: setup browser slurm strace
 	$(RUN) -m pytest -q -rs -m long --durations=10
 

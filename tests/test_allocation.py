@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from vitscale.scaling import allocation, isoflop
-from vitscale.scaling.bootstrap import Bootstrap
+from vitscale.scaling.fitting import Bootstrap
 from vitscale.scaling.table import Points
 
 DATA = Path(__file__).parent / "data"

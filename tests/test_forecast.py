@@ -11,7 +11,7 @@ import pytest
 
 from vitscale import analysis, cli, config, plan
 from vitscale.scaling import allocation, backtest, repetition, table
-from vitscale.scaling.bootstrap import Bootstrap
+from vitscale.scaling.fitting import Bootstrap
 from vitscale.scaling.table import Points
 
 DATA = Path(__file__).parent / "data"

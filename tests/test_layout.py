@@ -21,7 +21,7 @@ LAYERS = [
     {"allocator", "environ", "files", "logs", "metrics", "progress", "formats", "report", "report.page", "fewshot"}
     | {"models.variants"}
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
-    | {"scaling", "scaling.bootstrap", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
+    | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
     | {"scaling.table", "scaling.isoflop", "scaling.allocation", "scaling.repetition", "scaling.backtest", "search"},
     {"config"},  # pure schemas
     {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder

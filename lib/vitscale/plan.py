@@ -21,7 +21,7 @@ import yaml
 from vitscale import config, files, flops, metrics, runs, search
 from vitscale.models import vit
 from vitscale.scaling import allocation, backtest, repetition, table
-from vitscale.scaling.bootstrap import Bootstrap
+from vitscale.scaling.fitting import Bootstrap
 
 #: Sizes in a planned IsoFLOP set.
 PLAN_SIZES = 5

@@ -71,9 +71,8 @@ absolute relative error.
 """
 
 from vitscale.scaling import allocation, backtest, isoflop, repetition, table
-from vitscale.scaling.bootstrap import Bootstrap
 from vitscale.scaling.extrapolation import extrapolation_check
-from vitscale.scaling.fitting import LAWS, MIN_POINTS, resolved, rmse_log
+from vitscale.scaling.fitting import LAWS, MIN_POINTS, Bootstrap, resolved, rmse_log
 from vitscale.scaling.frontier import PowerLawFit, fit_power_law, frontier_fit, pareto_frontier
 from vitscale.scaling.laws import LawFit, M4Fit, fit_law, fit_m1, fit_m2, fit_m3, fit_m4, m4_solve
 

@@ -23,8 +23,7 @@ from threadpoolctl import threadpool_limits
 
 import vitscale.scaling.backtest as backtest  # modules, not the package: scaling/__init__ imports this one
 import vitscale.scaling.repetition as repetition
-from vitscale.scaling.bootstrap import Bootstrap
-from vitscale.scaling.fitting import check_level, percentile_interval, unresolved_names, validate_points
+from vitscale.scaling.fitting import Bootstrap, check_level, percentile_interval, unresolved_names, validate_points
 from vitscale.scaling.isoflop import envelope, isoflop
 from vitscale.scaling.table import Points
 

@@ -34,8 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale.scaling.bootstrap import Bootstrap
-from vitscale.scaling.fitting import bootstrap_indices, rmse_log
+from vitscale.scaling.fitting import Bootstrap, bootstrap_indices, rmse_log
 from vitscale.scaling.frontier import pareto_frontier
 from vitscale.scaling.laws import fit_law
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,18 @@ LAWS = ("power_law", "M1", "M2", "M3", "M4")
 
 #: The authors' margin between e_inf and min(e), and between e0 and max(e) (methods/base.py ERR_MARGIN).
 ERR_MARGIN = 1e-3
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How a fit's intervals are resampled: percentile intervals at `level` from `samples` refits on
+    resampled points (0: no interval), drawn from `seed`; the allocation approaches, backtests and
+    frontier laws take it instead of three loose parameters each."""
+
+    samples: int = 100
+    level: float = 0.9
+    seed: int = 0
+
 
 #: Power-law exponent range: published error-vs-compute/data exponents lie well inside it (about 0.05-0.7).
 B_RANGE = (0.01, 2.0)

@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscale.scaling.bootstrap import Bootstrap
-from vitscale.scaling.fitting import check_level, percentile_interval
+from vitscale.scaling.fitting import Bootstrap, check_level, percentile_interval
 
 BOOTSTRAP = Bootstrap(samples=200)  # the slope's interval: 200 resamples at 90%
 
