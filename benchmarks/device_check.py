@@ -191,7 +191,11 @@ def measure_group(dry_run: bool, mesh, steps: int, warmup: int, copies: int = GR
     batch = -(-batch // mesh.size) * mesh.size
     trainers = [
         loop.make_trainer(
-            model, optim.make_optimizer("adamw", 1e-4 * (i + 1), weight_decay=1e-4), mesh, image_shape=image, seed=i
+            model,
+            optim.make_optimizer("adamw", lambda _, i=i: 1e-4 * (i + 1), weight_decay=1e-4),
+            mesh,
+            image_shape=image,
+            seed=i,
         )
         for i in range(copies)
     ]
@@ -203,7 +207,8 @@ def measure_group(dry_run: bool, mesh, steps: int, warmup: int, copies: int = GR
     alone_warm, alone_s = _timed(
         trainers[0].train_step, trainers[0].init_fn(), sharding.put_batch(data, mesh), steps, warmup
     )
-    g = stacked.make(trainers, mesh)
+    lrs = jnp.asarray([1e-4 * (i + 1) for i in range(copies)])  # one vmapped update, as a sweep's group has
+    g = stacked.make(trainers, mesh, lambda i: optim.make_optimizer("adamw", lambda _: lrs[i], weight_decay=1e-4))
     stacked_data = jax.device_put({k: np.stack([v] * copies) for k, v in data.items()}, g.batch_sharding)
     group_warm, group_s = _timed(g.step, g.stack(tuple(t.init_fn() for t in trainers)), stacked_data, steps, warmup)
     mfu = lambda rate: rate * 3 * trainers[0].forward_flops / (mesh.size * trainers[0].peak.flops_per_s)

@@ -44,6 +44,8 @@ BASE = dict(
 )
 # The four keys a group's copies differ in; weight_decay 0 gives an optimizer chain of another structure.
 COPIES = [dict(name="a", lr=1e-3), dict(name="b", lr=3e-3, weight_decay=0.0, seed=1, warmup_steps=1)]
+# Copies whose optimizers share one chain (weight decays both non-zero): one vmapped update (build.copies_optimizer).
+SHARED = [COPIES[0], dict(name="c", lr=2e-3, weight_decay=0.5, seed=2, warmup_steps=1)]
 RTOL_METRICS = 2e-5
 RTOL_ARRAY = 1e-2  # of each saved array's norm
 RTOL_STATE = 1e-4  # of the norm of the whole saved state
@@ -101,7 +103,7 @@ def relative_off(g: np.ndarray, w: np.ndarray) -> float:
 def alone(tmp_path_factory):
     """The reference: each run trained alone through train.run."""
     root = tmp_path_factory.mktemp("alone")
-    for c in COPIES:
+    for c in [*COPIES, *SHARED[1:]]:
         train.run(cfg_of(**c), root / c["name"])
     return root
 
@@ -132,6 +134,36 @@ def test_each_copy_equals_its_run_trained_alone(alone, tmp_path):
         assert_same_run(m.out / "branches" / "cooldown_4+2", alone / m.cfg.name / "branches" / "cooldown_4+2")
         final = runs.read_json(alone / m.cfg.name / "summary.json")["final"]
         assert summary["final"] == pytest.approx(final, rel=RTOL_METRICS)
+
+
+@pytest.mark.long
+def test_copies_sharing_one_optimizer_equal_their_runs_trained_alone(alone, tmp_path):
+    assert build.copies_optimizer([cfg_of(**c) for c in SHARED]) is not None  # one vmapped update
+    members = members_in(tmp_path, SHARED)
+    assert group.train(members) == members
+    for m in members:
+        assert_same_run(m.out, alone / m.cfg.name)
+
+
+def test_one_optimizer_serves_copies_that_differ_in_schedule_and_weight_decay_only():
+    """Copy i's update through the shared chain equals its own optimizer's (build.optimizer, the chain
+    it trains with alone), step by step on random gradients; chains of another shape are not shared."""
+    cfgs = [cfg_of(**c) for c in SHARED]
+    tx = build.copies_optimizer(cfgs)
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((8, 4), np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    for i, c in enumerate(cfgs):
+        own, shared = build.optimizer(c, build.schedule(c)), tx(jax.numpy.asarray(i))
+        s_own, s_shared = own.init(params), shared.init(params)
+        for _ in range(4):
+            g = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+            u_own, s_own = own.update(g, s_own, params)
+            u_shared, s_shared = shared.update(g, s_shared, params)
+            for a, b in zip(jax.tree.leaves(u_shared), jax.tree.leaves(u_own)):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    assert build.copies_optimizer([cfgs[0], cfg_of(weight_decay=0.0)]) is None  # the decay drops out of one chain
+    assert build.copies_optimizer([cfgs[0], cfg_of(optimizer="sgd")]) is None
+    assert build.copies_optimizer([cfgs[0], cfg_of(grad_clip_norm=None)]) is None
 
 
 @pytest.mark.long

@@ -3,7 +3,10 @@ loop spec, trainer, evaluators, batches). Programs, tests and benchmarks build t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from vitscale import config, loop, metrics, mup, optim, sharding
@@ -57,22 +60,47 @@ def schedule(cfg: config.PretrainConfig) -> optax.Schedule:
     )
 
 
-def optimizer(cfg: config.PretrainConfig, sched: optax.Schedule) -> optax.GradientTransformation:
+def optimizer(
+    cfg: config.PretrainConfig, sched: optax.Schedule, weight_decay: float | jax.Array | None = None
+) -> optax.GradientTransformation:
     """The optimizer of `cfg`: its wd rules, and its learning-rate rules and epsilon from the
-    parametrization unless `lr_rules` names them (vitscale.mup)."""
+    parametrization unless `lr_rules` names them (vitscale.mup); `weight_decay` in place of cfg's."""
     rules = optim.DEFAULT_WD_RULES if cfg.wd_rules is None else tuple(tuple(r) for r in cfg.wd_rules)
     mult = mup.multipliers(cfg)
     lr_rules = mult.lr_rules if cfg.lr_rules is None else tuple(tuple(r) for r in cfg.lr_rules)
     return optim.make_optimizer(
         cfg.optimizer,
         sched,
-        weight_decay=cfg.weight_decay,
+        weight_decay=cfg.weight_decay if weight_decay is None else weight_decay,
         wd_rules=rules,
         lr_rules=lr_rules,
         eps_scale=mult.eps_scale,
         grad_clip_norm=cfg.grad_clip_norm,
         b2=cfg.b2,
     )
+
+
+def copies_optimizer(
+    cfgs: Sequence[config.PretrainConfig],
+) -> Callable[[jax.Array], optax.GradientTransformation] | None:
+    """One optimizer for copies trained as one program (vitscale.stacked vmaps its update): given a
+    copy's index (traced), the chain they share with that copy's own schedule and weight decay. None
+    when their chains differ in more than that (another optimizer, rule or clip, or a weight decay of 0,
+    which drops the decay from the chain, beside one that is not)."""
+
+    def shape(c: config.PretrainConfig) -> tuple:
+        return (c.optimizer, c.wd_rules, c.lr_rules, c.grad_clip_norm, c.b2, mup.multipliers(c), c.weight_decay == 0)
+
+    if any(shape(c) != shape(cfgs[0]) for c in cfgs):
+        return None
+    schedules = [schedule(c) for c in cfgs]
+    decays = [c.weight_decay for c in cfgs]
+
+    def tx(i: jax.Array) -> optax.GradientTransformation:
+        own = lambda count: jax.lax.switch(i, schedules, count)
+        return optimizer(cfgs[0], own, weight_decay=0.0 if decays[0] == 0 else jnp.asarray(decays, jnp.float32)[i])
+
+    return tx
 
 
 def pipeline(cfg: config.PretrainConfig) -> data_pipeline.Pipeline:

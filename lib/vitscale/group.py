@@ -75,7 +75,7 @@ class Member:
 
 def make_group_trainer(cfgs: Sequence[config.PretrainConfig], mesh, num_classes: int) -> stacked.GroupTrainer:
     """The compiled group of `cfgs` (one key_of) on `mesh`: each copy's own trainer (build.trainer)."""
-    return stacked.make([build.trainer(c, mesh, num_classes) for c in cfgs], mesh)
+    return stacked.make([build.trainer(c, mesh, num_classes) for c in cfgs], mesh, build.copies_optimizer(cfgs))
 
 
 def batches(cfgs: Sequence[config.PretrainConfig], train_split, pipe, step: int) -> Iterator[dict[str, np.ndarray]]:
@@ -218,7 +218,7 @@ def train(members: Sequence[Member]) -> list[Member]:
         for _, _, (mngr, *_) in joined:
             mngr.close()
         return []
-    g = stacked.make([t for t, _, _ in joined], mesh)
+    g = stacked.make([t for t, _, _ in joined], mesh, build.copies_optimizer([m.cfg for _, m, _ in joined]))
     copies, states = _copies(g, joined, start, data)
     try:
         stream = batches([c.member.cfg for c in copies], data[0], data[3], start)

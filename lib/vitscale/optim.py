@@ -256,17 +256,20 @@ def scale_by_path(rules: WdRules = ()) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def add_decayed_weights_by_path(weight_decay: float, rules: WdRules = DEFAULT_WD_RULES) -> optax.GradientTransformation:
+def add_decayed_weights_by_path(
+    weight_decay: float | jax.Array, rules: WdRules = DEFAULT_WD_RULES
+) -> optax.GradientTransformation:
     """Adds `weight_decay * mult(path) * p` to the updates (decoupled wd).
 
     One masked `optax.add_decayed_weights` per rule with a non-zero multiplier
     (big_vision style); masks are recomputed from the tree paths (static).
     """
-    wd = _check_float("weight_decay", weight_decay, 0.0)
+    # An array (one copy's value in a group's vmapped update, vitscale.stacked) is checked upstream.
+    wd = weight_decay if isinstance(weight_decay, jax.Array) else _check_float("weight_decay", weight_decay, 0.0)
     compiled = _compile_rules(rules)
     txs = []
     for i, (_, mult) in enumerate(compiled):
-        if wd * mult == 0.0:
+        if mult == 0.0 or (not isinstance(wd, jax.Array) and wd == 0.0):
             continue
 
         def mask_fn(tree, i=i):
@@ -446,7 +449,7 @@ def make_optimizer(
     name: str,
     schedule: optax.ScalarOrSchedule,
     *,
-    weight_decay: float = 1.0,
+    weight_decay: float | jax.Array = 1.0,
     wd_rules: WdRules = DEFAULT_WD_RULES,
     grad_clip_norm: float | None = 1.0,
     b1: float = 0.9,

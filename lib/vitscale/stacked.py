@@ -13,6 +13,7 @@ rounding. Imports no TensorFlow (benchmarks/device_check.py times a group on bar
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -29,7 +30,9 @@ from vitscale import loop, sharding
 class GroupState:
     step: jax.Array
     params: Any  # every leaf with a leading copies axis
-    opt_states: tuple  # each copy's own (a weight decay of 0 gives a chain of another structure)
+    # Stacked like params when the copies share one optimizer (build.copies_optimizer); else a tuple of
+    # each copy's own (a weight decay of 0 gives a chain of another structure).
+    opt_states: Any
 
 
 @dataclasses.dataclass
@@ -43,63 +46,77 @@ class GroupTrainer:
     batch_sharding: NamedSharding  # [copies, batch, ...]: copies replicated, the batch as a run's
 
 
-def _update(tx, g: GroupState, grads, loss, i: int) -> tuple[loop.TrainState, jax.Array]:
-    """Copy i's own optimizer update on its slice, and its gradient norm; a copy whose loss or
-    gradient is not finite keeps its state (frozen), so it never feeds a non-finite value on."""
-    pick = lambda tree: jax.tree.map(lambda x: x[i], tree)
-    old = loop.TrainState(g.step, pick(g.params), g.opt_states[i])
-    mine = pick(grads)
-    norm = optax.tree.norm(mine)
-    new = loop.apply_gradients(tx, old, mine)
+def _update(tx, step: jax.Array, params, opt_state, grads, loss) -> tuple[Any, Any, jax.Array]:
+    """One copy's own optimizer update and its gradient norm; a copy whose loss or gradient is not
+    finite keeps its state (frozen), so it never feeds a non-finite value on."""
+    norm = optax.tree.norm(grads)
+    new = loop.apply_gradients(tx, loop.TrainState(step, params, opt_state), grads)
     keep = lambda a, b: jnp.where(jnp.isfinite(loss) & jnp.isfinite(norm), a, b)
-    frozen = jax.tree.map(keep, new.params, old.params), jax.tree.map(keep, new.opt_state, old.opt_state)
-    return loop.TrainState(new.step, *frozen), norm
+    return jax.tree.map(keep, new.params, params), jax.tree.map(keep, new.opt_state, opt_state), norm
 
 
-def _group_step(trainers: list[loop.Trainer], grad, keys: jax.Array):
-    """The group's step: every copy's gradient in one vmap, then each copy's own update."""
+def _group_step(trainers: list[loop.Trainer], grad, keys: jax.Array, shared_tx):
+    """The group's step: every copy's gradient in one vmap, then the copies' updates: one vmapped
+    update of the optimizer they share (`shared_tx(i)` is copy i's), or each copy's own in turn."""
+    n = len(trainers)
 
     def step(g: GroupState, batch: dict):
         rngs = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, g.step)
         losses, grads = jax.vmap(grad)(g.params, batch["image"], batch["label"], rngs)
-        new = [_update(t.tx, g, grads, losses[i], i) for i, t in enumerate(trainers)]
-        params = jax.tree.map(lambda *x: jnp.stack(x), *(s.params for s, _ in new))
-        out = {"loss": losses, "grad_norm": jnp.stack([n for _, n in new])}
-        return GroupState(g.step + 1, params, tuple(s.opt_state for s, _ in new)), out
+        if shared_tx is not None:
+            one = lambda i, *args: _update(shared_tx(i), g.step, *args)
+            params, opt_states, norms = jax.vmap(one)(jnp.arange(n), g.params, g.opt_states, grads, losses)
+        else:
+            pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+            new = [
+                _update(t.tx, g.step, pick(g.params, i), g.opt_states[i], pick(grads, i), losses[i])
+                for i, t in enumerate(trainers)
+            ]
+            params = jax.tree.map(lambda *x: jnp.stack(x), *(p for p, _, _ in new))
+            opt_states, norms = tuple(o for _, o, _ in new), jnp.stack([m for _, _, m in new])
+        return GroupState(g.step + 1, params, opt_states), {"loss": losses, "grad_norm": norms}
 
     return step
 
 
-def _stack(states: tuple[loop.TrainState, ...]) -> GroupState:
-    params = jax.tree.map(lambda *x: jnp.stack(x), *(s.params for s in states))
-    return GroupState(states[0].step, params, tuple(s.opt_state for s in states))
+def _stack(states: tuple[loop.TrainState, ...], shared: bool) -> GroupState:
+    stack = lambda *x: jnp.stack(x)
+    opt = tuple(s.opt_state for s in states)
+    return GroupState(
+        states[0].step, jax.tree.map(stack, *(s.params for s in states)), jax.tree.map(stack, *opt) if shared else opt
+    )
 
 
-def make(trainers: list[loop.Trainer], mesh) -> GroupTrainer:
+def make(trainers: list[loop.Trainer], mesh, shared_tx=None) -> GroupTrainer:
     """The compiled group of `trainers` (one model, one batch size; loop.make_trainer's, each with its
     own optimizer and seed) on `mesh`: copies replicated, each copy's arrays sharded as its run's
-    (a leading copies axis on the parameters)."""
-    first = trainers[0]
+    (a leading copies axis on the parameters, and on the optimizer states when the copies share one
+    optimizer: `shared_tx`, build.copies_optimizer's)."""
+    first, shared = trainers[0], shared_tx is not None
     grad = loop.gradient_fn(first.model, loop.LOSSES[first.loss], first.chains, mesh)
     keys = jnp.stack([t.dropout_key for t in trainers])
-    stacked = jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), first.state_shardings.params)
-    group_sh = GroupState(first.state_shardings.step, stacked, tuple(t.state_shardings.opt_state for t in trainers))
+    add_axis = lambda tree: jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), tree)
+    opt_sh = (
+        add_axis(first.state_shardings.opt_state) if shared else tuple(t.state_shardings.opt_state for t in trainers)
+    )
+    group_sh = GroupState(first.state_shardings.step, add_axis(first.state_shardings.params), opt_sh)
     copies_sh = tuple(t.state_shardings for t in trainers)
     batch_sh = NamedSharding(mesh, P(None, sharding.AXES))
 
     def unstack(g: GroupState) -> tuple[loop.TrainState, ...]:
-        pick = lambda i: jax.tree.map(lambda x: x[i], g.params)
-        return tuple(loop.TrainState(g.step, pick(i), g.opt_states[i]) for i in range(len(trainers)))
+        pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+        opt = (lambda i: pick(g.opt_states, i)) if shared else (lambda i: g.opt_states[i])
+        return tuple(loop.TrainState(g.step, pick(g.params, i), opt(i)) for i in range(len(trainers)))
 
     return GroupTrainer(
         trainers=trainers,
         step=jax.jit(
-            _group_step(trainers, grad, keys),
+            _group_step(trainers, grad, keys, shared_tx),
             in_shardings=(group_sh, batch_sh),
             out_shardings=(group_sh, sharding.replicated(mesh)),
             donate_argnums=0,
         ),
-        stack=jax.jit(_stack, out_shardings=group_sh),
+        stack=jax.jit(functools.partial(_stack, shared=shared), out_shardings=group_sh),
         unstack=jax.jit(unstack, out_shardings=copies_sh),
         batch_sharding=batch_sh,
     )
