@@ -18,8 +18,8 @@ PROGRAMS = {"train", "transfer", "analysis", "export", "plan"}
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "environ", "files", "logs", "metrics", "progress", "formats", "report", "report.page", "fewshot"}
-    | {"models.variants"}
+    {"allocator", "environ", "files", "logs", "metrics", "progress", "formats", "report", "report.page"}
+    | {"models.variants", "evaluators.fewshot_lsr"}  # a subpackage's leaf: variant shapes; the few-shot maths
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
     | {"scaling.table", "scaling.isoflop", "scaling.allocation", "scaling.repetition", "scaling.backtest", "search"},
