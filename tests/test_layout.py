@@ -26,7 +26,7 @@ LAYERS = [
     {"config"},  # pure schemas
     {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
-    | {"models.vit", "mup", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
+    | {"models.vit", "models.flops", "mup", "backend", "optim", "sharding", "perf", "checkpoints", "checks", "weights"},
     {
         "loop",
         "stacked",

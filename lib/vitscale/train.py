@@ -23,7 +23,6 @@ from vitscale import (
     checkpoints,
     checks,
     config,
-    flops,
     loop,
     metrics,
     optim,
@@ -33,7 +32,7 @@ from vitscale import (
     weights,
 )
 from vitscale.data import datasets, sources
-from vitscale.models import vit
+from vitscale.models import flops, vit
 
 
 # ----------------------------------------------------------------------------- cooldown branches

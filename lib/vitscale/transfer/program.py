@@ -28,11 +28,12 @@ from typing import Any
 
 import jax
 
-from vitscale import build, checks, config, flops, metrics, pretrained, runs, sharding, weights
+from vitscale import build, checks, config, metrics, pretrained, runs, sharding, weights
 from vitscale.data import datasets
 from vitscale.data import vtab as vtab_data
 from vitscale.evaluators import fewshot as fewshot_evaluator
 from vitscale.evaluators import fewshot_lsr
+from vitscale.models import flops
 from vitscale.transfer import finetune, imagenet, table, vtab
 
 
