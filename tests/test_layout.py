@@ -26,7 +26,7 @@ LAYERS = [
     {"config"},  # pure schemas
     {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
-    | {"models.vit", "models.flops", "mup", "backend", "optim", "sharding", "perf", "checkpoints", "checks", "weights"},
+    | {"models.vit", "models.flops", "mup", "backend", "optim", "sharding", "perf", "checkpoints", "checks"},
     {
         "loop",
         "stacked",
@@ -36,7 +36,7 @@ LAYERS = [
         "evaluators.imagenet_v2",
     }  # loop,
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
-    {"build", "pretrained"}  # the front door: cfg -> model, ...; where weights come from
+    {"build", "pretrained"}  # the front door: cfg -> model, ...; where weights come from (run, .npz, random)
     | {"transfer.finetune", "transfer.vtab", "transfer.imagenet", "transfer.table"},  # transfer's protocols
     PROGRAMS | {"transfer.program"},  # check(cfg), run(cfg, out_dir): a program never imports another program
     {"report.basics", "report.pretraining", "report.downstream", "report.scaling", "report.scaling_figures"}

@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from vitscale import build, checks, config, metrics, pretrained, runs, sharding, weights
+from vitscale import build, checks, config, metrics, pretrained, runs, sharding
 from vitscale.data import datasets
 from vitscale.data import vtab as vtab_data
 from vitscale.evaluators import fewshot as fewshot_evaluator
@@ -60,7 +60,7 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
         pre = None
     if pre is not None and cfg.pretrained.endswith(config.NPZ):
         try:  # names and shapes against the model, from the file's headers (numpy)
-            weights.check_file(cfg.pretrained, pre.model_spec())
+            pretrained.check_file(cfg.pretrained, pre.model_spec())
         except config.ConfigError as e:
             problems += e.problems
     if pre is not None:
