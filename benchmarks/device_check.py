@@ -17,7 +17,7 @@ timed, times 8 (their programs differ only in constants). Reported under "groups
 the copies for both, their ratio, and MFU per copy and in all.
 
 It needs JAX, Flax, optax, orbax, PyYAML and pydantic, and no TensorFlow: it imports only the
-TensorFlow-free part of vitscale (loop, models, optim, sharding, flops, backend, perf, config).
+TensorFlow-free part of vitscale (loop, models: vit and flops, optim, sharding, backend, perf, config).
 benchmarks/README.md says how to carry a missing package (pydantic) to a bare machine as a wheel.
 
 Usage:

@@ -27,7 +27,7 @@ over passes of the per-pass ratios vitscale/timm and vitscale/flax (also by proc
 the JAX ones, which other jobs on the machine disturb far less than wall time), and MFU:
 
   MFU = images/s x 3 x forward FLOPs per image / peak, forward FLOPs = 2 x the multiply-adds of
-  every matmul and convolution, attention products included (`vitscale.flops.forward_flops`;
+  every matmul and convolution, attention products included (`vitscale.models.flops.forward_flops`;
   element-wise work is not counted), peak = the best pass's rate of a jitted f32 2048x2048 jnp.dot
   (the faster of XLA's YNNPACK and Eigen dots).
 
@@ -69,8 +69,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitscale import allocator, flops, loop, optim, sharding
-from vitscale.models import vit
+from vitscale import allocator, loop, optim, sharding
+from vitscale.models import flops, vit
 
 NUM_CLASSES = 10
 LR = 1e-3
@@ -400,7 +400,7 @@ def print_table(summaries: list[dict[str, Any]], reference: str = "vitscale", fi
                 file=file,
             )
     print(
-        "\nMFU = images/s x 3 x forward FLOPs per image (vitscale.flops.forward_flops) / the f32 matmul peak "
+        "\nMFU = images/s x 3 x forward FLOPs per image (vitscale.models.flops.forward_flops) / the f32 matmul peak "
         f"(jnp.dot {MATMUL_N}x{MATMUL_N}, best of YNNPACK and Eigen, best pass of the same run): "
         + ", ".join(f"{s['shape']} {s['peak_gflops']:.0f} GFLOP/s" for s in summaries),
         file=file,

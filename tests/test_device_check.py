@@ -1,5 +1,5 @@
 """benchmarks/device_check.py --dry-run on this CPU, in a fresh process, so the script cannot rot: it
-runs every case, imports no TensorFlow, and each row's MFU is images/s x 3 x flops.py's forward
+runs every case, imports no TensorFlow, and each row's MFU is images/s x 3 x models/flops.py's forward
 FLOPs / (devices x peak); a group of models (8; 2 in the dry run) is timed against the same runs one after another."""
 
 import json
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from vitscale import config, flops
-from vitscale.models import vit
+from vitscale import config
+from vitscale.models import flops, vit
 
 
 def test_device_check_dry_run(root, tmp_path):
@@ -29,7 +29,7 @@ def test_device_check_dry_run(root, tmp_path):
         mfu = r["images_per_s"] * 3 * r["forward_flops_per_image"] / (r["devices"] * r["peak_flops_per_s"])
         assert r["mfu"] == pytest.approx(mfu, rel=1e-9) and 0 < r["mfu"]
     assert [r["dtype"] for r in rows[:2]] == ["bfloat16", "bfloat16"]
-    # The demo row is the demo's model (cut to one block): flops.py's count of it from demo.yaml.
+    # The demo row is the demo's model (cut to one block): models/flops.py's count of it from demo.yaml.
     demo = config.load_yaml(root / "parameters" / "pretrain" / "demo.yaml")
     model = vit.make_model(demo["variant"], 10).clone(depth=1)
     assert rows[2]["forward_flops_per_image"] == flops.forward_flops(model, (28, 28, 1))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vitscale import build, cli, config, export, pretrained, sharding, train, weights
+from vitscale import build, cli, config, export, pretrained, sharding, train
 from vitscale.transfer import program
 
 pytestmark = pytest.mark.slow  # trains and exports runs (train.run starts git for the summary)
@@ -46,7 +46,7 @@ def test_export_writes_big_vision_names_and_the_lines_to_read_it(exported):
     assert lines["pretrained"] == str(exported)
     assert lines["pretrained_model"] == {"variant": "Atto/7", "pool_type": "tok", "scan": True}
     assert lines["exported_from"]["step"] == 6
-    keys = set(weights.read_shapes(exported))
+    keys = set(pretrained.read_shapes(exported))
     assert {"cls", "pos_embedding", "Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel"} <= keys
     assert not any("Attention/qkv" in k for k in keys)
 
@@ -89,7 +89,7 @@ def test_init_from_starts_a_pretraining_run_from_the_file(root, tiny_run, export
     train.check(cfg)
     trainer = build.trainer(cfg, sharding.make_mesh([-1, 1]), 10)
     state, _ = pretrained.start_from_file(cfg, trainer)
-    flat = weights.flatten(jax.device_get(state.params))
+    flat = pretrained.flatten(jax.device_get(state.params))
     with np.load(exported) as f:
         np.testing.assert_array_equal(flat["cls"], f["cls"])
         np.testing.assert_array_equal(
@@ -146,5 +146,5 @@ def test_export_needs_no_dataset_after_the_run(tmp_path):
     vitscale = str(Path(sys.executable).parent / "vitscale")
     r = subprocess.run([vitscale, "export", str(run)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    shapes = weights.read_shapes(run / "export" / "big_vision_step2.npz")
+    shapes = pretrained.read_shapes(run / "export" / "big_vision_step2.npz")
     assert shapes["head/kernel"] == (32, 3) and shapes["head/bias"] == (3,)  # 3 class folders, Atto width 32

@@ -1,4 +1,4 @@
-"""Tests for vitscale.fewshot against independent references (numpy, scikit-learn)."""
+"""Tests for vitscale.evaluators.fewshot_lsr against independent references (numpy, scikit-learn)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from vitscale import fewshot as fs
+from vitscale.evaluators import fewshot_lsr as fs
 
 L2 = 2.0**10
 

@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vitscale import flops
-from vitscale.models import vit
+from vitscale.models import flops, vit
 
 
 def printed_tolerance(value: float) -> float:

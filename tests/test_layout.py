@@ -18,15 +18,15 @@ PROGRAMS = {"train", "transfer", "analysis", "export", "plan"}
 # Layers from the bottom (README's layout section, ../shared/DESIGN.md): a module may import modules of
 # its own layer or below, never above.
 LAYERS = [
-    {"allocator", "environ", "files", "logs", "metrics", "progress", "formats", "report", "report.page", "fewshot"}
-    | {"models.variants"}
+    {"allocator", "environ", "files", "logs", "metrics", "progress", "formats", "report", "report.page"}
+    | {"models.variants", "evaluators.fewshot_lsr"}  # a subpackage's leaf: variant shapes; the few-shot maths
     | {"data", "data.ops", "data.tfsetup"}  # the ops' grammar, read by config without TensorFlow
     | {"scaling", "scaling.fitting", "scaling.frontier", "scaling.laws", "scaling.extrapolation"}
     | {"scaling.table", "scaling.isoflop", "scaling.allocation", "scaling.repetition", "scaling.backtest", "search"},
     {"config"},  # pure schemas
     {"runs", "study"},  # run folders: finding, claiming (params.yaml), reading, their status records; the study folder
     {"data.builders", "data.datasets", "data.sources", "data.pipeline", "data.vtab"}  # blocks
-    | {"models.vit", "mup", "backend", "optim", "sharding", "flops", "perf", "checkpoints", "checks", "weights"},
+    | {"models.vit", "models.flops", "mup", "backend", "optim", "sharding", "perf", "checkpoints", "checks"},
     {
         "loop",
         "stacked",
@@ -36,7 +36,7 @@ LAYERS = [
         "evaluators.imagenet_v2",
     }  # loop,
     | {"evaluators.objectnet", "evaluators.vtab"},  # evaluators (one file each)
-    {"build", "pretrained"}  # the front door: cfg -> model, ...; where weights come from
+    {"build", "pretrained"}  # the front door: cfg -> model, ...; where weights come from (run, .npz, random)
     | {"transfer.finetune", "transfer.vtab", "transfer.imagenet", "transfer.table"},  # transfer's protocols
     PROGRAMS | {"transfer.program"},  # check(cfg), run(cfg, out_dir): a program never imports another program
     {"report.basics", "report.pretraining", "report.downstream", "report.scaling", "report.scaling_figures"}

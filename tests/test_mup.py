@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from vitscale import build, config, mup, weights
+from vitscale import build, config, mup, pretrained
 
 WIDTHS = (32, 64, 128, 256)  # 8x
 SIZE, PATCH, CLASSES = 28, 7, 10
@@ -67,7 +67,7 @@ def output_changes(m, p0, p1) -> dict[str, float]:
     outs = []
     for p in (p0, p1):
         _, state = m.apply({"params": p}, x, capture_intermediates=True, mutable=["intermediates"])
-        flat = weights.flatten(state["intermediates"])
+        flat = pretrained.flatten(state["intermediates"])
         outs.append({k.removesuffix("/__call__"): v[0] for k, v in flat.items() if _layer(k)})
     return {k: float(jnp.sqrt(jnp.mean(jnp.square(outs[1][k] - outs[0][k])))) for k in outs[0]}
 
@@ -168,8 +168,10 @@ def test_an_exported_mup_model_computes_the_same_logits_in_timm(tmp_path):
     m = build.model(cfg, CLASSES)
     shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1))))["params"]
     rng = np.random.default_rng(0)
-    flat = {k: rng.normal(0, 0.2, a.shape).astype(np.float32) for k, a in weights.flatten(shapes).items()}
-    path = weights.save(tmp_path / "mup.npz", weights.to_file(mup.fold(flat, mult, 64), cfg.model_spec(), "big_vision"))
+    flat = {k: rng.normal(0, 0.2, a.shape).astype(np.float32) for k, a in pretrained.flatten(shapes).items()}
+    path = pretrained.save(
+        tmp_path / "mup.npz", pretrained.to_file(mup.fold(flat, mult, 64), cfg.model_spec(), "big_vision")
+    )
     t = vt.VisionTransformer(
         img_size=SIZE,
         patch_size=PATCH,
@@ -187,7 +189,7 @@ def test_an_exported_mup_model_computes_the_same_logits_in_timm(tmp_path):
     ).eval()
     t.load_pretrained(str(path))
     x = np.asarray(data(4)[0])
-    ours = np.asarray(m.apply({"params": weights.unflatten({k: jnp.asarray(v) for k, v in flat.items()})}, x)[0])
+    ours = np.asarray(m.apply({"params": pretrained.unflatten({k: jnp.asarray(v) for k, v in flat.items()})}, x)[0])
     with torch.no_grad():
         theirs = t(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     assert np.abs(ours).max() > 0.1

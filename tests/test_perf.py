@@ -1,6 +1,6 @@
 """The MFU meter (vitscale.perf): the peak table against the datasheets' numbers, the CPU's measured
 peak cached per host, and a tiny run's metrics.jsonl, TensorBoard events and summary.json carrying
-perf/mfu = images/s x 3 x forward FLOPs / (devices x peak), recomputed here from flops.py's count."""
+perf/mfu = images/s x 3 x forward FLOPs / (devices x peak), recomputed here from models/flops.py's count."""
 
 import json
 import math
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from test_events import read_events
-from vitscale import build, config, flops, metrics, perf, runs, train
+from vitscale import build, config, metrics, perf, runs, train
+from vitscale.models import flops
 
 T = 1e12
 
@@ -130,7 +131,7 @@ def test_the_training_step_imports_no_tensorflow(root):
     TensorFlow (an accelerator machine may have JAX only); the data module is where it comes in."""
     code = (
         "import sys\n"
-        "import vitscale.loop, vitscale.models.vit, vitscale.optim, vitscale.sharding, vitscale.flops\n"
+        "import vitscale.loop, vitscale.models.vit, vitscale.optim, vitscale.sharding, vitscale.models.flops\n"
         "import vitscale.backend, vitscale.perf, vitscale.checkpoints\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'tensorflow'], 'tensorflow imported'\n"
         "import vitscale.data.pipeline\n"

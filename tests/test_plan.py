@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from vitscale import cli, config, files, flops, plan, runs, sweep
-from vitscale.models import vit
+from vitscale import cli, config, files, plan, runs, sweep
+from vitscale.models import flops, vit
 
 DATA = Path(__file__).parent / "data"
 TRUE = {"E": 0.05, "A": 4.0, "B": 2.0, "alpha": 0.5, "beta": 0.5}

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from browser import remote_tags, rendered_dom
-from vitscale import build, cli, config, flops, notebooks, runs, sweep
+from vitscale import build, cli, config, notebooks, runs, sweep
+from vitscale.models import flops
 
 
 def write(tmp_path, spec, name="s.yaml"):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitscale import config, weights
+from vitscale import config, pretrained
 from vitscale.models import vit
 
 D, DEPTH, MLP, HEADS, PATCH, SIZE, CHANNELS, CLASSES = 32, 2, 64, 4, 4, 16, 3, 5
@@ -47,7 +47,7 @@ def random_params(m: vit.ViT, seed=0) -> dict[str, np.ndarray]:
     """Every parameter random (the init zeroes the head and cls), LayerNorm scales around 1."""
     shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, CHANNELS))))["params"]
     rng = np.random.default_rng(seed)
-    flat = weights.flatten(shapes)
+    flat = pretrained.flatten(shapes)
     out = {}
     for k, a in flat.items():
         x = rng.normal(0, 0.2, a.shape).astype(np.float32)
@@ -60,12 +60,12 @@ def images(n=3, seed=1) -> np.ndarray:
 
 
 def apply(m, flat, x):
-    logits, out = m.apply({"params": weights.unflatten(flat)}, jnp.asarray(x))
+    logits, out = m.apply({"params": pretrained.unflatten(flat)}, jnp.asarray(x))
     return np.asarray(out["encoded"]), np.asarray(out["pre_logits"]), np.asarray(logits)
 
 
 def write_by_hand(flat: dict[str, np.ndarray], layout: str, scan: bool, pool: str) -> dict[str, np.ndarray]:
-    """A file of `layout` written straight from the layouts' names (independent of vitscale.weights)."""
+    """A file of `layout` written straight from the layouts' names (independent of vitscale.pretrained)."""
     bv = layout == "big_vision"
     ln1, mha, ln2, mlp = (
         ("LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0")
@@ -113,26 +113,26 @@ def write_by_hand(flat: dict[str, np.ndarray], layout: str, scan: bool, pool: st
 
 
 # ----------------------------------------------------------------------------- conversion, numpy and JAX
-@pytest.mark.parametrize("layout", weights.LAYOUTS)
+@pytest.mark.parametrize("layout", pretrained.LAYOUTS)
 @pytest.mark.parametrize("pool,scan,rep", [("gap", False, None), ("tok", True, None), ("map", False, 24)])
 def test_to_file_and_back_is_exact_and_matches_the_names(layout, pool, scan, rep):
     if layout == "vision_transformer" and pool == "map":
         pytest.skip("vision_transformer has no MAP head")
     s = spec(pool, scan, rep)
     flat = random_params(model(s))
-    file = weights.to_file(flat, s, layout)
-    assert set(file) == set(weights.expected_shapes(s, layout, scan, CLASSES))
-    assert {k: v.shape for k, v in file.items()} == weights.expected_shapes(s, layout, scan, CLASSES)
+    file = pretrained.to_file(flat, s, layout)
+    assert set(file) == set(pretrained.expected_shapes(s, layout, scan, CLASSES))
+    assert {k: v.shape for k, v in file.items()} == pretrained.expected_shapes(s, layout, scan, CLASSES)
     if rep is None:
         by_hand = write_by_hand(flat, layout, scan, pool)
         assert set(by_hand) == set(file)
         assert all(np.array_equal(by_hand[k], file[k]) for k in file)
     for prefix in ("", "params/", "params/img/"):
         extra = {"opt/state/x": np.zeros(3)} if prefix else {}  # optimizer state, outside the prefix
-        back = weights.from_file({prefix + k: v for k, v in file.items()} | extra, s)
+        back = pretrained.from_file({prefix + k: v for k, v in file.items()} | extra, s)
         assert set(back) == set(flat) and all(np.array_equal(back[k], flat[k]) for k in flat), prefix
     # another scan setting on either side: the same model
-    other = weights.from_file(weights.to_file(flat, s, layout, scan=not scan), s)
+    other = pretrained.from_file(pretrained.to_file(flat, s, layout, scan=not scan), s)
     assert all(np.array_equal(other[k], flat[k]) for k in flat)
 
 
@@ -144,7 +144,7 @@ def test_a_vision_transformer_class_token_position_is_folded_into_cls():
     pe = file["Transformer/posembed_input/pos_embedding"]
     pe[:, :1] = 0.5  # a released file's own class-token position
     file["cls"] = flat["cls"] - 0.5
-    back = weights.from_file(file, s)
+    back = pretrained.from_file(file, s)
     assert back["pos_embedding"].shape == (1, (SIZE // PATCH) ** 2, D)
     x = images()
     for a, b in zip(apply(m, back, x), apply(m, flat, x)):
@@ -154,8 +154,8 @@ def test_a_vision_transformer_class_token_position_is_folded_into_cls():
 def test_shapes_come_from_headers_and_misfits_name_every_path(tmp_path):
     s = spec("tok", scan=True)
     flat = random_params(model(s))
-    path = weights.save(tmp_path / "w.npz", {"params/" + k: v for k, v in weights.to_file(flat, s).items()})
-    file, found = weights.check_file(path, s)
+    path = pretrained.save(tmp_path / "w.npz", {"params/" + k: v for k, v in pretrained.to_file(flat, s).items()})
+    file, found = pretrained.check_file(path, s)
     assert found | {"file": None} == {
         "file": None,
         "variant": f"Pico/{PATCH}",
@@ -166,7 +166,7 @@ def test_shapes_come_from_headers_and_misfits_name_every_path(tmp_path):
     }
     # at another resolution the position embedding is resized, not refused
     assert (
-        weights.check_file(path, config.ModelSpec(**{**s.model_dump(), "image_size": 24}))[1]["posemb_grid"]
+        pretrained.check_file(path, config.ModelSpec(**{**s.model_dump(), "image_size": 24}))[1]["posemb_grid"]
         == SIZE // PATCH
     )
     # wider, shallower, without the class token, and a representation layer the file lacks
@@ -174,7 +174,7 @@ def test_shapes_come_from_headers_and_misfits_name_every_path(tmp_path):
         **{**s.model_dump(), "width": 48, "depth": 1, "pool_type": "gap", "representation_size": 8}
     )
     with pytest.raises(config.ConfigError) as e:
-        weights.check_file(path, wrong)
+        pretrained.check_file(path, wrong)
     text = str(e.value)
     assert "does not fit variant 'Pico/4'" in text
     assert "params/embedding/kernel: file [4, 4, 3, 32] vs model [4, 4, 3, 48]" in text
@@ -183,16 +183,16 @@ def test_shapes_come_from_headers_and_misfits_name_every_path(tmp_path):
     assert "params/pre_logits/kernel: missing from the file (the model needs [48, 8])" in text
     assert all(p.field == "pretrained" for p in e.value.problems)
     with pytest.raises(config.ConfigError, match="does not exist"):
-        weights.check_file(tmp_path / "nowhere.npz", s)
+        pretrained.check_file(tmp_path / "nowhere.npz", s)
     (tmp_path / "bad.npz").write_text("not a zip")
     with pytest.raises(config.ConfigError, match="not a readable .npz"):
-        weights.check_file(tmp_path / "bad.npz", s)
+        pretrained.check_file(tmp_path / "bad.npz", s)
 
 
 # ----------------------------------------------------------------------------- timm reads the files
 CASES = [
     (layout, pool, scan, source)
-    for layout in weights.LAYOUTS
+    for layout in pretrained.LAYOUTS
     for pool in ("tok", "gap", "map")
     for scan in (False, True)
     for source in ("export", "by_hand")
@@ -215,10 +215,10 @@ def test_timm_loads_the_file_and_computes_the_same(layout, pool, scan, source, t
     s = spec(pool, scan)
     m = model(s, gelu)
     flat = random_params(m, seed=hash((layout, pool, scan)) % 1000)
-    arrays = weights.to_file(flat, s, layout) if source == "export" else write_by_hand(flat, layout, scan, pool)
+    arrays = pretrained.to_file(flat, s, layout) if source == "export" else write_by_hand(flat, layout, scan, pool)
     if source == "by_hand" and scan:  # an image-text model's image tower (SigLIP) saved with its optimizer state
         arrays = {f"params/img/{k}": v for k, v in arrays.items()} | {"opt/x": np.zeros(2), "params/txt/y": np.ones(1)}
-    path = weights.save(tmp_path / f"{layout}.npz", arrays)
+    path = pretrained.save(tmp_path / f"{layout}.npz", arrays)
     t = vt.VisionTransformer(
         img_size=SIZE,
         patch_size=PATCH,

@@ -119,7 +119,7 @@ class Shape(NamedTuple):
 class ModelSpec(_Schema):
     """The model a set of weights belongs to: what decides its parameters' names and shapes (and gelu,
     its numerics). One schema for pretraining (PretrainConfig is a ModelSpec: flat keys in its files),
-    `random_model`, `pretrained_model`, export's .yaml and the weights reader (vitscale.weights)."""
+    `random_model`, `pretrained_model`, export's .yaml and the weights reader (vitscale.pretrained)."""
 
     image_size: int = Field(default=28, gt=0)
     channels: int = Field(default=1, ge=1, le=3)
@@ -239,7 +239,7 @@ class PretrainConfig(ModelSpec):
     # Precision policy. "bfloat16": matmul inputs and activations in bf16; parameters, LayerNorm
     # statistics, the attention softmax, the head and the loss in float32 (vitscale.models.vit).
     dtype: Literal["float32", "bfloat16"] = "float32"
-    init_from: str | None = None  # a released or exported .npz (vitscale.weights) as the step-0 weights
+    init_from: str | None = None  # a released or exported .npz (vitscale.pretrained) as the step-0 weights
     # --- optimisation
     loss: Literal["softmax_xent", "sigmoid_xent"] = "softmax_xent"
     optimizer: Optimizer = "adamw"
@@ -355,7 +355,7 @@ class PretrainConfig(ModelSpec):
 
 
 RANDOM = "random"  # the value of TransferConfig.pretrained that asks for an untrained model
-NPZ = ".npz"  # TransferConfig.pretrained ending so names a weights file (vitscale.weights), not a run folder
+NPZ = ".npz"  # TransferConfig.pretrained ending so names a weights file (vitscale.pretrained), not a run folder
 
 
 class TransferConfig(_Schema):

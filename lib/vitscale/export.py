@@ -1,7 +1,7 @@
 """Export: a pretraining run's newest checkpoint as a `.npz` that big_vision's and timm's loaders read.
 
 `vitscale export outputs/<run> [--format big_vision|vision_transformer] [--out file.npz]` writes
-`<run>/export/<format>_step<N>.npz` (names and shapes: vitscale.weights) and beside it
+`<run>/export/<format>_step<N>.npz` (names and shapes: vitscale.pretrained) and beside it
 `<format>_step<N>.yaml`: the `pretrained` and `pretrained_model` lines a transfer parameter file
 needs to read it back (README "Released weights").
 """
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import yaml
 
-from vitscale import config, mup, pretrained, runs, weights
+from vitscale import config, mup, pretrained, runs
 
 
 def check(cfg: config.PretrainConfig, layout: str) -> None:
     """What `layout` cannot hold of the model (vision_transformer: learned position embeddings only, no MAP head)."""
     problems = []
-    if layout not in weights.LAYOUTS:
-        problems.append(config.Problem("--format", f"{layout!r} is not one of {list(weights.LAYOUTS)}"))
+    if layout not in pretrained.LAYOUTS:
+        problems.append(config.Problem("--format", f"{layout!r} is not one of {list(pretrained.LAYOUTS)}"))
     elif layout == "vision_transformer":
         if cfg.pool_type == "map":
             problems.append(config.Problem("--format", "vision_transformer has no MAP head; use big_vision"))
@@ -36,12 +36,12 @@ def run(run_dir: str | Path, out: str | Path | None = None, layout: str = "big_v
     run, cfg, params, step = pretrained.read_run(run)  # no optimizer, no dataset: the checkpoint's params
     spec = cfg.model_spec()
     # A muP model's multipliers go into the weights: the file holds a standard ViT (vitscale.mup.fold).
-    flat = mup.fold(weights.flatten(params), mup.multipliers(spec), spec.shape.width)
+    flat = mup.fold(pretrained.flatten(params), mup.multipliers(spec), spec.shape.width)
     spec = spec.model_copy(
         update=dict(parametrization="standard", base_width=None, base_head_dim=None, base_depth=None)
     )
     path = Path(out) if out else run / "export" / f"{layout}_step{step}.npz"
-    weights.save(path, weights.to_file(flat, spec, layout))
+    pretrained.save(path, pretrained.to_file(flat, spec, layout))
     lines = {
         "pretrained": str(path.resolve()),
         "pretrained_model": spec.changed(),  # config.ModelSpec: the fields that differ from the defaults

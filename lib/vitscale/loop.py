@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitscale import backend, checkpoints, config, flops, metrics, perf, progress, runs, sharding
-from vitscale.models import vit
+from vitscale import backend, checkpoints, config, metrics, perf, progress, runs, sharding
+from vitscale.models import flops, vit
 
 _DEFAULTS = config.PretrainConfig.model_fields
 

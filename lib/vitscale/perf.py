@@ -1,10 +1,10 @@
 """Model FLOPs utilisation (MFU): how much of a device's matmul peak a training step uses.
 
-MFU = images/s x 3 x forward FLOPs per image (vitscale.flops.forward_flops) / (devices x peak per
-device). The peak comes, in this order, from the `peak_flops` parameter, from the table below by
+MFU = images/s x 3 x forward FLOPs per image (vitscale.models.flops.forward_flops) / (devices x peak
+per device). The peak comes, in this order, from the `peak_flops` parameter, from the table below by
 device kind and matmul precision (datasheet numbers, dense, no sparsity), or on a CPU from a jitted
-float32 matmul measured once per host and cached under ~/.cache/vitscale. Every run logs
-`perf/mfu` and `perf/images_per_s_per_device` (vitscale.loop) and keeps the peak's source.
+float32 matmul measured once per host and cached under ~/.cache/vitscale. Every run logs `perf/mfu`
+and `perf/images_per_s_per_device` (vitscale.loop) and keeps the peak's source.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitscale import files, flops
+from vitscale import files
+from vitscale.models import flops
 
 
 def _gpu(bf16: float, tf32: float, datasheet: str) -> dict[str, tuple[float, str]]:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from vitscale import config, files, flops, metrics, runs, search
-from vitscale.models import vit
+from vitscale import config, files, metrics, runs, search
+from vitscale.models import flops, vit
 from vitscale.scaling import allocation, backtest, repetition, table
 from vitscale.scaling.fitting import Bootstrap
 

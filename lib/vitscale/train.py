@@ -23,17 +23,15 @@ from vitscale import (
     checkpoints,
     checks,
     config,
-    flops,
     loop,
     metrics,
     optim,
     pretrained,
     runs,
     sharding,
-    weights,
 )
 from vitscale.data import datasets, sources
-from vitscale.models import vit
+from vitscale.models import flops, vit
 
 
 # ----------------------------------------------------------------------------- cooldown branches
@@ -182,7 +180,7 @@ def check(cfg: config.PretrainConfig) -> None:
     checks.devices(problems, cfg.mesh, {"batch_size": cfg.batch_size}, cfg.grad_chains)
     if cfg.init_from:
         try:  # names and shapes against the model, from the file's headers (numpy)
-            weights.check_file(cfg.init_from, cfg.model_spec(), field="init_from")
+            pretrained.check_file(cfg.init_from, cfg.model_spec(), field="init_from")
         except config.ConfigError as e:
             problems += e.problems
     checks.raise_problems(problems)

@@ -1,7 +1,7 @@
 """Few-shot linear transfer of a frozen model during and after training (the paper's protocol).
 
-The numpy core is `vitscale.fewshot`; this module feeds it: downstream splits through the input
-pipeline, the model's frozen pre_logits over the mesh, flat metrics for metrics.jsonl.
+The numpy core is `fewshot_lsr` beside it; this module feeds it: downstream splits through the
+input pipeline, the model's frozen pre_logits over the mesh, flat metrics for metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from vitscale import fewshot, sharding
+from vitscale import sharding
 from vitscale.data import datasets, pipeline, sources
+from vitscale.evaluators import fewshot_lsr
 
 
 class FewShotEvaluator:
@@ -27,9 +28,9 @@ class FewShotEvaluator:
         pipe: pipeline.Pipeline,
         mesh,
         *,
-        shots: Sequence[int] = fewshot.DEFAULT_SHOTS,
-        seeds: Sequence[int] = fewshot.DEFAULT_SEEDS,
-        l2: float = fewshot.DEFAULT_L2,
+        shots: Sequence[int] = fewshot_lsr.DEFAULT_SHOTS,
+        seeds: Sequence[int] = fewshot_lsr.DEFAULT_SEEDS,
+        l2: float = fewshot_lsr.DEFAULT_L2,
         data_dir: str | None = None,
         batch_size: int = 512,
         mode: str = "auto",
@@ -57,12 +58,12 @@ class FewShotEvaluator:
         return np.concatenate(feats).astype(np.float64), np.concatenate(labels).astype(np.int32)
 
     def evaluate(self, features_fn: Callable, params) -> dict[str, dict[str, dict[str, object]]]:
-        """{dataset: fewshot.evaluate_features(...) result} of `features_fn(params, images)`."""
+        """{dataset: fewshot_lsr.evaluate_features(...) result} of `features_fn(params, images)`."""
         results = {}
         for name, (pool, test) in self.splits.items():
             pool_x, pool_y = self.features(features_fn, params, pool)
             test_x, test_y = self.features(features_fn, params, test)
-            results[name] = fewshot.evaluate_features(
+            results[name] = fewshot_lsr.evaluate_features(
                 pool_x,
                 pool_y,
                 test_x,
@@ -78,5 +79,5 @@ class FewShotEvaluator:
         """Flat metrics for metrics.jsonl: fewshot/<dataset>/<k>shot (mean) and ..._std."""
         out: dict[str, float] = {}
         for name, result in self.evaluate(features_fn, params).items():
-            out.update(fewshot.flatten(datasets.metric_name(name), result))
+            out.update(fewshot_lsr.flatten(datasets.metric_name(name), result))
         return out

@@ -17,7 +17,7 @@ is the one place they are switched on. The parameters are the same either way:
   pre_logits/{kernel,bias}                [D, R], then tanh                (representation_size R)
   head/{kernel,bias}                      [D or R, classes], kernel zero-initialised
 
-Two options exist for weights trained elsewhere (vitscale.weights reads and writes their files):
+Two options exist for weights trained elsewhere (vitscale.pretrained reads and writes their files):
 `representation_size`, the tanh representation layer of the original ViT, and `gelu`: "tanh" is
 flax's default approximation (what vitscale, big_vision and vision_transformer train with), "erf"
 the exact one (PyTorch's nn.GELU, what timm evaluates released weights with). The class token's

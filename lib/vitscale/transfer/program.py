@@ -28,10 +28,12 @@ from typing import Any
 
 import jax
 
-from vitscale import build, checks, config, fewshot, flops, metrics, pretrained, runs, sharding, weights
+from vitscale import build, checks, config, metrics, pretrained, runs, sharding
 from vitscale.data import datasets
 from vitscale.data import vtab as vtab_data
 from vitscale.evaluators import fewshot as fewshot_evaluator
+from vitscale.evaluators import fewshot_lsr
+from vitscale.models import flops
 from vitscale.transfer import finetune, imagenet, table, vtab
 
 
@@ -58,7 +60,7 @@ def check(cfg: config.TransferConfig) -> config.PretrainConfig:
         pre = None
     if pre is not None and cfg.pretrained.endswith(config.NPZ):
         try:  # names and shapes against the model, from the file's headers (numpy)
-            weights.check_file(cfg.pretrained, pre.model_spec())
+            pretrained.check_file(cfg.pretrained, pre.model_spec())
         except config.ConfigError as e:
             problems += e.problems
     if pre is not None:
@@ -143,7 +145,7 @@ def _final_metrics(models: list[pretrained.Pretrained], results: dict[str, dict]
     for m in models:
         prefix = "" if m.name == primary else f"{m.name}/"
         for name, result in few.get(m.name, {}).items():
-            final.update({prefix + k: v for k, v in fewshot.flatten(name, result).items()})
+            final.update({prefix + k: v for k, v in fewshot_lsr.flatten(name, result).items()})
         for name, by_model in fine.items():
             final[prefix + metrics.finetune(name)] = by_model[m.name][metrics.TEST_ACC]
         for task, r in vt.get(m.name, {}).get("tasks", {}).items():

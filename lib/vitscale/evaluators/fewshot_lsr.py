@@ -8,6 +8,9 @@ column, fit L2-regularised least squares to {-1, +1} one-vs-rest targets in
 closed form and score top-1 accuracy of `argmax(x_test @ W)` on the full
 test split.
 
+The name is big_vision's; `evaluators/fewshot.py` beside it feeds it (the
+splits through the input pipeline, the model's frozen features over the mesh).
+
 Everything is plain numpy in float64: the few-shot set has at most
 `25 * num_classes` rows and features are at most a few thousand wide, so the
 exact solve is cheap on CPU and independent of the accelerator.
