@@ -1,10 +1,11 @@
 """Copies of one model trained as one program: `jax.vmap` over a stacked parameter tree, each copy
 with its own optimizer update, dropout keys and batch (vitscale.group trains runs with it).
 
-Only the forward and backward passes are batched over the copies: one program whose products are a
-few large ones instead of many small ones. Each copy's update is its own trainer's optax chain
-applied to its slice (copies may differ in learning rate, schedule, weight decay), so its optimizer
-state keeps the structure of the run trained alone and its checkpoints read back as that run's. The
+The forward and backward passes are batched over the copies: one program whose products are a few
+large ones instead of many small ones. The update is batched too when the copies' chains differ only
+in schedule and weight decay (build.copies_optimizer: a sweep's search); otherwise each copy's own
+trainer's chain is applied to its slice in turn. Either way a copy's optimizer state keeps the
+structure of the run trained alone and its checkpoints read back as that run's. The
 copies axis is replicated over the mesh (every device holds every copy; each copy's batch is split
 over the devices as when it trains alone), so a copy computes what it computes alone, to float32
 rounding. Imports no TensorFlow (benchmarks/device_check.py times a group on bare accelerators).
