@@ -231,4 +231,4 @@ def test_a_bad_group_value_is_refused_before_anything_runs(tmp_path, value, note
 def test_group_values_that_are_accepted():
     assert sweep.group_size(True, "pretrain") == group.DEFAULT_SIZE and sweep.group_size(4, "pretrain") == 4
     assert sweep.group_size(False, "pretrain") == 0 and sweep.group_size(False, "transfer") == 0
-    assert group.default_size() == 0  # unset, a CPU trains every run alone (slower grouped, benchmarks/README.md)
+    assert group.default_size() == 0  # unset, a CPU trains every run alone (no faster grouped, benchmarks/README.md)

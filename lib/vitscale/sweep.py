@@ -15,7 +15,7 @@ A sweep file (parameters/sweeps/<name>.yaml):
     group: true                        # optional: train runs differing only in lr, weight_decay, seed or
                                        # warmup_steps as one program, up to 8 (or this number) at a time;
                                        # false: every run alone (as `--no-group` does); unset: on an
-                                       # accelerator, not on a CPU (where it measured slower, benchmarks/)
+                                       # accelerator, not on a CPU (no faster than --workers 2 there, benchmarks/)
 
 Each run's folder is outputs/<sweep>/<run id>, the id derived from its resolved parameters, so
 re-running a sweep finds its runs again: finished runs are skipped, interrupted ones resume from
