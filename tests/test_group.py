@@ -137,10 +137,12 @@ def test_each_copy_equals_its_run_trained_alone(alone, tmp_path):
 
 
 @pytest.mark.long
-def test_copies_sharing_one_optimizer_equal_their_runs_trained_alone(alone, tmp_path):
+def test_copies_sharing_one_optimizer_equal_their_runs_trained_alone(alone, tmp_path, capsys):
     assert build.copies_optimizer([cfg_of(**c) for c in SHARED]) is not None  # one vmapped update
     members = members_in(tmp_path, SHARED)
     assert group.train(members) == members
+    printed = capsys.readouterr().out  # a batch run has no bar: each copy's line per evaluation, as alone
+    assert all(f"{m.cfg.name} step {s}/6 (" in printed for m in members for s in (3, 6)), printed
     for m in members:
         assert_same_run(m.out, alone / m.cfg.name)
 

@@ -113,24 +113,30 @@ def _check(copies: list[Copy], pending: list[tuple[int, jax.Array]]) -> None:
 
 
 def _log_eval_save(
-    g: stacked.GroupTrainer, copies: list[Copy], gstate, out: dict, step: int, rate: float | None, save: bool
+    g: stacked.GroupTrainer, copies: list[Copy], gstate, out: dict, step: int, rate: loop.Rate, save: bool
 ):
-    """What loop.train_loop does after a step, for every copy still training: its training row
-    (`rate`: None when no row is due), its evaluation at eval steps, its checkpoint when `save`."""
+    """What loop.train_loop does after a step, for every copy still training: its training row at log
+    steps, its evaluation at eval steps (and, in a batch run, which has no progress bar, its line), its
+    checkpoint when `save`."""
     spec = copies[0].session.spec
     final = step == spec.total_steps
     evaluate = step % spec.eval_every == 0 or final
     live = [(i, c) for i, c in enumerate(copies) if c.stopped is None]
-    if rate is not None:
-        host = jax.device_get(out)
+    host = jax.device_get(out)
+    if step % spec.log_every == 0 or final:
+        images_per_s = rate.since_last(step, spec.batch_size)
         for i, c in live:
-            c.session.log.append(c.session.train_row(step, {k: v[i] for k, v in host.items()}, rate))
+            c.session.log.append(c.session.train_row(step, {k: v[i] for k, v in host.items()}, images_per_s))
     if not (evaluate or save):
         return
     states = g.unstack(gstate)
     for i, c in live if evaluate else ():
         record = c.ledger.evaluate(c.session.evaluators, states[i].params, step, final)
         c.session.log.append({"step": step, "images_seen": step * spec.batch_size, **record})
+        if progress.batch_mode():
+            print(
+                loop.eval_line(c.session.desc, step, spec.total_steps, rate.since_start(step), host["loss"][i], record)
+            )
     for i, c in live if save else ():
         c.ledger.checkpoint(c.session.mngr, states[i], step, step * spec.batch_size)
 
@@ -154,9 +160,7 @@ def train_loop(
             save = copies[0].session.checkpoint_due(step, end, stop)
             if logged or save or step % spec.eval_every == 0:
                 _check(copies, pending)
-                _log_eval_save(
-                    g, copies, gstate, out, step, rate.since_last(step, spec.batch_size) if logged else None, save
-                )
+                _log_eval_save(g, copies, gstate, out, step, rate, save)
             pbar.update(1)
             if stop and step < end:
                 raise loop.Preempted(step, interrupt.signame)

@@ -406,7 +406,7 @@ class Session:
         return step % every == 0 or step == end_step or step in self.checkpoint_at or stop
 
 
-def _eval_line(desc: str, step: int, end_step: int, steps_per_s: float, loss, record: dict) -> str:
+def eval_line(desc: str, step: int, end_step: int, steps_per_s: float, loss, record: dict) -> str:
     """A batch report's line per evaluation (it has no progress bar); spreads (_std) left out."""
     shown = {k: v for k, v in record.items() if not k.endswith("_std")}
     return f"{desc} step {step}/{end_step} ({steps_per_s:.1f} steps/s): loss {float(loss):.4f}, " + ", ".join(
@@ -442,7 +442,7 @@ def train_loop(
                 record = ledger.evaluate(session.evaluators, state.params, step, final)
                 session.log.append({"step": step, "images_seen": step * spec.batch_size, **record})
                 if batch:
-                    print(_eval_line(session.desc, step, end_step, rate.since_start(step), out["loss"], record))
+                    print(eval_line(session.desc, step, end_step, rate.since_start(step), out["loss"], record))
             stop = interrupt.agreed(step, spec.log_every)
             if session.checkpoint_due(step, end_step, stop):
                 losses.check()
