@@ -5,8 +5,10 @@ default optimizer and CPU kernels), on the default mesh:
 
   alone   one run's step (build.trainer: the step `vitscale run` compiles), the batch in memory;
           n runs one after another take n times as long (their programs differ only in constants)
-  group n the group's step for n copies (group.make_group_trainer: vmapped gradients, each copy's
-          own optimizer update), n = 4 and 8, each copy with its own lr, seed and batch
+  group n the group's step for n copies (group.make_group_trainer: on a CPU each copy's gradient
+          side by side in one program, on GPU/TPU one vmap; the copies' optimizer update vmapped),
+          n = 4 and 8, each copy with its own lr, seed and batch
+  --vmap  also each group with its gradients vmapped on this CPU (VITSCALE_GROUP=vmap), in the same passes
 
 Synthetic batches of the Fashion-MNIST shape (a throughput benchmark; the input pipeline is not
 timed). One timing on a shared 2-core machine moves by 10-15%, so the programs are interleaved:
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -88,11 +91,28 @@ def make_group(variant: str, batch: int, copies: int, mesh):
     return run
 
 
-def measure(variant: str, copies: list[int], *, batch: int, passes: int, steps: int, warmup: int, log=print) -> dict:
-    """Interleaved passes: seconds per step of the alone program and of each group."""
+def make_vmapped(variant: str, batch: int, copies: int, mesh):
+    """make_group with the copies' gradients in one vmap (the GPU/TPU way) also on a CPU."""
+    before = os.environ.get("VITSCALE_GROUP")
+    os.environ["VITSCALE_GROUP"] = "vmap"  # read when the group is built (backend.copies_unrolled)
+    try:
+        return make_group(variant, batch, copies, mesh)
+    finally:
+        if before is None:
+            del os.environ["VITSCALE_GROUP"]
+        else:
+            os.environ["VITSCALE_GROUP"] = before
+
+
+def measure(
+    variant: str, copies: list[int], *, batch: int, passes: int, steps: int, warmup: int, vmap: bool, log=print
+) -> dict:
+    """Interleaved passes: seconds per step of the alone program and of each group (and each vmapped)."""
     mesh = sharding.make_mesh([-1, 1])
     alone, trainer = make_alone(variant, batch, mesh)
     runners = {"alone": alone, **{f"group{n}": make_group(variant, batch, n, mesh) for n in copies}}
+    if vmap:
+        runners |= {f"group{n}-vmap": make_vmapped(variant, batch, n, mesh) for n in copies}
     for name, run in runners.items():
         t0 = time.perf_counter()
         run(warmup)
@@ -108,7 +128,7 @@ def measure(variant: str, copies: list[int], *, batch: int, passes: int, steps: 
     return {"seconds_per_step": seconds, "forward_flops": trainer.forward_flops, "peak": peak.flops_per_s}
 
 
-def summarize(variant: str, m: dict, copies: list[int], batch: int, run_steps: int) -> dict[str, Any]:
+def summarize(variant: str, m: dict, batch: int, run_steps: int) -> dict[str, Any]:
     """Images/s summed over copies, ratios to one after another, wall time and MFU per copy."""
     alone = m["seconds_per_step"]["alone"]
     mfu = lambda images_per_s: 3.0 * m["forward_flops"] * images_per_s / m["peak"] / jax.device_count()
@@ -119,10 +139,12 @@ def summarize(variant: str, m: dict, copies: list[int], batch: int, run_steps: i
         }
     }
     rows["alone"]["run_wall_s"] = statistics.median(alone) * run_steps
-    for n in copies:
-        sec = m["seconds_per_step"][f"group{n}"]
+    for name, sec in m["seconds_per_step"].items():
+        if name == "alone":
+            continue
+        n = int(name.removeprefix("group").removesuffix("-vmap"))
         per_copy = batch / statistics.median(sec)
-        rows[f"group{n}"] = {
+        rows[name] = {
             "images_per_s": n * per_copy,
             "ratio": statistics.median(n * a / s for a, s in zip(alone, sec)),  # per pass: n runs' images
             "ratio_min_max": [min(n * a / s for a, s in zip(alone, sec)), max(n * a / s for a, s in zip(alone, sec))],
@@ -149,7 +171,7 @@ def table(results: list[dict]) -> str:
         for name, g in r["rows"].items():
             if name == "alone":
                 continue
-            n = name.removeprefix("group")
+            n = name.removeprefix("group").replace("-vmap", ", vmapped")
             lines.append(
                 f"| {r['variant']} | group of {n} | {g['images_per_s']:.0f} | {g['ratio']:.2f}x "
                 f"({g['ratio_min_max'][0]:.2f}-{g['ratio_min_max'][1]:.2f}) | {g['mfu_per_copy']:.1%} | "
@@ -171,7 +193,12 @@ def figure(results: list[dict], path: Path) -> None:
     width = 0.8 / len(programs)
     for k, name in enumerate(programs):
         values = [r["rows"][name]["images_per_s"] for r in results]
-        bars = ax.bar(np.arange(len(results)) + k * width, values, width, label=name.replace("group", "group of "))
+        bars = ax.bar(
+            np.arange(len(results)) + k * width,
+            values,
+            width,
+            label=name.replace("group", "group of ").replace("-vmap", ", vmapped"),
+        )
         for bar, r in zip(bars, results):
             ratio = r["rows"][name].get("ratio")
             if ratio:
@@ -199,6 +226,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per program per pass")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--run-steps", type=int, default=1000, help="the run length each copy's wall time is given for")
+    ap.add_argument("--vmap", action="store_true", help="also time each group vmapped (the GPU/TPU way) on this CPU")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     ap.add_argument("--redraw", type=Path, help="draw --png from a --json of an earlier run (no timing)")
@@ -210,8 +238,10 @@ def main() -> None:
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}")
     results = []
     for variant in args.variants.split(","):
-        m = measure(variant, copies, batch=args.batch, passes=args.passes, steps=args.steps, warmup=args.warmup)
-        results.append(summarize(variant, m, copies, args.batch, args.run_steps))
+        m = measure(
+            variant, copies, batch=args.batch, passes=args.passes, steps=args.steps, warmup=args.warmup, vmap=args.vmap
+        )
+        results.append(summarize(variant, m, args.batch, args.run_steps))
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

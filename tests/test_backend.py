@@ -93,6 +93,13 @@ def test_default_chains_and_the_switch(monkeypatch):
     assert backend.default_chains(24, "cpu") == 1  # 2 chains of 12 are too
     assert backend.default_chains(96, "cpu") == 4 and backend.default_chains(34, "cpu") == 2
     assert backend.default_chains(256, "gpu") == backend.default_chains(256, "tpu") == 1
+    # A group's copies side by side are chains already: fewer each, never below 1.
+    assert backend.default_chains(256, "cpu", side_by_side=2) == 2
+    assert backend.default_chains(256, "cpu", side_by_side=8) == backend.default_chains(32, "cpu", 2) == 1
+    assert backend.copies_unrolled("cpu") and not backend.copies_unrolled("gpu")
+    monkeypatch.setenv("VITSCALE_GROUP", "vmap")
+    assert not backend.copies_unrolled("cpu")
+    monkeypatch.delenv("VITSCALE_GROUP")
     assert backend.kernels_for("gpu") is vit.PLAIN
     assert backend.kernels_for("cpu") is backend.CPU
     assert backend.kernels_for("cpu", head_dim=16) is backend.CPU_SMALL_HEADS

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
-from vitscale import build, config, group, loop, metrics, runs, sweep, train
+from vitscale import build, config, group, loop, metrics, runs, sharding, stacked, sweep, train
 
 BASE = dict(
     dataset="fashion_mnist",
@@ -166,6 +166,37 @@ def test_one_optimizer_serves_copies_that_differ_in_schedule_and_weight_decay_on
     assert build.copies_optimizer([cfgs[0], cfg_of(weight_decay=0.0)]) is None  # the decay drops out of one chain
     assert build.copies_optimizer([cfgs[0], cfg_of(optimizer="sgd")]) is None
     assert build.copies_optimizer([cfgs[0], cfg_of(grad_clip_norm=None)]) is None
+
+
+@pytest.mark.parametrize(
+    "unrolled, dropout",
+    [(True, 0.0), (True, 0.1), (False, 0.0)],
+    ids=["side by side (CPU)", "side by side, dropout", "vmap (GPU, TPU)"],
+)
+def test_both_ways_of_a_groups_gradients_give_each_copy_its_runs(unrolled, dropout):
+    """Each copy's loss and gradient, side by side or vmapped, equal its run's alone (loop.gradient_fn with
+    the run's own chains) on one device, where a batch of 64 gives a run 4 gradient chains: side by side the
+    2 copies take 2 each (the same mean to float32 rounding), unless dropout draws its masks per chain."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), sharding.AXES)
+    cfg = cfg_of(batch_size=64, dropout=dropout)
+    model = build.trainer(cfg, mesh, 10).model
+    alone = jax.jit(loop.gradient_fn(model, loop.LOSSES["softmax_xent"], None, mesh))
+    n = 2
+    side_by_side = n if unrolled and not dropout else 1
+    grad = loop.gradient_fn(model, loop.LOSSES["softmax_xent"], None, mesh, side_by_side)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((n, 64, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 10, (n, 64)).astype(np.int32)
+    keys = jax.random.split(jax.random.key(0), n)
+    params = [model.init(jax.random.key(i), images[0, :2])["params"] for i in range(n)]
+    stacked_params = jax.tree.map(lambda *x: np.stack(x), *params)
+    losses, grads = jax.jit(stacked.copies_gradients(grad, unrolled))(stacked_params, images, labels, keys)
+    for i in range(n):
+        loss, want = alone(params[i], images[i], labels[i], keys[i])
+        got = [g[i] for g in jax.tree.leaves(grads)]
+        assert float(losses[i]) == pytest.approx(float(loss), rel=1e-6)
+        for g, w in zip(got, jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * float(np.abs(w).max()))
 
 
 @pytest.mark.long

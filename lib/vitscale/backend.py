@@ -133,17 +133,19 @@ SMALL_HEAD_DIM = 32
 MIN_CHAIN_BATCH = 16
 
 
-def default_chains(per_device_batch: int, platform: str) -> int:
+def default_chains(per_device_batch: int, platform: str, side_by_side: int = 1) -> int:
     """Gradient chains per device: on a CPU 4 (else 2) when the batch splits into chains of at least
-    MIN_CHAIN_BATCH images, else 1; always 1 on GPU/TPU, where one pass fills the device.
+    MIN_CHAIN_BATCH images, else 1; always 1 on GPU/TPU, where one pass fills the device. With
+    `side_by_side` copies' gradients in one program (copies_unrolled), that many times fewer each, at least 1.
 
     XLA:CPU runs much of a step (layer norms, softmax, small products, reductions) on one core at a
-    time; independent chains give its thread pool work to run side by side, with no all-reduce."""
+    time; independent chains give its thread pool work to run side by side, with no all-reduce. A
+    group's copies are such chains already; more per copy only add small ops."""
     if platform != "cpu":
         return 1
     for n in (4, 2):
         if per_device_batch % n == 0 and per_device_batch // n >= MIN_CHAIN_BATCH:
-            return n
+            return max(1, n // side_by_side)
     return 1
 
 
@@ -163,6 +165,16 @@ def chained(value_and_grad: Callable, chains: int) -> Callable:
         return value, jax.tree.map(lambda *g: sum(g) / chains, *(g for _, g in outs))
 
     return fn
+
+
+def copies_unrolled(platform: str) -> bool:
+    """Whether a group of runs (vitscale.stacked) computes each copy's gradient as its own chain of
+    operations (CPU) rather than one vmap over the copies (GPU/TPU, where larger products fill the device).
+
+    On XLA:CPU the copies' chains are independent work for the thread pool, as gradient chains are, and each
+    copy computes the very graph of its run alone; vmap's batched products ran slower than the same products
+    side by side (benchmarks/README.md, "Groups"). VITSCALE_GROUP=vmap vmaps on a CPU too, to compare."""
+    return platform == "cpu" and os.environ.get("VITSCALE_GROUP", "unrolled") != "vmap"
 
 
 # ----------------------------------------------------------------------------- the switch

@@ -102,9 +102,10 @@ class Trainer:
         )
 
 
-def gradient_fn(model: vit.ViT, loss_fn, chains: int | None, mesh) -> Callable:
+def gradient_fn(model: vit.ViT, loss_fn, chains: int | None, mesh, side_by_side: int = 1) -> Callable:
     """(params, images, labels, rng) -> (mean loss, gradients) over `chains` gradient chains per device
-    (None: backend.default_chains for the batch). A group of runs vmaps this very function (vitscale.group)."""
+    (None: backend.default_chains for the batch, with `side_by_side` copies of this function in one
+    program). A group of runs computes each copy's gradient with this very function (vitscale.stacked)."""
 
     def objective(params, images, labels, rng):
         logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
@@ -115,7 +116,7 @@ def gradient_fn(model: vit.ViT, loss_fn, chains: int | None, mesh) -> Callable:
     platform = mesh.devices.flat[0].platform
 
     def fn(params, images, labels, rng):
-        n = chains or backend.default_chains(images.shape[0] // mesh.size, platform)
+        n = chains or backend.default_chains(images.shape[0] // mesh.size, platform, side_by_side)
         return backend.chained(value_and_grad, n)(params, images, labels, rng)
 
     return fn

@@ -1,14 +1,16 @@
-"""Copies of one model trained as one program: `jax.vmap` over a stacked parameter tree, each copy
-with its own optimizer update, dropout keys and batch (vitscale.group trains runs with it).
+"""Copies of one model trained as one program over a stacked parameter tree, each copy with its own
+optimizer update, dropout keys and batch (vitscale.group trains runs with it).
 
-The forward and backward passes are batched over the copies: one program whose products are a few
-large ones instead of many small ones. The update is batched too when the copies' chains differ only
-in schedule and weight decay (build.copies_optimizer: a sweep's search); otherwise each copy's own
-trainer's chain is applied to its slice in turn. Either way a copy's optimizer state keeps the
-structure of the run trained alone and its checkpoints read back as that run's. The
-copies axis is replicated over the mesh (every device holds every copy; each copy's batch is split
-over the devices as when it trains alone), so a copy computes what it computes alone, to float32
-rounding. Imports no TensorFlow (benchmarks/device_check.py times a group on bare accelerators).
+On GPUs and TPUs the forward and backward passes are batched over the copies (one `jax.vmap`): a few
+large products instead of many small ones. On a CPU each copy's gradient is its own chain of
+operations, side by side in one program (backend.copies_unrolled says why). The update is batched
+too when the copies' optimizers differ only in schedule and weight decay (build.copies_optimizer: a
+sweep's search); otherwise each copy's own trainer's optimizer is applied to its slice in turn.
+Either way a copy's optimizer state keeps the structure of the run trained alone and its
+checkpoints read back as that run's. The copies axis is replicated over the mesh (every device
+holds every copy; each copy's batch is split over the devices as when it trains alone), so a copy
+computes what it computes alone, to float32 rounding. Imports no TensorFlow
+(benchmarks/device_check.py times a group on bare accelerators).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vitscale import loop, sharding
+from vitscale import backend, loop, sharding
 
 
 @flax.struct.dataclass
@@ -56,14 +58,28 @@ def _update(tx, step: jax.Array, params, opt_state, grads, loss) -> tuple[Any, A
     return jax.tree.map(keep, new.params, params), jax.tree.map(keep, new.opt_state, opt_state), norm
 
 
-def _group_step(trainers: list[loop.Trainer], grad, keys: jax.Array, shared_tx):
-    """The group's step: every copy's gradient in one vmap, then the copies' updates: one vmapped
+def copies_gradients(grad, unrolled: bool) -> Any:
+    """Every copy's (loss, gradient) from stacked parameters, batches and keys: one vmap, or (`unrolled`)
+    each copy's own chain of operations, the graph its run computes alone, side by side in one program."""
+    if not unrolled:
+        return jax.vmap(grad)
+
+    def each(params, images, labels, rngs):
+        pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+        outs = [grad(pick(params, i), images[i], labels[i], rngs[i]) for i in range(images.shape[0])]
+        return jnp.stack([v for v, _ in outs]), jax.tree.map(lambda *x: jnp.stack(x), *(g for _, g in outs))
+
+    return each
+
+
+def _group_step(trainers: list[loop.Trainer], gradients, keys: jax.Array, shared_tx):
+    """The group's step: every copy's gradient (`copies_gradients`), then the copies' updates: one vmapped
     update of the optimizer they share (`shared_tx(i)` is copy i's), or each copy's own in turn."""
     n = len(trainers)
 
     def step(g: GroupState, batch: dict):
         rngs = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, g.step)
-        losses, grads = jax.vmap(grad)(g.params, batch["image"], batch["label"], rngs)
+        losses, grads = gradients(g.params, batch["image"], batch["label"], rngs)
         if shared_tx is not None:
             one = lambda i, *args: _update(shared_tx(i), g.step, *args)
             params, opt_states, norms = jax.vmap(one)(jnp.arange(n), g.params, g.opt_states, grads, losses)
@@ -94,7 +110,12 @@ def make(trainers: list[loop.Trainer], mesh, shared_tx=None) -> GroupTrainer:
     (a leading copies axis on the parameters, and on the optimizer states when the copies share one
     optimizer: `shared_tx`, build.copies_optimizer's)."""
     first, shared = trainers[0], shared_tx is not None
-    grad = loop.gradient_fn(first.model, loop.LOSSES[first.loss], first.chains, mesh)
+    unrolled = backend.copies_unrolled(mesh.devices.flat[0].platform)
+    # Copies side by side need fewer gradient chains each; with dropout each keeps its run's (the chains
+    # draw the masks), and so does a run whose chains are set.
+    side_by_side = len(trainers) if unrolled and not first.model.dropout else 1
+    grad = loop.gradient_fn(first.model, loop.LOSSES[first.loss], first.chains, mesh, side_by_side)
+    gradients = copies_gradients(grad, unrolled)
     keys = jnp.stack([t.dropout_key for t in trainers])
     add_axis = lambda tree: jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), tree)
     opt_sh = (
@@ -112,7 +133,7 @@ def make(trainers: list[loop.Trainer], mesh, shared_tx=None) -> GroupTrainer:
     return GroupTrainer(
         trainers=trainers,
         step=jax.jit(
-            _group_step(trainers, grad, keys, shared_tx),
+            _group_step(trainers, gradients, keys, shared_tx),
             in_shardings=(group_sh, batch_sh),
             out_shardings=(group_sh, sharding.replicated(mesh)),
             donate_argnums=0,
