@@ -103,3 +103,34 @@ def test_jemalloc_stops_the_per_step_page_faults():
 def test_vitscale_kernel_starts_through_the_wrapper():
     argv = notebooks.kernel_argv()
     assert argv[1:3] == ["-m", "vitscale.allocator"] and "ipykernel_launcher" in argv
+
+
+def test_relaunch_is_asked_once_and_never_against_the_users_choice():
+    assert allocator.relaunch_environment({allocator.RELAUNCHED: "1", "PATH": "/usr/bin"}) is None
+    assert allocator.relaunch_environment({"VITSCALE_MALLOC": "system", "PATH": "/usr/bin"}) is None
+    env = allocator.relaunch_environment({"PATH": "/usr/bin"})
+    if JEMALLOC is None or allocator.current() == "jemalloc":  # nothing to add, or it is here already
+        assert env is None
+    else:
+        assert env["LD_PRELOAD"].split() == [JEMALLOC] and env[allocator.RELAUNCHED] == "1"
+
+
+@needs_jemalloc
+def test_vitscale_sweep_starts_itself_again_with_jemalloc(tmp_path):
+    """`vitscale sweep` trains groups in its own process: it starts again with jemalloc, once (a
+    sitecustomize on the path prints each start's allocator); other commands start as they are."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nfrom vitscale import allocator\nprint('start:', allocator.current(), file=sys.stderr)\n"
+    )
+    code = "import sys\nfrom vitscale import entry\nsys.argv = ['vitscale', *sys.argv[1:]]\nsys.exit(entry.main())"
+    for command, starts in ((["sweep", "--help"], ["system", "jemalloc"]), (["plan", "--help"], ["system"])):
+        r = subprocess.run(
+            [sys.executable, "-c", code, *command],
+            env=_clean_env(PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path])),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"usage: vitscale {command[0]}" in r.stdout
+        assert [line.split()[1] for line in r.stderr.splitlines() if line.startswith("start:")] == starts

@@ -13,7 +13,8 @@ A preloaded allocator has to be there when the process starts, so this module wr
 runs CMD with jemalloc preloaded when the system has it (Debian/Ubuntu `libjemalloc2`, conda-forge
 `jemalloc`), and unchanged otherwise (other systems, or VITSCALE_MALLOC=system). The `vitscale`
 Jupyter kernel (so `vitscale run`/`sweep` and JupyterLab), `make test` and the benchmarks start
-through it. `current()` tells which allocator the running process has; runs record it.
+through it; `vitscale sweep`, which trains groups of runs in its own process, starts itself again
+with it (`relaunch_environment`). `current()` tells which allocator the running process has; runs record it.
 """
 
 from __future__ import annotations
@@ -79,6 +80,22 @@ def environment(environ: dict[str, str] | None = None) -> dict[str, str]:
         env["LD_PRELOAD"] = " ".join([lib, *preload])
     env.setdefault("MALLOC_CONF", MALLOC_CONF)
     return env
+
+
+RELAUNCHED = "VITSCALE_RELAUNCHED"  # set in a process that relaunch_environment started again
+
+
+def relaunch_environment(environ: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The environment to start this process again with, so that it has jemalloc (`environment`, and
+    RELAUNCHED so that it is tried once); None when it has jemalloc already, there is none, it was tried,
+    or VITSCALE_MALLOC is "system". For commands that train in their own process (a sweep's groups)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(RELAUNCHED) or current() == "jemalloc":
+        return None
+    env = environment(environ)
+    if env.get("LD_PRELOAD") == environ.get("LD_PRELOAD"):  # nothing to preload
+        return None
+    return {**env, RELAUNCHED: "1"}
 
 
 def current() -> str:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from vitscale import build, config, loop, progress, sharding, stacked
+from vitscale import allocator, build, config, loop, progress, sharding, stacked
 from vitscale import train as pretrain
 
 # What copies of one group may differ in; every other resolved parameter is the group's.
@@ -216,6 +217,8 @@ def train(members: Sequence[Member]) -> list[Member]:
     cfgs = [m.cfg for m in members]
     data = pretrain.load_data(cfgs[0])
     mesh = sharding.make_mesh(cfgs[0].mesh)
+    if advice := allocator.check(mesh.devices.flat[0].platform):  # as a run alone warns (train.run)
+        warnings.warn(advice, stacklevel=2)
     trainers = [build.trainer(c, mesh, data[0].num_classes) for c in cfgs]
     joined, start = _open(trainers, members)
     if len(joined) < 2:  # nothing left to share: the runs finish alone
