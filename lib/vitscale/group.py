@@ -36,9 +36,9 @@ DEFAULT_SIZE = 8  # copies per program unless the sweep file's `group:` says oth
 
 def default_size() -> int:
     """Copies per program when the sweep file does not say: DEFAULT_SIZE on an accelerator, 0 (every run
-    alone) on a CPU, where a sweep of 16 grouped runs took as long as with two runs side by side (624 s
-    against 606 s with --workers 2: both fill the cores) and a group slows most beside other jobs
-    (benchmarks/README.md, "Runs trained as one program")."""
+    alone) on a CPU, where a sweep of 16 grouped runs took as long as with two runs side by side (531 s
+    against 546 s with --workers 2: both fill the cores), so `group: true` is the sweep file's choice
+    there (benchmarks/README.md, "Runs trained as one program")."""
     return DEFAULT_SIZE if jax.default_backend() != "cpu" else 0
 
 
