@@ -1,5 +1,5 @@
 """Runs trained as one program: the runs of a sweep that differ only in learning rate, weight decay,
-seed or warmup, trained together (vitscale.stacked: `jax.vmap` over a stacked parameter tree).
+seed or warmup, trained together (vitscale.stacked: one program over a stacked parameter tree).
 
 Each copy keeps what makes it its own run: its optimizer (its own optax chain, with its schedule and
 weight decay, on its slice of the stack), its init and dropout keys (its seed), its batches
