@@ -119,8 +119,10 @@ def test_relaunch_is_asked_once_and_never_against_the_users_choice():
 def test_vitscale_sweep_starts_itself_again_with_jemalloc(tmp_path):
     """`vitscale sweep` trains groups in its own process: it starts again with jemalloc, once (a
     sitecustomize on the path prints each start's allocator); other commands start as they are."""
-    (tmp_path / "sitecustomize.py").write_text(
-        "import sys\nfrom vitscale import allocator\nprint('start:', allocator.current(), file=sys.stderr)\n"
+    (tmp_path / "sitecustomize.py").write_text(  # and a stand-in for the command line (JAX, TF: 5 s a start)
+        "import sys, types\nfrom vitscale import allocator\nprint('start:', allocator.current(), file=sys.stderr)\n"
+        "sys.modules['vitscale.cli'] = types.SimpleNamespace(\n"
+        "    main=lambda argv=None: print('usage: vitscale', sys.argv[1]))\n"
     )
     code = "import sys\nfrom vitscale import entry\nsys.argv = ['vitscale', *sys.argv[1:]]\nsys.exit(entry.main())"
     for command, starts in ((["sweep", "--help"], ["system", "jemalloc"]), (["plan", "--help"], ["system"])):

@@ -99,6 +99,9 @@ def test_default_chains_and_the_switch(monkeypatch):
     assert backend.copies_unrolled("cpu") and not backend.copies_unrolled("gpu")
     monkeypatch.setenv("VITSCALE_GROUP", "vmap")
     assert not backend.copies_unrolled("cpu")
+    monkeypatch.setenv("VITSCALE_GROUP", "unrolled")
+    with pytest.raises(ValueError, match=r"VITSCALE_GROUP must be one of \['side-by-side', 'vmap'\], got 'unrolled'"):
+        backend.copies_unrolled("cpu")
     monkeypatch.delenv("VITSCALE_GROUP")
     assert backend.kernels_for("gpu") is vit.PLAIN
     assert backend.kernels_for("cpu") is backend.CPU

@@ -173,8 +173,12 @@ def copies_unrolled(platform: str) -> bool:
 
     On XLA:CPU the copies' chains are independent work for the thread pool, as gradient chains are, and each
     copy computes the very graph of its run alone; vmap's batched products ran slower than the same products
-    side by side (benchmarks/README.md, "Groups"). VITSCALE_GROUP=vmap vmaps on a CPU too, to compare."""
-    return platform == "cpu" and os.environ.get("VITSCALE_GROUP", "unrolled") != "vmap"
+    side by side (benchmarks/README.md, "Runs trained as one program"). VITSCALE_GROUP=vmap vmaps on a CPU
+    too, to compare ("side-by-side", the default, is the CPU's way)."""
+    choice = os.environ.get("VITSCALE_GROUP", "side-by-side")
+    if choice not in ("side-by-side", "vmap"):
+        raise ValueError(f"VITSCALE_GROUP must be one of ['side-by-side', 'vmap'], got {choice!r}")
+    return platform == "cpu" and choice == "side-by-side"
 
 
 # ----------------------------------------------------------------------------- the switch
