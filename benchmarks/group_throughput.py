@@ -94,7 +94,7 @@ def make_group(variant: str, batch: int, copies: int, mesh):
 def make_vmapped(variant: str, batch: int, copies: int, mesh):
     """make_group with the copies' gradients in one vmap (the GPU/TPU way) also on a CPU."""
     before = os.environ.get("VITSCALE_GROUP")
-    os.environ["VITSCALE_GROUP"] = "vmap"  # read when the group is built (backend.copies_unrolled)
+    os.environ["VITSCALE_GROUP"] = "vmap"  # read when the group is built (backend.copies_side_by_side)
     try:
         return make_group(variant, batch, copies, mesh)
     finally:

@@ -96,12 +96,12 @@ def test_default_chains_and_the_switch(monkeypatch):
     # A group's copies side by side are chains already: fewer each, never below 1.
     assert backend.default_chains(256, "cpu", side_by_side=2) == 2
     assert backend.default_chains(256, "cpu", side_by_side=8) == backend.default_chains(32, "cpu", 2) == 1
-    assert backend.copies_unrolled("cpu") and not backend.copies_unrolled("gpu")
+    assert backend.copies_side_by_side("cpu") and not backend.copies_side_by_side("gpu")
     monkeypatch.setenv("VITSCALE_GROUP", "vmap")
-    assert not backend.copies_unrolled("cpu")
+    assert not backend.copies_side_by_side("cpu")
     monkeypatch.setenv("VITSCALE_GROUP", "unrolled")
     with pytest.raises(ValueError, match=r"VITSCALE_GROUP must be one of \['side-by-side', 'vmap'\], got 'unrolled'"):
-        backend.copies_unrolled("cpu")
+        backend.copies_side_by_side("cpu")
     monkeypatch.delenv("VITSCALE_GROUP")
     assert backend.kernels_for("gpu") is vit.PLAIN
     assert backend.kernels_for("cpu") is backend.CPU

@@ -169,11 +169,11 @@ def test_one_optimizer_serves_copies_that_differ_in_schedule_and_weight_decay_on
 
 
 @pytest.mark.parametrize(
-    "unrolled, dropout",
+    "side_by_side, dropout",
     [(True, 0.0), (True, 0.1), (False, 0.0)],
     ids=["side by side (CPU)", "side by side, dropout", "vmap (GPU, TPU)"],
 )
-def test_both_ways_of_a_groups_gradients_give_each_copy_its_runs(unrolled, dropout):
+def test_both_ways_of_a_groups_gradients_give_each_copy_its_runs(side_by_side, dropout):
     """Each copy's loss and gradient, side by side or vmapped, equal its run's alone (loop.gradient_fn with
     the run's own chains) on one device, where a batch of 32 gives a run 2 gradient chains: side by side the
     2 copies take 1 each (the same mean to float32 rounding), unless dropout draws its masks per chain."""
@@ -182,15 +182,14 @@ def test_both_ways_of_a_groups_gradients_give_each_copy_its_runs(unrolled, dropo
     model = build.trainer(cfg, mesh, 10).model
     alone = jax.jit(loop.gradient_fn(model, loop.LOSSES["softmax_xent"], None, mesh))
     n = 2
-    side_by_side = n if unrolled and not dropout else 1
-    grad = loop.gradient_fn(model, loop.LOSSES["softmax_xent"], None, mesh, side_by_side)
+    grad = loop.gradient_fn(model, loop.LOSSES["softmax_xent"], None, mesh, n if side_by_side and not dropout else 1)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((n, 32, 28, 28, 1), dtype=np.float32)
     labels = rng.integers(0, 10, (n, 32)).astype(np.int32)
     keys = jax.random.split(jax.random.key(0), n)
     params = [model.init(jax.random.key(i), images[0, :2])["params"] for i in range(n)]
     stacked_params = jax.tree.map(lambda *x: np.stack(x), *params)
-    losses, grads = jax.jit(stacked.copies_gradients(grad, unrolled))(stacked_params, images, labels, keys)
+    losses, grads = jax.jit(stacked.copies_gradients(grad, side_by_side))(stacked_params, images, labels, keys)
     for i in range(n):
         loss, want = alone(params[i], images[i], labels[i], keys[i])
         got = [g[i] for g in jax.tree.leaves(grads)]

@@ -136,7 +136,7 @@ MIN_CHAIN_BATCH = 16
 def default_chains(per_device_batch: int, platform: str, side_by_side: int = 1) -> int:
     """Gradient chains per device: on a CPU 4 (else 2) when the batch splits into chains of at least
     MIN_CHAIN_BATCH images, else 1; always 1 on GPU/TPU, where one pass fills the device. With
-    `side_by_side` copies' gradients in one program (copies_unrolled), that many times fewer each, at least 1.
+    `side_by_side` copies' gradients in one program (copies_side_by_side), that many times fewer each, at least 1.
 
     XLA:CPU runs much of a step (layer norms, softmax, small products, reductions) on one core at a
     time; independent chains give its thread pool work to run side by side, with no all-reduce. A
@@ -167,7 +167,7 @@ def chained(value_and_grad: Callable, chains: int) -> Callable:
     return fn
 
 
-def copies_unrolled(platform: str) -> bool:
+def copies_side_by_side(platform: str) -> bool:
     """Whether a group of runs (vitscale.stacked) computes each copy's gradient as its own chain of
     operations (CPU) rather than one vmap over the copies (GPU/TPU, where larger products fill the device).
 

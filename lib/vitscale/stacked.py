@@ -3,7 +3,7 @@ optimizer update, dropout keys and batch (vitscale.group trains runs with it).
 
 On GPUs and TPUs the forward and backward passes are batched over the copies (one `jax.vmap`): a few
 large products instead of many small ones. On a CPU each copy's gradient is its own chain of
-operations, side by side in one program (backend.copies_unrolled says why). The update is batched
+operations, side by side in one program (backend.copies_side_by_side says why). The update is batched
 too when the copies' optimizers differ only in schedule and weight decay (build.copies_optimizer: a
 sweep's search); otherwise each copy's own trainer's optimizer is applied to its slice in turn.
 Either way a copy's optimizer state keeps the structure of the run trained alone and its
@@ -58,15 +58,19 @@ def _update(tx, step: jax.Array, params, opt_state, grads, loss) -> tuple[Any, A
     return jax.tree.map(keep, new.params, params), jax.tree.map(keep, new.opt_state, opt_state), norm
 
 
-def copies_gradients(grad, unrolled: bool) -> Any:
-    """Every copy's (loss, gradient) from stacked parameters, batches and keys: one vmap, or (`unrolled`)
+def _pick(tree, i: int):
+    """Copy i's slice of a stacked tree."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def copies_gradients(grad, side_by_side: bool) -> Any:
+    """Every copy's (loss, gradient) from stacked parameters, batches and keys: one vmap, or (`side_by_side`)
     each copy's own chain of operations, the graph its run computes alone, side by side in one program."""
-    if not unrolled:
+    if not side_by_side:
         return jax.vmap(grad)
 
     def each(params, images, labels, rngs):
-        pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
-        outs = [grad(pick(params, i), images[i], labels[i], rngs[i]) for i in range(images.shape[0])]
+        outs = [grad(_pick(params, i), images[i], labels[i], rngs[i]) for i in range(images.shape[0])]
         return jnp.stack([v for v, _ in outs]), jax.tree.map(lambda *x: jnp.stack(x), *(g for _, g in outs))
 
     return each
@@ -84,9 +88,8 @@ def _group_step(trainers: list[loop.Trainer], gradients, keys: jax.Array, shared
             one = lambda i, *args: _update(shared_tx(i), g.step, *args)
             params, opt_states, norms = jax.vmap(one)(jnp.arange(n), g.params, g.opt_states, grads, losses)
         else:
-            pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
             new = [
-                _update(t.tx, g.step, pick(g.params, i), g.opt_states[i], pick(grads, i), losses[i])
+                _update(t.tx, g.step, _pick(g.params, i), g.opt_states[i], _pick(grads, i), losses[i])
                 for i, t in enumerate(trainers)
             ]
             params = jax.tree.map(lambda *x: jnp.stack(x), *(p for p, _, _ in new))
@@ -110,12 +113,12 @@ def make(trainers: list[loop.Trainer], mesh, shared_tx=None) -> GroupTrainer:
     (a leading copies axis on the parameters, and on the optimizer states when the copies share one
     optimizer: `shared_tx`, build.copies_optimizer's)."""
     first, shared = trainers[0], shared_tx is not None
-    unrolled = backend.copies_unrolled(mesh.devices.flat[0].platform)
+    apart = backend.copies_side_by_side(mesh.devices.flat[0].platform)
     # Copies side by side need fewer gradient chains each; with dropout each keeps its run's (the chains
     # draw the masks), and so does a run whose chains are set.
-    side_by_side = len(trainers) if unrolled and not first.model.dropout else 1
+    side_by_side = len(trainers) if apart and not first.model.dropout else 1
     grad = loop.gradient_fn(first.model, loop.LOSSES[first.loss], first.chains, mesh, side_by_side)
-    gradients = copies_gradients(grad, unrolled)
+    gradients = copies_gradients(grad, apart)
     keys = jnp.stack([t.dropout_key for t in trainers])
     add_axis = lambda tree: jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), tree)
     opt_sh = (
@@ -126,9 +129,8 @@ def make(trainers: list[loop.Trainer], mesh, shared_tx=None) -> GroupTrainer:
     batch_sh = NamedSharding(mesh, P(None, sharding.AXES))
 
     def unstack(g: GroupState) -> tuple[loop.TrainState, ...]:
-        pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
-        opt = (lambda i: pick(g.opt_states, i)) if shared else (lambda i: g.opt_states[i])
-        return tuple(loop.TrainState(g.step, pick(g.params, i), opt(i)) for i in range(len(trainers)))
+        opt = (lambda i: _pick(g.opt_states, i)) if shared else (lambda i: g.opt_states[i])
+        return tuple(loop.TrainState(g.step, _pick(g.params, i), opt(i)) for i in range(len(trainers)))
 
     return GroupTrainer(
         trainers=trainers,
